@@ -1,0 +1,36 @@
+# Every target creates .venv and installs what it needs when missing.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-dev
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m manager.demo $(DEMO_ARGS)
+
+# The full suite, as CI runs it (slow cases included).
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The quick loop for development: skips the long fuzz sweeps and soak tests.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bundles agent manager tests bench
+	$(VENV)/bin/mypy bundles
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

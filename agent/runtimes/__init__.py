@@ -1,0 +1,91 @@
+"""Runtime adapters: load ONNX and TFLite models and run them, behind one interface.
+
+Used by the agent (smoke tests, inference server) and the manager (bundle
+build). Importing this package does not import any ML runtime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.runtimes.base import (
+    DATATYPE_TO_NUMPY,
+    LoadedModel,
+    RuntimeAdapter,
+    TensorSpec,
+    check_feeds,
+    dequantize,
+    quantize,
+)
+from agent.runtimes.errors import (
+    InferenceError,
+    ModelLoadError,
+    ModelRuntimeError,
+    RuntimeUnavailableError,
+    UnsupportedModelError,
+)
+from agent.runtimes.onnx import OnnxRuntimeAdapter
+from agent.runtimes.tflite import TFLiteAdapter
+
+__all__ = [
+    "DATATYPE_TO_NUMPY",
+    "InferenceError",
+    "LoadedModel",
+    "ModelLoadError",
+    "ModelRuntimeError",
+    "RuntimeAdapter",
+    "RuntimeUnavailableError",
+    "TensorSpec",
+    "UnsupportedModelError",
+    "check_feeds",
+    "dequantize",
+    "get_runtime",
+    "installed_runtimes",
+    "quantize",
+    "runtime_for_file",
+]
+
+_ADAPTERS: dict[str, RuntimeAdapter] = {
+    adapter.name: adapter for adapter in (OnnxRuntimeAdapter(), TFLiteAdapter())
+}
+_RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
+
+
+def runtime_for_file(path: Path) -> str:
+    """The runtime name for a model file, from its extension.
+
+    Raises UnsupportedModelError for anything but `.onnx` and `.tflite`.
+    """
+    suffix = Path(path).suffix.lower()
+    try:
+        return _RUNTIME_BY_SUFFIX[suffix]
+    except KeyError:
+        raise UnsupportedModelError(
+            f"{Path(path).name}: unsupported model file type {suffix or '(none)'!r};"
+            " expected .onnx or .tflite"
+        ) from None
+
+
+def get_runtime(name: str) -> RuntimeAdapter:
+    """The adapter for a runtime name ("onnxruntime", "tflite").
+
+    Raises RuntimeUnavailableError when the name is unknown or the runtime is not usable here.
+    """
+    adapter = _ADAPTERS.get(name)
+    if adapter is None:
+        raise RuntimeUnavailableError(
+            f"unknown runtime {name!r}; known runtimes: {', '.join(sorted(_ADAPTERS))}"
+        )
+    if not adapter.available():
+        raise RuntimeUnavailableError(f"runtime {name!r} is not installed on this device")
+    return adapter
+
+
+def installed_runtimes() -> dict[str, str]:
+    """Runtime name -> package version, for every runtime usable on this machine. Never raises."""
+    found: dict[str, str] = {}
+    for name, adapter in _ADAPTERS.items():
+        version = adapter.version()
+        if version is not None:
+            found[name] = version
+    return found

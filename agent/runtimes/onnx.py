@@ -1,0 +1,118 @@
+"""onnxruntime adapter: CPU execution provider, quiet logging, configurable threads.
+
+onnxruntime is imported only when a model is loaded, so importing this module
+costs nothing on a device without it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.runtimes.base import TensorSpec, check_feeds, first_line
+from agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
+
+RUNTIME_NAME = "onnxruntime"
+_LOG_SEVERITY_ERROR = 3  # 0 verbose .. 4 fatal; warnings about unused initializers are noise
+
+# onnxruntime's tensor type strings -> KServe v2 datatype names.
+ORT_TO_DATATYPE: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+
+def _tensor_spec(arg: Any) -> TensorSpec:
+    """Describe an onnxruntime NodeArg; symbolic or unknown dimensions become -1."""
+    shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape or ())
+    return TensorSpec(name=arg.name, datatype=ORT_TO_DATATYPE.get(arg.type, arg.type), shape=shape)
+
+
+class OnnxModel:
+    """An onnxruntime InferenceSession; `run` is thread-safe as the session is."""
+
+    runtime = RUNTIME_NAME
+
+    def __init__(self, session: Any) -> None:
+        self._session: Any = session
+        self.inputs = [_tensor_spec(arg) for arg in session.get_inputs()]
+        self.outputs = [_tensor_spec(arg) for arg in session.get_outputs()]
+        self._output_names = [spec.name for spec in self.outputs]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one inference and return every output by name. Raises InferenceError."""
+        session = self._session
+        if session is None:
+            raise InferenceError("the model has been closed")
+        check_feeds(self.inputs, feeds)
+        try:
+            results = session.run(self._output_names, dict(feeds))
+        except Exception as e:  # onnxruntime raises its own pybind exception types
+            raise InferenceError(f"onnxruntime failed to run the model: {first_line(e)}") from e
+        return dict(zip(self._output_names, results))
+
+    def close(self) -> None:
+        """Drop the session; onnxruntime frees it when the last reference goes."""
+        self._session = None
+
+    def __enter__(self) -> OnnxModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class OnnxRuntimeAdapter:
+    """Loads `.onnx` files into onnxruntime on the CPU."""
+
+    name = RUNTIME_NAME
+
+    def available(self) -> bool:
+        """True when onnxruntime can be imported."""
+        return self.version() is not None
+
+    def version(self) -> str | None:
+        """onnxruntime's version, or None when it cannot be imported."""
+        try:
+            ort = importlib.import_module("onnxruntime")
+        except (ImportError, OSError):
+            return None
+        return str(ort.__version__)
+
+    def load(self, path: Path, *, threads: int | None = None) -> OnnxModel:
+        """Load an ONNX model; `threads` caps intra-op threads (None: runtime default).
+
+        Raises RuntimeUnavailableError, ModelLoadError.
+        """
+        try:
+            ort = importlib.import_module("onnxruntime")
+        except ImportError as e:
+            raise RuntimeUnavailableError("onnxruntime is not installed on this device") from e
+        path = Path(path)
+        if not path.is_file():
+            raise ModelLoadError(f"model file not found: {path}")
+        options = ort.SessionOptions()
+        options.log_severity_level = _LOG_SEVERITY_ERROR
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        try:
+            session = ort.InferenceSession(
+                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # invalid protobuf, unsupported opset, bad graph, ...
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {first_line(e)}") from e
+        return OnnxModel(session)

@@ -1,0 +1,410 @@
+"""The bundle manifest: what a bundle is, who may install it, what it carries, how to test it.
+
+`Manifest.from_dict` validates strictly (unknown format version, missing fields, wrong types,
+unexpected fields, dangling references: a named error each); `to_dict` is its inverse.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from bundles import FORMAT_VERSION
+from bundles.canonical import decode_canonical, encode_canonical
+from bundles.config import DEFAULT_LIMITS, Limits
+from bundles.errors import MissingFieldError, UnknownFormatVersionError, WrongTypeError
+from bundles.schema import check_keys, get, get_float, get_int, get_str, get_str_list
+from bundles.timeutil import format_time, parse_time
+
+CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_~-]{0,63}")
+LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
+TENSOR_NAME_RE = re.compile(r"[^\x00-\x1f]{1,256}")
+RUNTIMES = ("onnxruntime", "tflite")
+DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "UINT16", "INT32", "INT64", "FP16", "FP32", "FP64")
+QUANTIZATION_MODES = ("none", "dynamic-int8", "static-int8", "int8", "float16")
+PAYLOAD_PREFIX = "payload/"
+PAYLOAD_SUFFIX = ".zst"
+
+
+def check_payload_path(path: str, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Return `path` if it is a safe relative payload path, else raise WrongTypeError.
+
+    Safe: '/'-separated segments of letters, digits, '.', '_', '-', not starting with '.',
+    so no absolute paths, no '..', no hidden files, no backslashes or control characters.
+    """
+    segments = path.split("/")
+    if (
+        len(path) > limits.max_path_length
+        or len(segments) > limits.max_path_depth
+        or not all(SEGMENT_RE.fullmatch(s) for s in segments)
+    ):
+        raise WrongTypeError(f"payload path {path[:80]!r} is not a safe relative path")
+    return path
+
+
+def member_name(path: str) -> str:
+    """The tar member name that carries payload `path`."""
+    return f"{PAYLOAD_PREFIX}{path}{PAYLOAD_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int  # bytes, decompressed
+    sha256: str  # of the decompressed content
+    compressed_size: int  # bytes of the zstd member
+    compressed_sha256: str  # of the zstd member
+
+    @classmethod
+    def from_dict(cls, d: Any, limits: Limits) -> FileEntry:
+        w = "manifest file entry"
+        check_keys(d, w, {"path", "size", "sha256", "compressed_size", "compressed_sha256"})
+        path = check_payload_path(get_str(d, "path", w), limits)
+        w = f"manifest file {path!r}"
+        return cls(
+            path=path,
+            size=get_int(d, "size", w, 0, limits.max_payload_bytes),
+            sha256=get_str(d, "sha256", w, SHA256_RE),
+            compressed_size=get_int(d, "compressed_size", w, 1, 2**62),
+            compressed_sha256=get_str(d, "compressed_sha256", w, SHA256_RE),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "size": self.size,
+            "sha256": self.sha256,
+            "compressed_size": self.compressed_size,
+            "compressed_sha256": self.compressed_sha256,
+        }
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    datatype: str  # KServe v2 datatype name, e.g. "FP32", "INT8"
+    shape: tuple[int, ...]  # -1 for a dynamic dimension
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> TensorInfo:
+        check_keys(d, where, {"name", "datatype", "shape"})
+        datatype = get_str(d, "datatype", where)
+        if datatype not in DATATYPES:
+            raise WrongTypeError(f"{where}: unknown datatype {datatype[:20]!r}")
+        shape = get(d, "shape", list, where)
+        if len(shape) > 8 or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= -1 for n in shape
+        ):
+            raise WrongTypeError(f"{where}: 'shape' must be a list of integers >= -1")
+        return cls(get_str(d, "name", where, TENSOR_NAME_RE), datatype, tuple(shape))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    runtime: str  # "onnxruntime" | "tflite"
+    file: str  # payload path of the model file
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+    quantization: str = "none"  # one of QUANTIZATION_MODES
+    reference_sha256: str | None = None  # float model the smoke references came from
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ModelEntry:
+        w = "manifest model"
+        check_keys(
+            d, w, {"name", "runtime", "file", "inputs", "outputs", "quantization"},
+            {"reference_sha256"},
+        )
+        name = get_str(d, "name", w, LABEL_RE)
+        w = f"manifest model {name!r}"
+        runtime = get_str(d, "runtime", w)
+        if runtime not in RUNTIMES:
+            raise WrongTypeError(f"{w}: unknown runtime {runtime[:30]!r}")
+        quantization = get_str(d, "quantization", w)
+        if quantization not in QUANTIZATION_MODES:
+            raise WrongTypeError(f"{w}: unknown quantization {quantization[:30]!r}")
+        inputs = get(d, "inputs", list, w)
+        outputs = get(d, "outputs", list, w)
+        if not inputs or not outputs:
+            raise WrongTypeError(f"{w}: needs at least one input and one output")
+        return cls(
+            name=name,
+            runtime=runtime,
+            file=get_str(d, "file", w),
+            inputs=tuple(TensorInfo.from_dict(t, f"{w} input") for t in inputs),
+            outputs=tuple(TensorInfo.from_dict(t, f"{w} output") for t in outputs),
+            quantization=quantization,
+            reference_sha256=get_str(d, "reference_sha256", w, SHA256_RE, nullable=True),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "runtime": self.runtime,
+            "file": self.file,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "quantization": self.quantization,
+        }
+        if self.reference_sha256:
+            d["reference_sha256"] = self.reference_sha256
+        return d
+
+
+@dataclass(frozen=True)
+class SmokeTest:
+    """Sample inputs, reference outputs and the budgets a device must meet to activate."""
+
+    model: str  # name of a ModelEntry
+    inputs: str  # payload path of an .npz holding one array per model input
+    reference: str  # payload path of an .npz holding one array per model output
+    max_abs_error: float | None = None  # largest |out - ref| allowed
+    min_cosine: float | None = None  # smallest cosine similarity per sample allowed
+    min_top1_agreement: float | None = None  # fraction of samples whose argmax matches
+    allow_nonfinite: bool = False  # NaN/Inf in outputs fails the test unless true
+    warmup_runs: int = 3  # runs before latency is measured
+    latency_runs: int = 20  # timed runs; p50/p95 are taken over these
+    p95_latency_budget_ms: float | None = None  # milliseconds, measured on the device
+    max_memory_mb: float | None = None  # MiB of peak resident memory growth while testing
+
+    @classmethod
+    def from_dict(cls, d: Any) -> SmokeTest:
+        w = "manifest smoke test"
+        optional = {
+            "max_abs_error", "min_cosine", "min_top1_agreement", "allow_nonfinite",
+            "warmup_runs", "latency_runs", "p95_latency_budget_ms", "max_memory_mb",
+        }
+        check_keys(d, w, {"model", "inputs", "reference"}, optional)
+        return cls(
+            model=get_str(d, "model", w, LABEL_RE),
+            inputs=get_str(d, "inputs", w),
+            reference=get_str(d, "reference", w),
+            max_abs_error=get_float(d, "max_abs_error", w, nullable=True),
+            min_cosine=get_float(d, "min_cosine", w, -1.0, 1.0, nullable=True),
+            min_top1_agreement=get_float(d, "min_top1_agreement", w, 0.0, 1.0, nullable=True),
+            allow_nonfinite=bool(get(d, "allow_nonfinite", bool, w, nullable=True) or False),
+            warmup_runs=get_int(d, "warmup_runs", w, 0, 10_000, nullable=True) or 0,
+            latency_runs=get_int(d, "latency_runs", w, 1, 100_000, nullable=True) or 20,
+            p95_latency_budget_ms=get_float(d, "p95_latency_budget_ms", w, nullable=True),
+            max_memory_mb=get_float(d, "max_memory_mb", w, nullable=True),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "model": self.model,
+            "inputs": self.inputs,
+            "reference": self.reference,
+            "allow_nonfinite": self.allow_nonfinite,
+            "warmup_runs": self.warmup_runs,
+            "latency_runs": self.latency_runs,
+        }
+        for name in ("max_abs_error", "min_cosine", "min_top1_agreement",
+                     "p95_latency_budget_ms", "max_memory_mb"):
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        return d
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """What the device watches during probation after activating; a breach rolls back."""
+
+    probation_s: float = 600.0  # seconds after activation during which the policy applies
+    min_samples: int = 20  # inferences needed before rates are judged
+    max_error_rate: float = 0.05  # fraction of failed inferences
+    max_nan_rate: float = 0.0  # fraction of inferences with NaN/Inf outputs
+    max_p95_latency_ms: float | None = None  # milliseconds; None = not judged
+    max_crash_restarts: int = 3  # service restarts inside probation that mean a crash loop
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HealthPolicy:
+        w = "manifest health policy"
+        names = {"probation_s", "min_samples", "max_error_rate", "max_nan_rate",
+                 "max_p95_latency_ms", "max_crash_restarts"}
+        check_keys(d, w, names - {"max_p95_latency_ms"}, {"max_p95_latency_ms"})
+        return cls(
+            probation_s=get_float(d, "probation_s", w, 0.0, 365 * 86400.0),
+            min_samples=get_int(d, "min_samples", w, 1, 10**9),
+            max_error_rate=get_float(d, "max_error_rate", w, 0.0, 1.0),
+            max_nan_rate=get_float(d, "max_nan_rate", w, 0.0, 1.0),
+            max_p95_latency_ms=get_float(d, "max_p95_latency_ms", w, nullable=True),
+            max_crash_restarts=get_int(d, "max_crash_restarts", w, 1, 10**6),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "probation_s": self.probation_s,
+            "min_samples": self.min_samples,
+            "max_error_rate": self.max_error_rate,
+            "max_nan_rate": self.max_nan_rate,
+            "max_crash_restarts": self.max_crash_restarts,
+        }
+        if self.max_p95_latency_ms is not None:
+            d["max_p95_latency_ms"] = self.max_p95_latency_ms
+        return d
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    device_classes: tuple[str, ...] = ()  # empty = any class
+    architectures: tuple[str, ...] = ()  # platform.machine() values; empty = any
+    runtimes: dict[str, str] = field(default_factory=dict)  # runtime -> minimum version
+    min_agent_version: str = "0.1.0"
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Compatibility:
+        w = "manifest compatibility"
+        check_keys(d, w, {"device_classes", "architectures", "runtimes", "min_agent_version"})
+        runtimes = get(d, "runtimes", dict, w)
+        for name, minimum in runtimes.items():
+            if name not in RUNTIMES or not isinstance(minimum, str) or not VERSION_RE.fullmatch(
+                minimum
+            ):
+                raise WrongTypeError(f"{w}: invalid runtime requirement {name[:30]!r}")
+        return cls(
+            device_classes=tuple(get_str_list(d, "device_classes", w, LABEL_RE)),
+            architectures=tuple(get_str_list(d, "architectures", w, LABEL_RE)),
+            runtimes=dict(runtimes),
+            min_agent_version=get_str(d, "min_agent_version", w, VERSION_RE),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "device_classes": list(self.device_classes),
+            "architectures": list(self.architectures),
+            "runtimes": dict(self.runtimes),
+            "min_agent_version": self.min_agent_version,
+        }
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str  # the model channel
+    version: str
+    sequence: int  # only ever increases per channel
+    created: datetime
+    files: tuple[FileEntry, ...]
+    models: tuple[ModelEntry, ...]
+    smoke_tests: tuple[SmokeTest, ...]
+    health_policy: HealthPolicy = field(default_factory=HealthPolicy)
+    compatibility: Compatibility = field(default_factory=Compatibility)
+    expires: datetime | None = None
+    description: str = ""
+    build: dict[str, Any] = field(default_factory=dict)  # figures measured at build time
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def unpacked_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def file(self, path: str) -> FileEntry:
+        for f in self.files:
+            if f.path == path:
+                return f
+        raise KeyError(path)
+
+    def with_files(self, files: list[FileEntry]) -> Manifest:
+        return replace(self, files=tuple(files))
+
+    @classmethod
+    def from_dict(cls, d: Any, limits: Limits = DEFAULT_LIMITS) -> Manifest:
+        """Validate and parse a manifest object.
+
+        Raises UnknownFormatVersionError, MissingFieldError, WrongTypeError,
+        UnexpectedFieldError (all ManifestError).
+        """
+        w = "manifest"
+        if not isinstance(d, dict):
+            raise WrongTypeError("manifest must be a JSON object")
+        if "format_version" not in d:
+            raise MissingFieldError("manifest has no 'format_version' field")
+        fv = d["format_version"]
+        if fv != FORMAT_VERSION or isinstance(fv, bool):
+            raise UnknownFormatVersionError(
+                f"manifest format version {str(fv)[:20]} is not supported (this agent reads "
+                f"version {FORMAT_VERSION}); update the agent"
+            )
+        required = {"format_version", "name", "version", "sequence", "created", "files",
+                    "models", "smoke_tests", "health_policy", "compatibility"}
+        check_keys(d, w, required, {"expires", "description", "build"})
+        files_raw = get(d, "files", list, w)
+        if len(files_raw) > limits.max_files:
+            raise WrongTypeError(f"manifest lists too many files ({len(files_raw)})")
+        files = tuple(FileEntry.from_dict(f, limits) for f in files_raw)
+        expires_raw = d.get("expires")
+        manifest = cls(
+            format_version=fv,
+            name=get_str(d, "name", w, CHANNEL_RE),
+            version=get_str(d, "version", w, VERSION_RE),
+            sequence=get_int(d, "sequence", w),
+            created=parse_time(d["created"], "manifest 'created'"),
+            expires=None if expires_raw is None else parse_time(expires_raw, "manifest 'expires'"),
+            files=files,
+            models=tuple(ModelEntry.from_dict(m) for m in get(d, "models", list, w)),
+            smoke_tests=tuple(SmokeTest.from_dict(s) for s in get(d, "smoke_tests", list, w)),
+            health_policy=HealthPolicy.from_dict(d["health_policy"]),
+            compatibility=Compatibility.from_dict(d["compatibility"]),
+            description=get_str(d, "description", w, nullable=True) or "",
+            build=get(d, "build", dict, w, nullable=True) or {},
+        )
+        manifest.check_references()
+        return manifest
+
+    def check_references(self) -> None:
+        """Check that every name the manifest uses is defined once. Raises WrongTypeError."""
+        paths = [f.path for f in self.files]
+        if len({p.lower() for p in paths}) != len(paths):
+            raise WrongTypeError("manifest lists the same payload path twice")
+        if not self.models:
+            raise WrongTypeError("manifest lists no model")
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise WrongTypeError("manifest lists the same model name twice")
+        for m in self.models:
+            if m.file not in paths:
+                raise WrongTypeError(f"model {m.name!r} names file {m.file!r} that is not listed")
+        for s in self.smoke_tests:
+            if s.model not in names:
+                raise WrongTypeError(f"smoke test names unknown model {s.model!r}")
+            for p in (s.inputs, s.reference):
+                if p not in paths:
+                    raise WrongTypeError(f"smoke test names file {p!r} that is not listed")
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format_version": self.format_version,
+            "name": self.name,
+            "version": self.version,
+            "sequence": self.sequence,
+            "created": format_time(self.created),
+            "files": [f.to_dict() for f in self.files],
+            "models": [m.to_dict() for m in self.models],
+            "smoke_tests": [s.to_dict() for s in self.smoke_tests],
+            "health_policy": self.health_policy.to_dict(),
+            "compatibility": self.compatibility.to_dict(),
+        }
+        if self.expires is not None:
+            d["expires"] = format_time(self.expires)
+        if self.description:
+            d["description"] = self.description
+        if self.build:
+            d["build"] = self.build
+        return d
+
+    def to_bytes(self) -> bytes:
+        return encode_canonical(self.to_dict())
+
+
+def parse_manifest(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Manifest:
+    """Parse canonical manifest bytes. Raises MalformedJSONError or ManifestError subclasses."""
+    return Manifest.from_dict(decode_canonical(data, "manifest.json"), limits)

@@ -1,0 +1,149 @@
+"""Writing bundles: compress every payload as one zstd frame, sign the manifest, lay out the tar.
+
+Payloads are compressed once, into a temporary body file, while their content and compressed
+sha256 are computed in the same pass; the manifest (which must come first) is then written,
+followed by the body copied in-kernel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from bundles.canonical import encode_canonical
+from bundles.config import DEFAULT_LIMITS, DEFAULT_PACK, PackOptions
+from bundles.keys import SigningKey, sign_all
+from bundles.manifest import FileEntry, Manifest, check_payload_path, member_name
+from bundles.tarformat import BLOCK, END_OF_ARCHIVE, encode_header, padding
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One file to put in a bundle: its path inside the bundle, and where its bytes are."""
+
+    path: str
+    source: Path | bytes
+
+    def size(self) -> int:
+        return len(self.source) if isinstance(self.source, bytes) else self.source.stat().st_size
+
+
+class _HashingSink:
+    """A write-only file that hashes and counts what passes through it to `out`."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.count += len(data)
+        return self.out.write(data)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def _compress_member(
+    payload: Payload, body: BinaryIO, options: PackOptions, mtime: int, progress: Progress | None
+) -> FileEntry:
+    header_at = body.tell()
+    body.write(b"\0" * BLOCK)
+    size = payload.size()
+    content_sha = hashlib.sha256()
+    sink = _HashingSink(body)
+    cctx = zstandard.ZstdCompressor(
+        level=options.zstd_level, threads=options.zstd_threads, write_checksum=True
+    )
+    with cctx.stream_writer(sink, size=size, closefd=False) as writer:  # type: ignore[arg-type]
+        if isinstance(payload.source, bytes):
+            content_sha.update(payload.source)
+            writer.write(payload.source)
+            if progress:
+                progress(size)
+        else:
+            with open(payload.source, "rb") as src:
+                while chunk := src.read(options.chunk_bytes):
+                    content_sha.update(chunk)
+                    writer.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+    body.write(b"\0" * padding(sink.count))
+    end = body.tell()
+    body.seek(header_at)
+    body.write(encode_header(member_name(payload.path), sink.count, mtime))
+    body.seek(end)
+    return FileEntry(
+        path=payload.path,
+        size=size,
+        sha256=content_sha.hexdigest(),
+        compressed_size=sink.count,
+        compressed_sha256=sink.sha.hexdigest(),
+    )
+
+
+def _write_member(out: BinaryIO, name: str, data: bytes, mtime: int) -> None:
+    out.write(encode_header(name, len(data), mtime))
+    out.write(data)
+    out.write(b"\0" * padding(len(data)))
+
+
+def _copy(src: BinaryIO, dst: BinaryIO) -> None:
+    src.seek(0)
+    dst.flush()
+    try:
+        remaining = os.fstat(src.fileno()).st_size
+        while remaining > 0:
+            n = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
+            if n == 0:
+                break
+            remaining -= n
+        dst.seek(0, os.SEEK_END)
+    except (AttributeError, OSError, ValueError):
+        shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
+
+
+def write_bundle(
+    out: BinaryIO,
+    manifest: Manifest,
+    payloads: list[Payload],
+    keys: list[SigningKey],
+    options: PackOptions = DEFAULT_PACK,
+    progress: Progress | None = None,
+    tmp_dir: Path | None = None,
+) -> Manifest:
+    """Write a signed bundle to `out` (a real, writable file) and return its final manifest.
+
+    `manifest.files` is replaced by the entries measured here, in the order of `payloads`.
+    Raises ManifestError if the finished manifest is invalid (for example a model naming a
+    file that is not among the payloads), ValueError for an unsafe payload path, OSError.
+    """
+    if not keys:
+        raise ValueError("at least one signing key is needed")
+    for p in payloads:
+        check_payload_path(p.path, DEFAULT_LIMITS)
+    mtime = int(manifest.created.timestamp())
+    with tempfile.TemporaryFile(dir=tmp_dir) as body:
+        entries = [_compress_member(p, body, options, mtime, progress) for p in payloads]
+        final = manifest.with_files(entries)
+        final.check_references()
+        Manifest.from_dict(final.to_dict())  # the same validation a device will run
+        manifest_bytes = final.to_bytes()
+        sigs = encode_canonical([s.to_dict() for s in sign_all(manifest_bytes, keys)])
+        _write_member(out, "manifest.json", manifest_bytes, mtime)
+        _write_member(out, "manifest.sig", sigs, mtime)
+        _copy(body, out)
+    out.write(END_OF_ARCHIVE)
+    out.flush()
+    return final

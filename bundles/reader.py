@@ -1,0 +1,357 @@
+"""Reading bundles: verify everything signed before decompressing anything, then unpack.
+
+Pass 1 (`verify_bundle`) checks the member layout, the manifest signatures against the trust
+root, expiry, and the sha256 of every compressed member, reading in bounded chunks.
+Pass 2 (`unpack_bundle`) decompresses each member in bounded chunks while hashing, refusing
+the moment output passes the declared size, and writes only inside an empty target directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
+
+from bundles.canonical import decode_json
+from bundles.config import DEFAULT_LIMITS, Limits
+from bundles.envelope import check_threshold
+from bundles.errors import (
+    ExpiredError,
+    MemberLayoutError,
+    PayloadHashError,
+    PayloadSizeError,
+    StagingError,
+    TooLargeError,
+    TruncatedBundleError,
+)
+from bundles.keys import Signature, parse_signatures
+from bundles.manifest import FileEntry, Manifest, member_name, parse_manifest
+from bundles.tarformat import BLOCK, MemberHeader, decode_header, padding
+from bundles.timeutil import format_time
+from bundles.trust import Root
+
+Progress = Callable[[int], None]
+_MAX_TRAILING_ZEROS = 1024 * 1024  # bytes of zero record padding tolerated after the end
+
+
+@dataclass(frozen=True)
+class Member:
+    entry: FileEntry
+    offset: int  # byte offset of the compressed data in the bundle file
+
+
+@dataclass(frozen=True)
+class VerifiedBundle:
+    """A bundle whose manifest is signed by a threshold of trusted keys and whose compressed
+    members all match the manifest. Its payloads are not yet decompressed."""
+
+    manifest: Manifest
+    manifest_bytes: bytes
+    signatures: tuple[Signature, ...]
+    signers: frozenset[str]
+    members: tuple[Member, ...]
+
+
+def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise TruncatedBundleError(f"bundle file is truncated (ends inside {what})")
+    return data
+
+
+def _next_header(f: BinaryIO) -> MemberHeader | None:
+    """The next member header, or None at the end-of-archive marker."""
+    block = f.read(BLOCK)
+    if len(block) < BLOCK:
+        raise TruncatedBundleError("bundle file is truncated (no end-of-archive marker)")
+    if block == b"\0" * BLOCK:
+        return None
+    return decode_header(block)
+
+
+def _read_small_member(f: BinaryIO, name: str, limit: int) -> bytes:
+    header = _next_header(f)
+    if header is None:
+        raise MemberLayoutError(f"bundle has no {name} member")
+    if header.name != name:
+        raise MemberLayoutError(f"bundle member {header.name[:80]!r} found where {name} must be")
+    if header.size > limit:
+        raise TooLargeError(f"{name} is too large ({header.size} bytes > {limit})")
+    data = _read_exact(f, header.size, name)
+    _read_exact(f, padding(header.size), name)
+    return data
+
+
+def read_head(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, list[Signature]]:
+    """Read manifest.json and manifest.sig from the start of `f`, without trusting them.
+
+    Raises FormatError subclasses and SignatureError (malformed signature list).
+    """
+    manifest_bytes = _read_small_member(f, "manifest.json", limits.max_manifest_bytes)
+    sig_bytes = _read_small_member(f, "manifest.sig", limits.max_signatures_bytes)
+    sigs = parse_signatures(decode_json(sig_bytes, "manifest.sig"), limits.max_signatures)
+    return manifest_bytes, sigs
+
+
+def read_unverified(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Manifest, list[Signature]]:
+    """Parse the manifest and signatures with no trust check, for `bundle inspect`."""
+    manifest_bytes, sigs = read_head(f, limits)
+    return parse_manifest(manifest_bytes, limits), sigs
+
+
+def check_expiry(manifest: Manifest, now: datetime, not_before: datetime | None = None) -> None:
+    """Refuse an expired manifest. `not_before` is the newest signed time this device has
+    seen, used when its clock cannot be trusted. Raises ExpiredError."""
+    if manifest.expires is None:
+        return
+    if now >= manifest.expires:
+        raise ExpiredError(
+            f"bundle {manifest.name} {manifest.version} expired at {format_time(manifest.expires)}"
+        )
+    if not_before is not None and manifest.expires <= not_before:
+        raise ExpiredError(
+            f"bundle {manifest.name} {manifest.version} expired at "
+            f"{format_time(manifest.expires)}, before {format_time(not_before)}, "
+            "the newest signed time this device has seen"
+        )
+
+
+def _hash_member(f: BinaryIO, entry: FileEntry, limits: Limits, progress: Progress | None) -> None:
+    sha = hashlib.sha256()
+    remaining = entry.compressed_size
+    buf = bytearray(limits.chunk_bytes)
+    view = memoryview(buf)
+    while remaining:
+        n = f.readinto(view[: min(remaining, len(buf))])  # type: ignore[attr-defined]
+        if not n:
+            raise TruncatedBundleError(f"bundle file is truncated (ends inside {entry.path})")
+        sha.update(view[:n])
+        remaining -= n
+        if progress:
+            progress(n)
+    if sha.hexdigest() != entry.compressed_sha256:
+        raise PayloadHashError(
+            f"payload {entry.path} does not match its signed hash (altered or corrupted)"
+        )
+    _read_exact(f, padding(entry.compressed_size), entry.path)
+
+
+def _check_end(f: BinaryIO) -> None:
+    header = _next_header(f)
+    if header is not None:
+        raise MemberLayoutError(f"bundle has an unexpected extra member {header.name[:80]!r}")
+    if _read_exact(f, BLOCK, "the end-of-archive marker") != b"\0" * BLOCK:
+        raise MemberLayoutError("bundle has data after the end-of-archive marker")
+    tail = f.read(_MAX_TRAILING_ZEROS + 1)
+    if len(tail) > _MAX_TRAILING_ZEROS or tail.strip(b"\0"):
+        raise MemberLayoutError("bundle has data after the end-of-archive marker")
+
+
+def verify_bundle(
+    f: BinaryIO,
+    root: Root,
+    now: datetime,
+    *,
+    not_before: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> VerifiedBundle:
+    """Verify a bundle read from the seekable binary file `f` without decompressing it.
+
+    Checks, in order: the first two members; a threshold of the trust root's signing keys
+    over manifest.json; the manifest's validity and expiry; each payload member's name,
+    order, size and compressed sha256; nothing after the last member.
+    Raises a FormatError, TrustError or PayloadError subclass (all BundleError).
+    """
+    f.seek(0)
+    manifest_bytes, sigs = read_head(f, limits)
+    signers = check_threshold(
+        manifest_bytes, sigs, root.signing_keys(), root.signing_role, "bundle manifest"
+    )
+    manifest = parse_manifest(manifest_bytes, limits)
+    check_expiry(manifest, now, not_before)
+    expected = {member_name(e.path) for e in manifest.files}
+    members: list[Member] = []
+    for entry in manifest.files:
+        header = _next_header(f)
+        want = member_name(entry.path)
+        if header is None:
+            raise MemberLayoutError(f"bundle is missing member {want!r}")
+        if header.name != want:
+            why = "is out of order" if header.name in expected else "is not in the manifest"
+            raise MemberLayoutError(f"bundle member {header.name[:80]!r} {why}")
+        if header.size != entry.compressed_size:
+            raise PayloadSizeError(
+                f"payload {entry.path} is {header.size} bytes compressed, "
+                f"the manifest says {entry.compressed_size}"
+            )
+        members.append(Member(entry, f.tell()))
+        _hash_member(f, entry, limits, progress)
+    _check_end(f)
+    return VerifiedBundle(manifest, manifest_bytes, tuple(sigs), frozenset(signers), tuple(members))
+
+
+class _Bounded:
+    """A read-only view of `length` bytes of `f` from its current position."""
+
+    def __init__(self, f: BinaryIO, length: int) -> None:
+        self.f = f
+        self.remaining = length
+
+    def read(self, n: int = -1) -> bytes:
+        if self.remaining <= 0:
+            return b""
+        n = self.remaining if n < 0 else min(n, self.remaining)
+        data = self.f.read(n)
+        self.remaining -= len(data)
+        return data
+
+
+def _open_in(dir_fd: int, rel: str) -> tuple[int, int]:
+    """Create the parents of `rel` under `dir_fd`; return (parent_fd, file_fd)."""
+    parts = rel.split("/")
+    parent = os.dup(dir_fd)
+    try:
+        for part in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=parent)
+            child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+            os.close(parent)
+            parent = child
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return parent, os.open(parts[-1], flags, 0o644, dir_fd=parent)
+    except BaseException:
+        os.close(parent)
+        raise
+
+
+def _unpack_member(
+    f: BinaryIO,
+    member: Member,
+    dir_fd: int,
+    dctx: zstandard.ZstdDecompressor,
+    limits: Limits,
+    fsync: bool,
+    progress: Progress | None,
+) -> None:
+    entry = member.entry
+    f.seek(member.offset)
+    parent, fd = _open_in(dir_fd, entry.path)
+    sha = hashlib.sha256()
+    written = 0
+    try:
+        reader = dctx.stream_reader(
+            _Bounded(f, entry.compressed_size), read_size=limits.chunk_bytes,
+            read_across_frames=True,
+        )
+        while True:
+            try:
+                chunk = reader.read(limits.chunk_bytes)
+            except zstandard.ZstdError as e:
+                raise PayloadHashError(
+                    f"payload {entry.path} is not a valid zstd stream: {e}"
+                ) from e
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > entry.size:
+                raise PayloadSizeError(
+                    f"payload {entry.path} decompresses to more than its declared "
+                    f"{entry.size} bytes (refused)"
+                )
+            sha.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            if progress:
+                progress(len(chunk))
+        if written != entry.size:
+            raise PayloadSizeError(
+                f"payload {entry.path} decompresses to {written} bytes, declared {entry.size}"
+            )
+        if sha.hexdigest() != entry.sha256:
+            raise PayloadHashError(f"payload {entry.path} content does not match its signed hash")
+        if fsync:
+            os.fsync(fd)
+            os.fsync(parent)
+    finally:
+        os.close(fd)
+        os.close(parent)
+
+
+def _clear(target: Path) -> None:
+    for child in target.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                child.unlink()
+
+
+def unpack_bundle(
+    f: BinaryIO,
+    verified: VerifiedBundle,
+    target: Path,
+    *,
+    fsync: bool = True,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> None:
+    """Decompress every payload of a verified bundle into the empty directory `target`.
+
+    Output of each payload is bounded by its declared size and checked against its signed
+    sha256. On any error everything written into `target` is removed again.
+    Raises PayloadError subclasses, StagingError (target unusable or a write failed).
+    """
+    try:
+        dir_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise StagingError(f"cannot open staging directory {target}: {e.strerror}") from e
+    try:
+        if os.listdir(dir_fd):
+            raise StagingError(f"staging directory {target} is not empty")
+        dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
+        for member in verified.members:
+            _unpack_member(f, member, dir_fd, dctx, limits, fsync, progress)
+        if fsync:
+            os.fsync(dir_fd)
+    except OSError as e:
+        _clear(target)
+        raise StagingError(f"cannot write to staging directory {target}: {e.strerror}") from e
+    except BaseException:
+        _clear(target)
+        raise
+    finally:
+        os.close(dir_fd)
+
+
+def verify_and_unpack(
+    path: Path,
+    root: Root,
+    target: Path,
+    now: datetime,
+    *,
+    not_before: datetime | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    fsync: bool = True,
+) -> VerifiedBundle:
+    """Verify the bundle file at `path` against `root`, then unpack it into `target`.
+
+    Raises as `verify_bundle` and `unpack_bundle`; StagingError if `path` cannot be read.
+    """
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as e:
+        raise TruncatedBundleError(f"cannot read bundle {path}: {e.strerror}") from e
+    with f:
+        verified = verify_bundle(f, root, now, not_before=not_before, limits=limits)
+        unpack_bundle(f, verified, target, fsync=fsync, limits=limits)
+    return verified
