@@ -8,6 +8,8 @@ the calibration inputs when given, otherwise generated ones.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -73,10 +75,11 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="satchel-quantize-") as tmp:
         quantized = Path(tmp) / "int8.onnx"
         try:
-            if calibration:
-                _quantize_static(src, quantized, samples)
-            else:
-                _quantize_dynamic(src, quantized)
+            with _without_preprocessing_hint():
+                if calibration:
+                    _quantize_static(src, quantized, samples)
+                else:
+                    _quantize_dynamic(src, quantized)
         except Exception as e:  # onnxruntime.quantization raises anything from onnx to numpy
             raise QuantizeError(f"{mode} quantization of {src.name} failed: {first_line(e)}") from e
         report = _compare(src, quantized, samples, mode)
@@ -85,6 +88,22 @@ def quantize_onnx(
         except OSError as e:
             raise QuantizeError(f"cannot write {dst}: {e.strerror or e}") from e
     return report
+
+
+@contextlib.contextmanager
+def _without_preprocessing_hint() -> Iterator[None]:
+    """Drop onnxruntime's "consider pre-processing" root-logger warning, which every
+    run prints and which names a tool a Satchel user has no reason to run."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _quantize_dynamic(src: Path, dst: Path) -> None:

@@ -1,0 +1,40 @@
+"""One exception tree for the manager and the admin CLI, grouped by whose fault it is."""
+
+from __future__ import annotations
+
+
+class ManagerError(Exception):
+    """Base of every refusal raised by the manager; the CLI prints it on one line, exit 1."""
+
+
+class UsageError(ManagerError):
+    """The admin asked for something that cannot be done as asked (bad option values)."""
+
+
+class BuildError(ManagerError):
+    """A bundle cannot be built: model does not load, samples do not fit, or it disagrees
+    with its reference beyond the thresholds."""
+
+
+class KeyDirError(ManagerError):
+    """A key directory is missing, incomplete, or would be overwritten."""
+
+
+class NotFoundError(ManagerError):
+    """A device, bundle, deployment or token does not exist."""
+
+
+class ConflictError(ManagerError):
+    """The request conflicts with the current state (duplicate, wrong state transition)."""
+
+
+class AuthError(ManagerError):
+    """Missing, wrong, expired or already-used credentials."""
+
+
+class ForbiddenError(ManagerError):
+    """Authenticated, but not allowed to see or change this resource."""
+
+
+class DatabaseNotReadyError(ManagerError):
+    """The database schema is not at the Alembic head revision; run `satchel db upgrade`."""
