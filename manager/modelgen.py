@@ -41,9 +41,7 @@ def make_mlp_weights(
     return {
         "w1": (rng.standard_normal((in_dim, hidden)) * math.sqrt(2.0 / in_dim)).astype(np.float32),
         "b1": (rng.standard_normal(hidden) * 0.1).astype(np.float32),
-        "w2": (rng.standard_normal((hidden, out_dim)) * math.sqrt(2.0 / hidden)).astype(
-            np.float32
-        ),
+        "w2": (rng.standard_normal((hidden, out_dim)) * math.sqrt(2.0 / hidden)).astype(np.float32),
         "b2": (rng.standard_normal(out_dim) * 0.1).astype(np.float32),
     }
 
@@ -72,7 +70,9 @@ def train_mlp(
     centers = rng.standard_normal((classes, in_dim)) * 1.5
     y = rng.integers(0, classes, n_samples)
     x = (centers[y] + rng.standard_normal((n_samples, in_dim))).astype(np.float32)
-    params = {k: v.astype(np.float64) for k, v in make_mlp_weights(in_dim, hidden, classes, seed).items()}
+    params = {
+        k: v.astype(np.float64) for k, v in make_mlp_weights(in_dim, hidden, classes, seed).items()
+    }
     adam = _Adam(params, learning_rate)
     for _ in range(epochs):
         order = rng.permutation(n_samples)
@@ -187,7 +187,7 @@ def _add_nan_trap(nodes: list[Any], initializers: list[Any], logits: str) -> str
     """Multiply logits by sqrt(-1 if first feature < 0 else 1): NaN rows, others untouched."""
     from onnx import helper, numpy_helper
 
-    constants = {
+    constants: dict[str, np.ndarray] = {
         "nan_starts": np.array([0], np.int64),
         "nan_ends": np.array([1], np.int64),
         "nan_axes": np.array([1], np.int64),
@@ -221,7 +221,7 @@ def _add_slow_chain(nodes: list[Any], initializers: list[Any], logits: str, slow
 
     n = _SLOW_MATRIX_SIZE
     steps = max(1, round(slow_ms / 1000.0 / _matmul_seconds(n)))
-    constants = {
+    constants: dict[str, np.ndarray] = {
         "slow_starts": np.array([0, 0], np.int64),
         "slow_ends": np.array([1, 1], np.int64),
         "slow_zero": np.array(0.0, np.float32),
@@ -358,10 +358,10 @@ def _tflite_flatbuffer(tensors: list[_TensorDef]) -> bytes:
 
     builder = flatbuffers.Builder(4096)
     # Buffer 0 is the empty sentinel that every non-constant tensor points at.
-    buffer_data = [b""] + [data.tobytes() for _, _, _, data, _ in tensors if data is not None]
+    buffer_data = [b""] + [const.tobytes() for _, _, _, const, _ in tensors if const is not None]
     buffers = []
-    for data in buffer_data:
-        data_vector = _aligned_bytes(builder, data) if data else None
+    for payload in buffer_data:
+        data_vector = _aligned_bytes(builder, payload) if payload else None
         tflite.BufferStart(builder)
         if data_vector is not None:
             tflite.BufferAddData(builder, data_vector)
@@ -373,9 +373,7 @@ def _tflite_flatbuffer(tensors: list[_TensorDef]) -> bytes:
         buffer_index = 0
         if data is not None:
             buffer_index, next_buffer = next_buffer, next_buffer + 1
-        tensor_offsets.append(
-            _tensor(builder, name, shape, tensor_type, buffer_index, quant)
-        )
+        tensor_offsets.append(_tensor(builder, name, shape, tensor_type, buffer_index, quant))
 
     fc1 = _fully_connected(builder, [0, 1, 2], [3], relu=True)
     fc2 = _fully_connected(builder, [3, 4, 5], [6], relu=False)

@@ -120,7 +120,7 @@ def _quantize_static(src: Path, dst: Path, samples: dict[str, np.ndarray]) -> No
         quantize_static,
     )
 
-    class _Reader(CalibrationDataReader):  # type: ignore[misc]
+    class _Reader(CalibrationDataReader):
         def __init__(self) -> None:
             self._feeds: Iterator[dict[str, np.ndarray]] = _batches(samples, _CALIBRATION_BATCH)
 

@@ -22,6 +22,7 @@ from agent.runtimes import (
     quantize,
     runtime_for_file,
 )
+from agent.runtimes.tflite import TFLiteAdapter
 from tests.models import make_mlp_weights, mlp_forward, onnx_mlp, sample_inputs, tflite_mlp
 
 IN_DIM, HIDDEN, OUT_DIM = 8, 16, 3
@@ -72,7 +73,7 @@ def test_installed_runtimes_report_package_versions():
     runtimes = installed_runtimes()
     assert runtimes["onnxruntime"] == onnxruntime.__version__
     assert runtimes["tflite"]
-    assert get_runtime("tflite").package() == "ai-edge-litert"  # type: ignore[attr-defined]
+    assert TFLiteAdapter().package() == "ai-edge-litert"  # numpy 2: never tflite-runtime
 
 
 def test_importing_runtimes_does_not_import_ml_runtimes():
@@ -87,7 +88,9 @@ def test_importing_runtimes_does_not_import_ml_runtimes():
 def test_onnx_model_describes_dynamic_batch_and_kserve_datatypes(model_files):
     model = load(model_files["onnxruntime"])
     assert model.runtime == "onnxruntime"
-    assert [(t.name, t.datatype, t.shape) for t in model.inputs] == [("input", "FP32", (-1, IN_DIM))]
+    assert [(t.name, t.datatype, t.shape) for t in model.inputs] == [
+        ("input", "FP32", (-1, IN_DIM))
+    ]
     assert [(t.name, t.datatype, t.shape) for t in model.outputs] == [
         ("logits", "FP32", (-1, OUT_DIM))
     ]

@@ -102,9 +102,7 @@ def check_feeds(
     expected = {spec.name for spec in specs}
     unknown = sorted(set(feeds) - expected)
     if unknown:
-        raise InferenceError(
-            f"unknown input {unknown[0]!r}; the model expects {sorted(expected)}"
-        )
+        raise InferenceError(f"unknown input {unknown[0]!r}; the model expects {sorted(expected)}")
     for spec in specs:
         if spec.name not in feeds:
             raise InferenceError(f"missing input {spec.name!r}")
@@ -118,10 +116,12 @@ def check_feeds(
             )
 
 
-def _shape_matches(declared: tuple[int, ...], actual: tuple[int, ...], flexible_batch: bool) -> bool:
+def _shape_matches(
+    declared: tuple[int, ...], actual: tuple[int, ...], flexible_batch: bool
+) -> bool:
     if len(declared) != len(actual):
         return False
-    for axis, (want, got) in enumerate(zip(declared, actual)):
+    for axis, (want, got) in enumerate(zip(declared, actual, strict=True)):
         if want == -1 or (flexible_batch and axis == 0):
             continue
         if want != got:

@@ -7,6 +7,7 @@ costs nothing on a device without it.
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavail
 
 RUNTIME_NAME = "onnxruntime"
 _LOG_SEVERITY_ERROR = 3  # 0 verbose .. 4 fatal; warnings about unused initializers are noise
+_ORT_STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 # onnxruntime's tensor type strings -> KServe v2 datatype names.
 ORT_TO_DATATYPE: dict[str, str] = {
@@ -34,6 +36,11 @@ ORT_TO_DATATYPE: dict[str, str] = {
     "tensor(double)": "FP64",
     "tensor(string)": "BYTES",
 }
+
+
+def _reason(error: Exception) -> str:
+    """onnxruntime's message without its "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : " prefix."""
+    return _ORT_STATUS_PREFIX.sub("", first_line(error))
 
 
 def _tensor_spec(arg: Any) -> TensorSpec:
@@ -62,8 +69,8 @@ class OnnxModel:
         try:
             results = session.run(self._output_names, dict(feeds))
         except Exception as e:  # onnxruntime raises its own pybind exception types
-            raise InferenceError(f"onnxruntime failed to run the model: {first_line(e)}") from e
-        return dict(zip(self._output_names, results))
+            raise InferenceError(f"onnxruntime failed to run the model: {_reason(e)}") from e
+        return dict(zip(self._output_names, results, strict=True))
 
     def close(self) -> None:
         """Drop the session; onnxruntime frees it when the last reference goes."""
@@ -114,5 +121,5 @@ class OnnxRuntimeAdapter:
                 str(path), sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # invalid protobuf, unsupported opset, bad graph, ...
-            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {first_line(e)}") from e
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {_reason(e)}") from e
         return OnnxModel(session)

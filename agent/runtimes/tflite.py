@@ -78,7 +78,9 @@ class TFLiteModel:
         self.outputs = [_tensor_spec(d) for d in output_details]
         self._input_index = {d["name"]: int(d["index"]) for d in input_details}
         self._output_index = {d["name"]: int(d["index"]) for d in output_details}
-        self._allocated_shape = {d["name"]: tuple(int(x) for x in d["shape"]) for d in input_details}
+        self._allocated_shape = {
+            d["name"]: tuple(int(x) for x in d["shape"]) for d in input_details
+        }
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one inference and return every output by name.
