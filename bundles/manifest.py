@@ -121,7 +121,9 @@ class ModelEntry:
     def from_dict(cls, d: Any) -> ModelEntry:
         w = "manifest model"
         check_keys(
-            d, w, {"name", "runtime", "file", "inputs", "outputs", "quantization"},
+            d,
+            w,
+            {"name", "runtime", "file", "inputs", "outputs", "quantization"},
             {"reference_sha256"},
         )
         name = get_str(d, "name", w, LABEL_RE)
@@ -180,8 +182,14 @@ class SmokeTest:
     def from_dict(cls, d: Any) -> SmokeTest:
         w = "manifest smoke test"
         optional = {
-            "max_abs_error", "min_cosine", "min_top1_agreement", "allow_nonfinite",
-            "warmup_runs", "latency_runs", "p95_latency_budget_ms", "max_memory_mb",
+            "max_abs_error",
+            "min_cosine",
+            "min_top1_agreement",
+            "allow_nonfinite",
+            "warmup_runs",
+            "latency_runs",
+            "p95_latency_budget_ms",
+            "max_memory_mb",
         }
         check_keys(d, w, {"model", "inputs", "reference"}, optional)
         return cls(
@@ -207,8 +215,13 @@ class SmokeTest:
             "warmup_runs": self.warmup_runs,
             "latency_runs": self.latency_runs,
         }
-        for name in ("max_abs_error", "min_cosine", "min_top1_agreement",
-                     "p95_latency_budget_ms", "max_memory_mb"):
+        for name in (
+            "max_abs_error",
+            "min_cosine",
+            "min_top1_agreement",
+            "p95_latency_budget_ms",
+            "max_memory_mb",
+        ):
             value = getattr(self, name)
             if value is not None:
                 d[name] = value
@@ -229,8 +242,14 @@ class HealthPolicy:
     @classmethod
     def from_dict(cls, d: Any) -> HealthPolicy:
         w = "manifest health policy"
-        names = {"probation_s", "min_samples", "max_error_rate", "max_nan_rate",
-                 "max_p95_latency_ms", "max_crash_restarts"}
+        names = {
+            "probation_s",
+            "min_samples",
+            "max_error_rate",
+            "max_nan_rate",
+            "max_p95_latency_ms",
+            "max_crash_restarts",
+        }
         check_keys(d, w, names - {"max_p95_latency_ms"}, {"max_p95_latency_ms"})
         return cls(
             probation_s=get_float(d, "probation_s", w, 0.0, 365 * 86400.0),
@@ -267,8 +286,10 @@ class Compatibility:
         check_keys(d, w, {"device_classes", "architectures", "runtimes", "min_agent_version"})
         runtimes = get(d, "runtimes", dict, w)
         for name, minimum in runtimes.items():
-            if name not in RUNTIMES or not isinstance(minimum, str) or not VERSION_RE.fullmatch(
-                minimum
+            if (
+                name not in RUNTIMES
+                or not isinstance(minimum, str)
+                or not VERSION_RE.fullmatch(minimum)
             ):
                 raise WrongTypeError(f"{w}: invalid runtime requirement {name[:30]!r}")
         return cls(
@@ -334,8 +355,18 @@ class Manifest:
                 f"manifest format version {str(fv)[:20]} is not supported (this agent reads "
                 f"version {FORMAT_VERSION}); update the agent"
             )
-        required = {"format_version", "name", "version", "sequence", "created", "files",
-                    "models", "smoke_tests", "health_policy", "compatibility"}
+        required = {
+            "format_version",
+            "name",
+            "version",
+            "sequence",
+            "created",
+            "files",
+            "models",
+            "smoke_tests",
+            "health_policy",
+            "compatibility",
+        }
         check_keys(d, w, required, {"expires", "description", "build"})
         files_raw = get(d, "files", list, w)
         if len(files_raw) > limits.max_files:

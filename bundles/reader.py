@@ -101,7 +101,9 @@ def read_head(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[bytes, list
     return manifest_bytes, sigs
 
 
-def read_unverified(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> tuple[Manifest, list[Signature]]:
+def read_unverified(
+    f: BinaryIO, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Manifest, list[Signature]]:
     """Parse the manifest and signatures with no trust check, for `bundle inspect`."""
     manifest_bytes, sigs = read_head(f, limits)
     return parse_manifest(manifest_bytes, limits), sigs
@@ -233,6 +235,58 @@ def _open_in(dir_fd: int, rel: str) -> tuple[int, int]:
         raise
 
 
+def _decompress_member(
+    f: BinaryIO,
+    member: Member,
+    dctx: zstandard.ZstdDecompressor,
+    limits: Limits,
+    sink: Callable[[bytes], None],
+    progress: Progress | None,
+) -> None:
+    """Stream one member through zstd into `sink`, bounded by and checked against the manifest."""
+    entry = member.entry
+    f.seek(member.offset)
+    sha = hashlib.sha256()
+    written = 0
+    reader = dctx.stream_reader(
+        _Bounded(f, entry.compressed_size),
+        read_size=limits.chunk_bytes,
+        read_across_frames=True,
+    )
+    while True:
+        try:
+            chunk = reader.read(limits.chunk_bytes)
+        except zstandard.ZstdError as e:
+            raise PayloadHashError(f"payload {entry.path} is not a valid zstd stream: {e}") from e
+        if not chunk:
+            break
+        written += len(chunk)
+        if written > entry.size:
+            raise PayloadSizeError(
+                f"payload {entry.path} decompresses to more than its declared "
+                f"{entry.size} bytes (refused)"
+            )
+        sha.update(chunk)
+        sink(chunk)
+        if progress:
+            progress(len(chunk))
+    if written != entry.size:
+        raise PayloadSizeError(
+            f"payload {entry.path} decompresses to {written} bytes, declared {entry.size}"
+        )
+    if sha.hexdigest() != entry.sha256:
+        raise PayloadHashError(f"payload {entry.path} content does not match its signed hash")
+
+
+def _write_all(fd: int) -> Callable[[bytes], None]:
+    def write(chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+    return write
+
+
 def _unpack_member(
     f: BinaryIO,
     member: Member,
@@ -242,49 +296,31 @@ def _unpack_member(
     fsync: bool,
     progress: Progress | None,
 ) -> None:
-    entry = member.entry
-    f.seek(member.offset)
-    parent, fd = _open_in(dir_fd, entry.path)
-    sha = hashlib.sha256()
-    written = 0
+    parent, fd = _open_in(dir_fd, member.entry.path)
     try:
-        reader = dctx.stream_reader(
-            _Bounded(f, entry.compressed_size), read_size=limits.chunk_bytes,
-            read_across_frames=True,
-        )
-        while True:
-            try:
-                chunk = reader.read(limits.chunk_bytes)
-            except zstandard.ZstdError as e:
-                raise PayloadHashError(
-                    f"payload {entry.path} is not a valid zstd stream: {e}"
-                ) from e
-            if not chunk:
-                break
-            written += len(chunk)
-            if written > entry.size:
-                raise PayloadSizeError(
-                    f"payload {entry.path} decompresses to more than its declared "
-                    f"{entry.size} bytes (refused)"
-                )
-            sha.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-            if progress:
-                progress(len(chunk))
-        if written != entry.size:
-            raise PayloadSizeError(
-                f"payload {entry.path} decompresses to {written} bytes, declared {entry.size}"
-            )
-        if sha.hexdigest() != entry.sha256:
-            raise PayloadHashError(f"payload {entry.path} content does not match its signed hash")
+        _decompress_member(f, member, dctx, limits, _write_all(fd), progress)
         if fsync:
             os.fsync(fd)
             os.fsync(parent)
     finally:
         os.close(fd)
         os.close(parent)
+
+
+def check_payloads(
+    f: BinaryIO,
+    verified: VerifiedBundle,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    progress: Progress | None = None,
+) -> None:
+    """Decompress every payload and check its size and sha256, writing nothing.
+
+    Raises PayloadError subclasses.
+    """
+    dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
+    for member in verified.members:
+        _decompress_member(f, member, dctx, limits, lambda _chunk: None, progress)
 
 
 def _clear(target: Path) -> None:

@@ -47,24 +47,38 @@ def get(d: dict, name: str, kind: type, where: str, *, nullable: bool = False) -
     return value
 
 
-def get_str(d: dict, name: str, where: str, pattern: re.Pattern[str] | None = None,
-            *, nullable: bool = False) -> Any:
+def get_str(
+    d: dict,
+    name: str,
+    where: str,
+    pattern: re.Pattern[str] | None = None,
+    *,
+    nullable: bool = False,
+) -> Any:
     value = get(d, name, str, where, nullable=nullable)
     if value is not None and pattern is not None and not pattern.fullmatch(value):
         raise WrongTypeError(f"{where}: '{name}' has an invalid value {value[:60]!r}")
     return value
 
 
-def get_int(d: dict, name: str, where: str, lo: int = 0, hi: int = 2**63 - 1,
-            *, nullable: bool = False) -> Any:
+def get_int(
+    d: dict, name: str, where: str, lo: int = 0, hi: int = 2**63 - 1, *, nullable: bool = False
+) -> Any:
     value = get(d, name, int, where, nullable=nullable)
     if value is not None and not lo <= value <= hi:
         raise WrongTypeError(f"{where}: '{name}' must be between {lo} and {hi}")
     return value
 
 
-def get_float(d: dict, name: str, where: str, lo: float = 0.0, hi: float = float("inf"),
-              *, nullable: bool = False) -> Any:
+def get_float(
+    d: dict,
+    name: str,
+    where: str,
+    lo: float = 0.0,
+    hi: float = float("inf"),
+    *,
+    nullable: bool = False,
+) -> Any:
     value = get(d, name, float, where, nullable=nullable)
     if value is not None and not lo <= value <= hi:
         raise WrongTypeError(f"{where}: '{name}' must be between {lo:g} and {hi:g}")

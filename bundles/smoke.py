@@ -21,7 +21,9 @@ class Agreement:
     max_abs_error: float  # largest |output - reference| over all finite values
     min_cosine: float  # smallest per-sample cosine similarity
     mean_cosine: float  # mean per-sample cosine similarity
-    top1_agreement: float | None  # fraction of samples with the same argmax; None if not a classifier
+    top1_agreement: (
+        float | None
+    )  # fraction of samples with the same argmax; None if not a classifier
     nonfinite: int  # count of NaN/Inf values in the outputs
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,7 +93,9 @@ def accuracy_failures(agreement: Agreement, test: SmokeTest) -> list[str]:
             f"max abs error {agreement.max_abs_error:.4g} > allowed {test.max_abs_error:.4g}"
         )
     if test.min_cosine is not None and agreement.min_cosine < test.min_cosine:
-        reasons.append(f"cosine similarity {agreement.min_cosine:.4f} < required {test.min_cosine:.4f}")
+        reasons.append(
+            f"cosine similarity {agreement.min_cosine:.4f} < required {test.min_cosine:.4f}"
+        )
     if (
         test.min_top1_agreement is not None
         and agreement.top1_agreement is not None

@@ -15,9 +15,17 @@ END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 _MAGIC = b"ustar\x0000"
 _OCTAL_SIZE_MAX = 8**11 - 1
 _TYPE_NAMES = {
-    b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
-    b"5": "directory", b"6": "FIFO", b"7": "contiguous file", b"x": "pax extended header",
-    b"g": "pax global header", b"L": "GNU long name", b"K": "GNU long link",
+    b"1": "hard link",
+    b"2": "symbolic link",
+    b"3": "character device",
+    b"4": "block device",
+    b"5": "directory",
+    b"6": "FIFO",
+    b"7": "contiguous file",
+    b"x": "pax extended header",
+    b"g": "pax global header",
+    b"L": "GNU long name",
+    b"K": "GNU long link",
 }
 
 
@@ -52,14 +60,14 @@ def _split_name(name: str) -> tuple[bytes, bytes]:
         cut = raw.rfind(b"/", 0, cut)
     if cut <= 0:
         raise ValueError(f"member name too long for ustar: {name!r}")
-    return raw[cut + 1:], raw[:cut]
+    return raw[cut + 1 :], raw[:cut]
 
 
 def encode_header(name: str, size: int, mtime: int) -> bytes:
     """A ustar header block for a regular file member."""
     short, prefix = _split_name(name)
     block = bytearray(BLOCK)
-    block[0:len(short)] = short
+    block[0 : len(short)] = short
     block[100:108] = _octal(0o644, 8)
     block[108:116] = _octal(0, 8)
     block[116:124] = _octal(0, 8)
@@ -68,7 +76,7 @@ def encode_header(name: str, size: int, mtime: int) -> bytes:
     block[148:156] = b" " * 8
     block[156:157] = b"0"
     block[257:265] = _MAGIC
-    block[345:345 + len(prefix)] = prefix
+    block[345 : 345 + len(prefix)] = prefix
     block[148:156] = f"{sum(block):06o}".encode("ascii") + b"\0 "
     return bytes(block)
 

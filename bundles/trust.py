@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from bundles.canonical import encode_canonical
 from bundles.config import DEFAULT_LIMITS
 from bundles.envelope import Role, check_threshold, open_envelope, sign_envelope
-from bundles.canonical import encode_canonical
 from bundles.errors import (
     ExpiredError,
     KeyFileError,

@@ -3,43 +3,16 @@ functions; every refusal is one line on stderr and exit code 1, usage errors exi
 
 from __future__ import annotations
 
-import functools
 import os
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from bundles.errors import BundleError
-from manager.errors import ManagerError
+from manager.commands.common import CliContext, refusals_exit_1
 
-F = TypeVar("F", bound=Callable[..., Any])
+__all__ = ["CliContext", "main", "refusals_exit_1"]
+
 DEFAULT_DATA_DIR = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "satchel"
-
-
-@dataclass
-class CliContext:
-    data_dir: Path
-
-
-def refusals_exit_1(func: F) -> F:
-    """Turn every Satchel refusal into one line on stderr and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (BundleError, ManagerError) as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted", err=True)
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,7 +39,10 @@ def _register() -> None:
     main.add_command(bundle.bundle)
     import importlib.util
 
-    if importlib.util.find_spec("flask") is None:  # server commands need the `manager` extra
+    # The server commands need the `manager` extra (Flask, SQLAlchemy).
+    if importlib.util.find_spec("flask") is None:
+        return
+    if importlib.util.find_spec("manager.commands.server") is None:
         return
     from manager.commands import server
 

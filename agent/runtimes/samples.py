@@ -37,7 +37,9 @@ def _decode(value: np.ndarray, spec: TensorSpec | None) -> np.ndarray:
     return value
 
 
-def feed_for(model: LoadedModel, samples: Mapping[str, np.ndarray], index: int) -> dict[str, np.ndarray]:
+def feed_for(
+    model: LoadedModel, samples: Mapping[str, np.ndarray], index: int
+) -> dict[str, np.ndarray]:
     """The feed for sample `index` (batch of one), encoded for the model's input tensors.
 
     Raises InferenceError if the samples do not name exactly the model's inputs.
@@ -47,7 +49,9 @@ def feed_for(model: LoadedModel, samples: Mapping[str, np.ndarray], index: int) 
         raise InferenceError(
             f"samples hold inputs {sorted(samples)}, the model expects {sorted(names)}"
         )
-    return {s.name: _encode(np.asarray(samples[s.name])[index: index + 1], s) for s in model.inputs}
+    return {
+        s.name: _encode(np.asarray(samples[s.name])[index : index + 1], s) for s in model.inputs
+    }
 
 
 def run_samples(
@@ -71,7 +75,9 @@ def run_samples(
     return {k: np.concatenate(v, axis=0) for k, v in stacked.items()}, latencies
 
 
-def time_runs(model: LoadedModel, feed: dict[str, np.ndarray], warmup: int, runs: int) -> list[float]:
+def time_runs(
+    model: LoadedModel, feed: dict[str, np.ndarray], warmup: int, runs: int
+) -> list[float]:
     """Latency in milliseconds of `runs` runs of `feed` after `warmup` untimed ones."""
     for _ in range(warmup):
         model.run(feed)

@@ -1,0 +1,1 @@
+"""Click command groups of the `satchel` CLI: thin wrappers over service functions."""
