@@ -64,7 +64,9 @@ def check_threshold(
         )
     if not valid:
         names = ", ".join(k[:12] for k in unknown) or "none"
-        raise UnknownKeyError(f"{what} is signed only by keys the trust root does not list ({names})")
+        raise UnknownKeyError(
+            f"{what} is signed only by keys the trust root does not list ({names})"
+        )
     raise ThresholdError(
         f"{what} has {len(valid)} valid signature(s) from trusted keys, {role.threshold} required"
     )
