@@ -15,6 +15,8 @@ class Limits:
     max_path_depth: int = 8  # directory levels of a payload path
     max_payload_bytes: int = 64 * 1024**3  # bytes; declared size of one payload
     chunk_bytes: int = 1024 * 1024  # bytes read or written per step when streaming
+    writeback_bytes: int = 16 * 1024 * 1024  # bytes written before starting their writeback
+    pipeline_chunks: int = 4  # decompressed chunks queued between decompressing and writing
     max_window_bytes: int = 32 * 1024 * 1024  # bytes; largest zstd window we agree to allocate
     max_trust_bytes: int = 1024 * 1024  # bytes; a root.json document
 

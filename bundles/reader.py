@@ -11,7 +11,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -235,6 +237,42 @@ def _open_in(dir_fd: int, rel: str) -> tuple[int, int]:
         raise
 
 
+class _HashingSinkThread:
+    """Hash and hand chunks to `sink` on a worker thread, so that decompression (this thread)
+    overlaps hashing and writing (both release the GIL). At most `depth` chunks are queued."""
+
+    def __init__(self, sink: Callable[[bytes], None], depth: int) -> None:
+        self.sha = hashlib.sha256()
+        self._sink = sink
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="satchel-unpack", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue
+            try:
+                self.sha.update(chunk)
+                self._sink(chunk)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                self._error = e
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def finish(self) -> str:
+        """Wait for the queued chunks; return the hex digest. Re-raises a worker error."""
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self.sha.hexdigest()
+
+
 def _decompress_member(
     f: BinaryIO,
     member: Member,
@@ -246,43 +284,57 @@ def _decompress_member(
     """Stream one member through zstd into `sink`, bounded by and checked against the manifest."""
     entry = member.entry
     f.seek(member.offset)
-    sha = hashlib.sha256()
     written = 0
     reader = dctx.stream_reader(
         _Bounded(f, entry.compressed_size),
         read_size=limits.chunk_bytes,
         read_across_frames=True,
     )
-    while True:
-        try:
-            chunk = reader.read(limits.chunk_bytes)
-        except zstandard.ZstdError as e:
-            raise PayloadHashError(f"payload {entry.path} is not a valid zstd stream: {e}") from e
-        if not chunk:
-            break
-        written += len(chunk)
-        if written > entry.size:
-            raise PayloadSizeError(
-                f"payload {entry.path} decompresses to more than its declared "
-                f"{entry.size} bytes (refused)"
-            )
-        sha.update(chunk)
-        sink(chunk)
-        if progress:
-            progress(len(chunk))
+    worker = _HashingSinkThread(sink, limits.pipeline_chunks)
+    try:
+        while True:
+            try:
+                chunk = reader.read(limits.chunk_bytes)
+            except zstandard.ZstdError as e:
+                raise PayloadHashError(
+                    f"payload {entry.path} is not a valid zstd stream: {e}"
+                ) from e
+            if not chunk:
+                break
+            written += len(chunk)
+            if written > entry.size:
+                raise PayloadSizeError(
+                    f"payload {entry.path} decompresses to more than its declared "
+                    f"{entry.size} bytes (refused)"
+                )
+            worker.put(chunk)
+            if progress:
+                progress(len(chunk))
+    finally:
+        digest = worker.finish()
     if written != entry.size:
         raise PayloadSizeError(
             f"payload {entry.path} decompresses to {written} bytes, declared {entry.size}"
         )
-    if sha.hexdigest() != entry.sha256:
+    if digest != entry.sha256:
         raise PayloadHashError(f"payload {entry.path} content does not match its signed hash")
 
 
-def _write_all(fd: int) -> Callable[[bytes], None]:
+def _write_all(fd: int, writeback_bytes: int) -> Callable[[bytes], None]:
+    """A sink writing to `fd` that starts writeback of every `writeback_bytes` it has written,
+    so the disk works while we decompress and the final fsync has little left to do."""
+    state = {"written": 0, "flushed": 0}
+
     def write(chunk: bytes) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(fd, view) :]
+        state["written"] += len(chunk)
+        pending = state["written"] - state["flushed"]
+        if writeback_bytes and pending >= writeback_bytes:
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(fd, state["flushed"], pending, os.POSIX_FADV_DONTNEED)
+            state["flushed"] = state["written"]
 
     return write
 
@@ -298,7 +350,14 @@ def _unpack_member(
 ) -> None:
     parent, fd = _open_in(dir_fd, member.entry.path)
     try:
-        _decompress_member(f, member, dctx, limits, _write_all(fd), progress)
+        _decompress_member(
+            f,
+            member,
+            dctx,
+            limits,
+            _write_all(fd, limits.writeback_bytes if fsync else 0),
+            progress,
+        )
         if fsync:
             os.fsync(fd)
             os.fsync(parent)
