@@ -73,7 +73,7 @@ def bench_pack(work: Path, repeat: int, key: SigningKey) -> dict[str, float]:
     for _ in range(repeat):
         out = work / "b.satchel"
 
-        def pack() -> None:
+        def pack(out: Path = out) -> None:
             with open(out, "wb") as f:
                 write_bundle(f, manifest_for(), [Payload(MODEL_PATH, src)], [key], tmp_dir=work)
 
