@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from agent.runtimes import (
     runtime_for_file,
 )
 from agent.runtimes.samples import feed_for, run_samples, time_runs
+from bundles.durable import atomic_writer
 from bundles.keys import SigningKey
 from bundles.manifest import (
     Compatibility,
@@ -330,16 +329,11 @@ def _write_atomically(
     keys: list[SigningKey],
     progress: Callable[[int], None] | None,
 ) -> Manifest:
+    """Write the bundle through the durable-write helper. Raises BuildError, BundleError."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            final = write_bundle(f, manifest, payloads, keys, progress=progress, tmp_dir=out.parent)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return final
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_writer(out) as f:
+            return write_bundle(f, manifest, payloads, keys, progress=progress, tmp_dir=out.parent)
+    except OSError as e:
+        raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e

@@ -15,8 +15,9 @@ from datetime import datetime
 from pathlib import Path
 
 from bundles.durable import atomic_write_bytes
+from bundles.errors import KeyFileError
 from bundles.keys import PublicKey, SigningKey
-from bundles.trust import Root, load_root, make_root, sign_root
+from bundles.trust import Root, load_root, make_root, sign_root, update_root
 from manager.errors import KeyDirError, UsageError
 
 ROOT_JSON = "root.json"
@@ -55,20 +56,23 @@ def init_keydir(
 ) -> Root:
     """Create root and signing keys and a version-1 root.json in `keydir`.
 
-    Raises KeyDirError if `keydir` already holds keys or a root.json.
+    Raises KeyDirError if `keydir` already holds keys or a root.json, or cannot be written.
     """
-    keydir.mkdir(parents=True, exist_ok=True)
-    os.chmod(keydir, 0o700)
     for name in (ROOT_JSON, ROOT_KEY, SIGNING_KEY):
         if (keydir / name).exists():
             raise KeyDirError(f"{keydir / name} already exists; use a new directory")
     root_key, signing_key = SigningKey.generate(), SigningKey.generate()
-    _write_private(keydir / ROOT_KEY, root_key, passphrase)
-    _write_private(keydir / SIGNING_KEY, signing_key, passphrase)
-    _write_public(keydir / "root.pub", root_key.public)
-    _write_public(keydir / "signing.pub", signing_key.public)
     root = make_root(1, [root_key.public], [signing_key.public], expires=expires)
-    _write_root(keydir, sign_root(root, [root_key]), 1)
+    try:
+        keydir.mkdir(parents=True, exist_ok=True)
+        os.chmod(keydir, 0o700)
+        _write_private(keydir / ROOT_KEY, root_key, passphrase)
+        _write_private(keydir / SIGNING_KEY, signing_key, passphrase)
+        _write_public(keydir / "root.pub", root_key.public)
+        _write_public(keydir / "signing.pub", signing_key.public)
+        _write_root(keydir, sign_root(root, [root_key]), 1)
+    except OSError as e:
+        raise KeyDirError(f"cannot write key directory {keydir}: {e.strerror or e}") from e
     return load_root((keydir / ROOT_JSON).read_bytes())
 
 
@@ -88,7 +92,10 @@ def load_key(path: Path, passphrase: bytes | None) -> SigningKey:
         data = path.read_bytes()
     except OSError as e:
         raise KeyDirError(f"cannot read key {path}: {e.strerror}") from e
-    return SigningKey.from_pem(data, passphrase)
+    try:
+        return SigningKey.from_pem(data, passphrase)
+    except KeyFileError as e:
+        raise KeyFileError(f"{path}: {e}") from e
 
 
 def key_names(keydir: Path) -> dict[str, str]:
@@ -121,8 +128,9 @@ def rotate(
     """Write the next root.json: signing keys added or revoked, threshold or root key changed.
 
     Signed by the current root key(s) (`root.key` plus `extra_root_keys` for thresholds
-    above one) and, when the root key is replaced, by the new one too.
-    Raises KeyDirError, UsageError, KeyFileError, BundleError.
+    above one) and, when the root key is replaced, by the new one too. Nothing is written
+    unless the new root.json is one a device trusting the current one would accept.
+    Raises KeyDirError, UsageError, KeyFileError, BundleError (RootRotationError).
     """
     current = read_root(keydir)
     names = key_names(keydir)
@@ -132,12 +140,14 @@ def rotate(
         if kid not in signing:
             raise UsageError(f"key {kid[:12]} is not a signing key")
         del signing[kid]
+    new_keys: list[tuple[str, SigningKey]] = []
     for name in req.add_signing:
         if not KEY_NAME_RE.fullmatch(name) or name in ("root", "signing"):
             raise UsageError(f"invalid key name {name!r}")
+        if (keydir / f"{name}.key").exists():
+            raise KeyDirError(f"{keydir / name}.key already exists; choose another key name")
         key = SigningKey.generate()
-        _write_private(keydir / f"{name}.key", key, passphrase)
-        _write_public(keydir / f"{name}.pub", key.public)
+        new_keys.append((name, key))
         signing[key.keyid] = key.public
     for pub_path in req.add_signing_pubs:
         pub = PublicKey.from_pem(pub_path.read_bytes())
@@ -165,6 +175,11 @@ def rotate(
         expires=req.expires if req.expires else current.expires,
     )
     data = sign_root(new, signers)
+    # Refuse here, with nothing written, what every device would refuse.
+    update_root(current, data)
+    for name, key in new_keys:
+        _write_private(keydir / f"{name}.key", key, passphrase)
+        _write_public(keydir / f"{name}.pub", key.public)
     if new_root_key is not None:
         os.replace(keydir / ROOT_KEY, keydir / f"root.v{current.version}.key")
         os.replace(keydir / "root.pub", keydir / f"root.v{current.version}.pub")

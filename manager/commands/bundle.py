@@ -78,7 +78,7 @@ def build_cmd(**opts: Any) -> None:
     reference outputs and thresholds as the smoke test, and refuses to build when the
     shipped model disagrees with its reference beyond the thresholds.
     """
-    from manager.build import BuildRequest, build_bundle
+    from manager.build import BuildDefaults, BuildRequest, build_bundle
 
     keys = load_keys(opts["key_paths"], passphrase_from(opts["passphrase_file"]))
     expires = utcnow() + timedelta(days=opts["expires_days"]) if opts["expires_days"] else None
@@ -96,7 +96,7 @@ def build_cmd(**opts: Any) -> None:
         ),
     )
     size = opts["model_path"].stat().st_size
-    bar = _progress_bar(size, "packing") if size >= 32 * 1024 * 1024 else None
+    bar = _progress_bar(size, "packing") if size >= BuildDefaults().progress_min_bytes else None
     try:
         result = build_bundle(req, keys, opts["output"], progress=bar.update if bar else None)
     finally:
@@ -149,9 +149,9 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
     for f in m.files:
         lines.append(f"    {f.path:<24} {human_bytes(f.size):>10} -> "
                      f"{human_bytes(f.compressed_size):>10}  sha256 {f.sha256[:16]}")
-    for s in sigs:
-        name = names.get(s["keyid"])
-        lines.append(f"  signed by {s['keyid'][:16]}" + (f" ({name})" if name else ""))
+    for sig in sigs:
+        name = names.get(sig["keyid"])
+        lines.append(f"  signed by {sig['keyid'][:16]}" + (f" ({name})" if name else ""))
     return lines
 
 

@@ -15,7 +15,7 @@ import click
 
 from bundles.errors import BundleError, KeyFileError
 from bundles.keys import SigningKey
-from manager.errors import ManagerError
+from manager.errors import ManagerError, UsageError
 from manager.keydir import load_key
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -52,9 +52,12 @@ passphrase_file_option = click.option(
 
 
 def passphrase_from(passphrase_file: Path | None) -> bytes | None:
-    """The passphrase given by file or environment, or None."""
+    """The passphrase given by file or environment, or None. Raises UsageError."""
     if passphrase_file is not None:
-        return passphrase_file.read_bytes().rstrip(b"\r\n")
+        try:
+            return passphrase_file.read_bytes().rstrip(b"\r\n")
+        except OSError as e:
+            raise UsageError(f"cannot read passphrase file {passphrase_file}: {e.strerror}") from e
     env = os.environ.get(PASSPHRASE_ENV)
     return env.encode() if env else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -9,12 +10,14 @@ import click
 
 from bundles.timeutil import format_time, utcnow
 from manager.commands.common import (
+    PASSPHRASE_ENV,
     echo_json,
     load_keys,
     passphrase_file_option,
     passphrase_from,
     refusals_exit_1,
 )
+from manager.errors import UsageError
 from manager.keydir import RotationRequest, init_keydir, key_names, read_root, rotate
 
 
@@ -70,9 +73,15 @@ def init_cmd(
     """
     passphrase = passphrase_from(passphrase_file)
     if encrypt and passphrase is None:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"--encrypt needs a passphrase: --passphrase-file, ${PASSPHRASE_ENV} or a terminal"
+            )
         passphrase = click.prompt(
             "New passphrase", hide_input=True, confirmation_prompt=True, err=True
         ).encode()
+    if encrypt and not passphrase:
+        raise UsageError("--encrypt needs a non-empty passphrase")
     expires = utcnow() + timedelta(days=expires_days) if expires_days else None
     init_keydir(keydir, passphrase, expires)
     if not as_json:
