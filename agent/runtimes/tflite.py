@@ -8,10 +8,14 @@ when needed, so importing this module costs nothing on a device without it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
+import os
+import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,30 @@ from agent.runtimes.base import NUMPY_TO_DATATYPE, TensorSpec, check_feeds, firs
 from agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
 
 RUNTIME_NAME = "tflite"
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Silence file descriptor 2 while the interpreter is built.
+
+    The TFLite C++ runtime prints banners ("INFO: Created TensorFlow Lite XNNPACK delegate")
+    and load errors straight to fd 2; we report load failures ourselves in one line, and a
+    technician's terminal must show only that line.
+    """
+    with _STDERR_LOCK:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 @dataclass(frozen=True)
@@ -170,8 +198,9 @@ class TFLiteAdapter:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         try:
-            interpreter = implementation.interpreter(model_path=str(path), num_threads=threads)
-            interpreter.allocate_tensors()
+            with _native_stderr_silenced():
+                interpreter = implementation.interpreter(model_path=str(path), num_threads=threads)
+                interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
             raise ModelLoadError(f"tflite cannot load {path.name}: {first_line(e)}") from e
         return TFLiteModel(interpreter)
