@@ -21,9 +21,9 @@ def encode_canonical(obj: Any) -> bytes:
         text = json.dumps(
             obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
+        return text.encode("utf-8")  # fails on lone surrogates such as "\ud800"
     except (TypeError, ValueError) as e:
         raise MalformedJSONError(f"cannot encode as canonical JSON: {e}") from e
-    return text.encode("utf-8")
 
 
 def _reject_constant(name: str) -> Any:

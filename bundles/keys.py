@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from bundles.errors import KeyFileError, SignatureError
 
+_KEYID_RE = re.compile(r"[0-9a-f]{64}")
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
 
@@ -137,12 +139,17 @@ class Signature:
         keyid, sig = d["keyid"], d["sig"]
         if not isinstance(keyid, str) or not isinstance(sig, str):
             raise SignatureError("signature 'keyid' and 'sig' must be strings")
+        if not _KEYID_RE.fullmatch(keyid):
+            raise SignatureError("signature 'keyid' is not a lowercase hex sha256")
         try:
             raw = base64.b64decode(sig, validate=True)
         except (binascii.Error, ValueError) as e:
             raise SignatureError(f"signature by key {keyid[:12]} is not base64") from e
         if len(raw) != 64:
             raise SignatureError(f"signature by key {keyid[:12]} is not 64 bytes")
+        # The unused low bits of the last base64 digit must be zero: one spelling per signature.
+        if base64.b64encode(raw).decode("ascii") != sig:
+            raise SignatureError(f"signature by key {keyid[:12]} is not canonical base64")
         return cls(keyid, raw)
 
 

@@ -350,7 +350,9 @@ class Manifest:
         if "format_version" not in d:
             raise MissingFieldError("manifest has no 'format_version' field")
         fv = d["format_version"]
-        if fv != FORMAT_VERSION or isinstance(fv, bool):
+        if type(fv) is not int:
+            raise WrongTypeError("manifest: 'format_version' must be an integer")
+        if fv != FORMAT_VERSION:
             raise UnknownFormatVersionError(
                 f"manifest format version {str(fv)[:20]} is not supported (this agent reads "
                 f"version {FORMAT_VERSION}); update the agent"
@@ -394,8 +396,14 @@ class Manifest:
     def check_references(self) -> None:
         """Check that every name the manifest uses is defined once. Raises WrongTypeError."""
         paths = [f.path for f in self.files]
-        if len({p.lower() for p in paths}) != len(paths):
+        lowered = {p.lower() for p in paths}
+        if len(lowered) != len(paths):
             raise WrongTypeError("manifest lists the same payload path twice")
+        for p in paths:
+            parents = p.lower().split("/")[:-1]
+            for depth in range(1, len(parents) + 1):
+                if "/".join(parents[:depth]) in lowered:
+                    raise WrongTypeError(f"payload path {p!r} is inside another payload file")
         if not self.models:
             raise WrongTypeError("manifest lists no model")
         names = [m.name for m in self.models]

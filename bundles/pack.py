@@ -127,7 +127,8 @@ def write_bundle(
 
     `manifest.files` is replaced by the entries measured here, in the order of `payloads`.
     Raises ManifestError if the finished manifest is invalid (for example a model naming a
-    file that is not among the payloads), ValueError for an unsafe payload path, OSError.
+    file that is not among the payloads) or a payload path is unsafe (WrongTypeError),
+    ValueError without keys or for a name too long for ustar, OSError.
     """
     if not keys:
         raise ValueError("at least one signing key is needed")

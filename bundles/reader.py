@@ -69,6 +69,12 @@ def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
     return data
 
 
+def _skip_padding(f: BinaryIO, size: int, what: str) -> None:
+    """Read the zero padding after `size` bytes of member data. Raises FormatError."""
+    if _read_exact(f, padding(size), what).strip(b"\0"):
+        raise MemberLayoutError(f"bundle has non-zero tar padding after {what}")
+
+
 def _next_header(f: BinaryIO) -> MemberHeader | None:
     """The next member header, or None at the end-of-archive marker."""
     block = f.read(BLOCK)
@@ -88,7 +94,7 @@ def _read_small_member(f: BinaryIO, name: str, limit: int) -> bytes:
     if header.size > limit:
         raise TooLargeError(f"{name} is too large ({header.size} bytes > {limit})")
     data = _read_exact(f, header.size, name)
-    _read_exact(f, padding(header.size), name)
+    _skip_padding(f, header.size, name)
     return data
 
 
@@ -145,7 +151,7 @@ def _hash_member(f: BinaryIO, entry: FileEntry, limits: Limits, progress: Progre
         raise PayloadHashError(
             f"payload {entry.path} does not match its signed hash (altered or corrupted)"
         )
-    _read_exact(f, padding(entry.compressed_size), entry.path)
+    _skip_padding(f, entry.compressed_size, entry.path)
 
 
 def _check_end(f: BinaryIO) -> None:
@@ -382,6 +388,23 @@ def check_payloads(
         _decompress_member(f, member, dctx, limits, lambda _chunk: None, progress)
 
 
+def _open_empty_dir(target: Path) -> int:
+    """Open `target` if it is a real, empty directory. Raises StagingError."""
+    try:
+        dir_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError as e:
+        raise StagingError(f"cannot open staging directory {target}: {e.strerror}") from e
+    try:
+        entries = os.listdir(dir_fd)
+    except OSError as e:
+        os.close(dir_fd)
+        raise StagingError(f"cannot list staging directory {target}: {e.strerror}") from e
+    if entries:
+        os.close(dir_fd)
+        raise StagingError(f"staging directory {target} is not empty")
+    return dir_fd
+
+
 def _clear(target: Path) -> None:
     for child in target.iterdir():
         if child.is_dir() and not child.is_symlink():
@@ -406,13 +429,8 @@ def unpack_bundle(
     sha256. On any error everything written into `target` is removed again.
     Raises PayloadError subclasses, StagingError (target unusable or a write failed).
     """
+    dir_fd = _open_empty_dir(target)  # before the clean-up below: what is there is not ours
     try:
-        dir_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    except OSError as e:
-        raise StagingError(f"cannot open staging directory {target}: {e.strerror}") from e
-    try:
-        if os.listdir(dir_fd):
-            raise StagingError(f"staging directory {target} is not empty")
         dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
         for member in verified.members:
             _unpack_member(f, member, dir_fd, dctx, limits, fsync, progress)
@@ -440,7 +458,8 @@ def verify_and_unpack(
 ) -> VerifiedBundle:
     """Verify the bundle file at `path` against `root`, then unpack it into `target`.
 
-    Raises as `verify_bundle` and `unpack_bundle`; StagingError if `path` cannot be read.
+    Raises as `verify_bundle` and `unpack_bundle`; TruncatedBundleError if `path` cannot be
+    read.
     """
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below

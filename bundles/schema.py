@@ -29,7 +29,7 @@ def check_keys(d: Any, where: str, required: set[str], optional: set[str] = froz
             raise MissingFieldError(f"{where} has no '{name}' field")
     extra = sorted(set(d) - required - set(optional))
     if extra:
-        raise UnexpectedFieldError(f"{where} has an unexpected field '{extra[0]}'")
+        raise UnexpectedFieldError(f"{where} has an unexpected field {extra[0][:60]!r}")
     return d
 
 

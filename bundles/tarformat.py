@@ -85,10 +85,10 @@ def _parse_number(field: bytes, what: str) -> int:
     if field and field[0] & 0x80:
         return int.from_bytes(field[1:], "big")
     text = field.split(b"\0", 1)[0].strip(b" ")
-    try:
-        return int(text or b"0", 8)
-    except ValueError as e:
-        raise MemberLayoutError(f"bundle has a corrupt tar header ({what})") from e
+    # int() alone would also read "-1", "+7" and "0_7", which no tar writer produces.
+    if text.strip(b"01234567"):
+        raise MemberLayoutError(f"bundle has a corrupt tar header ({what})")
+    return int(text or b"0", 8)
 
 
 def _cstring(field: bytes) -> str:

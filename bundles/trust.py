@@ -119,7 +119,9 @@ def _check_roles(root: Root) -> None:
             )
         missing = [k for k in role.keyids if k not in root.keys]
         if missing:
-            raise WrongTypeError(f"trust root role '{name}' names unknown key {missing[0][:12]}")
+            raise WrongTypeError(
+                f"trust root role '{name}' names unknown key {missing[0][:12]!r}"
+            )
 
 
 def parse_root_signed(signed: dict[str, Any]) -> Root:
@@ -142,7 +144,7 @@ def parse_root_signed(signed: dict[str, Any]) -> Root:
         raise WrongTypeError(str(e)) from e
     for kid, key in keys.items():
         if key.keyid != kid:
-            raise WrongTypeError(f"trust root key id {kid[:12]} does not match its key")
+            raise WrongTypeError(f"trust root key id {kid[:12]!r} does not match its key")
     roles_raw = _field(signed, "roles", dict, where)
     if set(roles_raw) != set(ROLE_NAMES):
         raise WrongTypeError("trust root must define exactly the roles 'root' and 'signing'")
