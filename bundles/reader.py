@@ -292,7 +292,7 @@ def _decompress_member(
     f.seek(member.offset)
     written = 0
     reader = dctx.stream_reader(
-        _Bounded(f, entry.compressed_size),
+        _Bounded(f, entry.compressed_size),  # type: ignore[arg-type]  # a read() is all it uses
         read_size=limits.chunk_bytes,
         read_across_frames=True,
     )

@@ -6,6 +6,7 @@ Each raises a ManifestError subclass with a one-line message naming the field.
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from bundles.errors import MissingFieldError, UnexpectedFieldError, WrongTypeError
@@ -20,7 +21,9 @@ _TYPE_NAMES = {
 }
 
 
-def check_keys(d: Any, where: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+def check_keys(
+    d: Any, where: str, required: set[str], optional: AbstractSet[str] = frozenset()
+) -> dict:
     """Check `d` is an object with all `required` keys and nothing outside required|optional."""
     if not isinstance(d, dict):
         raise WrongTypeError(f"{where} must be an object")
