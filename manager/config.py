@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from manager.errors import UsageError
 
@@ -142,7 +143,9 @@ def _check(config: ManagerConfig) -> None:
     if config.workers < 1 or config.threads < 1:
         raise UsageError("workers and threads must be at least 1")
     if not 0 < config.deploy_success_ratio <= 1 or not 0 <= config.deploy_max_failure_ratio < 1:
-        raise UsageError("deploy_success_ratio must be in (0, 1], deploy_max_failure_ratio in [0, 1)")
+        raise UsageError(
+            "deploy_success_ratio must be in (0, 1], deploy_max_failure_ratio in [0, 1)"
+        )
 
 
 def replace(config: ManagerConfig, **changes: Any) -> ManagerConfig:

@@ -38,3 +38,23 @@ class ForbiddenError(ManagerError):
 
 class DatabaseNotReadyError(ManagerError):
     """The database schema is not at the Alembic head revision; run `satchel db upgrade`."""
+
+
+class InvalidRequestError(ManagerError):
+    """A request body or document is malformed (bad JSON, missing or mistyped field)."""
+
+
+class RequestTooLargeError(ManagerError):
+    """A request body, upload or document is larger than the configured limit."""
+
+
+class BundleRefusedError(ManagerError):
+    """An uploaded bundle failed verification against the trust root; nothing was stored."""
+
+
+class NoTrustRootError(ManagerError):
+    """No trust root has been imported yet (`satchel trust import KEYDIR/root.json`)."""
+
+
+class ReportRefusedError(ManagerError):
+    """A device report from a USB stick is unsigned, tampered, or from an unknown device."""

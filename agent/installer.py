@@ -1,0 +1,366 @@
+"""Install, roll back and recover: the installer's steps in order, under the device lock.
+
+The decisions (which record comes next, finish or undo) are `agent.install_states`; the disk
+work is `agent.install_runner.ChannelStore`; the smoke test is a `SmokeRunner` passed in.
+Each step is durable and journaled before the next begins (see `agent.install_states`),
+so `recover()`, run first by every command, finishes or undoes an interrupted operation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from agent import history
+from agent.compat import DeviceFacts, check_compatible, expiry_clock
+from agent.config import DEFAULT_CONFIG, AgentConfig
+from agent.errors import (
+    AgentError,
+    BundleFileError,
+    SmokeTestFailedError,
+    StateCorruptError,
+    UnknownChannelError,
+)
+from agent.facts import gather_facts
+from agent.install_runner import ChannelStore, crash_point, remove_temp_files
+from agent.install_states import (
+    FINISHED,
+    GENERATION,
+    JOURNALED,
+    PROMOTED,
+    PRUNED,
+    SMOKE_TESTED,
+    SWITCHED,
+    UNPACKED,
+    Recovery,
+    record_after_install,
+    record_after_rollback,
+    recovery_for,
+    release_name,
+)
+from agent.journal import (
+    OP_INSTALL,
+    OP_ROLLBACK,
+    Journal,
+    clear_journal,
+    new_id,
+    read_journal,
+    write_journal,
+)
+from agent.lock import device_lock, try_device_lock
+from agent.smoketest import SmokeReport, SmokeRunner, default_runner
+from agent.state import (
+    ChannelRecord,
+    DeviceState,
+    Layout,
+    Release,
+    advance_newest_signed_time,
+    bump_generation,
+    load_release,
+    read_record,
+)
+from bundles.errors import BundleError
+from bundles.reader import VerifiedBundle, verify_bundle
+from bundles.timeutil import format_time, parse_time, utcnow
+from bundles.trust import Root, load_root
+
+FactsSource = Callable[[DeviceState], DeviceFacts]
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    release: Release  # now active
+    report: SmokeReport
+    previous: str | None  # version that was active before, if any
+
+
+# --- public operations ----------------------------------------------------------------------
+
+
+def install(
+    state_dir: Path,
+    bundle_path: Path,
+    *,
+    config: AgentConfig = DEFAULT_CONFIG,
+    smoke_runner: SmokeRunner | None = None,
+    facts: FactsSource = gather_facts,
+) -> InstallResult:
+    """Verify, check, unpack, smoke-test and activate the bundle at `bundle_path`.
+
+    On any refusal the device is left as it was (the refusal is recorded in the history).
+    Raises BundleError subclasses (format, trust, payload), BundleFileError, ExpiredError,
+    SequenceRollbackError, IncompatibleError subclasses, SmokeTestFailedError,
+    NotInitializedError, LockBusyError, StateCorruptError; OSError on a failing disk.
+    """
+    state = DeviceState(state_dir)
+    state.identity()
+    layout = state.layout
+    with device_lock(layout.lock, config.lock_wait_s, config.lock_poll_s):
+        _recover_locked(layout, config)
+        try:
+            with _open_bundle(bundle_path) as f:
+                return _install_locked(state, f, config, smoke_runner or default_runner(config),
+                                       facts)
+        except (AgentError, BundleError) as e:
+            if not isinstance(e, SmokeTestFailedError):
+                history.record_event(layout, history.REFUSED, config, reason=str(e),
+                                     bundle=str(bundle_path))
+            raise
+
+
+def rollback(
+    state_dir: Path, channel: str, reason: str, *, config: AgentConfig = DEFAULT_CONFIG
+) -> Release:
+    """Switch `channel` back to its previous kept release, dropping the active one; return
+    the release now active. Called by `satchel-agent rollback` and the health monitor.
+
+    Raises UnknownChannelError, NoPreviousReleaseError, NotInitializedError, LockBusyError,
+    StateCorruptError; OSError on a failing disk.
+    """
+    state = DeviceState(state_dir)
+    state.identity()
+    layout = state.layout
+    with device_lock(layout.lock, config.lock_wait_s, config.lock_poll_s):
+        _recover_locked(layout, config)
+        try:
+            return _rollback_locked(layout, channel, reason, config)
+        except AgentError as e:
+            history.record_event(layout, history.REFUSED, config, channel=channel,
+                                 reason=f"rollback refused: {e}")
+            raise
+
+
+def recover(state_dir: Path, *, config: AgentConfig = DEFAULT_CONFIG) -> list[str]:
+    """Finish or undo whatever install or rollback was interrupted; remove leftovers.
+
+    Returns one line per thing done. Does nothing if another live process holds the lock
+    (it is mid-operation and will finish it). Raises NotInitializedError, StateCorruptError;
+    OSError on a failing disk.
+    """
+    state = DeviceState(state_dir)
+    state.identity()
+    with try_device_lock(state.layout.lock) as locked:
+        return _recover_locked(state.layout, config) if locked else []
+
+
+# --- install --------------------------------------------------------------------------------
+
+
+def _open_bundle(path: Path) -> BinaryIO:
+    try:
+        return open(path, "rb")  # noqa: SIM115 - the caller closes it
+    except OSError as e:
+        raise BundleFileError(f"cannot read bundle {path}: {e.strerror}") from e
+
+
+def _load_root(layout: Layout) -> Root:
+    try:
+        return load_root(layout.trust.read_bytes())
+    except (OSError, BundleError) as e:
+        raise StateCorruptError(f"trust root {layout.trust} cannot be loaded: {e}") from e
+
+
+def _verify(f: BinaryIO, layout: Layout, facts: DeviceFacts) -> VerifiedBundle:
+    now, not_before = expiry_clock(facts)
+    return verify_bundle(f, _load_root(layout), now, not_before=not_before)
+
+
+def _install_locked(
+    state: DeviceState,
+    f: BinaryIO,
+    config: AgentConfig,
+    runner: SmokeRunner,
+    facts_source: FactsSource,
+) -> InstallResult:
+    layout = state.layout
+    facts = facts_source(state)
+    verified = _verify(f, layout, facts)
+    manifest = verified.manifest
+    record = read_record(layout, manifest.name)
+    check_compatible(
+        manifest, facts, record.highest_sequence if record else None, config.disk_margin_bytes
+    )
+    name = release_name(manifest)
+    journal = Journal(
+        op=OP_INSTALL, id=new_id(), channel=manifest.name, target=name,
+        version=manifest.version, sequence=manifest.sequence,
+        previous=record.active.name if record else None, step=JOURNALED,
+        started=format_time(utcnow()), created=format_time(manifest.created),
+        previous_version=record.active.version if record else "",
+    )
+    store = ChannelStore(layout, manifest.name)
+    store.prepare()
+    write_journal(layout, journal)
+    crash_point(OP_INSTALL, JOURNALED)
+    try:
+        report = _stage_and_test(store, f, verified, journal, runner)
+        if not report.passed:
+            raise _smoke_failure(journal, record, report)
+        store.promote(name)
+        write_journal(layout, journal.at(PROMOTED))
+        crash_point(OP_INSTALL, PROMOTED)
+        new_record = record_after_install(record, manifest, name, utcnow(), config.keep_releases)
+        store.switch(new_record)
+    except BaseException as e:
+        if _switched_to(layout, journal):
+            raise  # the switch is on disk but not confirmed durable: recovery finishes it
+        store.discard(name, record)
+        clear_journal(layout, manifest.name)
+        if record is None:
+            store.remove_if_empty_channel()
+        if isinstance(e, SmokeTestFailedError):
+            history.record_event(
+                layout, history.SMOKE_TEST_FAILED, config, id=journal.id,
+                channel=journal.channel, version=journal.version, sequence=journal.sequence,
+                reason=str(e), report=e.report,
+            )
+        raise
+    crash_point(OP_INSTALL, SWITCHED)
+    _finish_or_leave_to_recovery(layout, store, journal, new_record, config)
+    release = load_release(layout, manifest.name, new_record.active)
+    previous = record.active.version if record else None
+    return InstallResult(release, report, previous)
+
+
+def _stage_and_test(
+    store: ChannelStore, f: BinaryIO, verified: VerifiedBundle, journal: Journal,
+    runner: SmokeRunner,
+) -> SmokeReport:
+    files = store.stage(f, verified, journal.target)
+    write_journal(store.layout, journal.at(UNPACKED))
+    crash_point(OP_INSTALL, UNPACKED)
+    report = runner.run(verified.manifest, files)
+    store.write_report(journal.target, report)
+    if report.passed:
+        write_journal(store.layout, journal.at(SMOKE_TESTED))
+        crash_point(OP_INSTALL, SMOKE_TESTED)
+    return report
+
+
+def _switched_to(layout: Layout, journal: Journal) -> bool:
+    try:
+        record = read_record(layout, journal.channel)
+    except StateCorruptError:
+        return False
+    return record is not None and record.active.name == journal.target
+
+
+def _smoke_failure(
+    journal: Journal, record: ChannelRecord | None, report: SmokeReport
+) -> SmokeTestFailedError:
+    kept = f"{record.active.version} stays active" if record else "nothing activated"
+    return SmokeTestFailedError(
+        f"smoke test of {journal.channel} {journal.version} failed on this device: "
+        f"{report.summary()} ({kept})",
+        report.to_dict(),
+    )
+
+
+# --- rollback -------------------------------------------------------------------------------
+
+
+def _rollback_locked(layout: Layout, channel: str, reason: str, config: AgentConfig) -> Release:
+    record = read_record(layout, channel)
+    if record is None:
+        raise UnknownChannelError(f"channel {channel} has no active release on this device")
+    new_record = record_after_rollback(record, utcnow())
+    journal = Journal(
+        op=OP_ROLLBACK, id=new_id(), channel=channel, target=new_record.active.name,
+        version=new_record.active.version, sequence=new_record.active.sequence,
+        previous=record.active.name, step=JOURNALED, started=format_time(utcnow()),
+        reason=reason, previous_version=record.active.version,
+    )
+    write_journal(layout, journal)
+    crash_point(OP_ROLLBACK, JOURNALED)
+    store = ChannelStore(layout, channel)
+    store.switch(new_record)
+    crash_point(OP_ROLLBACK, SWITCHED)
+    _finish_or_leave_to_recovery(layout, store, journal, new_record, config)
+    return load_release(layout, channel, new_record.active)
+
+
+# --- after the switch, and recovery ---------------------------------------------------------
+
+
+def _finish(
+    layout: Layout,
+    store: ChannelStore,
+    journal: Journal,
+    record: ChannelRecord,
+    config: AgentConfig,
+    recovered: bool = False,
+) -> None:
+    """The steps after the switch; each is idempotent, so recovery may run them again."""
+    op = journal.op
+    bump_generation(layout)
+    crash_point(op, GENERATION)
+    store.collect_garbage(record)
+    crash_point(op, PRUNED)
+    if op == OP_INSTALL:
+        if journal.created:
+            advance_newest_signed_time(layout, parse_time(journal.created, "created"))
+        event, reason = history.ACTIVATED, None
+    else:
+        rolled_from = journal.previous_version or journal.previous
+        event, reason = history.ROLLED_BACK, f"{journal.reason} (from {rolled_from})"
+    history.record_event(
+        layout, event, config, id=journal.id, channel=journal.channel, version=journal.version,
+        sequence=journal.sequence, reason=reason, recovered=recovered or None,
+    )
+    crash_point(op, FINISHED)
+    clear_journal(layout, journal.channel)
+
+
+def _finish_or_leave_to_recovery(
+    layout: Layout, store: ChannelStore, journal: Journal, record: ChannelRecord,
+    config: AgentConfig,
+) -> None:
+    """Finish after the switch; a disk error here does not undo the activation, it leaves
+    the journal for the next recovery to finish."""
+    with contextlib.suppress(OSError):
+        _finish(layout, store, journal, record, config)
+
+
+def _recover_locked(layout: Layout, config: AgentConfig) -> list[str]:
+    done: list[str] = []
+    remove_temp_files(layout.root)
+    try:
+        channels = sorted(p.name for p in layout.channels.iterdir() if p.is_dir())
+    except FileNotFoundError:
+        return done
+    for channel in channels:
+        done += _recover_channel(layout, channel, config)
+    return done
+
+
+def _recover_channel(layout: Layout, channel: str, config: AgentConfig) -> list[str]:
+    done: list[str] = []
+    store = ChannelStore(layout, channel)
+    record = read_record(layout, channel)
+    journal = read_journal(layout, channel)
+    if journal is not None:
+        what = f"{journal.op} of {channel} {journal.version}"
+        action = recovery_for(journal, record)
+        if action is Recovery.REDO and record is not None:
+            record = record_after_rollback(record, utcnow())
+            store.switch(record)
+            action = Recovery.FINISH
+        if action is Recovery.FINISH and record is not None:
+            _finish(layout, store, journal, record, config, recovered=True)
+            done.append(f"finished the interrupted {what}")
+        else:
+            store.discard(journal.target, record)
+            history.record_event(
+                layout, history.UNDONE, config, id=journal.id, channel=channel,
+                version=journal.version, sequence=journal.sequence,
+                reason=f"interrupted at step {journal.step!r}; undone",
+            )
+            clear_journal(layout, channel)
+            done.append(f"undid the interrupted {what}")
+    done += [f"removed leftover {channel}/{n}" for n in store.collect_garbage(record)]
+    if record is None and store.remove_if_empty_channel():
+        done.append(f"removed empty channel {channel}")
+    return done

@@ -1,0 +1,210 @@
+"""The device's inference server, assembled: `AgentServer` for tests and `serve` for the
+`satchel-agent run` command.
+
+Threads: one per HTTP listener (plus one per connection), a watcher that polls the device
+state's generation and hot-swaps, and the health monitor that judges probation, rolls back
+and writes the health history.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent import sdnotify
+from agent.health import HealthBook
+from agent.health_store import HealthStore
+from agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, SOCKET_NAME, ServerConfig
+from agent.server.crashloop import HEALTH_DIR, record_clean_stop
+from agent.server.events import EventSink, MemoryEventSink
+from agent.server.http import TcpServer, UnixServer
+from agent.server.inference import InferenceService
+from agent.server.monitor import HealthMonitor, RollbackFn
+from agent.server.registry import ModelLoader, ModelRegistry, StateView, load_model
+
+log = logging.getLogger(__name__)
+
+
+def default_socket_path(state_dir: Path) -> Path:
+    return Path(state_dir) / SOCKET_NAME
+
+
+def _default_state(state_dir: Path) -> StateView:
+    from agent.state import DeviceState
+
+    return DeviceState(state_dir)
+
+
+def _default_rollback() -> RollbackFn:
+    from agent.installer import rollback
+
+    return rollback
+
+
+class AgentServer:
+    """The inference server over one state dir. `start()` binds, loads every channel's
+    active release and serves in background threads; `stop()` ends it all.
+
+    `state` and `rollback` default to `agent.state.DeviceState(state_dir)` and
+    `agent.installer.rollback`.
+    """
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        listen: str | None = DEFAULT_LISTEN,
+        unix_socket: Path | None = None,
+        event_sink: EventSink | None = None,
+        config: ServerConfig = DEFAULT_CONFIG,
+        state: StateView | None = None,
+        rollback: RollbackFn | None = None,
+        loader: ModelLoader = load_model,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.config = config
+        self.events: EventSink = event_sink if event_sink is not None else MemoryEventSink()
+        self.history = HealthStore(
+            self.state_dir / HEALTH_DIR,
+            retention_hours=config.health_retention_hours,
+            max_buckets_per_hour=config.health_max_buckets_per_hour,
+        )
+        self.book = HealthBook(clock)
+        self.registry = ModelRegistry(
+            state if state is not None else _default_state(self.state_dir),
+            config=config, book=self.book, events=self.events, history=self.history,
+            loader=loader, clock=clock,
+        )
+        self.monitor = HealthMonitor(
+            self.state_dir, self.registry, self.book,
+            rollback=rollback if rollback is not None else _default_rollback(),
+            events=self.events, config=config, history=self.history, clock=clock,
+        )
+        self.service = InferenceService(
+            self.registry, self.book, on_probation_inference=self.monitor.poke,
+            config=config, clock=clock,
+        )
+        self._listen = listen
+        self._unix_socket = Path(unix_socket) if unix_socket is not None else None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._tcp: TcpServer | None = None
+        self._unix: UnixServer | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL of the TCP listener, e.g. http://127.0.0.1:8401."""
+        if self._tcp is None:
+            raise RuntimeError("the server has no TCP listener")
+        return self._tcp.url
+
+    @property
+    def unix_socket(self) -> Path | None:
+        return self._unix.path if self._unix is not None else None
+
+    def start(self) -> AgentServer:
+        """Bind the listeners, load what the state says is active, start serving.
+
+        Raises ListenAddressError, ServerError (socket in use); the state's errors when it
+        cannot be read at all.
+        """
+        try:
+            if self._listen is not None:
+                self._tcp = TcpServer(self._listen, self.service, self.config)
+                self._spawn("http-tcp", self._serve_forever(self._tcp))
+            if self._unix_socket is not None:
+                self._unix = UnixServer(self._unix_socket, self.service, self.config)
+                self._spawn("http-unix", self._serve_forever(self._unix))
+            self.registry.reload_now()
+        except BaseException:
+            self.stop()
+            raise
+        self.monitor.check()
+        self._spawn("state-watcher", self._watch_state)
+        self._spawn("health-monitor", lambda: self.monitor.run(self._stop))
+        return self
+
+    def reload_now(self) -> None:
+        """Swap in whatever the state says is active now, without waiting for the poll."""
+        self.registry.reload_now()
+        self.monitor.poke()
+
+    def healthy(self) -> bool:
+        """True while every thread of the server runs (what the systemd watchdog checks)."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    def stop(self) -> None:
+        """Stop serving, write the health history, record a clean stop. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.monitor.poke()
+        listeners = [s for s in (self._tcp, self._unix) if s is not None]
+        stoppers = [threading.Thread(target=s.shutdown) for s in listeners]
+        for stopper in stoppers:  # in parallel: each takes up to listener_poll_s to notice
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
+        for listener in listeners:
+            listener.server_close()
+        for thread in self._threads:
+            thread.join(self.config.stop_timeout_s)
+        self.monitor.flush()
+        record_clean_stop(self.state_dir, self.config)
+
+    def __enter__(self) -> AgentServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _spawn(self, name: str, target: Callable[[], object]) -> None:
+        thread = threading.Thread(target=target, name=f"satchel-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _serve_forever(self, listener: TcpServer | UnixServer) -> Callable[[], None]:
+        return lambda: listener.serve_forever(poll_interval=self.config.listener_poll_s)
+
+    def _watch_state(self) -> None:
+        while not self._stop.wait(self.config.poll_interval_s):
+            try:
+                if self.registry.poll():
+                    self.monitor.poke()
+            except Exception:  # an unreadable state now is retried at the next poll
+                log.exception("reading the device state failed")
+
+
+def serve(
+    state_dir: Path,
+    listen: str = DEFAULT_LISTEN,
+    *,
+    unix_socket: Path | None,
+    event_sink: EventSink | None,
+    stop_event: threading.Event,
+    config: ServerConfig = DEFAULT_CONFIG,
+) -> None:
+    """Serve until `stop_event` is set: TCP on `listen` and, unless None, the Unix socket
+    (`default_socket_path(state_dir)` is the standard one). Tells systemd READY=1 once
+    serving and pings its watchdog while every server thread is alive.
+
+    Raises ListenAddressError, ServerError when the listeners cannot be set up.
+    """
+    server = AgentServer(
+        state_dir, listen=listen, unix_socket=unix_socket, event_sink=event_sink, config=config
+    ).start()
+    where = server.url + (f" and {server.unix_socket}" if server.unix_socket else "")
+    log.info("serving on %s", where)
+    sdnotify.ready(f"serving on {where}")
+    interval = sdnotify.watchdog_interval_s()
+    try:
+        while not stop_event.wait(interval or 1.0):
+            if interval and server.healthy():
+                sdnotify.watchdog()
+    finally:
+        sdnotify.stopping()
+        server.stop()

@@ -1,0 +1,33 @@
+"""Every limit and interval of the inference server, in one place, with units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_LISTEN = "127.0.0.1:8401"
+SOCKET_NAME = "agent.sock"  # the Unix socket, inside the state dir
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    poll_interval_s: float = 0.15  # seconds between looks at the device state's generation
+    max_body_bytes: int = 64 * 1024 * 1024  # bytes; larger infer requests get 413
+    max_json_bytes: int = 16 * 1024 * 1024  # bytes; JSON part of an infer request
+    max_elements: int = 16 * 1024 * 1024  # tensor elements in one input
+    idle_timeout_s: float = 30.0  # seconds a keep-alive connection may sit idle
+    monitor_interval_s: float = 1.0  # seconds between housekeeping rounds of the monitor
+    judge_batch_s: float = 0.05  # seconds the monitor lets inferences pile up after a poke
+    # before it judges, so a busy server is judged ~20 times a second, not once per request
+    rollback_retry_s: float = 10.0  # seconds before a failed health rollback is tried again
+    health_flush_s: float = 5.0  # seconds between durable writes of the health history
+    health_retention_hours: int = 48  # hour files of health history kept on the device
+    health_max_buckets_per_hour: int = 6000  # (release, minute) buckets in one hour file
+    crash_history: int = 32  # service starts remembered for crash-loop detection
+    warmup_runs: int = 1  # inferences run on a freshly loaded release before it serves
+    runtime_threads: int | None = None  # intra-op threads per model; None = runtime default
+    socket_mode: int = 0o660  # permissions of the Unix socket
+    stop_timeout_s: float = 5.0  # seconds to wait for worker threads when stopping
+    listener_poll_s: float = 0.1  # seconds a listener takes at most to notice a stop
+
+
+DEFAULT_CONFIG = ServerConfig()

@@ -1,0 +1,355 @@
+"""Smoke tests on the device: load the bundle's model with the real runtime, run the sample
+inputs, compare with the reference outputs, time it and watch its memory.
+
+Every measured figure goes into the report, pass or fail. Nothing here touches the state
+directory; the installer writes the report where it belongs.
+
+Memory is the growth of the process's peak resident set (VmHWM in /proc/self/status) over
+the resident set measured just before the model is loaded (runtime already imported, sample
+data already read), so it covers loading and every run. The kernel's peak counter is reset
+first (writing "5" to /proc/self/clear_refs), so that an earlier peak cannot hide this one;
+where it cannot be reset the figure is the peak since process start, an upper bound.
+
+In-process, memory the allocator kept from earlier work (a model loaded before, in a
+long-running agent) is reused without showing as growth, so the figure can be too low.
+A budget is therefore judged only in a fresh child process (`python -m agent.smoketest`):
+the default runner tests in-process (fast) unless a smoke test of the bundle sets
+`max_memory_mb`. Each report says how its memory figure was taken.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from agent.config import DEFAULT_CONFIG, AgentConfig
+from agent.runtimes import (
+    LoadedModel,
+    ModelRuntimeError,
+    TensorSpec,
+    dequantize,
+    get_runtime,
+    quantize,
+)
+from bundles.manifest import Manifest, ModelEntry, SmokeTest, parse_manifest
+from bundles.smoke import accuracy_failures, compare_outputs, percentile
+
+_CLEAR_REFS = Path("/proc/self/clear_refs")
+_STATUS = Path("/proc/self/status")
+_RESET_PEAK_RSS = b"5"  # clear_refs command that resets VmHWM to the current RSS (Linux 4.0+)
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    """The verdict over every smoke test of a bundle, and every figure measured."""
+
+    passed: bool
+    failures: tuple[str, ...]  # one line each, "model: reason"
+    tests: tuple[dict[str, Any], ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passed": self.passed, "failures": list(self.failures), "tests": list(self.tests)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SmokeReport:
+        return cls(bool(d["passed"]), tuple(d["failures"]), tuple(d["tests"]))
+
+    def summary(self) -> str:
+        """One line: the failures, or the headline figures of a pass."""
+        if not self.passed:
+            return "; ".join(self.failures)
+        parts = []
+        for t in self.tests:
+            latency = t.get("latency_ms") or {}
+            agreement = t.get("agreement") or {}
+            parts.append(
+                f"{t['model']}: max abs error {agreement.get('max_abs_error', 0):.3g}, "
+                f"p95 {latency.get('p95', 0):.3g} ms"
+            )
+        return "; ".join(parts) or "no smoke test in bundle; model loads"
+
+
+class SmokeRunner(Protocol):
+    """Runs a bundle's smoke tests against its unpacked payloads in `files`."""
+
+    def run(self, manifest: Manifest, files: Path) -> SmokeReport:
+        """Return the report; a failing model is a failed report, not an exception."""
+        ...
+
+
+# --- memory ---------------------------------------------------------------------------------
+
+
+def _status_kib(name: str) -> int | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def can_reset_peak_rss() -> bool:
+    """True when this kernel lets the process reset its own peak-RSS counter."""
+    try:
+        _CLEAR_REFS.write_bytes(_RESET_PEAK_RSS)
+    except OSError:
+        return False
+    return _status_kib("VmHWM") is not None
+
+
+class PeakMemory:
+    """Peak resident-set growth from `start()` on, in MiB (None where it cannot be measured)."""
+
+    def __init__(self) -> None:
+        self.method = "unavailable"
+        self._baseline: int | None = None
+
+    def start(self) -> None:
+        resettable = can_reset_peak_rss()
+        self._baseline = _status_kib("VmRSS")
+        if self._baseline is not None:
+            self.method = "vmhwm-reset" if resettable else "vmhwm-since-start"
+
+    def growth_mb(self) -> float | None:
+        peak = _status_kib("VmHWM")
+        if self._baseline is None or peak is None:
+            return None
+        return max(0, peak - self._baseline) / 1024.0
+
+
+# --- running one smoke test -----------------------------------------------------------------
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Raises ValueError / OSError for a file that is not a plain-array .npz."""
+    with np.load(path, allow_pickle=False) as data:
+        return {name: np.asarray(data[name]) for name in data.files}
+
+
+def _encode(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """Real-valued sample data in the model's input encoding (quantized inputs included)."""
+    if spec.quantization is not None and np.issubdtype(values.dtype, np.floating):
+        return quantize(values, spec)
+    return values.astype(spec.dtype, copy=False)
+
+
+def _decode(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    return dequantize(values, spec) if spec.quantization is not None else values
+
+
+class _Feeds:
+    """Per-sample (batch 1) feeds, encoded once, and decoding of the outputs."""
+
+    def __init__(self, model: LoadedModel, inputs: dict[str, np.ndarray]) -> None:
+        names = {s.name for s in model.inputs}
+        if set(inputs) != names:
+            raise ValueError(
+                f"smoke inputs {sorted(inputs)} do not match model inputs {sorted(names)}"
+            )
+        counts = {len(a) for a in inputs.values()}
+        if len(counts) != 1 or 0 in counts:
+            raise ValueError("smoke inputs must hold the same number (>0) of samples per input")
+        self.samples = counts.pop()
+        self._rows = [
+            {s.name: _encode(inputs[s.name][i : i + 1], s) for s in model.inputs}
+            for i in range(self.samples)
+        ]
+        self._outputs = model.outputs
+
+    def row(self, i: int) -> dict[str, np.ndarray]:
+        return self._rows[i % self.samples]
+
+    def decode(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {s.name: _decode(outputs[s.name], s) for s in self._outputs}
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is None or np.isfinite(value) else None
+
+
+def run_smoke_test(
+    model: ModelEntry, test: SmokeTest | None, files: Path, threads: int | None = None
+) -> dict[str, Any]:
+    """Run one smoke test (or, with `test` None, only load the model) and return its figures.
+
+    Never raises for a bad model: load and run errors become failures in the result.
+    """
+    result: dict[str, Any] = {"model": model.name, "runtime": model.runtime, "failures": []}
+    failures: list[str] = result["failures"]
+    memory = PeakMemory()
+    loaded: LoadedModel | None = None
+    try:
+        adapter = get_runtime(model.runtime)
+        result["runtime_version"] = adapter.version()
+        if test is not None:
+            inputs = _load_npz(files / test.inputs)
+            reference = _load_npz(files / test.reference)
+        memory.start()
+        started = time.perf_counter()
+        loaded = adapter.load(files / model.file, threads=threads)
+        result["load_ms"] = (time.perf_counter() - started) * 1000.0
+        if test is not None:
+            _measure(loaded, test, inputs, reference, result)
+    except ModelRuntimeError as e:
+        failures.append(str(e))
+    except (OSError, ValueError, KeyError) as e:
+        failures.append(f"smoke test data unusable: {e}")
+    finally:
+        if loaded is not None:
+            loaded.close()
+    peak = memory.growth_mb()
+    budget = test.max_memory_mb if test is not None else None
+    result["memory_mb"] = {"peak_growth": peak, "budget": budget, "method": memory.method}
+    if budget is not None and "load_ms" in result:
+        if peak is None:
+            failures.append("memory budget set but peak memory cannot be measured here")
+        elif peak > budget:
+            failures.append(f"peak memory {peak:.1f} MiB > budget {budget:.4g} MiB")
+    result["passed"] = not failures
+    return result
+
+
+def _measure(
+    loaded: LoadedModel,
+    test: SmokeTest,
+    inputs: dict[str, np.ndarray],
+    reference: dict[str, np.ndarray],
+    result: dict[str, Any],
+) -> None:
+    """Accuracy over every sample, then latency. Raises ModelRuntimeError, ValueError."""
+    feeds = _Feeds(loaded, inputs)
+    result["samples"] = feeds.samples
+    per_sample = [feeds.decode(loaded.run(feeds.row(i))) for i in range(feeds.samples)]
+    outputs = {name: np.concatenate([o[name] for o in per_sample]) for name in per_sample[0]}
+    agreement = compare_outputs(outputs, reference)
+    result["agreement"] = {
+        k: _finite(v) if isinstance(v, float) else v for k, v in agreement.to_dict().items()
+    }
+    result["thresholds"] = {
+        "max_abs_error": test.max_abs_error,
+        "min_cosine": test.min_cosine,
+        "min_top1_agreement": test.min_top1_agreement,
+        "allow_nonfinite": test.allow_nonfinite,
+    }
+    result["failures"].extend(accuracy_failures(agreement, test))
+    for i in range(test.warmup_runs):
+        loaded.run(feeds.row(i))
+    timings: list[float] = []
+    for i in range(test.latency_runs):
+        row = feeds.row(i)
+        started = time.perf_counter()
+        loaded.run(row)
+        timings.append((time.perf_counter() - started) * 1000.0)
+    p95 = percentile(timings, 95)
+    result["latency_ms"] = {
+        "p50": percentile(timings, 50),
+        "p95": p95,
+        "budget_p95": test.p95_latency_budget_ms,
+        "warmup_runs": test.warmup_runs,
+        "runs": test.latency_runs,
+    }
+    budget = test.p95_latency_budget_ms
+    if budget is not None and p95 > budget:
+        result["failures"].append(f"p95 latency {p95:.3g} ms > budget {budget:.4g} ms")
+
+
+def run_all(manifest: Manifest, files: Path, threads: int | None = None) -> SmokeReport:
+    """Run every smoke test of `manifest`; a model with no smoke test is at least loaded."""
+    models = {m.name: m for m in manifest.models}
+    planned: list[tuple[ModelEntry, SmokeTest | None]] = [
+        (models[t.model], t) for t in manifest.smoke_tests
+    ]
+    tested = {t.model for t in manifest.smoke_tests}
+    planned += [(m, None) for m in manifest.models if m.name not in tested]
+    tests = tuple(run_smoke_test(m, t, files, threads) for m, t in planned)
+    failures = tuple(f"{t['model']}: {reason}" for t in tests for reason in t["failures"])
+    return SmokeReport(passed=not failures, failures=failures, tests=tests)
+
+
+# --- runners --------------------------------------------------------------------------------
+
+
+def _label(report: SmokeReport, isolation: str) -> SmokeReport:
+    for test in report.tests:
+        if isinstance(test.get("memory_mb"), dict):
+            test["memory_mb"]["isolation"] = isolation
+    return report
+
+
+class InProcessSmokeRunner:
+    """Runs smoke tests in this process: fast; its memory figure may be too low (see above)."""
+
+    def __init__(self, config: AgentConfig = DEFAULT_CONFIG) -> None:
+        self.config = config
+
+    def run(self, manifest: Manifest, files: Path) -> SmokeReport:
+        return _label(run_all(manifest, files, self.config.smoke_threads), "in-process")
+
+
+class ChildSmokeRunner:
+    """Runs smoke tests in a fresh `python -m agent.smoketest` process."""
+
+    def __init__(self, config: AgentConfig = DEFAULT_CONFIG) -> None:
+        self.config = config
+
+    def run(self, manifest: Manifest, files: Path) -> SmokeReport:
+        command = [sys.executable, "-m", "agent.smoketest", str(files)]
+        if self.config.smoke_threads is not None:
+            command += ["--threads", str(self.config.smoke_threads)]
+        try:
+            done = subprocess.run(
+                command,
+                input=manifest.to_bytes(),
+                capture_output=True,
+                timeout=self.config.smoke_child_timeout_s,
+                check=False,
+            )
+            if done.returncode != 0:
+                why = done.stderr.decode(errors="replace").strip().splitlines()
+                raise RuntimeError(why[-1] if why else f"exit code {done.returncode}")
+            return _label(SmokeReport.from_dict(json.loads(done.stdout)), "child")
+        except (OSError, RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
+            reason = f"smoke test process failed: {e}"
+            return SmokeReport(False, (reason,), ())
+
+
+class AutoSmokeRunner:
+    """In a child process when a smoke test sets a memory budget, else in-process."""
+
+    def __init__(self, config: AgentConfig = DEFAULT_CONFIG) -> None:
+        self.in_process = InProcessSmokeRunner(config)
+        self.child = ChildSmokeRunner(config)
+
+    def run(self, manifest: Manifest, files: Path) -> SmokeReport:
+        budgets = any(t.max_memory_mb is not None for t in manifest.smoke_tests)
+        return (self.child if budgets else self.in_process).run(manifest, files)
+
+
+def default_runner(config: AgentConfig = DEFAULT_CONFIG) -> SmokeRunner:
+    """The runner `config.smoke_isolation` asks for: "auto", "in-process" or "child"."""
+    runners: dict[str, type[AutoSmokeRunner | InProcessSmokeRunner | ChildSmokeRunner]] = {
+        "auto": AutoSmokeRunner, "in-process": InProcessSmokeRunner, "child": ChildSmokeRunner,
+    }
+    return runners.get(config.smoke_isolation, AutoSmokeRunner)(config)
+
+
+def _child_main(argv: list[str]) -> int:
+    """`python -m agent.smoketest FILES [--threads N]`, manifest on stdin, report on stdout."""
+    threads = int(argv[2]) if len(argv) > 2 and argv[1] == "--threads" else None
+    manifest = parse_manifest(sys.stdin.buffer.read())
+    report = run_all(manifest, Path(argv[0]), threads)
+    sys.stdout.write(json.dumps(report.to_dict(), allow_nan=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

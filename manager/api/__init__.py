@@ -1,0 +1,20 @@
+"""The REST API under /api/v1: one blueprint, one JSON error helper, an OpenAPI document.
+
+Every resource needs credentials (`Authorization: Bearer TOKEN`): without them it answers 401.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+from manager.api import (  # noqa: E402,F401  (routes register themselves on `bp`)
+    bundles,
+    deployments,
+    devices,
+    errors,
+    openapi,
+    tokens,
+    trust,
+)

@@ -1,0 +1,81 @@
+"""Bundles: upload (verified against the trust root), list, inspect, download with resume."""
+
+from __future__ import annotations
+
+from typing import IO, Any
+
+from flask import Response, jsonify, request
+
+from manager.api import bp
+from manager.api.common import now
+from manager.app import state
+from manager.auth import ADMIN, DEVICE, current_principal, requires
+from manager.errors import InvalidRequestError, RequestTooLargeError
+from manager.services import bundles
+from manager.store import download_response
+
+
+def _upload_stream() -> IO[bytes]:
+    limit = state().config.max_bundle_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLargeError(f"bundle is larger than the {limit} byte upload limit")
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("bundle") or next(iter(request.files.values()), None)
+        if upload is None:
+            raise InvalidRequestError("multipart upload has no file (use the field 'bundle')")
+        return upload.stream
+    return request.stream
+
+
+@bp.post("/bundles")
+@requires(ADMIN)
+def upload_bundle() -> Response:
+    """Upload a .satchel file as the raw body or as multipart field `bundle`."""
+    st = state()
+    source = _upload_stream()
+    t = now()
+    # no retry loop: the body can be read only once
+    with st.db.transaction() as s:
+        added = bundles.add(s, st.store, source, t, st.config.max_bundle_bytes)
+        out = bundles.detail(added.bundle)
+    created = added.created
+    out["created"] = created
+    response = jsonify(out)
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = f"/api/v1/bundles/{out['sha256']}"
+    return response
+
+
+@bp.get("/bundles")
+@requires(ADMIN)
+def list_bundles() -> Response:
+    name = request.args.get("name")
+    out = state().db.run(
+        lambda s: {"bundles": [bundles.summary(b) for b in bundles.list_bundles(s, name)]}
+    )
+    return jsonify(out)
+
+
+def _visible(s: Any, sha256: str) -> Any:
+    bundle = bundles.get_by_sha(s, sha256)
+    principal = current_principal()
+    if not principal.is_admin:
+        bundles.check_device_may_fetch(s, principal.device_id or "", bundle)
+    return bundle
+
+
+@bp.get("/bundles/<sha256>")
+@requires(ADMIN, DEVICE)
+def show_bundle(sha256: str) -> Response:
+    return jsonify(state().db.run(lambda s: bundles.detail(_visible(s, sha256))))
+
+
+@bp.get("/bundles/<sha256>/download")
+@requires(ADMIN, DEVICE)
+def download_bundle(sha256: str) -> Response:
+    """The bundle file; ETag is its sha256; Range, If-Range and If-None-Match are honoured."""
+    st = state()
+    st.db.run(lambda s: _visible(s, sha256))
+    path = st.store.require(sha256)
+    st.metrics.inc("satchel_bundle_downloads_total")
+    return download_response(path, sha256, st.config.download_max_age_s)

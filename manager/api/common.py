@@ -1,0 +1,52 @@
+"""Small helpers shared by the API views: the request body, the clock, the state."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import request
+
+from bundles.canonical import decode_json
+from bundles.errors import MalformedJSONError
+from manager.app import state
+from manager.errors import InvalidRequestError, RequestTooLargeError
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def json_body(required: bool = True) -> Any:
+    """The request's JSON body, strictly parsed and bounded by `max_request_bytes`.
+
+    Raises RequestTooLargeError, InvalidRequestError.
+    """
+    limit = state().config.max_request_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestTooLargeError(f"request body is larger than {limit} bytes")
+    data = request.stream.read(limit + 1)
+    if len(data) > limit:
+        raise RequestTooLargeError(f"request body is larger than {limit} bytes")
+    if not data:
+        if required:
+            raise InvalidRequestError("a JSON body is required")
+        return {}
+    try:
+        return decode_json(data, "request body")
+    except MalformedJSONError as e:
+        raise InvalidRequestError(str(e)) from e
+
+
+def int_arg(name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high]. Raises InvalidRequestError."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise InvalidRequestError(f"query parameter {name} must be an integer") from e
+    if not low <= value <= high:
+        raise InvalidRequestError(f"query parameter {name} must be between {low} and {high}")
+    return value

@@ -1,0 +1,111 @@
+"""Deployments: create, list, status with every device's progress, pause, resume, abort."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify, request
+
+from manager.api import bp
+from manager.api.common import json_body, now
+from manager.app import state
+from manager.auth import ADMIN, requires
+from manager.errors import InvalidRequestError
+from manager.services import deployments
+from manager.services.deployments import Selectors
+
+
+def _ratio(body: dict[str, Any], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidRequestError(f"'{key}' must be a number")
+    return float(value)
+
+
+@bp.post("/deployments")
+@requires(ADMIN)
+def create_deployment() -> Response:
+    """Body: {"bundle": "NAME:VERSION" | sha256, "device_classes": [], "tags": [],
+    "devices": [], "waves": "1,10%,50%,100%", "success_ratio": 0.95,
+    "max_failure_ratio": 0.1}."""
+    body = json_body()
+    if not isinstance(body, dict) or not isinstance(body.get("bundle"), str):
+        raise InvalidRequestError("'bundle' (NAME:VERSION or sha256) is required")
+    cfg = state().config
+    waves = body.get("waves", cfg.deploy_default_waves)
+    if isinstance(waves, list):
+        waves = ",".join(str(w) for w in waves)
+    if not isinstance(waves, str):
+        raise InvalidRequestError("'waves' must be a string like \"1,10%,100%\" or a list")
+    selectors = Selectors.from_dict(body)
+    success = _ratio(body, "success_ratio", cfg.deploy_success_ratio)
+    failure = _ratio(body, "max_failure_ratio", cfg.deploy_max_failure_ratio)
+    t = now()
+
+    def work(s: Any) -> dict[str, Any]:
+        dep = deployments.create(s, body["bundle"], selectors, waves, success, failure, t)
+        return deployments.summary(s, dep)
+
+    response = jsonify(state().db.run(work))
+    response.status_code = 201
+    return response
+
+
+@bp.get("/deployments")
+@requires(ADMIN)
+def list_deployments() -> Response:
+    wanted = request.args.get("state")
+    if wanted is not None and wanted not in deployments.DEPLOYMENT_STATES:
+        raise InvalidRequestError(
+            f"state must be one of {', '.join(deployments.DEPLOYMENT_STATES)}"
+        )
+
+    def work(s: Any) -> dict[str, Any]:
+        found = deployments.list_deployments(s, wanted)
+        return {"deployments": [deployments.summary(s, d) for d in found]}
+
+    return jsonify(state().db.run(work))
+
+
+@bp.get("/deployments/<int:deployment_id>")
+@requires(ADMIN)
+def deployment_status(deployment_id: int) -> Response:
+    t = now()
+    return jsonify(state().db.run(lambda s: deployments.status(s, deployment_id, t)))
+
+
+def _transition(deployment_id: int, action: str) -> Response:
+    t = now()
+    reason = ""
+    if action == "abort":
+        body = json_body(required=False)
+        reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
+
+    def work(s: Any) -> dict[str, Any]:
+        if action == "pause":
+            dep = deployments.pause(s, deployment_id, t)
+        elif action == "resume":
+            dep = deployments.resume(s, deployment_id, t)
+        else:
+            dep = deployments.abort(s, deployment_id, t, reason)
+        return deployments.summary(s, dep)
+
+    return jsonify(state().db.run(work))
+
+
+@bp.post("/deployments/<int:deployment_id>/pause")
+@requires(ADMIN)
+def pause_deployment(deployment_id: int) -> Response:
+    return _transition(deployment_id, "pause")
+
+
+@bp.post("/deployments/<int:deployment_id>/resume")
+@requires(ADMIN)
+def resume_deployment(deployment_id: int) -> Response:
+    return _transition(deployment_id, "resume")
+
+
+@bp.post("/deployments/<int:deployment_id>/abort")
+@requires(ADMIN)
+def abort_deployment(deployment_id: int) -> Response:
+    return _transition(deployment_id, "abort")

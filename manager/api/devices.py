@@ -1,0 +1,129 @@
+"""Devices: enrollment, check-in, the fleet list, one device's detail, tags and events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify, request
+
+from manager.api import bp
+from manager.api.common import int_arg, json_body, now
+from manager.app import state
+from manager.auth import ADMIN, DEVICE, bearer_token, current_principal, requires
+from manager.services import checkin, devices
+from manager.services.devices import Identity
+
+
+def _created(payload: dict[str, Any]) -> Response:
+    response = jsonify(payload)
+    response.status_code = 201
+    return response
+
+
+@bp.post("/enroll")
+def enroll() -> Response:
+    """Trade a one-time enrollment token (as the bearer token) for a device credential."""
+    token = bearer_token(request.headers.get("Authorization"))
+    ident = Identity.from_dict(json_body())
+    st = state()
+    t = now()
+    result = st.db.run(lambda s: devices.enroll(s, token, ident, t))
+    trust_version = st.db.run(lambda s: checkin.trust.current_version(s))
+    st.metrics.inc("satchel_enrollments_total")
+    return _created(
+        {
+            "device_id": result.device.id,
+            "token": result.token,
+            "checkin_url": f"/api/v1/devices/{result.device.id}/checkin",
+            "poll_interval_s": st.config.poll_interval_s,
+            "trust": {
+                "version": trust_version,
+                "root_url": "/api/v1/trust/root.json",
+                "version_url": "/api/v1/trust/roots/{version}.json",
+            },
+        }
+    )
+
+
+@bp.post("/devices/<device_id>/checkin")
+@requires(DEVICE)
+def device_checkin(device_id: str) -> Response:
+    """Report state, health and events; learn what to install and when to call again."""
+    current_principal().check_device(device_id)
+    st = state()
+    report = checkin.parse_report(json_body(), device_id, st.config.max_events_per_checkin)
+    t = now()
+    result = st.db.run(lambda s: checkin.record(s, device_id, report, checkin.LAN, t))
+    st.metrics.inc("satchel_checkins_total", via=checkin.LAN)
+    if result.events_recorded:
+        st.metrics.inc("satchel_events_recorded_total", result.events_recorded)
+    interval = checkin.jittered(st.config.poll_interval_s, st.config.poll_jitter)
+    return jsonify(result.to_dict(interval, t))
+
+
+@bp.get("/devices")
+@requires(ADMIN)
+def list_devices() -> Response:
+    device_class = request.args.get("device_class")
+    tag = request.args.get("tag")
+    limit = int_arg("limit", 1000, 1, 10_000)
+    offset = int_arg("offset", 0, 0, 10**9)
+
+    def work(s: Any) -> dict[str, Any]:
+        found = devices.list_devices(s, device_class, tag, limit, offset)
+        return {"devices": [devices.summary(d) for d in found], "total": devices.count_devices(s)}
+
+    return jsonify(state().db.run(work))
+
+
+@bp.post("/devices")
+@requires(ADMIN)
+def register_device() -> Response:
+    """Register a USB-only device by its public key (no LAN credential is issued)."""
+    ident = Identity.from_dict(json_body())
+    t = now()
+    out = state().db.run(lambda s: devices.summary(devices.register(s, ident, t)))
+    return _created(out)
+
+
+@bp.get("/devices/<device_id>")
+@requires(ADMIN, DEVICE)
+def show_device(device_id: str) -> Response:
+    current_principal().check_device(device_id)
+    return jsonify(state().db.run(lambda s: devices.detail(s, device_id)))
+
+
+@bp.delete("/devices/<device_id>")
+@requires(ADMIN)
+def remove_device(device_id: str) -> Response:
+    state().db.run(lambda s: devices.remove(s, device_id))
+    return Response(status=204)
+
+
+@bp.get("/devices/<device_id>/events")
+@requires(ADMIN, DEVICE)
+def device_events(device_id: str) -> Response:
+    current_principal().check_device(device_id)
+    limit = int_arg("limit", 100, 1, 10_000)
+
+    def work(s: Any) -> dict[str, Any]:
+        devices.get(s, device_id)
+        return {
+            "events": [devices.event_dict(e) for e in devices.recent_events(s, device_id, limit)]
+        }
+
+    return jsonify(state().db.run(work))
+
+
+@bp.patch("/devices/<device_id>/tags")
+@requires(ADMIN)
+def device_tags(device_id: str) -> Response:
+    body = json_body()
+    add = body.get("add", []) if isinstance(body, dict) else None
+    remove = body.get("remove", []) if isinstance(body, dict) else None
+    if not isinstance(add, list) or not isinstance(remove, list):
+        from manager.errors import InvalidRequestError
+
+        raise InvalidRequestError('body must be {"add": [TAG...], "remove": [TAG...]}')
+    tags = state().db.run(lambda s: devices.set_tags(s, device_id, add, remove))
+    return jsonify({"device_id": device_id, "tags": tags})

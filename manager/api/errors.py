@@ -1,0 +1,68 @@
+"""The API's one JSON error shape: `{"error": {"code": ..., "message": ...}}`.
+
+Refusals raised by services map to HTTP statuses here, and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from bundles.errors import BundleError
+from manager import errors as e
+from manager.api import bp
+
+log = logging.getLogger("satchel.api")
+
+# the most specific class first
+STATUS: list[tuple[type[Exception], int, str]] = [
+    (e.AuthError, 401, "unauthorized"),
+    (e.ForbiddenError, 403, "forbidden"),
+    (e.NotFoundError, 404, "not_found"),
+    (e.ConflictError, 409, "conflict"),
+    (e.NoTrustRootError, 409, "no_trust_root"),
+    (e.RequestTooLargeError, 413, "too_large"),
+    (e.BundleRefusedError, 422, "bundle_refused"),
+    (e.ReportRefusedError, 422, "report_refused"),
+    (e.DatabaseNotReadyError, 503, "database_not_ready"),
+    (e.InvalidRequestError, 400, "invalid_request"),
+    (e.UsageError, 400, "invalid_request"),
+    (BundleError, 400, "invalid_request"),
+    (e.ManagerError, 400, "refused"),
+]
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    """The JSON error every API failure answers with."""
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="satchel"'
+    return response
+
+
+@bp.errorhandler(e.ManagerError)
+@bp.errorhandler(BundleError)
+def _refusal(err: Exception) -> Response:
+    for kind, status, code in STATUS:
+        if isinstance(err, kind):
+            return error_response(status, code, str(err))
+    return error_response(400, "refused", str(err))
+
+
+@bp.app_errorhandler(HTTPException)
+def _http_error(err: HTTPException) -> Response | HTTPException:
+    if not request.path.startswith(bp.url_prefix or "/api/v1"):
+        return err
+    code = (err.name or "error").lower().replace(" ", "_")
+    return error_response(err.code or 500, code, err.description or err.name)
+
+
+@bp.errorhandler(Exception)
+def _unexpected(err: Exception) -> Response:
+    if isinstance(err, HTTPException):
+        return error_response(err.code or 500, "error", err.description or "")
+    log.exception("unhandled error in %s %s", request.method, request.path)
+    return error_response(500, "internal_error", "internal error; see the manager's log")

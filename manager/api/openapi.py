@@ -1,0 +1,447 @@
+"""The OpenAPI 3.1 description of /api/v1, served at /api/v1/openapi.json.
+
+A test checks that every route of the blueprint is described here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, jsonify
+
+from manager.api import bp
+from manager.auth import ADMIN, DEVICE, requires
+
+ADMIN_ONLY = [{"adminToken": []}]
+DEVICE_ONLY = [{"deviceToken": []}]
+ADMIN_OR_DEVICE = [{"adminToken": []}, {"deviceToken": []}]
+ENROLL_ONLY = [{"enrollmentToken": []}]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+ERRORS = {
+    "400": {"$ref": "#/components/responses/Invalid"},
+    "401": {"$ref": "#/components/responses/Unauthorized"},
+    "403": {"$ref": "#/components/responses/Forbidden"},
+    "404": {"$ref": "#/components/responses/NotFound"},
+}
+
+
+def _op(summary: str, security: list[Any], responses: dict[str, Any], **extra: Any) -> dict:
+    return {"summary": summary, "security": security, "responses": {**responses, **ERRORS}, **extra}
+
+
+def _body(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
+    return {"required": True, "content": {media: {"schema": schema}}}
+
+
+def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": schema}
+
+
+DEVICE_ID = _path_param(
+    "device_id", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"}
+)
+SHA256 = _path_param("sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"})
+DEPLOYMENT_ID = _path_param("deployment_id", {"type": "integer"})
+OBJ = {"type": "object"}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+            }
+        },
+    },
+    "Identity": {
+        "type": "object",
+        "required": ["device_id", "device_class", "public_key"],
+        "additionalProperties": False,
+        "properties": {
+            "device_id": {"type": "string"},
+            "device_class": {"type": "string"},
+            "arch": {"type": "string", "description": "platform.machine()"},
+            "agent_version": {"type": "string"},
+            "public_key": {"type": "string", "description": "Ed25519 public key, PEM or 64 hex"},
+        },
+    },
+    "Enrolled": {
+        "type": "object",
+        "properties": {
+            "device_id": {"type": "string"},
+            "token": {"type": "string", "description": "the device credential, shown once"},
+            "checkin_url": {"type": "string"},
+            "poll_interval_s": {"type": "number"},
+            "trust": _ref("TrustPointer"),
+        },
+    },
+    "TrustPointer": {
+        "type": "object",
+        "properties": {
+            "version": {"type": ["integer", "null"]},
+            "root_url": {"type": "string"},
+            "version_url": {"type": "string", "description": "template with {version}"},
+        },
+    },
+    "ChannelStatus": {
+        "type": "object",
+        "properties": {
+            "active": {
+                "type": ["object", "null"],
+                "properties": {"version": {"type": "string"}, "sequence": {"type": "integer"}},
+            },
+            "releases": {"type": "array", "items": OBJ},
+            "state": {"type": "string", "description": "'probation' while health is watched"},
+        },
+    },
+    "Status": {
+        "type": "object",
+        "description": "the agent's `status --json`",
+        "properties": {
+            "device_id": {"type": "string"},
+            "device_class": {"type": "string"},
+            "channels": {"type": "object", "additionalProperties": _ref("ChannelStatus")},
+        },
+    },
+    "Health": {
+        "type": "object",
+        "properties": {
+            "count": {"type": "integer"},
+            "errors": {"type": "integer"},
+            "nan": {"type": "integer"},
+            "p95_ms": {"type": ["number", "null"]},
+        },
+    },
+    "Event": {
+        "type": "object",
+        "required": ["id", "kind", "time"],
+        "properties": {
+            "id": {"type": "string", "description": "device-generated, unique per device"},
+            "kind": {
+                "type": "string",
+                "examples": [
+                    "downloaded",
+                    "verified",
+                    "smoke_test",
+                    "activated",
+                    "rolled_back",
+                    "install_failed",
+                    "install_refused",
+                ],
+            },
+            "time": {"type": "string", "format": "date-time"},
+            "channel": {"type": "string"},
+            "version": {"type": "string"},
+            "sequence": {"type": "integer"},
+            "bundle_sha256": {"type": "string"},
+            "deployment_id": {"type": "integer"},
+            "passed": {"type": "boolean"},
+            "reason": {"type": "string"},
+            "figures": OBJ,
+        },
+    },
+    "Checkin": {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": _ref("Status"),
+            "health": {"type": "object", "additionalProperties": _ref("Health")},
+            "events": {"type": "array", "items": _ref("Event")},
+            "agent_version": {"type": "string"},
+            "trust_root_version": {"type": "integer"},
+            "sent_at": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Offer": {
+        "type": "object",
+        "properties": {
+            "channel": {"type": "string"},
+            "version": {"type": "string"},
+            "sequence": {"type": "integer"},
+            "bundle_sha256": {"type": "string"},
+            "size": {"type": "integer"},
+            "url": {"type": "string"},
+            "deployment_id": {"type": "integer"},
+        },
+    },
+    "CheckinAnswer": {
+        "type": "object",
+        "properties": {
+            "device_id": {"type": "string"},
+            "install": {"type": "array", "items": _ref("Offer")},
+            "trust": _ref("TrustPointer"),
+            "poll_interval_s": {"type": "number"},
+            "events": {
+                "type": "object",
+                "properties": {"recorded": {"type": "integer"}, "duplicate": {"type": "integer"}},
+            },
+            "server_time": {"type": "string", "format": "date-time"},
+        },
+    },
+    "Device": OBJ,
+    "Bundle": OBJ,
+    "Deployment": OBJ,
+    "NewDeployment": {
+        "type": "object",
+        "required": ["bundle"],
+        "properties": {
+            "bundle": {"type": "string", "description": "NAME:VERSION or sha256"},
+            "device_classes": {"type": "array", "items": {"type": "string"}},
+            "tags": {"type": "array", "items": {"type": "string"}},
+            "devices": {"type": "array", "items": {"type": "string"}},
+            "waves": {"type": "string", "examples": ["1,10%,50%,100%"]},
+            "success_ratio": {"type": "number"},
+            "max_failure_ratio": {"type": "number"},
+        },
+    },
+    "NewToken": {
+        "type": "object",
+        "required": ["kind"],
+        "properties": {
+            "kind": {"enum": ["admin", "enroll"]},
+            "name": {"type": "string"},
+            "device_class": {"type": "string"},
+            "ttl_s": {"type": "number"},
+        },
+    },
+}
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return _json(_ref("Error"), description)
+
+
+PATHS: dict[str, Any] = {
+    "/openapi.json": {"get": _op("This document", ADMIN_OR_DEVICE, {"200": _json(OBJ)})},
+    "/enroll": {
+        "post": _op(
+            "Trade a one-time enrollment token for a device credential",
+            ENROLL_ONLY,
+            {
+                "201": _json(_ref("Enrolled"), "Enrolled"),
+                "409": _error_response("Already enrolled"),
+            },
+            requestBody=_body(_ref("Identity")),
+        )
+    },
+    "/devices": {
+        "get": _op(
+            "List devices",
+            ADMIN_ONLY,
+            {"200": _json(OBJ)},
+            parameters=[
+                {"name": n, "in": "query", "schema": {"type": t}}
+                for n, t in (
+                    ("device_class", "string"),
+                    ("tag", "string"),
+                    ("limit", "integer"),
+                    ("offset", "integer"),
+                )
+            ],
+        ),
+        "post": _op(
+            "Register a USB-only device by its public key",
+            ADMIN_ONLY,
+            {"201": _json(_ref("Device"), "Registered")},
+            requestBody=_body(_ref("Identity")),
+        ),
+    },
+    "/devices/{device_id}": {
+        "parameters": [DEVICE_ID],
+        "get": _op(
+            "One device: identity, channels, health, recent events",
+            ADMIN_OR_DEVICE,
+            {"200": _json(_ref("Device"))},
+        ),
+        "delete": _op("Forget a device", ADMIN_ONLY, {"204": {"description": "Removed"}}),
+    },
+    "/devices/{device_id}/checkin": {
+        "parameters": [DEVICE_ID],
+        "post": _op(
+            "Report state, health and events; learn what to install",
+            DEVICE_ONLY,
+            {"200": _json(_ref("CheckinAnswer"))},
+            requestBody=_body(_ref("Checkin")),
+        ),
+    },
+    "/devices/{device_id}/events": {
+        "parameters": [DEVICE_ID],
+        "get": _op("A device's events, newest first", ADMIN_OR_DEVICE, {"200": _json(OBJ)}),
+    },
+    "/devices/{device_id}/tags": {
+        "parameters": [DEVICE_ID],
+        "patch": _op(
+            "Add or remove tags",
+            ADMIN_ONLY,
+            {"200": _json(OBJ)},
+            requestBody=_body(
+                {
+                    "type": "object",
+                    "properties": {"add": {"type": "array"}, "remove": {"type": "array"}},
+                }
+            ),
+        ),
+    },
+    "/bundles": {
+        "get": _op("List bundles", ADMIN_ONLY, {"200": _json(OBJ)}),
+        "post": _op(
+            "Upload a bundle (raw body or multipart field 'bundle'); verified first",
+            ADMIN_ONLY,
+            {
+                "201": _json(_ref("Bundle"), "Stored"),
+                "200": _json(_ref("Bundle"), "Already stored"),
+                "409": _error_response("Version or sequence taken, or no trust root"),
+                "413": _error_response("Too large"),
+                "422": _error_response("Refused by verification; nothing stored"),
+            },
+            requestBody={
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "multipart/form-data": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"bundle": {"type": "string", "format": "binary"}},
+                        }
+                    },
+                },
+            },
+        ),
+    },
+    "/bundles/{sha256}": {
+        "parameters": [SHA256],
+        "get": _op(
+            "A bundle and its manifest (devices: only assigned ones)",
+            ADMIN_OR_DEVICE,
+            {"200": _json(_ref("Bundle"))},
+        ),
+    },
+    "/bundles/{sha256}/download": {
+        "parameters": [SHA256],
+        "get": _op(
+            "The bundle file; ETag = sha256; Range, If-Range, If-None-Match honoured",
+            ADMIN_OR_DEVICE,
+            {
+                "200": {"description": "The whole file"},
+                "206": {"description": "The requested range"},
+                "304": {"description": "Not modified"},
+                "416": {"description": "Range not satisfiable"},
+            },
+            parameters=[
+                {"name": h, "in": "header", "schema": {"type": "string"}}
+                for h in ("Range", "If-Range", "If-None-Match")
+            ],
+        ),
+    },
+    "/deployments": {
+        "get": _op(
+            "List deployments",
+            ADMIN_ONLY,
+            {"200": _json(OBJ)},
+            parameters=[{"name": "state", "in": "query", "schema": {"type": "string"}}],
+        ),
+        "post": _op(
+            "Create and start a deployment",
+            ADMIN_ONLY,
+            {"201": _json(_ref("Deployment"), "Created")},
+            requestBody=_body(_ref("NewDeployment")),
+        ),
+    },
+    "/deployments/{deployment_id}": {
+        "parameters": [DEPLOYMENT_ID],
+        "get": _op(
+            "Status with every device's progress (evaluates advance/halt)",
+            ADMIN_ONLY,
+            {"200": _json(_ref("Deployment"))},
+        ),
+    },
+    **{
+        f"/deployments/{{deployment_id}}/{action}": {
+            "parameters": [DEPLOYMENT_ID],
+            "post": _op(
+                f"{action.capitalize()} a deployment",
+                ADMIN_ONLY,
+                {
+                    "200": _json(_ref("Deployment")),
+                    "409": _error_response("Not possible in this state"),
+                },
+            ),
+        }
+        for action in ("pause", "resume", "abort")
+    },
+    "/trust": {
+        "get": _op("Trust root summary", ADMIN_OR_DEVICE, {"200": _json(OBJ)}),
+        "post": _op(
+            "Import root.json (first, or the next rotation)",
+            ADMIN_ONLY,
+            {"200": _json(OBJ)},
+            requestBody=_body(OBJ),
+        ),
+    },
+    "/trust/root.json": {
+        "get": _op("The current root.json", ADMIN_OR_DEVICE, {"200": _json(OBJ)}),
+    },
+    "/trust/roots/{version}.json": {
+        "parameters": [_path_param("version", {"type": "integer"})],
+        "get": _op(
+            "root.json of one version (walk the rotation chain)",
+            ADMIN_OR_DEVICE,
+            {"200": _json(OBJ)},
+        ),
+    },
+    "/tokens": {
+        "post": _op(
+            "Issue an enrollment or admin token",
+            ADMIN_ONLY,
+            {"201": _json(OBJ, "Issued")},
+            requestBody=_body(_ref("NewToken")),
+        ),
+    },
+}
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "Satchel manager API",
+        "version": "1",
+        "description": "Fleet, bundles, deployments and device check-ins. See docs/API.md.",
+    },
+    "servers": [{"url": "/api/v1"}],
+    "paths": PATHS,
+    "components": {
+        "schemas": SCHEMAS,
+        "securitySchemes": {
+            "adminToken": {"type": "http", "scheme": "bearer", "description": "sat_admin_..."},
+            "deviceToken": {"type": "http", "scheme": "bearer", "description": "sat_dev_..."},
+            "enrollmentToken": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "sat_enroll_..., one-time",
+            },
+        },
+        "responses": {
+            "Invalid": _error_response("Malformed request"),
+            "Unauthorized": _error_response("No or invalid credentials"),
+            "Forbidden": _error_response("Not allowed for these credentials"),
+            "NotFound": _error_response("No such resource"),
+        },
+    },
+}
+
+
+@bp.get("/openapi.json")
+@requires(ADMIN, DEVICE)
+def openapi_document() -> Response:
+    return jsonify(DOCUMENT)

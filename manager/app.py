@@ -1,0 +1,68 @@
+"""The manager's Flask application factory.
+
+`create_app()` reads the configuration (TOML file, environment), opens the database (refusing
+one that is not at the Alembic head revision), and registers the API blueprint, `/metrics`
+and the request log. Views reach the database, the bundle store and the configuration through
+`state()`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, current_app
+
+from manager.config import ManagerConfig, load_config
+from manager.db import Database, open_database
+from manager.metrics import Metrics
+from manager.store import BundleStore
+
+EXTENSION = "satchel"
+
+
+@dataclass
+class ManagerState:
+    config: ManagerConfig
+    db: Database
+    store: BundleStore
+    metrics: Metrics
+
+
+def state() -> ManagerState:
+    """The manager state of the current Flask app."""
+    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+
+
+def create_app(test_config: dict[str, Any] | None = None, config_file: Path | None = None) -> Flask:
+    """Build the manager app. `test_config` overrides configuration fields by name (and may
+    hold Flask settings in upper case, e.g. TESTING).
+
+    Raises DatabaseNotReadyError when the database is not at the head revision, UsageError
+    for bad configuration.
+    """
+    overrides = dict(test_config or {})
+    flask_settings = {k: overrides.pop(k) for k in list(overrides) if k.isupper()}
+    config = load_config(config_file, **overrides)
+    db = open_database(config, check_schema=config.check_schema)
+    app = Flask(__name__)
+    app.config.update(
+        MAX_CONTENT_LENGTH=None,  # uploads are bounded while streaming, see the store
+        JSON_SORT_KEYS=False,
+        **flask_settings,
+    )
+    app.extensions[EXTENSION] = ManagerState(
+        config=config,
+        db=db,
+        store=BundleStore(config.store_dir, config.upload_chunk_bytes),
+        metrics=Metrics(),
+    )
+
+    from manager import metrics
+    from manager.api import bp as api_bp
+
+    app.register_blueprint(api_bp)
+    app.register_blueprint(metrics.bp)
+    metrics.instrument(app, log_requests=config.log_requests)
+    return app

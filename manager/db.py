@@ -1,0 +1,185 @@
+"""Database engines, transactions and schema revisions.
+
+SQLite (the embedded default) runs in WAL mode and every transaction takes the write lock up
+front (`BEGIN IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing
+half-way. PostgreSQL is reached through psycopg 3; several manager processes may share it.
+Schema changes go only through Alembic (`migrations/`); `require_head` refuses a database that
+is not at the newest revision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from manager.config import ManagerConfig
+from manager.errors import DatabaseNotReadyError
+
+T = TypeVar("T")
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for plain `postgresql://` URLs."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def _sqlite_setup(engine: sa.Engine, busy_timeout_ms: int) -> None:
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(config: ManagerConfig) -> sa.Engine:
+    """Create the engine for `config.url`; for SQLite, create the data directory first."""
+    url = normalize_url(config.url)
+    if url.startswith("sqlite"):
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
+        _sqlite_setup(engine, config.sqlite_busy_timeout_ms)
+        return engine
+    return sa.create_engine(
+        url,
+        pool_size=config.db_pool_size,
+        max_overflow=config.db_max_overflow,
+        pool_pre_ping=True,
+    )
+
+
+def _is_retryable(err: sa.exc.DBAPIError) -> bool:
+    code = getattr(err.orig, "sqlstate", None)
+    return code in _RETRY_SQLSTATES
+
+
+class Database:
+    """An engine and its session factory; `transaction()` is the one way to change data."""
+
+    def __init__(self, config: ManagerConfig) -> None:
+        self.config = config
+        self.engine = make_engine(config)
+        self.sessions = so.sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[so.Session]:
+        """A session committed at the end of the block, rolled back on any exception."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def run(self, work: Callable[[so.Session], T]) -> T:
+        """Run `work(session)` in a transaction, retrying it on deadlock or serialization
+        failure (PostgreSQL) up to `config.db_retries` times. Raises what `work` raises."""
+        attempt = 0
+        while True:
+            try:
+                with self.transaction() as session:
+                    return work(session)
+            except sa.exc.DBAPIError as e:
+                attempt += 1
+                if not _is_retryable(e) or attempt >= self.config.db_retries:
+                    raise
+                time.sleep(0.01 * attempt)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+# --- schema revisions ---------------------------------------------------------------------
+
+
+def alembic_config(url: str) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    return heads[0]
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The revision the database is at, None for an empty database."""
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def require_head(engine: sa.Engine) -> None:
+    """Raise DatabaseNotReadyError unless the schema is at the Alembic head revision."""
+    try:
+        current = current_revision(engine)
+    except sa.exc.OperationalError as e:
+        raise DatabaseNotReadyError(
+            f"cannot open the database: {str(e.orig).splitlines()[0]}"
+        ) from e
+    head = head_revision()
+    if current != head:
+        where = "empty" if current is None else f"at revision {current}"
+        raise DatabaseNotReadyError(
+            f"database is {where}, this manager needs revision {head}: run `satchel db upgrade`"
+        )
+
+
+def upgrade(config: ManagerConfig, revision: str = "head") -> str:
+    """Migrate the database to `revision`; return the revision it is now at."""
+    engine = make_engine(config)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(config.url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+        return current_revision(engine) or "base"
+    finally:
+        engine.dispose()
+
+
+def downgrade(config: ManagerConfig, revision: str) -> str:
+    """Migrate the database down to `revision` ("base" empties it)."""
+    engine = make_engine(config)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(config.url)
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+        return current_revision(engine) or "base"
+    finally:
+        engine.dispose()
+
+
+def open_database(config: ManagerConfig, check_schema: bool = True) -> Database:
+    """Open the database, refusing one not at head. Raises DatabaseNotReadyError."""
+    db = Database(config)
+    if check_schema:
+        try:
+            require_head(db.engine)
+        except BaseException:
+            db.dispose()
+            raise
+    return db

@@ -1,0 +1,253 @@
+"""The fleet database: typed SQLAlchemy 2 models.
+
+Secrets are never stored: tokens and passwords are kept as hashes. Timestamps are
+timezone-aware UTC on every backend (SQLite drops the zone; `UTCDateTime` puts it back).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+ID_LEN = 64  # characters of device ids, classes, channels, versions, tags, event ids
+HASH_LEN = 64  # hex characters of a sha256
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware datetime stored as UTC on every backend."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(so.DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON(), list[Any]: sa.JSON()}
+
+
+class User(Base):
+    """An admin who can log in to the web dashboard."""
+
+    __tablename__ = "users"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    username: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), unique=True)
+    password_hash: so.Mapped[str] = so.mapped_column(sa.String(255))
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+
+
+class AdminToken(Base):
+    """A bearer token for the admin API, stored as the sha256 of the secret."""
+
+    __tablename__ = "admin_tokens"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    token_hash: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN), unique=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(100), default="")
+    user_id: so.Mapped[int | None] = so.mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    revoked_at: so.Mapped[datetime | None]
+
+
+class EnrollmentToken(Base):
+    """A one-time, expiring token a device trades for its own credential."""
+
+    __tablename__ = "enrollment_tokens"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    token_hash: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN), unique=True)
+    device_class: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    expires_at: so.Mapped[datetime]
+    used_at: so.Mapped[datetime | None]
+    device_id: so.Mapped[str | None] = so.mapped_column(
+        sa.ForeignKey("devices.id", ondelete="SET NULL"), index=True
+    )
+
+
+class Device(Base):
+    """An enrolled (or USB-registered) device and the last state it reported."""
+
+    __tablename__ = "devices"
+
+    id: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), primary_key=True)
+    device_class: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), index=True)
+    arch: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), default="")
+    agent_version: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), default="")
+    public_key: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN))  # raw Ed25519, hex
+    token_hash: so.Mapped[str | None] = so.mapped_column(sa.String(HASH_LEN), unique=True)
+    enrolled_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    last_seen_at: so.Mapped[datetime | None]
+    last_via: so.Mapped[str | None] = so.mapped_column(sa.String(8))  # "lan" | "usb"
+    state_at: so.Mapped[datetime | None]  # device time of the newest state applied
+    status: so.Mapped[dict[str, Any] | None]  # the agent's `status --json`
+    health: so.Mapped[dict[str, Any] | None]  # channel -> health summary
+    trust_root_version: so.Mapped[int | None]
+
+    tags: so.Mapped[list[DeviceTag]] = so.relationship(
+        back_populates="device", cascade="all, delete-orphan", lazy="selectin"
+    )
+    channels: so.Mapped[list[DeviceChannel]] = so.relationship(
+        back_populates="device", cascade="all, delete-orphan"
+    )
+
+
+class DeviceTag(Base):
+    __tablename__ = "device_tags"
+
+    device_id: so.Mapped[str] = so.mapped_column(
+        sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), primary_key=True, index=True)
+    device: so.Mapped[Device] = so.relationship(back_populates="tags")
+
+
+class DeviceChannel(Base):
+    """What one channel of a device runs, as last reported."""
+
+    __tablename__ = "device_channels"
+
+    device_id: so.Mapped[str] = so.mapped_column(
+        sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    channel: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), primary_key=True)
+    active_version: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
+    active_sequence: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
+    state: so.Mapped[str] = so.mapped_column(sa.String(32), default="")
+    updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    device: so.Mapped[Device] = so.relationship(back_populates="channels")
+
+
+class TrustRoot(Base):
+    """Every version of the trust root the manager has accepted (the rotation history)."""
+
+    __tablename__ = "trust_roots"
+
+    version: so.Mapped[int] = so.mapped_column(primary_key=True, autoincrement=False)
+    document: so.Mapped[bytes] = so.mapped_column(sa.LargeBinary)
+    imported_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+
+
+class Bundle(Base):
+    """A verified bundle in the content-addressed store."""
+
+    __tablename__ = "bundles"
+    __table_args__ = (
+        sa.UniqueConstraint("name", "version", name="uq_bundles_name_version"),
+        sa.UniqueConstraint("name", "sequence", name="uq_bundles_name_sequence"),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    sha256: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN), unique=True)
+    name: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), index=True)  # the channel
+    version: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN))
+    sequence: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    size: so.Mapped[int] = so.mapped_column(sa.BigInteger)  # bytes of the .satchel file
+    created_at: so.Mapped[datetime]  # the manifest's creation time
+    uploaded_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    manifest: so.Mapped[dict[str, Any]]
+
+
+class Deployment(Base):
+    """A bundle rolled out to a set of devices in waves."""
+
+    __tablename__ = "deployments"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    bundle_id: so.Mapped[int] = so.mapped_column(
+        sa.ForeignKey("bundles.id", ondelete="RESTRICT"), index=True
+    )
+    state: so.Mapped[str] = so.mapped_column(sa.String(16), index=True)
+    selectors: so.Mapped[dict[str, Any]]  # {"device_classes", "tags", "devices"} as asked
+    waves: so.Mapped[list[Any]]  # wave specs as given: "1", "10%", ...
+    wave_sizes: so.Mapped[list[Any]]  # devices per wave, resolved at creation
+    current_wave: so.Mapped[int] = so.mapped_column(default=0)
+    success_ratio: so.Mapped[float]
+    max_failure_ratio: so.Mapped[float]
+    failures_tolerated: so.Mapped[int] = so.mapped_column(default=0)  # failed before a resume
+    reason: so.Mapped[str | None] = so.mapped_column(sa.Text)  # why it halted or was aborted
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+
+    bundle: so.Mapped[Bundle] = so.relationship(lazy="joined", innerjoin=True)
+
+
+class DeploymentTarget(Base):
+    """One device of a deployment: its wave and its progress."""
+
+    __tablename__ = "deployment_targets"
+
+    deployment_id: so.Mapped[int] = so.mapped_column(
+        sa.ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    device_id: so.Mapped[str] = so.mapped_column(
+        sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    wave: so.Mapped[int]
+    state: so.Mapped[str] = so.mapped_column(sa.String(16))
+    reason: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+
+
+class Event(Base):
+    """Something a device reports happened; (device_id, event_id) makes re-delivery a no-op."""
+
+    __tablename__ = "events"
+    __table_args__ = (sa.UniqueConstraint("device_id", "event_id", name="uq_events_device_event"),)
+
+    id: so.Mapped[int] = so.mapped_column(BigId, primary_key=True)
+    device_id: so.Mapped[str] = so.mapped_column(
+        sa.ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    event_id: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN))
+    kind: so.Mapped[str] = so.mapped_column(sa.String(32))
+    channel: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
+    version: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
+    sequence: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
+    bundle_sha256: so.Mapped[str | None] = so.mapped_column(sa.String(HASH_LEN))
+    deployment_id: so.Mapped[int | None]
+    passed: so.Mapped[bool | None]
+    reason: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    figures: so.Mapped[dict[str, Any] | None]
+    occurred_at: so.Mapped[datetime]
+    received_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    via: so.Mapped[str] = so.mapped_column(sa.String(8))  # "lan" | "usb"
+
+
+class UsbReport(Base):
+    """A signed device report imported from a USB stick; importing it again is a no-op."""
+
+    __tablename__ = "usb_reports"
+
+    device_id: so.Mapped[str] = so.mapped_column(
+        sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    report_id: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), primary_key=True)
+    plan_id: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
+    created_at: so.Mapped[datetime]  # device time the report was written
+    imported_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)

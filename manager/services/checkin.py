@@ -1,0 +1,397 @@
+"""Device check-ins: state, health and events in; what to install out.
+
+The same function records a check-in that came over the LAN and a signed report imported from
+a USB stick, so a USB-only device is as visible as a LAN one. Events carry a device-generated
+id: re-delivering them (a retried check-in, a stick imported twice) records nothing twice.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from sqlalchemy.dialects import postgresql, sqlite
+
+from bundles.manifest import CHANNEL_RE, SHA256_RE, VERSION_RE
+from manager.errors import InvalidRequestError, NotFoundError
+from manager.models import Device, DeviceChannel, Event
+from manager.services import deployments, trust
+from manager.services.bundles import download_url
+from manager.services.deployments import ChannelReport, ReportedEvent
+
+EVENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+EVENT_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
+MAX_REASON_CHARS = 2000  # characters of an event's reason kept
+MAX_STATE_CHANNELS = 256  # channels in one device's status
+LAN, USB = "lan", "usb"
+
+
+# --- the request -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    event_id: str
+    kind: str
+    occurred_at: datetime
+    channel: str | None = None
+    version: str | None = None
+    sequence: int | None = None
+    bundle_sha256: str | None = None
+    deployment_id: int | None = None
+    passed: bool | None = None
+    reason: str | None = None
+    figures: dict[str, Any] | None = None
+
+    def reported(self) -> ReportedEvent:
+        return ReportedEvent(
+            self.kind, self.channel, self.sequence, self.bundle_sha256, self.passed, self.reason
+        )
+
+
+@dataclass(frozen=True)
+class CheckinReport:
+    """A parsed, validated check-in (LAN request body or the `checkin` of a USB report)."""
+
+    status: dict[str, Any]
+    channels: dict[str, ChannelReport]
+    health: dict[str, dict[str, Any]]
+    events: tuple[DeviceEvent, ...]
+    agent_version: str | None = None
+    trust_root_version: int | None = None
+    sent_at: datetime | None = None  # device clock; orders reports that arrive out of order
+
+
+def _bad(msg: str) -> InvalidRequestError:
+    return InvalidRequestError(f"check-in: {msg}")
+
+
+def _opt(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    value = d.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        raise _bad(f"{where} '{key}' has the wrong type")
+    return value
+
+
+def _match(value: Any, pattern: re.Pattern[str], what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise _bad(f"{what} {str(value)[:40]!r} is not valid")
+    return value
+
+
+def parse_time(value: Any, what: str) -> datetime:
+    """An ISO 8601 timestamp with a zone ("2026-01-31T12:00:00Z"). Raises InvalidRequestError."""
+    if not isinstance(value, str):
+        raise _bad(f"{what} must be a timestamp string")
+    try:
+        t = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise _bad(f"{what} {value[:40]!r} is not an ISO 8601 timestamp") from e
+    if t.tzinfo is None:
+        raise _bad(f"{what} must carry a time zone, e.g. a trailing Z")
+    return t
+
+
+def _parse_event(d: Any) -> DeviceEvent:
+    if not isinstance(d, dict):
+        raise _bad("every event must be an object")
+    event_id = _match(d.get("id"), EVENT_ID_RE, "event id")
+    where = f"event {event_id}"
+    channel = _opt(d, "channel", str, where)
+    version = _opt(d, "version", str, where)
+    sha = _opt(d, "bundle_sha256", str, where)
+    reason = _opt(d, "reason", str, where)
+    return DeviceEvent(
+        event_id=event_id,
+        kind=_match(d.get("kind"), EVENT_KIND_RE, f"{where} kind"),
+        occurred_at=parse_time(d.get("time"), f"{where} time"),
+        channel=None if channel is None else _match(channel, CHANNEL_RE, "channel"),
+        version=None if version is None else _match(version, VERSION_RE, "version"),
+        sequence=_opt(d, "sequence", int, where),
+        bundle_sha256=None if sha is None else _match(sha, SHA256_RE, "bundle_sha256"),
+        deployment_id=_opt(d, "deployment_id", int, where),
+        passed=_opt(d, "passed", bool, where),
+        reason=None if reason is None else reason[:MAX_REASON_CHARS],
+        figures=_opt(d, "figures", dict, where),
+    )
+
+
+def _parse_channel(name: str, d: Any) -> ChannelReport:
+    _match(name, CHANNEL_RE, "channel")
+    if not isinstance(d, dict):
+        raise _bad(f"status of channel {name} must be an object")
+    active = d.get("active")
+    version = sequence = None
+    if active is not None:
+        if not isinstance(active, dict):
+            raise _bad(f"channel {name} 'active' must be an object or null")
+        version = _match(active.get("version"), VERSION_RE, f"channel {name} active version")
+        sequence = active.get("sequence")
+        if not isinstance(sequence, int) or isinstance(sequence, bool):
+            raise _bad(f"channel {name} active 'sequence' must be an integer")
+    state = d.get("state") or ""
+    if not isinstance(state, str) or len(state) > 32:
+        raise _bad(f"channel {name} 'state' must be a short string")
+    return ChannelReport(version, sequence, state)
+
+
+def _parse_health(d: Any) -> dict[str, dict[str, Any]]:
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise _bad("'health' must map channels to summaries")
+    out: dict[str, dict[str, Any]] = {}
+    for name, h in d.items():
+        _match(name, CHANNEL_RE, "health channel")
+        if not isinstance(h, dict):
+            raise _bad(f"health of channel {name} must be an object")
+        summary: dict[str, Any] = {}
+        for key in ("count", "errors", "nan"):
+            value = h.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise _bad(f"health of channel {name}: '{key}' must be a count")
+            summary[key] = value
+        p95 = h.get("p95_ms")
+        if p95 is not None and (not isinstance(p95, (int, float)) or isinstance(p95, bool)):
+            raise _bad(f"health of channel {name}: 'p95_ms' must be a number or null")
+        summary["p95_ms"] = p95
+        out[name] = summary
+    return out
+
+
+def parse_report(body: Any, device_id: str, max_events: int) -> CheckinReport:
+    """Validate a check-in body for `device_id`. Raises InvalidRequestError."""
+    if not isinstance(body, dict):
+        raise _bad("the body must be a JSON object")
+    status = body.get("status")
+    if not isinstance(status, dict):
+        raise _bad("'status' (the agent's `status --json`) is required")
+    if status.get("device_id", device_id) != device_id:
+        raise _bad(f"status is for device {str(status.get('device_id'))[:64]!r}, not {device_id}")
+    raw_channels = status.get("channels") or {}
+    if not isinstance(raw_channels, dict) or len(raw_channels) > MAX_STATE_CHANNELS:
+        raise _bad("status 'channels' must map channel names to their state")
+    events = body.get("events") or []
+    if not isinstance(events, list):
+        raise _bad("'events' must be a list")
+    if len(events) > max_events:
+        raise _bad(f"too many events ({len(events)} > {max_events}); send them in batches")
+    parsed_events = tuple(_parse_event(e) for e in events)
+    if len({e.event_id for e in parsed_events}) != len(parsed_events):
+        raise _bad("two events share one id")
+    agent_version = body.get("agent_version")
+    if agent_version is not None:
+        _match(agent_version, VERSION_RE, "agent_version")
+    root_version = _opt(body, "trust_root_version", int, "check-in")
+    sent_at = body.get("sent_at")
+    return CheckinReport(
+        status=status,
+        channels={n: _parse_channel(n, c) for n, c in raw_channels.items()},
+        health=_parse_health(body.get("health")),
+        events=parsed_events,
+        agent_version=agent_version,
+        trust_root_version=root_version,
+        sent_at=None if sent_at is None else parse_time(sent_at, "sent_at"),
+    )
+
+
+# --- the answer --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A bundle the device should install."""
+
+    channel: str
+    version: str
+    sequence: int
+    bundle_sha256: str
+    size: int
+    deployment_id: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "version": self.version,
+            "sequence": self.sequence,
+            "bundle_sha256": self.bundle_sha256,
+            "size": self.size,
+            "url": download_url(self.bundle_sha256),
+            "deployment_id": self.deployment_id,
+        }
+
+
+@dataclass(frozen=True)
+class CheckinResult:
+    device_id: str
+    offers: tuple[Offer, ...]
+    trust_root_version: int | None
+    events_recorded: int
+    events_duplicate: int
+    state_applied: bool  # False when a newer state had already been recorded
+
+    def to_dict(self, poll_interval_s: float, now: datetime) -> dict[str, Any]:
+        version = self.trust_root_version
+        return {
+            "device_id": self.device_id,
+            "install": [o.to_dict() for o in self.offers],
+            "trust": {
+                "version": version,
+                "root_url": "/api/v1/trust/root.json",
+                "version_url": "/api/v1/trust/roots/{version}.json",
+            },
+            "poll_interval_s": round(poll_interval_s, 3),
+            "events": {"recorded": self.events_recorded, "duplicate": self.events_duplicate},
+            "server_time": now.isoformat(),
+        }
+
+
+def jittered(interval_s: float, jitter: float, rng: random.Random | None = None) -> float:
+    """`interval_s` spread by +/- `jitter` (a fraction) so a fleet does not poll in step."""
+    r = (rng or random).uniform(-jitter, jitter)
+    return interval_s * (1 + r)
+
+
+# --- recording ---------------------------------------------------------------------------------
+
+
+def _insert_events(
+    session: so.Session, device_id: str, events: tuple[DeviceEvent, ...], via: str, now: datetime
+) -> set[str]:
+    """Insert events, skipping ids already recorded for this device; return the new ids."""
+    if not events:
+        return set()
+    rows = [
+        {
+            "device_id": device_id,
+            "event_id": e.event_id,
+            "kind": e.kind,
+            "channel": e.channel,
+            "version": e.version,
+            "sequence": e.sequence,
+            "bundle_sha256": e.bundle_sha256,
+            "deployment_id": e.deployment_id,
+            "passed": e.passed,
+            "reason": e.reason,
+            "figures": e.figures,
+            "occurred_at": e.occurred_at,
+            "received_at": now,
+            "via": via,
+        }
+        for e in events
+    ]
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(Event)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
+        .returning(Event.event_id)
+    )
+    return set(session.scalars(stmt))
+
+
+def _apply_state(session: so.Session, device: Device, report: CheckinReport, now: datetime) -> None:
+    if report.status != device.status:
+        device.status = report.status
+        existing = {
+            c.channel: c
+            for c in session.scalars(
+                sa.select(DeviceChannel).where(DeviceChannel.device_id == device.id)
+            )
+        }
+        for name, ch in report.channels.items():
+            row = existing.get(name)
+            if row is None:
+                row = DeviceChannel(device_id=device.id, channel=name)
+                session.add(row)
+            if (row.active_version, row.active_sequence, row.state) != (
+                ch.active_version,
+                ch.active_sequence,
+                ch.state,
+            ):
+                row.active_version, row.active_sequence = ch.active_version, ch.active_sequence
+                row.state, row.updated_at = ch.state, now
+        for name, row in existing.items():
+            if name not in report.channels:
+                session.delete(row)
+    if report.health != (device.health or {}):
+        device.health = report.health
+    if report.agent_version and report.agent_version != device.agent_version:
+        device.agent_version = report.agent_version
+    if report.trust_root_version is not None:
+        device.trust_root_version = report.trust_root_version
+    device.state_at = report.sent_at or now
+
+
+def record(
+    session: so.Session, device_id: str, report: CheckinReport, via: str, now: datetime
+) -> CheckinResult:
+    """Record a check-in of `device_id` (from the LAN or a USB report) and work out what it
+    should install. Raises NotFoundError if the device is unknown.
+    """
+    device = session.get(Device, device_id, with_for_update=True)
+    if device is None:
+        raise NotFoundError(f"no device {device_id!r}")
+    seen = report.sent_at or now
+    applied = device.state_at is None or report.sent_at is None or seen >= device.state_at
+    if applied:
+        _apply_state(session, device, report, now)
+    if device.last_seen_at is None or seen > device.last_seen_at:
+        device.last_seen_at = min(seen, now)
+        device.last_via = via
+    new_ids = _insert_events(session, device_id, report.events, via, now)
+    new_events = [e.reported() for e in report.events if e.event_id in new_ids]
+    targets = deployments.device_targets(session, device_id)
+    channels = report.channels if applied else {}
+    deployments.record_progress(
+        session, device_id, targets, channels, report.health if applied else {}, new_events, now
+    )
+    offers = _offers(session, device_id, targets, report.channels if applied else None)
+    return CheckinResult(
+        device_id=device_id,
+        offers=offers,
+        trust_root_version=trust.current_version(session),
+        events_recorded=len(new_ids),
+        events_duplicate=len(report.events) - len(new_ids),
+        state_applied=applied,
+    )
+
+
+def _offers(
+    session: so.Session,
+    device_id: str,
+    targets: list[deployments.DeviceTarget],
+    channels: dict[str, ChannelReport] | None,
+) -> tuple[Offer, ...]:
+    if channels is None:
+        channels = {
+            c.channel: ChannelReport(c.active_version, c.active_sequence, c.state)
+            for c in session.scalars(
+                sa.select(DeviceChannel).where(DeviceChannel.device_id == device_id)
+            )
+        }
+    best: dict[str, Offer] = {}
+    for dt in targets:
+        if dt.deployment_state != deployments.ACTIVE or dt.target.state not in deployments.OFFERED:
+            continue
+        b = dt.bundle
+        running = channels.get(b.name)
+        if (
+            running
+            and running.active_sequence is not None
+            and running.active_sequence >= b.sequence
+        ):
+            continue
+        if b.name not in best or best[b.name].sequence < b.sequence:
+            best[b.name] = Offer(
+                b.name, b.version, b.sequence, b.sha256, b.size, dt.target.deployment_id
+            )
+    return tuple(best[name] for name in sorted(best))

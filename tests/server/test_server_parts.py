@@ -1,0 +1,226 @@
+"""The server's parts on their own: the probation judge, the health history ring, the
+Prometheus text, sd_notify over a real datagram socket, `serve` under a fake systemd, and
+the Unix socket's stale-file handling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent import sdnotify
+from agent.health import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey, judge
+from agent.health_store import HOUR_S, HealthStore
+from agent.metrics import ChannelInfo, MetricsSnapshot, render
+from agent.server import ListenAddressError, ServerError, serve
+from agent.server.http import parse_listen
+from bundles.manifest import HealthPolicy
+from tests.server.conftest import (
+    CHANNEL,
+    FAST,
+    Device,
+    Models,
+    ServerFactory,
+    parse_metrics,
+    unix_request,
+)
+
+POLICY = HealthPolicy(probation_s=60, min_samples=10, max_error_rate=0.1, max_nan_rate=0.0,
+                      max_p95_latency_ms=50.0)
+KEY = ReleaseKey(CHANNEL, "1.0.0", 1)
+
+
+def _stats(n: int, *, errors: int = 0, nonfinite: int = 0, latency_ms: float = 1.0) -> HealthStats:
+    stats = HealthStats()
+    for i in range(n):
+        stats.record(latency_ms, error=i < errors, nonfinite=i < nonfinite)
+    return stats
+
+
+def test_judge_waits_for_the_minimum_sample_count() -> None:
+    assert judge(POLICY, _stats(9, errors=9, nonfinite=9, latency_ms=900)) is None
+
+
+@pytest.mark.parametrize(
+    ("stats", "reason"),
+    [
+        (_stats(20, errors=3), "health: error rate 0.15 > 0.10 over 20 inferences"),
+        (_stats(64, nonfinite=20), "health: nan rate 0.31 > 0.00 over 64 inferences"),
+        (_stats(10, latency_ms=80.0), "health: p95 latency 97.5 ms > 50.0 ms over 10 inferences"),
+    ],
+)
+def test_judge_names_the_breach(stats: HealthStats, reason: str) -> None:
+    assert judge(POLICY, stats) == reason
+
+
+def test_judge_passes_a_healthy_release() -> None:
+    assert judge(POLICY, _stats(100, errors=10, latency_ms=20.0)) is None
+
+
+def test_latency_quantile_interpolates_inside_its_bucket() -> None:
+    stats = HealthStats()
+    for _ in range(100):
+        stats.record(3.0, error=False, nonfinite=False)  # bucket (2.5, 5.0]
+    assert stats.latency_quantile_ms(0.95) == pytest.approx(2.5 + 2.5 * 0.95)
+    stats.record(10 * LATENCY_BUCKETS_MS[-1], error=False, nonfinite=False)
+    assert stats.latency_quantile_ms(1.0) == LATENCY_BUCKETS_MS[-1]
+
+
+def test_health_history_keeps_only_the_newest_hours(tmp_path: Path) -> None:
+    store = HealthStore(tmp_path / "health", retention_hours=3)
+    start = 1_800_000_000 - 1_800_000_000 % HOUR_S
+    for hour in range(10):
+        store.write({(KEY, start + hour * HOUR_S + 60): _stats(2)})
+    assert len(list((tmp_path / "health").glob("*.json"))) == 3
+    buckets = store.buckets()
+    assert [b.minute for b in buckets] == [start + h * HOUR_S + 60 for h in (7, 8, 9)]
+    assert store.totals(KEY).count == 6
+    assert store.buckets(since=start + 9 * HOUR_S)[0].minute == start + 9 * HOUR_S + 60
+
+
+def test_health_history_merges_deltas_and_caps_buckets_per_hour(tmp_path: Path) -> None:
+    store = HealthStore(tmp_path / "health", max_buckets_per_hour=2)
+    minute = 1_800_000_000 - 1_800_000_000 % HOUR_S
+    store.write({(KEY, minute): _stats(1)})
+    store.write({(KEY, minute): _stats(2), (KEY, minute + 60): _stats(1)})
+    store.write({(KEY, minute + 120): _stats(5)})  # a third bucket in the hour: dropped
+    fresh = HealthStore(tmp_path / "health")
+    assert [(b.minute, b.stats.count) for b in fresh.buckets()] == [(minute, 3), (minute + 60, 1)]
+
+
+def test_unreadable_health_history_is_skipped_not_fatal(tmp_path: Path) -> None:
+    directory = tmp_path / "health"
+    store = HealthStore(directory)
+    minute = 1_800_000_000 - 1_800_000_000 % HOUR_S
+    store.write({(KEY, minute): _stats(4)})
+    (directory / "20200101T00.json").write_bytes(b"{ torn write")
+    assert HealthStore(directory).totals(KEY).count == 4
+    assert HealthStore(directory).highest_sequence(CHANNEL) == 1
+
+
+def test_metrics_text_parses_and_escapes_labels() -> None:
+    odd = ReleaseKey(CHANNEL, 'v"1\\x\n', 3)
+    text = render(MetricsSnapshot(
+        releases={odd: _stats(5, nonfinite=2, latency_ms=3.0)},
+        channels=[ChannelInfo(CHANNEL, 'v"1\\x\n', 3, True, swaps=2, rollbacks=1)],
+        http_requests={("infer", 200): 5, ("infer", 400): 1},
+    ))
+    samples = parse_metrics(text)
+    labels = frozenset({("channel", CHANNEL), ("version", 'v\\"1\\\\x\\n'), ("sequence", "3")})
+    assert samples[("satchel_inferences_total", labels)] == 5
+    assert samples[("satchel_inference_nonfinite_total", labels)] == 2
+    assert samples[("satchel_inference_latency_seconds_bucket", labels | {("le", "+Inf")})] == 5
+    assert samples[("satchel_inference_latency_seconds_bucket", labels | {("le", "0.001")})] == 0
+    assert samples[("satchel_inference_latency_seconds_bucket", labels | {("le", "0.005")})] == 5
+    assert samples[("satchel_model_rollbacks_total", frozenset({("channel", CHANNEL)}))] == 1
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(tmp_path / "notify.sock"))
+    sock.settimeout(10)
+    return sock
+
+
+def test_sd_notify_sends_datagrams_to_notify_socket(
+    tmp_path: Path, notify_socket: socket.socket
+) -> None:
+    env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}
+    assert sdnotify.notify("READY=1", env)
+    assert notify_socket.recv(4096) == b"READY=1"
+    assert not sdnotify.notify("READY=1", {})
+    assert not sdnotify.notify("READY=1", {"NOTIFY_SOCKET": str(tmp_path / "absent.sock")})
+    assert sdnotify.watchdog_interval_s({"WATCHDOG_USEC": "4000000"}) == 2.0
+    assert sdnotify.watchdog_interval_s({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}) is None
+    assert sdnotify.watchdog_interval_s({}) is None
+
+
+def test_serve_tells_systemd_ready_pings_the_watchdog_and_stops(
+    device: Device, models: Models, tmp_path: Path, notify_socket: socket.socket,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device.install(models.good, version="1.0.0", sequence=1)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")
+    stop = threading.Event()
+    sock_path = device.state_dir / "agent.sock"
+    thread = threading.Thread(target=serve, args=(device.state_dir, "127.0.0.1:0"), kwargs={
+        "unix_socket": sock_path, "event_sink": None, "stop_event": stop, "config": FAST,
+    })
+    thread.start()
+    try:
+        assert notify_socket.recv(4096).startswith(b"READY=1\nSTATUS=serving on http://127.0.0.1:")
+        assert notify_socket.recv(4096) == b"WATCHDOG=1"
+        status, _, body = unix_request(sock_path, "GET", f"/v2/models/{CHANNEL}/ready")
+        assert status == 200 and json.loads(body)["ready"] is True
+    finally:
+        stop.set()
+        thread.join(10)
+    messages = []
+    while (message := notify_socket.recv(4096)) != b"STOPPING=1":
+        messages.append(message)
+    assert set(messages) <= {b"WATCHDOG=1"}
+    assert not thread.is_alive() and not sock_path.exists()
+
+
+def test_stale_unix_socket_is_replaced_but_a_live_one_is_not(
+    device: Device, start_server: ServerFactory
+) -> None:
+    path = device.state_dir / "agent.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody listens: what a killed server leaves
+    start_server(listen=None)
+    assert unix_request(path, "GET", "/v2/health/live")[0] == 200
+    with pytest.raises(ServerError, match="already listening"):
+        start_server(listen=None)
+    assert unix_request(path, "GET", "/v2/health/live")[0] == 200
+
+
+def test_a_file_in_the_sockets_place_is_not_replaced(
+    device: Device, start_server: ServerFactory
+) -> None:
+    path = device.state_dir / "agent.sock"
+    path.write_text("precious")
+    with pytest.raises(ServerError, match="not a socket"):
+        start_server()
+    assert path.read_text() == "precious"
+
+
+@pytest.mark.parametrize("listen", ["8401", "127.0.0.1", "127.0.0.1:http", "[::1]8401",
+                                    "127.0.0.1:70000"])
+def test_bad_listen_addresses_are_refused(listen: str) -> None:
+    with pytest.raises(ListenAddressError):
+        parse_listen(listen)
+
+
+def test_listen_address_forms() -> None:
+    assert parse_listen("127.0.0.1:8401") == ("127.0.0.1", 8401)
+    assert parse_listen("[::1]:0") == ("::1", 0)
+
+
+UNIT = Path(__file__).resolve().parents[2] / "agent" / "systemd" / "satchel-agent.service"
+
+
+def test_systemd_unit_has_the_service_contract() -> None:
+    lines = UNIT.read_text().splitlines()
+    for wanted in ("Type=notify", "Restart=on-failure", "WatchdogSec=", "ProtectSystem=strict",
+                   "ReadWritePaths=/var/lib/satchel-agent", "NoNewPrivileges=yes",
+                   "PrivateTmp=yes", "ProtectHome=yes", "StateDirectory=satchel-agent",
+                   "ExecStart=/usr/local/bin/satchel-agent --state-dir /var/lib/satchel-agent run"):
+        assert any(line.startswith(wanted) for line in lines), wanted
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    unit = tmp_path / UNIT.name  # the agent is not installed here: point ExecStart at a binary
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/satchel-agent", "/bin/true"))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
