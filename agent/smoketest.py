@@ -30,14 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.runtimes import (
-    LoadedModel,
-    ModelRuntimeError,
-    TensorSpec,
-    dequantize,
-    get_runtime,
-    quantize,
-)
+from agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
+from agent.runtimes.samples import feed_for, run_samples, sample_count, time_runs
 from bundles.manifest import Manifest, ModelEntry, SmokeTest, parse_manifest
 from bundles.smoke import accuracy_failures, compare_outputs, percentile
 
@@ -135,43 +129,6 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {name: np.asarray(data[name]) for name in data.files}
 
 
-def _encode(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """Real-valued sample data in the model's input encoding (quantized inputs included)."""
-    if spec.quantization is not None and np.issubdtype(values.dtype, np.floating):
-        return quantize(values, spec)
-    return values.astype(spec.dtype, copy=False)
-
-
-def _decode(values: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    return dequantize(values, spec) if spec.quantization is not None else values
-
-
-class _Feeds:
-    """Per-sample (batch 1) feeds, encoded once, and decoding of the outputs."""
-
-    def __init__(self, model: LoadedModel, inputs: dict[str, np.ndarray]) -> None:
-        names = {s.name for s in model.inputs}
-        if set(inputs) != names:
-            raise ValueError(
-                f"smoke inputs {sorted(inputs)} do not match model inputs {sorted(names)}"
-            )
-        counts = {len(a) for a in inputs.values()}
-        if len(counts) != 1 or 0 in counts:
-            raise ValueError("smoke inputs must hold the same number (>0) of samples per input")
-        self.samples = counts.pop()
-        self._rows = [
-            {s.name: _encode(inputs[s.name][i : i + 1], s) for s in model.inputs}
-            for i in range(self.samples)
-        ]
-        self._outputs = model.outputs
-
-    def row(self, i: int) -> dict[str, np.ndarray]:
-        return self._rows[i % self.samples]
-
-    def decode(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {s.name: _decode(outputs[s.name], s) for s in self._outputs}
-
-
 def _finite(value: float | None) -> float | None:
     return value if value is None or np.isfinite(value) else None
 
@@ -226,10 +183,8 @@ def _measure(
     result: dict[str, Any],
 ) -> None:
     """Accuracy over every sample, then latency. Raises ModelRuntimeError, ValueError."""
-    feeds = _Feeds(loaded, inputs)
-    result["samples"] = feeds.samples
-    per_sample = [feeds.decode(loaded.run(feeds.row(i))) for i in range(feeds.samples)]
-    outputs = {name: np.concatenate([o[name] for o in per_sample]) for name in per_sample[0]}
+    result["samples"] = sample_count(inputs)
+    outputs, _ = run_samples(loaded, inputs)
     agreement = compare_outputs(outputs, reference)
     result["agreement"] = {
         k: _finite(v) if isinstance(v, float) else v for k, v in agreement.to_dict().items()
@@ -241,14 +196,9 @@ def _measure(
         "allow_nonfinite": test.allow_nonfinite,
     }
     result["failures"].extend(accuracy_failures(agreement, test))
-    for i in range(test.warmup_runs):
-        loaded.run(feeds.row(i))
-    timings: list[float] = []
-    for i in range(test.latency_runs):
-        row = feeds.row(i)
-        started = time.perf_counter()
-        loaded.run(row)
-        timings.append((time.perf_counter() - started) * 1000.0)
+    # Timed exactly as `satchel bundle build` times it on the build host: sample 0, batch 1.
+    feed = feed_for(loaded, inputs, 0)
+    timings = time_runs(loaded, feed, test.warmup_runs, test.latency_runs)
     p95 = percentile(timings, 95)
     result["latency_ms"] = {
         "p50": percentile(timings, 50),

@@ -10,7 +10,7 @@ the payload work and not fixed costs. Each repetition installs the same bundle o
 initialised device (same filesystem), with a smoke runner that times the real in-process
 smoke test so that it can be subtracted. Page cache is warm for both sides.
 
-Run: `python -m bench.bench_install [--hidden 40000] [--repeat 5]`; prints JSON.
+Run: `python -m bench.bench_install [--hidden 30000] [--repeat 5]`; prints JSON.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def one_install(bundle: Path, trust: bytes, work: Path, i: int) -> tuple[float, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=40_000, help="MLP hidden width")
+    parser.add_argument("--hidden", type=int, default=30_000, help="MLP hidden width")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-install-"))

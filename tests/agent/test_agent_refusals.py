@@ -222,3 +222,11 @@ def test_smoke_failure_on_a_fresh_channel_leaves_no_channel(device, make_bundle)
 
     assert "nothing activated" in line
     assert device.tree() == tree and device.status_bytes() == status
+
+
+def test_tflite_refusal_from_the_console_script_is_one_line(installed, make_bundle):
+    bundle = make_bundle(sequence=6, model="tflite-int8", smoke={"max_abs_error": 1e-6})
+
+    line = installed.spawn("install", str(bundle)).refusal()  # no runtime banner on stderr
+
+    assert "max abs error" in line

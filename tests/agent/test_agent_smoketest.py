@@ -95,7 +95,7 @@ def test_smoke_inputs_that_do_not_match_the_model_fail_the_test(tmp_path, models
 
     report = run_all(manifest, files)
 
-    assert not report.passed and "do not match model inputs" in report.failures[0]
+    assert not report.passed and "the model expects" in report.failures[0]
 
 
 def test_bundle_without_smoke_test_still_has_to_load(tmp_path, models):
