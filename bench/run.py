@@ -87,11 +87,27 @@ def render_bundle(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_install(r: dict[str, Any]) -> list[str]:
+    keys = {k: v for k, v in r.items() if isinstance(v, (int, float))}
+    lines = [
+        "## Agent install (issue 3)",
+        "",
+        "`python -m bench.bench_install`: everything an install does except the smoke test "
+        "itself (verify, unpack with fsync, journal, switch, prune) against "
+        "`zstd -d | sha256sum` over the same payload, in the same run. Goal: < 2x.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+    ]
+    lines += [f"| {k} | {_f(v, 4)} |" for k, v in keys.items()]
+    return lines
+
+
 def render_generic(name: str, r: dict[str, Any]) -> list[str]:
     return [f"## {name}", "", "```json", json.dumps(r, indent=2), "```"]
 
 
-RENDERERS = {"bundle": render_bundle}
+RENDERERS = {"bundle": render_bundle, "install": render_install}
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
