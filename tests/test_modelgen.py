@@ -102,8 +102,6 @@ def test_nan_model_returns_nan_for_negative_first_feature(tmp_path, weights):
 def test_slow_model_adds_work_but_gives_the_same_logits(tmp_path, weights):
     # How slow it really is belongs to benchmarks, not unit tests (shared, noisy machines):
     # here we check that the extra work is in the graph and does not change the answer.
-    import onnx
-
     slow = onnx_mlp(weights, tmp_path / "slow.onnx", slow_ms=60)
     fast = onnx_mlp(weights, tmp_path / "fast.onnx")
     x = sample_inputs(64, 1, seed=3)
@@ -116,15 +114,6 @@ def test_slow_model_adds_work_but_gives_the_same_logits(tmp_path, weights):
         return sum(n.op_type == "MatMul" for n in onnx.load(str(path)).graph.node)
 
     assert matmuls(slow) > matmuls(fast)
-
-
-def _fast_model_ms(tmp_path: Path, weights, x: np.ndarray) -> float:
-    model = get_runtime("onnxruntime").load(onnx_mlp(weights, tmp_path / "fast.onnx"))
-    model.run({"input": x})
-    start = time.perf_counter()
-    for _ in range(20):
-        model.run({"input": x})
-    return (time.perf_counter() - start) * 1000 / 20
 
 
 def test_tflite_model_has_the_structure_runtimes_require(tmp_path, weights):
