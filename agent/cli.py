@@ -95,6 +95,11 @@ def init(obj: CliContext, trust: Path, device_id: str, device_class: str,
     else:
         click.echo(f"initialised device {identity.device_id} (class {identity.device_class}, "
                    f"{identity.architecture}) in {obj.state_dir}")
+        pub = obj.state_dir / "device.pub"
+        click.echo(f"public key {pub} (key id {identity.device_keyid[:16]}); for a USB-only "
+                   "device the admin runs: satchel device add "
+                   f"{identity.device_id} --device-class {identity.device_class} --public-key "
+                   "device.pub")
 
 
 @main.command(name="install")

@@ -47,6 +47,7 @@ def init_device(
     layout.root.mkdir(parents=True, exist_ok=True, mode=0o755)
     key = SigningKey.generate()
     atomic_write_bytes(layout.device_key, key.to_pem(), KEY_MODE)
+    atomic_write_bytes(layout.device_pub, key.public.to_pem())
     atomic_write_bytes(layout.trust, trust)
     if not layout.channels.is_dir():
         layout.channels.mkdir(mode=0o755)

@@ -4,6 +4,7 @@ Layout (STATE is `--state-dir`):
 
     STATE/device.json        who this device is (written last by `init`)
     STATE/device.key         the device's own Ed25519 key (0600)
+    STATE/device.pub         its public key (PEM), to register a USB-only device
     STATE/root.json          the trust root bundles are verified against
     STATE/clock.json         the newest signed time this device has seen
     STATE/generation         a counter bumped after every activation or rollback
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,13 @@ from agent.errors import NotInitializedError, StateCorruptError
 from bundles.durable import atomic_write_bytes
 from bundles.errors import BundleError
 from bundles.manifest import Manifest, parse_manifest
-from bundles.timeutil import format_time, parse_time
+from bundles.timeutil import format_time, parse_time, utcnow
 
 STATE_ACTIVE = "active"
 STATE_ROLLED_BACK = "rolled-back"
 STATE_INSTALLING = "installing"
 STATE_ROLLING_BACK = "rolling-back"
+STATE_PROBATION = "probation"  # reported while an activated release's probation window runs
 
 
 class Layout:
@@ -47,6 +49,7 @@ class Layout:
         self.root = Path(root)
         self.device = self.root / "device.json"
         self.device_key = self.root / "device.key"
+        self.device_pub = self.root / "device.pub"
         self.trust = self.root / "root.json"
         self.clock = self.root / "clock.json"
         self.generation = self.root / "generation"
@@ -360,12 +363,23 @@ class DeviceState:
     def newest_signed_time(self) -> datetime | None:
         return read_newest_signed_time(self.layout)
 
-    def channel_state(self, record: ChannelRecord) -> str:
-        """The record's state, or the operation under way when a journal is present."""
+    def channel_state(self, record: ChannelRecord, now: datetime | None = None) -> str:
+        """The record's state, the operation under way when a journal is present, or
+        "probation" while a newly activated release's health policy window runs."""
         journal = read_json(self.layout.journal(record.channel), "journal")
         if isinstance(journal, dict):
             return STATE_ROLLING_BACK if journal.get("op") == "rollback" else STATE_INSTALLING
+        if record.state == STATE_ACTIVE and self._on_probation(record, now or utcnow()):
+            return STATE_PROBATION
         return record.state
+
+    def _on_probation(self, record: ChannelRecord, now: datetime) -> bool:
+        try:
+            manifest = load_release(self.layout, record.channel, record.active).manifest
+        except (FileNotFoundError, StateCorruptError):
+            return False
+        window = timedelta(seconds=manifest.health_policy.probation_s)
+        return now < record.active.activated_at + window
 
     def status(self) -> dict[str, Any]:
         """The SPEC's `status --json` object. Raises NotInitializedError, StateCorruptError."""
