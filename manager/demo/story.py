@@ -1,0 +1,322 @@
+"""The demo, step by step. Every step prints what it does and what it measured."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import secrets
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from manager.demo.model import make_models
+from manager.demo.procs import DemoError, Runner, free_port, wait_for, wait_http
+
+CHANNEL, CLASS = "classifier", "cam-v2"
+AGENT_ENV = {"SATCHEL_AGENT_POLL_S": "0.5"}  # check in every half second, for the demo
+PROBATION_S = "4"  # seconds a new release is watched before it counts as a success
+
+
+@dataclass
+class Device:
+    device_id: str
+    via: str  # "LAN" or "USB"
+    state_dir: Path
+    port: int
+    served: int = 0
+    correct: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+class Story:
+    def __init__(self, out: Path, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.r = Runner(out)
+        self.facts: dict[str, Any] = {}
+        self.devices: list[Device] = []
+        self.step_no = 0
+        self.started = time.monotonic()
+
+    # --- output --------------------------------------------------------------------------
+
+    def step(self, title: str) -> None:
+        self.step_no += 1
+        print(f"\n[{time.monotonic() - self.started:5.1f}s] {self.step_no}. {title}", flush=True)
+
+    def say(self, text: str) -> None:
+        print(f"         {text}", flush=True)
+
+    # --- the story -----------------------------------------------------------------------
+
+    def keys_and_model(self) -> None:
+        self.step("Admin: keys, a model trained here, INT8 quantization")
+        self.r.run("satchel", "keys", "init", "keys")
+        self.say("keys/: offline root key + signing key (0600), root.json v1 signed by root")
+        data = make_models(self.out)
+        self.facts["holdout"] = data
+        self.say(f"trained a 64->256->10 classifier in numpy: {data.train_accuracy:.1%} "
+                 "training accuracy -> float.onnx")
+        q = self.r.json("satchel", "model", "quantize", "float.onnx", "-o", "int8.onnx",
+                        "--calibration", "calibration.npz")
+        self.facts["quantize"] = q
+        self.say(f"static INT8: {q['float_bytes']/1024:.0f} KiB -> {q['int8_bytes']/1024:.0f} KiB "
+                 f"({q['ratio']:.2f}x smaller), agreement with float: max abs error "
+                 f"{q['max_abs_error']:.3f}, top-1 {q['top1_agreement']:.1%}")
+
+    def build(self, version: str, model: str, out: str, *extra: str) -> dict[str, Any]:
+        built = self.r.json(
+            "satchel", "bundle", "build", "--name", CHANNEL, "--version", version,
+            "--model", model, "--device-class", CLASS, "--probation-s", PROBATION_S,
+            "--min-samples", "10", "--key", "keys/signing.key", "-o", out, *extra,
+        )
+        a = built["agreement"]
+        self.say(f"{out}: {built['bundle_bytes']/1024:.0f} KiB, sequence {built['sequence']}, "
+                 f"smoke test on {a['samples']} samples: min cosine {a['min_cosine']:.4f}, "
+                 f"host p95 {built['host_p95_ms']:.3f} ms")
+        return built
+
+    def first_bundle(self) -> None:
+        self.step("Admin: a signed bundle, smoke test and health policy inside")
+        self.facts["v1"] = self.build("1.0.0", "int8.onnx", "classifier-1.0.0.satchel",
+                                      "--reference", "float.onnx", "--samples", "samples.npz",
+                                      "--sequence", "1")
+        self.r.run("satchel", "bundle", "verify", "classifier-1.0.0.satchel",
+                   "--trust", "keys/root.json")
+        self.say("verified against keys/root.json (tar + zstd + sha256 + Ed25519, as a device)")
+
+    def manager(self) -> None:
+        self.step("Manager: database, trust root, admin, `satchel serve`")
+        d = ["satchel", "--data-dir", "manager"]
+        self.r.run(*d, "db", "upgrade")
+        self.r.run(*d, "trust", "import", "keys/root.json")
+        self.facts["admin_token"] = self.r.last_line(*d, "token", "create", "--admin")
+        password = secrets.token_urlsafe(9)
+        self.r.run(*d, "user", "add", "admin", stdin=f"{password}\n{password}\n")
+        self.facts["login"] = ("admin", password)
+        port = free_port()
+        self.facts["manager_url"] = url = f"http://127.0.0.1:{port}"
+        self.r.start("manager", *d, "serve", "--host", "127.0.0.1", "--port", str(port))
+        wait_http(f"{url}/metrics")
+        self.r.run(*d, "bundle", "add", "classifier-1.0.0.satchel")
+        self.say(f"manager up at {url}; bundle classifier 1.0.0 stored (verified on arrival)")
+
+    def fleet(self) -> None:
+        self.step("Devices: two on the LAN, one reachable only by USB stick")
+        d = ["satchel", "--data-dir", "manager"]
+        url = self.facts["manager_url"]
+        for i, via in enumerate(("LAN", "LAN", "USB"), start=1):
+            dev = Device(f"cam-{i}", via, self.out / f"device-cam-{i}", free_port())
+            a = ["satchel-agent", "--state-dir", str(dev.state_dir)]
+            self.r.run(*a, "init", "--trust", "keys/root.json", "--device-id", dev.device_id,
+                       "--device-class", CLASS)
+            if via == "LAN":
+                token = self.r.last_line(*d, "token", "create", "--enroll", "--device-class",
+                                         CLASS)
+                self.r.run(*a, "enroll", "--manager", url, "--token", token)
+                self.r.start(dev.device_id, *a, "run", "--listen", f"127.0.0.1:{dev.port}",
+                             "--manager", url, env=AGENT_ENV)
+            else:
+                self.r.run(*d, "device", "add", dev.device_id, "--device-class", CLASS,
+                           "--public-key", str(dev.state_dir / "device.pub"))
+                self.r.start(dev.device_id, *a, "run", "--listen", f"127.0.0.1:{dev.port}",
+                             env=AGENT_ENV)
+            self.devices.append(dev)
+            self.say(f"{dev.device_id}: initialised with root.json only, "
+                     + ("enrolled with a one-time token, checking in over the LAN"
+                        if via == "LAN" else "registered by its public key, no network path"))
+        for dev in self.devices:
+            wait_http(f"{dev.url}/v2/health/live")
+
+    # --- rollout -------------------------------------------------------------------------
+
+    def deploy_status(self, dep_id: str) -> dict[str, Any]:
+        return self.r.json("satchel", "--data-dir", "manager", "deploy", "status", dep_id)
+
+    def usb_round_trip(self, dep_id: str, dev: Device) -> None:
+        d = ["satchel", "--data-dir", "manager"]
+        stick = self.out / "usb-stick"
+        shutil.rmtree(stick, ignore_errors=True)
+        stick.mkdir()
+        self.r.run(*d, "usb", "export", str(stick), "--key", "keys/signing.key",
+                   "--deployment", dep_id)
+        out = self.r.run("satchel-agent", "--state-dir", str(dev.state_dir), "usb", str(stick),
+                         check=False)
+        line = (out.stdout.strip() or out.stderr.strip()).splitlines()[-1:] or [""]
+        self.r.run(*d, "usb", "import", str(stick))
+        self.say(f"{dev.device_id} (USB): export -> satchel-agent usb -> import: {line[0]}")
+
+    def traffic(self, dev: Device, n: int, *, first_negative: bool | None = None) -> int:
+        """Send `n` predictions; return how many failed or came back NaN."""
+        data = self.facts["holdout"]
+        x, y = data.holdout_x, data.holdout_y
+        if first_negative is not None:
+            keep = (x[:, 0] < 0) if first_negative else (x[:, 0] >= 0)
+            x, y = x[keep], y[keep]
+        bad = 0
+        for i in range(n):
+            row = x[i % len(x)]
+            body = {"inputs": [{"name": "input", "shape": [1, len(row)], "datatype": "FP32",
+                                "data": row.tolist()}]}
+            start = time.perf_counter()
+            try:
+                resp = requests.post(f"{dev.url}/v2/models/{CHANNEL}/infer", json=body,
+                                     timeout=5)
+            except requests.RequestException:
+                bad += 1
+                continue
+            dev.latencies_ms.append((time.perf_counter() - start) * 1000)
+            if resp.status_code != 200:
+                bad += 1
+                continue
+            logits = np.asarray(resp.json()["outputs"][0]["data"], dtype=np.float64)
+            dev.served += 1
+            if not np.all(np.isfinite(logits)):
+                bad += 1
+            elif int(np.argmax(logits)) == int(y[i % len(y)]):
+                dev.correct += 1
+        return bad
+
+    def rollout(self) -> None:
+        self.step("Rollout in waves: canary cam-1, then 50%, then 100% (cam-3 by USB)")
+        dep_id = self.r.last_line("satchel", "--data-dir", "manager", "deploy", "create",
+                                  "--bundle", f"{CHANNEL}:1.0.0", "--device", "cam-1",
+                                  "--device-class", CLASS, "--waves", "1,50%,100%")
+        self.facts["deployment_1"] = dep_id
+        usb_dev = next(d for d in self.devices if d.via == "USB")
+        usb_done = False
+        last = ""
+
+        def progressed() -> bool:
+            nonlocal usb_done, last
+            st = self.deploy_status(dep_id)
+            waves = " | ".join(
+                f"wave {w['index'] + 1} ({w['spec']}): "
+                + (", ".join(f"{k} {v}" for k, v in w["counts"].items()) or "waiting")
+                for w in st["waves"] if w["released"]
+            )
+            if waves != last:
+                self.say(f"deployment {dep_id} {st['state']}: {waves}")
+                last = waves
+            offered = {t["device_id"]: t["state"] for t in st["targets"]}
+            if not usb_done and offered.get(usb_dev.device_id) not in (None, "pending"):
+                self.usb_round_trip(dep_id, usb_dev)
+                usb_done = True
+            for dev in self.devices:  # live traffic, so health is judged on real samples
+                self.traffic(dev, 12)
+            return st["state"] in ("completed", "halted", "aborted") and st
+
+        final = wait_for("the first rollout to complete", progressed, timeout=90, interval=0.5)
+        if final["state"] != "completed":
+            raise DemoError(f"rollout ended {final['state']}: {final.get('reason')}")
+        self.say(f"deployment {dep_id} completed: 3 of 3 devices run classifier 1.0.0")
+
+    def predictions(self) -> None:
+        self.step("Devices serve predictions (Open Inference Protocol, 127.0.0.1)")
+        for dev in self.devices:
+            dev.served = dev.correct = 0
+            dev.latencies_ms.clear()
+            bad = self.traffic(dev, 200)
+            lat = sorted(dev.latencies_ms)
+            p50 = lat[len(lat) // 2] if lat else 0.0
+            self.say(f"{dev.device_id}: {dev.served} predictions, accuracy "
+                     f"{dev.correct / max(1, dev.served):.1%}, {bad} failed, "
+                     f"HTTP round trip p50 {p50:.2f} ms")
+
+    def bad_release(self) -> None:
+        self.step("A bad release: passes its lab smoke test, fails in the field")
+        self.facts["v2"] = self.build("1.1.0", "nan.onnx", "classifier-1.1.0.satchel",
+                                      "--samples", "lab-samples.npz", "--sequence", "2")
+        self.r.run("satchel", "--data-dir", "manager", "bundle", "add", "classifier-1.1.0.satchel")
+        dep_id = self.r.last_line("satchel", "--data-dir", "manager", "deploy", "create",
+                                  "--bundle", f"{CHANNEL}:1.1.0", "--device", "cam-1",
+                                  "--device", "cam-2", "--waves", "1,100%")
+        self.facts["deployment_2"] = dep_id
+        canary = self.devices[0]
+        self.say(f"deployment {dep_id}: canary cam-1 first, then cam-2")
+
+        def canary_runs_v2() -> bool:
+            status = self.r.json("satchel-agent", "--state-dir", str(canary.state_dir), "status")
+            active = status["channels"].get(CHANNEL, {}).get("active") or {}
+            return active.get("version") == "1.1.0"
+
+        wait_for("the canary to activate 1.1.0", canary_runs_v2, timeout=60)
+        self.say("cam-1 verified, smoke-tested (lab samples pass) and activated 1.1.0")
+        t0 = time.monotonic()
+
+        def rolled_back() -> bool:
+            self.traffic(canary, 10, first_negative=None)
+            status = self.r.json("satchel-agent", "--state-dir", str(canary.state_dir), "status")
+            return (status["channels"][CHANNEL]["active"] or {}).get("version") == "1.0.0"
+
+        wait_for("the canary to roll back", rolled_back, timeout=60)
+        self.say(f"cam-1 rolled back to 1.0.0 on its own {time.monotonic() - t0:.1f} s after "
+                 "field traffic started")
+        final = wait_for("the deployment to halt",
+                         lambda: (st := self.deploy_status(dep_id))["state"] == "halted" and st,
+                         timeout=60, interval=0.5)
+        self.facts["halt_reason"] = final.get("reason")
+        self.say(f"deployment {dep_id} halted by itself: {final.get('reason')}")
+        never = [t["device_id"] for t in final["targets"] if t["state"] == "pending"]
+        self.say(f"never offered 1.1.0: {', '.join(never) or 'none'}")
+
+    def summary(self, keep: bool) -> None:
+        self.step("Summary")
+        for dev in self.devices:
+            st = self.r.json("satchel-agent", "--state-dir", str(dev.state_dir), "status")
+            ch = st["channels"].get(CHANNEL, {})
+            active = ch.get("active") or {}
+            kept = ", ".join(r["version"] for r in ch.get("releases", []))
+            self.say(f"{dev.device_id} [{dev.via}] serves {CHANNEL} {active.get('version')} "
+                     f"(kept: {kept}; state {ch.get('state')})")
+        user, password = self.facts["login"]
+        print(f"\nDashboard: {self.facts['manager_url']}/  login {user} / {password}")
+        print(f"Everything the demo made is in {self.out}/ (logs: *.log)")
+        if keep:
+            print("The manager keeps running (--keep-manager); stop it with Ctrl-C.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="make demo", description=__doc__)
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--keep-manager", action="store_true",
+                   help="leave the manager running for the dashboard")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    out = args.out.resolve()
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    story = Story(out, args.quiet)
+    code = 0
+    try:
+        story.keys_and_model()
+        story.first_bundle()
+        story.manager()
+        story.fleet()
+        story.rollout()
+        story.predictions()
+        story.bad_release()
+        story.summary(args.keep_manager)
+    except DemoError as e:
+        print(f"\ndemo failed: {e}\n(logs in {out})", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        if args.keep_manager and code == 0:
+            story.r.stop_all(keep=1)
+            with contextlib.suppress(KeyboardInterrupt):
+                story.r.procs[0].wait()
+        story.r.stop_all()
+    print(f"\ndone in {time.monotonic() - story.started:.0f} s" if code == 0 else "", end="\n")
+    return code
