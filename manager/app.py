@@ -32,7 +32,7 @@ class ManagerState:
 
 def state() -> ManagerState:
     """The manager state of the current Flask app."""
-    return current_app.extensions[EXTENSION]  # type: ignore[no-any-return]
+    return current_app.extensions[EXTENSION]
 
 
 def create_app(test_config: dict[str, Any] | None = None, config_file: Path | None = None) -> Flask:
@@ -59,10 +59,11 @@ def create_app(test_config: dict[str, Any] | None = None, config_file: Path | No
         metrics=Metrics(),
     )
 
-    from manager import metrics
+    from manager import metrics, web
     from manager.api import bp as api_bp
 
     app.register_blueprint(api_bp)
+    app.register_blueprint(web.bp)
     app.register_blueprint(metrics.bp)
     metrics.instrument(app, log_requests=config.log_requests)
     return app

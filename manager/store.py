@@ -110,7 +110,7 @@ def download_response(path: Path, sha256: str, max_age_s: int) -> Response:
     """Serve a stored bundle: strong ETag = its sha256, 304 on a matching If-None-Match,
     206 for one satisfiable Range (honouring If-Range), 416 for an unsatisfiable one."""
     response = send_file(
-        path,
+        path.resolve(),  # Flask resolves a relative path against the app, not the cwd
         mimetype="application/vnd.satchel.bundle",
         as_attachment=True,
         download_name=f"{sha256}{SUFFIX}",

@@ -249,6 +249,10 @@ def record_report(
     return True
 
 
+def _record_file(db: Database, rel: str, data: bytes, now: datetime, max_events: int) -> bool:
+    return db.run(lambda s: record_report(s, rel, data, now, max_events))
+
+
 def import_stick(
     db: Database, path: Path, now: datetime, max_reports: int, max_bytes: int, max_events: int
 ) -> ImportResult:
@@ -262,8 +266,7 @@ def import_stick(
         try:
             if file.stat().st_size > max_bytes:
                 raise ReportRefusedError(f"larger than {max_bytes} bytes")
-            data = file.read_bytes()
-            new = db.run(lambda s, rel=rel, data=data: record_report(s, rel, data, now, max_events))
+            new = _record_file(db, rel, file.read_bytes(), now, max_events)
         except ReportRefusedError as e:
             result.refused.append((rel, str(e)))
             continue

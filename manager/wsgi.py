@@ -44,9 +44,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _run_worker(config: ManagerConfig, sock: socket.socket) -> None:
+    import logging
+
     import waitress
 
     from manager.app import create_app
+
+    # "Task queue depth" warnings only say that all threads are busy, which under load they are
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
     app = create_app(_as_overrides(config))
     waitress.serve(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import Any, BinaryIO, cast
 
 from flask import Response, jsonify, request
 
@@ -15,7 +15,7 @@ from manager.services import bundles
 from manager.store import download_response
 
 
-def _upload_stream() -> IO[bytes]:
+def _upload_stream() -> BinaryIO:
     limit = state().config.max_bundle_bytes
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLargeError(f"bundle is larger than the {limit} byte upload limit")
@@ -23,8 +23,8 @@ def _upload_stream() -> IO[bytes]:
         upload = request.files.get("bundle") or next(iter(request.files.values()), None)
         if upload is None:
             raise InvalidRequestError("multipart upload has no file (use the field 'bundle')")
-        return upload.stream
-    return request.stream
+        return cast(BinaryIO, upload.stream)
+    return cast(BinaryIO, request.stream)
 
 
 @bp.post("/bundles")

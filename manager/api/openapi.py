@@ -12,10 +12,11 @@ from flask import Response, jsonify
 from manager.api import bp
 from manager.auth import ADMIN, DEVICE, requires
 
-ADMIN_ONLY = [{"adminToken": []}]
-DEVICE_ONLY = [{"deviceToken": []}]
-ADMIN_OR_DEVICE = [{"adminToken": []}, {"deviceToken": []}]
-ENROLL_ONLY = [{"enrollmentToken": []}]
+Security = list[dict[str, list[str]]]
+ADMIN_ONLY: Security = [{"adminToken": []}]
+DEVICE_ONLY: Security = [{"deviceToken": []}]
+ADMIN_OR_DEVICE: Security = [{"adminToken": []}, {"deviceToken": []}]
+ENROLL_ONLY: Security = [{"enrollmentToken": []}]
 
 
 def _ref(name: str) -> dict[str, str]:

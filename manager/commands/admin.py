@@ -8,8 +8,7 @@ from typing import Any
 
 import click
 
-from manager.cli import refusals_exit_1
-from manager.commands.common import echo_json
+from manager.commands.common import echo_json, refusals_exit_1
 from manager.commands.context import config_of, now, run_service
 from manager.errors import UsageError
 from manager.services import devices, tokens, users

@@ -37,36 +37,70 @@ def _progress_bar(total: int, label: str) -> Any:
 @bundle.command("build")
 @click.option("--name", required=True, help="Model channel, e.g. person-detector.")
 @click.option("--version", "version", required=True, help="Release version string.")
-@click.option("--model", "model_path", required=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Model to ship (.onnx or .tflite), usually INT8.")
-@click.option("--reference", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Float model the shipped one is compared with (when quantized).")
-@click.option("--samples", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="INPUTS.npz: one array per model input, keyed by input name.")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Model to ship (.onnx or .tflite), usually INT8.",
+)
+@click.option(
+    "--reference",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Float model the shipped one is compared with (when quantized).",
+)
+@click.option(
+    "--samples",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="INPUTS.npz: one array per model input, keyed by input name.",
+)
 @click.option("--sequence", type=click.IntRange(0), help="Default: build time, epoch seconds.")
 @click.option("--device-class", "device_classes", multiple=True, help="Allowed device class.")
 @click.option("--arch", "architectures", multiple=True, help="Allowed CPU arch (x86_64...).")
-@click.option("--latency-budget-ms", type=click.FloatRange(min=0, min_open=True),
-              help="p95 latency budget measured on the device.")
-@click.option("--max-memory-mb", type=click.FloatRange(min=0, min_open=True),
-              help="Peak memory budget of the smoke test on the device.")
+@click.option(
+    "--latency-budget-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    help="p95 latency budget measured on the device.",
+)
+@click.option(
+    "--max-memory-mb",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Peak memory budget of the smoke test on the device.",
+)
 @click.option("--max-abs-error", type=click.FloatRange(min=0), help="Largest |out - ref|.")
 @click.option("--min-cosine", type=click.FloatRange(-1, 1), help="Cosine similarity floor.")
 @click.option("--min-top1", type=click.FloatRange(0, 1), help="Top-1 agreement floor.")
 @click.option("--expires-days", type=click.IntRange(1), help="Manifest expiry (days).")
-@click.option("--probation-s", type=click.FloatRange(0), default=600.0, show_default=True,
-              help="Health probation window after activation.")
+@click.option(
+    "--probation-s",
+    type=click.FloatRange(0),
+    default=600.0,
+    show_default=True,
+    help="Health probation window after activation.",
+)
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True)
 @click.option("--max-nan-rate", type=click.FloatRange(0, 1), default=0.0, show_default=True)
-@click.option("--max-p95-latency-ms", type=click.FloatRange(min=0, min_open=True),
-              help="Health policy p95 latency limit while serving.")
-@click.option("--min-samples", type=click.IntRange(1), default=20, show_default=True,
-              help="Inferences before the health policy judges.")
+@click.option(
+    "--max-p95-latency-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Health policy p95 latency limit while serving.",
+)
+@click.option(
+    "--min-samples",
+    type=click.IntRange(1),
+    default=20,
+    show_default=True,
+    help="Inferences before the health policy judges.",
+)
 @click.option("--description", default="", help="Free text shown by inspect.")
-@click.option("--key", "key_paths", multiple=True, required=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Signing key (repeat for a threshold above one).")
+@click.option(
+    "--key",
+    "key_paths",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Signing key (repeat for a threshold above one).",
+)
 @passphrase_file_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -83,15 +117,26 @@ def build_cmd(**opts: Any) -> None:
     keys = load_keys(opts["key_paths"], passphrase_from(opts["passphrase_file"]))
     expires = utcnow() + timedelta(days=opts["expires_days"]) if opts["expires_days"] else None
     req = BuildRequest(
-        name=opts["name"], version=opts["version"], model=opts["model_path"],
-        reference=opts["reference"], samples=opts["samples"], sequence=opts["sequence"],
-        device_classes=opts["device_classes"], architectures=opts["architectures"],
-        latency_budget_ms=opts["latency_budget_ms"], max_memory_mb=opts["max_memory_mb"],
-        max_abs_error=opts["max_abs_error"], min_cosine=opts["min_cosine"],
-        min_top1=opts["min_top1"], expires=expires, description=opts["description"],
+        name=opts["name"],
+        version=opts["version"],
+        model=opts["model_path"],
+        reference=opts["reference"],
+        samples=opts["samples"],
+        sequence=opts["sequence"],
+        device_classes=opts["device_classes"],
+        architectures=opts["architectures"],
+        latency_budget_ms=opts["latency_budget_ms"],
+        max_memory_mb=opts["max_memory_mb"],
+        max_abs_error=opts["max_abs_error"],
+        min_cosine=opts["min_cosine"],
+        min_top1=opts["min_top1"],
+        expires=expires,
+        description=opts["description"],
         health_policy=HealthPolicy(
-            probation_s=opts["probation_s"], min_samples=opts["min_samples"],
-            max_error_rate=opts["max_error_rate"], max_nan_rate=opts["max_nan_rate"],
+            probation_s=opts["probation_s"],
+            min_samples=opts["min_samples"],
+            max_error_rate=opts["max_error_rate"],
+            max_nan_rate=opts["max_nan_rate"],
             max_p95_latency_ms=opts["max_p95_latency_ms"],
         ),
     )
@@ -108,10 +153,14 @@ def build_cmd(**opts: Any) -> None:
     a, m = result.agreement, result.manifest
     top1 = "n/a" if a.top1_agreement is None else f"{a.top1_agreement:.1%}"
     click.echo(f"built {result.output} ({human_bytes(result.bundle_bytes)})")
-    click.echo(f"  {m.name} {m.version} sequence {m.sequence}, {m.models[0].runtime}, "
-               f"quantization {m.models[0].quantization}")
-    click.echo(f"  vs reference on {a.samples} samples: max abs error {a.max_abs_error:.4g}, "
-               f"min cosine {a.min_cosine:.5f}, top-1 {top1}")
+    click.echo(
+        f"  {m.name} {m.version} sequence {m.sequence}, {m.models[0].runtime}, "
+        f"quantization {m.models[0].quantization}"
+    )
+    click.echo(
+        f"  vs reference on {a.samples} samples: max abs error {a.max_abs_error:.4g}, "
+        f"min cosine {a.min_cosine:.5f}, top-1 {top1}"
+    )
     click.echo(f"  host latency p50 {result.host_p50_ms:.3f} ms, p95 {result.host_p95_ms:.3f} ms")
     click.echo(f"  signed by {len(keys)} key(s); sha256 {result.bundle_sha256}")
 
@@ -133,22 +182,27 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
         + ", ".join(f"{k} >= {v}" for k, v in c.runtimes.items())
     )
     for model in m.models:
-        lines.append(f"  model {model.name}: {model.file} on {model.runtime}, "
-                     f"quantization {model.quantization}")
+        lines.append(
+            f"  model {model.name}: {model.file} on {model.runtime}, "
+            f"quantization {model.quantization}"
+        )
         for t in model.inputs:
             lines.append(f"    input  {t.name} {t.datatype} {list(t.shape)}")
         for t in model.outputs:
             lines.append(f"    output {t.name} {t.datatype} {list(t.shape)}")
     for s in m.smoke_tests:
-        limits = [f"{k}={v}" for k, v in s.to_dict().items() if k not in ("model", "inputs",
-                                                                            "reference")]
+        limits = [
+            f"{k}={v}" for k, v in s.to_dict().items() if k not in ("model", "inputs", "reference")
+        ]
         lines.append(f"  smoke test on {s.model}: {', '.join(limits)}")
     hp = m.health_policy.to_dict()
     lines.append("  health policy: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
     lines.append(f"  files ({human_bytes(m.unpacked_size)} unpacked):")
     for f in m.files:
-        lines.append(f"    {f.path:<24} {human_bytes(f.size):>10} -> "
-                     f"{human_bytes(f.compressed_size):>10}  sha256 {f.sha256[:16]}")
+        lines.append(
+            f"    {f.path:<24} {human_bytes(f.size):>10} -> "
+            f"{human_bytes(f.compressed_size):>10}  sha256 {f.sha256[:16]}"
+        )
     for sig in sigs:
         name = names.get(sig["keyid"])
         lines.append(f"  signed by {sig['keyid'][:16]}" + (f" ({name})" if name else ""))
@@ -157,8 +211,12 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
 
 @bundle.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--keys", "keydir", type=click.Path(file_okay=False, exists=True, path_type=Path),
-              help="Key directory, to name the signing keys.")
+@click.option(
+    "--keys",
+    "keydir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Key directory, to name the signing keys.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and signatures as JSON.")
 @refusals_exit_1
 def inspect_cmd(file: Path, keydir: Path | None, as_json: bool) -> None:
@@ -170,8 +228,13 @@ def inspect_cmd(file: Path, keydir: Path | None, as_json: bool) -> None:
         manifest, sigs = read_unverified(f)
     sig_dicts = [{"keyid": s.keyid, "sig": s.to_dict()["sig"]} for s in sigs]
     if as_json:
-        echo_json({"manifest": manifest.to_dict(), "signatures": sig_dicts,
-                   "file_bytes": file.stat().st_size})
+        echo_json(
+            {
+                "manifest": manifest.to_dict(),
+                "signatures": sig_dicts,
+                "file_bytes": file.stat().st_size,
+            }
+        )
         return
     for line in describe(manifest, sig_dicts, key_names(keydir) if keydir else {}):
         click.echo(line)
@@ -179,9 +242,13 @@ def inspect_cmd(file: Path, keydir: Path | None, as_json: bool) -> None:
 
 @bundle.command("verify")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--trust", "trust", required=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="root.json: the trust root to verify against.")
+@click.option(
+    "--trust",
+    "trust",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="root.json: the trust root to verify against.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @refusals_exit_1
 def verify_cmd(file: Path, trust: Path, as_json: bool) -> None:
@@ -199,12 +266,20 @@ def verify_cmd(file: Path, trust: Path, as_json: bool) -> None:
         check_payloads(f, verified)
     m = verified.manifest
     if as_json:
-        echo_json({"ok": True, "name": m.name, "version": m.version, "sequence": m.sequence,
-                   "signers": sorted(verified.signers), "trust_root_version": root.version,
-                   "files": len(m.files)})
+        echo_json(
+            {
+                "ok": True,
+                "name": m.name,
+                "version": m.version,
+                "sequence": m.sequence,
+                "signers": sorted(verified.signers),
+                "trust_root_version": root.version,
+                "files": len(m.files),
+            }
+        )
         return
-    click.echo(f"OK: {m.name} {m.version} (sequence {m.sequence}) verified against trust root "
-               f"v{root.version}: {len(verified.signers)} of {root.signing_role.threshold} "
-               f"required signature(s), {len(m.files)} payload(s) match")
-
-
+    click.echo(
+        f"OK: {m.name} {m.version} (sequence {m.sequence}) verified against trust root "
+        f"v{root.version}: {len(verified.signers)} of {root.signing_role.threshold} "
+        f"required signature(s), {len(m.files)} payload(s) match"
+    )

@@ -42,6 +42,7 @@ def refusals_exit_1(func: F) -> F:
 
     return wrapper  # type: ignore[return-value]
 
+
 PASSPHRASE_ENV = "SATCHEL_KEY_PASSPHRASE"
 
 passphrase_file_option = click.option(
@@ -71,9 +72,7 @@ def load_keys(paths: tuple[Path, ...], passphrase: bytes | None) -> list[Signing
         except KeyFileError:
             if passphrase is not None or not sys.stdin.isatty():
                 raise
-            passphrase = click.prompt(
-                f"Passphrase for {path}", hide_input=True, err=True
-            ).encode()
+            passphrase = click.prompt(f"Passphrase for {path}", hide_input=True, err=True).encode()
             keys.append(load_key(path, passphrase))
     return keys
 

@@ -30,9 +30,7 @@ def _root_summary(keydir: Path) -> dict[str, object]:
         "roles": {
             role: {
                 "threshold": root.roles[role].threshold,
-                "keys": [
-                    {"keyid": kid, "name": names.get(kid)} for kid in root.roles[role].keyids
-                ],
+                "keys": [{"keyid": kid, "name": names.get(kid)} for kid in root.roles[role].keyids],
             }
             for role in ("root", "signing")
         },
@@ -64,7 +62,10 @@ def keys() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @refusals_exit_1
 def init_cmd(
-    keydir: Path, encrypt: bool, expires_days: int | None, passphrase_file: Path | None,
+    keydir: Path,
+    encrypt: bool,
+    expires_days: int | None,
+    passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
     """Create KEYDIR with a root key, a signing key and a signed root.json.
@@ -91,27 +92,51 @@ def init_cmd(
 
 @keys.command("rotate")
 @click.argument("keydir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--add-signing-key", "add_signing", multiple=True, metavar="NAME",
-              help="Generate a new signing key KEYDIR/NAME.key and trust it.")
-@click.option("--add-signing-pub", "add_pubs", multiple=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Trust a signing key held elsewhere (PEM public key).")
-@click.option("--revoke", multiple=True, metavar="KEYID|NAME",
-              help="Stop trusting a signing key (key id, unique prefix, or key name).")
-@click.option("--signing-threshold", type=click.IntRange(1),
-              help="Signatures required on every bundle.")
+@click.option(
+    "--add-signing-key",
+    "add_signing",
+    multiple=True,
+    metavar="NAME",
+    help="Generate a new signing key KEYDIR/NAME.key and trust it.",
+)
+@click.option(
+    "--add-signing-pub",
+    "add_pubs",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Trust a signing key held elsewhere (PEM public key).",
+)
+@click.option(
+    "--revoke",
+    multiple=True,
+    metavar="KEYID|NAME",
+    help="Stop trusting a signing key (key id, unique prefix, or key name).",
+)
+@click.option(
+    "--signing-threshold", type=click.IntRange(1), help="Signatures required on every bundle."
+)
 @click.option("--new-root-key", is_flag=True, help="Replace the root key; the old one signs.")
-@click.option("--root-key", "extra_root", multiple=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Further current root keys, when the root threshold is above one.")
+@click.option(
+    "--root-key",
+    "extra_root",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Further current root keys, when the root threshold is above one.",
+)
 @click.option("--expires-days", type=click.IntRange(1), help="New trust root expiry (days).")
 @passphrase_file_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @refusals_exit_1
 def rotate_cmd(
-    keydir: Path, add_signing: tuple[str, ...], add_pubs: tuple[Path, ...],
-    revoke: tuple[str, ...], signing_threshold: int | None, new_root_key: bool,
-    extra_root: tuple[Path, ...], expires_days: int | None, passphrase_file: Path | None,
+    keydir: Path,
+    add_signing: tuple[str, ...],
+    add_pubs: tuple[Path, ...],
+    revoke: tuple[str, ...],
+    signing_threshold: int | None,
+    new_root_key: bool,
+    extra_root: tuple[Path, ...],
+    expires_days: int | None,
+    passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
     """Write the next root.json: add or revoke signing keys, change the threshold or root key.

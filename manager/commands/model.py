@@ -25,12 +25,21 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 
 
 @model.command("quantize")
-@click.argument("model_path", metavar="MODEL.onnx",
-                type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Where to write the INT8 model.")
-@click.option("--calibration", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="INPUTS.npz (one array per input) for static INT8; dynamic without it.")
+@click.argument(
+    "model_path", metavar="MODEL.onnx", type=click.Path(dir_okay=False, exists=True, path_type=Path)
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the INT8 model.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="INPUTS.npz (one array per input) for static INT8; dynamic without it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @refusals_exit_1
 def quantize_cmd(model_path: Path, output: Path, calibration: Path | None, as_json: bool) -> None:

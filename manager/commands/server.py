@@ -11,8 +11,8 @@ from pathlib import Path
 import click
 
 from manager import db as database
-from manager.cli import refusals_exit_1
 from manager.commands import admin, rollout, usb
+from manager.commands.common import refusals_exit_1
 from manager.commands.context import config_of
 
 

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import click
 
-from manager.cli import refusals_exit_1
-from manager.commands.common import echo_json, load_keys, passphrase_file_option, passphrase_from
+from manager.commands.common import (
+    echo_json,
+    load_keys,
+    passphrase_file_option,
+    passphrase_from,
+    refusals_exit_1,
+)
 from manager.commands.context import config_of, now
 from manager.db import open_database
 from manager.errors import ReportRefusedError

@@ -11,14 +11,15 @@ import random
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects import postgresql, sqlite
 
 from bundles.manifest import CHANNEL_RE, SHA256_RE, VERSION_RE
-from manager.errors import InvalidRequestError, NotFoundError
+from manager.auth import DEVICE, hash_token, token_kind
+from manager.errors import AuthError, ForbiddenError, InvalidRequestError, NotFoundError
 from manager.models import Device, DeviceChannel, Event
 from manager.services import deployments, trust
 from manager.services.bundles import download_url
@@ -298,37 +299,71 @@ def _insert_events(
     return set(session.scalars(stmt))
 
 
-def _apply_state(session: so.Session, device: Device, report: CheckinReport, now: datetime) -> None:
-    if report.status != device.status:
-        device.status = report.status
-        existing = {
-            c.channel: c
-            for c in session.scalars(
-                sa.select(DeviceChannel).where(DeviceChannel.device_id == device.id)
-            )
-        }
-        for name, ch in report.channels.items():
-            row = existing.get(name)
-            if row is None:
-                row = DeviceChannel(device_id=device.id, channel=name)
-                session.add(row)
-            if (row.active_version, row.active_sequence, row.state) != (
-                ch.active_version,
-                ch.active_sequence,
-                ch.state,
-            ):
-                row.active_version, row.active_sequence = ch.active_version, ch.active_sequence
-                row.state, row.updated_at = ch.state, now
-        for name, row in existing.items():
-            if name not in report.channels:
-                session.delete(row)
-    if report.health != (device.health or {}):
-        device.health = report.health
-    if report.agent_version and report.agent_version != device.agent_version:
-        device.agent_version = report.agent_version
-    if report.trust_root_version is not None:
-        device.trust_root_version = report.trust_root_version
-    device.state_at = report.sent_at or now
+def _sync_channels(
+    session: so.Session, device_id: str, channels: dict[str, ChannelReport], now: datetime
+) -> None:
+    existing = {
+        c.channel: c
+        for c in session.scalars(
+            sa.select(DeviceChannel).where(DeviceChannel.device_id == device_id)
+        )
+    }
+    for name, ch in channels.items():
+        row = existing.get(name)
+        if row is None:
+            row = DeviceChannel(device_id=device_id, channel=name)
+            session.add(row)
+        if (row.active_version, row.active_sequence, row.state) != (
+            ch.active_version,
+            ch.active_sequence,
+            ch.state,
+        ):
+            row.active_version, row.active_sequence = ch.active_version, ch.active_sequence
+            row.state, row.updated_at = ch.state, now
+    for name, row in existing.items():
+        if name not in channels:
+            session.delete(row)
+    session.flush()
+
+
+_DEVICES = cast(sa.Table, Device.__table__)
+_DEVICE_ROW = sa.select(
+    _DEVICES.c.id,
+    _DEVICES.c.status,
+    _DEVICES.c.health,
+    _DEVICES.c.agent_version,
+    _DEVICES.c.trust_root_version,
+    _DEVICES.c.state_at,
+    _DEVICES.c.last_seen_at,
+)
+# built once, each on an index: these run on every check-in
+_DEVICE_BY_TOKEN = _DEVICE_ROW.where(_DEVICES.c.token_hash == sa.bindparam("key")).with_for_update()
+_DEVICE_BY_ID = _DEVICE_ROW.where(_DEVICES.c.id == sa.bindparam("key")).with_for_update()
+_UPDATE_DEVICE = _DEVICES.update().where(_DEVICES.c.id == sa.bindparam("device_id_"))
+
+
+def _device_row(session: so.Session, statement: Any, key: str) -> Any:
+    """The device's check-in columns, row-locked (one check-in of a device at a time)."""
+    return session.execute(statement, {"key": key}).first()
+
+
+def record_with_token(
+    session: so.Session, token: str, device_id: str, report: CheckinReport, now: datetime
+) -> CheckinResult:
+    """Authenticate a device credential and record its LAN check-in in one transaction.
+
+    Raises AuthError (unknown or revoked credential), ForbiddenError (another device's or
+    an admin credential).
+    """
+    kind = token_kind(token)
+    if kind is not None and kind != DEVICE:
+        raise ForbiddenError("this resource needs device credentials")
+    row = _device_row(session, _DEVICE_BY_TOKEN, hash_token(token)) if kind else None
+    if row is None:
+        raise AuthError("invalid or revoked credentials")
+    if row.id != device_id:
+        raise ForbiddenError("a device may only access its own data")
+    return _record(session, row, report, LAN, now)
 
 
 def record(
@@ -337,27 +372,52 @@ def record(
     """Record a check-in of `device_id` (from the LAN or a USB report) and work out what it
     should install. Raises NotFoundError if the device is unknown.
     """
-    device = session.get(Device, device_id, with_for_update=True)
-    if device is None:
+    row = _device_row(session, _DEVICE_BY_ID, device_id)
+    if row is None:
         raise NotFoundError(f"no device {device_id!r}")
+    return _record(session, row, report, via, now)
+
+
+def _record(
+    session: so.Session, row: Any, report: CheckinReport, via: str, now: datetime
+) -> CheckinResult:
+    device_id = row.id
     seen = report.sent_at or now
-    applied = device.state_at is None or report.sent_at is None or seen >= device.state_at
+    applied = row.state_at is None or report.sent_at is None or seen >= row.state_at
+    values: dict[str, Any] = {}
     if applied:
-        _apply_state(session, device, report, now)
-    if device.last_seen_at is None or seen > device.last_seen_at:
-        device.last_seen_at = min(seen, now)
-        device.last_via = via
+        values["state_at"] = seen
+        if report.status != row.status:
+            values["status"] = report.status
+            _sync_channels(session, device_id, report.channels, now)
+        if report.health != (row.health or {}):
+            values["health"] = report.health
+        if report.agent_version and report.agent_version != row.agent_version:
+            values["agent_version"] = report.agent_version
+        if report.trust_root_version not in (None, row.trust_root_version):
+            values["trust_root_version"] = report.trust_root_version
+    if row.last_seen_at is None or seen > row.last_seen_at:
+        values["last_seen_at"] = min(seen, now)
+        values["last_via"] = via
+    if values:
+        session.execute(_UPDATE_DEVICE, {"device_id_": device_id, **values})
     new_ids = _insert_events(session, device_id, report.events, via, now)
     new_events = [e.reported() for e in report.events if e.event_id in new_ids]
     targets = deployments.device_targets(session, device_id)
     channels = report.channels if applied else {}
-    deployments.record_progress(
-        session, device_id, targets, channels, report.health if applied else {}, new_events, now
-    )
-    offers = _offers(session, device_id, targets, report.channels if applied else None)
+    if targets:
+        deployments.record_progress(
+            session,
+            device_id,
+            targets,
+            channels,
+            report.health if applied else {},
+            new_events,
+            now,
+        )
     return CheckinResult(
         device_id=device_id,
-        offers=offers,
+        offers=_offers(session, device_id, targets, report.channels if applied else None),
         trust_root_version=trust.current_version(session),
         events_recorded=len(new_ids),
         events_duplicate=len(report.events) - len(new_ids),
@@ -371,6 +431,8 @@ def _offers(
     targets: list[deployments.DeviceTarget],
     channels: dict[str, ChannelReport] | None,
 ) -> tuple[Offer, ...]:
+    if not targets:
+        return ()
     if channels is None:
         channels = {
             c.channel: ChannelReport(c.active_version, c.active_sequence, c.state)
@@ -380,7 +442,7 @@ def _offers(
         }
     best: dict[str, Offer] = {}
     for dt in targets:
-        if dt.deployment_state != deployments.ACTIVE or dt.target.state not in deployments.OFFERED:
+        if dt.deployment_state != deployments.ACTIVE or dt.state not in deployments.OFFERED:
             continue
         b = dt.bundle
         running = channels.get(b.name)
@@ -391,7 +453,5 @@ def _offers(
         ):
             continue
         if b.name not in best or best[b.name].sequence < b.sequence:
-            best[b.name] = Offer(
-                b.name, b.version, b.sequence, b.sha256, b.size, dt.target.deployment_id
-            )
+            best[b.name] = Offer(b.name, b.version, b.sequence, b.sha256, b.size, dt.deployment_id)
     return tuple(best[name] for name in sorted(best))

@@ -5,11 +5,12 @@ first (so `--device canary-1` chooses the canary), then the rest in device-id or
 cumulative counts or percentages of the targets ("1,10%,50%,100%"); the last must cover all.
 
 A wave is released when the previous one has at least `success_ratio` of its devices (those
-that did not fail) running the release, out of probation and within the bundle's health policy. The deployment halts by
-itself when failures (smoke test failed, install refused or failed, rolled back) exceed
-`max_failure_ratio` of the released devices, or on any failure while the canary wave (the
-first of several) is out. Progress is evaluated during device check-ins and status queries,
-always under a row lock of the deployment, so several manager processes agree.
+that did not fail) running the release, out of probation and within the bundle's health
+policy. The deployment halts by itself when failures (smoke test failed, install refused or
+failed, rolled back) exceed `max_failure_ratio` of the released devices, or on any failure
+while the canary wave (the first of several) is out. Progress is evaluated during device
+check-ins and status queries, always under a row lock of the deployment, so several manager
+processes agree.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -96,7 +97,7 @@ class ReportedEvent:
     passed: bool | None = None
     reason: str | None = None
 
-    def concerns(self, bundle: Bundle) -> bool:
+    def concerns(self, bundle: BundleRef | Bundle) -> bool:
         if self.bundle_sha256 is not None:
             return self.bundle_sha256 == bundle.sha256
         return self.channel == bundle.name and self.sequence == bundle.sequence
@@ -106,14 +107,27 @@ class ReportedEvent:
         return self.kind in FAILURE_EVENTS or (self.kind == "smoke_test" and self.passed is False)
 
 
+@dataclass(frozen=True)
+class BundleRef:
+    """The few fields of a bundle a check-in needs (its manifest is loaded only on demand)."""
+
+    id: int
+    name: str
+    version: str
+    sequence: int
+    sha256: str
+    size: int
+
+
 @dataclass
 class DeviceTarget:
     """One deployment a device belongs to, with what the check-in needs to know."""
 
-    target: DeploymentTarget
+    deployment_id: int
+    state: str
+    reason: str | None
     deployment_state: str
-    bundle: Bundle
-    changed: bool = field(default=False)
+    bundle: BundleRef
 
 
 # --- waves ----------------------------------------------------------------------------------
@@ -380,7 +394,8 @@ def pause(session: so.Session, deployment_id: int, now: datetime) -> Deployment:
 
 def resume(session: so.Session, deployment_id: int, now: datetime) -> Deployment:
     """Continue a paused or halted deployment. Failures that halted it are tolerated from
-    now on; new ones count again. Raises NotFoundError, ConflictError."""
+    now on (they no longer halt it nor block their wave); new ones count again.
+    Raises NotFoundError, ConflictError."""
     dep = get(session, deployment_id, lock=True)
     if dep.state not in (PAUSED, HALTED):
         raise ConflictError(
@@ -478,20 +493,37 @@ def evaluate(session: so.Session, dep: Deployment, now: datetime) -> None:
 # --- device progress (called by check-ins) -----------------------------------------------------
 
 
+_DEVICE_TARGETS = (
+    sa.select(
+        DeploymentTarget.deployment_id,
+        DeploymentTarget.state,
+        DeploymentTarget.reason,
+        Deployment.state,
+        Bundle.id,
+        Bundle.name,
+        Bundle.version,
+        Bundle.sequence,
+        Bundle.sha256,
+        Bundle.size,
+    )
+    .join(Deployment, Deployment.id == DeploymentTarget.deployment_id)
+    .join(Bundle, Bundle.id == Deployment.bundle_id)
+    .where(
+        DeploymentTarget.device_id == sa.bindparam("device_id"),
+        DeploymentTarget.state != PENDING,
+        Deployment.state.in_(TRACKED),
+    )
+    .order_by(DeploymentTarget.deployment_id)
+)  # built once: this runs on every check-in
+
+
 def device_targets(session: so.Session, device_id: str) -> list[DeviceTarget]:
     """Released targets of `device_id` in deployments still tracking progress."""
-    rows = session.execute(
-        sa.select(DeploymentTarget, Deployment.state, Bundle)
-        .join(Deployment, Deployment.id == DeploymentTarget.deployment_id)
-        .join(Bundle, Bundle.id == Deployment.bundle_id)
-        .where(
-            DeploymentTarget.device_id == device_id,
-            DeploymentTarget.state != PENDING,
-            Deployment.state.in_(TRACKED),
-        )
-        .order_by(DeploymentTarget.deployment_id)
-    )
-    return [DeviceTarget(t, state, b) for t, state, b in rows]
+    rows = session.execute(_DEVICE_TARGETS, {"device_id": device_id})
+    return [
+        DeviceTarget(r[0], r[1], r[2], r[3], BundleRef(r[4], r[5], r[6], r[7], r[8], r[9]))
+        for r in rows
+    ]
 
 
 def health_breach(policy: Mapping[str, Any], health: Mapping[str, Any] | None) -> str | None:
@@ -513,8 +545,9 @@ def health_breach(policy: Mapping[str, Any], health: Mapping[str, Any] | None) -
 
 
 def _progress(
+    session: so.Session,
     current: str,
-    bundle: Bundle,
+    bundle: BundleRef,
     channel: ChannelReport | None,
     health: Mapping[str, Any] | None,
     events: Iterable[ReportedEvent],
@@ -538,13 +571,20 @@ def _progress(
         if channel.active_sequence == bundle.sequence:
             if channel.state == PROBATION:
                 return ACTIVATED, "in probation"
-            breach = health_breach(bundle.manifest.get("health_policy", {}), health)
+            if current == SUCCEEDED:  # judged already; later breaches are the agent's to act on
+                return SUCCEEDED, None
+            breach = health_breach(_health_policy(session, bundle.id), health)
             if breach:
                 return ACTIVATED, breach
             return SUCCEEDED, None
         if current in (ACTIVATED, SUCCEEDED):
             return FAILED, f"device went back to sequence {channel.active_sequence}"
     return state, reason
+
+
+def _health_policy(session: so.Session, bundle_id: int) -> dict[str, Any]:
+    manifest = session.scalar(sa.select(Bundle.manifest).where(Bundle.id == bundle_id)) or {}
+    return dict(manifest.get("health_policy", {}))
 
 
 def record_progress(
@@ -560,20 +600,22 @@ def record_progress(
     deployment that changed (locking deployments in id order, before touching targets)."""
     changes: dict[int, tuple[DeviceTarget, str, str | None]] = {}
     for dt in targets:
-        t = dt.target
+        name = dt.bundle.name
         new, reason = _progress(
-            t.state, dt.bundle, channels.get(dt.bundle.name), health.get(dt.bundle.name), events
+            session, dt.state, dt.bundle, channels.get(name), health.get(name), events
         )
-        if new != t.state or (reason is not None and reason != t.reason):
-            changes[t.deployment_id] = (dt, new, reason)
+        if new != dt.state or (reason is not None and reason != dt.reason):
+            changes[dt.deployment_id] = (dt, new, reason)
     for dep_id in sorted(changes):
         dt, new, reason = changes[dep_id]
         dep = get(session, dep_id, lock=True)
-        session.refresh(dt.target)  # another check-in may have moved it meanwhile
-        if dt.target.state == FAILED and new != FAILED:
+        key = (DeploymentTarget.deployment_id == dep_id) & (DeploymentTarget.device_id == device_id)
+        latest = session.scalar(sa.select(DeploymentTarget.state).where(key))
+        if latest == FAILED and new != FAILED:  # another check-in got there first
             continue
-        dt.target.state, dt.target.reason, dt.target.updated_at = new, reason, now
-        dt.changed = True
-        session.flush()
+        session.execute(
+            sa.update(DeploymentTarget).where(key).values(state=new, reason=reason, updated_at=now)
+        )
+        dt.state, dt.reason = new, reason
         evaluate(session, dep, now)
         dt.deployment_state = dep.state

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -137,10 +137,13 @@ def enroll(
         )
     credential = new_token(DEVICE)
     device = _new_device(session, ident, now, credential)
-    used = session.execute(
-        sa.update(EnrollmentToken)
-        .where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
-        .values(used_at=now, device_id=device.id)
+    used = cast(
+        sa.CursorResult[Any],
+        session.execute(
+            sa.update(EnrollmentToken)
+            .where(EnrollmentToken.id == row.id, EnrollmentToken.used_at.is_(None))
+            .values(used_at=now, device_id=device.id)
+        ),
     )
     if used.rowcount != 1:  # another request used it first
         raise AuthError("this enrollment token was already used")

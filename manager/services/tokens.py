@@ -13,7 +13,7 @@ import sqlalchemy.orm as so
 
 from bundles.manifest import LABEL_RE
 from manager.auth import ADMIN, ENROLL, hash_token, new_token
-from manager.errors import InvalidRequestError, NotFoundError
+from manager.errors import ConflictError, InvalidRequestError, NotFoundError
 from manager.models import AdminToken, EnrollmentToken, User
 
 
@@ -79,3 +79,19 @@ def revoke_admin_token(session: so.Session, token_id: int, now: datetime) -> Non
     if row is None:
         raise NotFoundError(f"no admin token with id {token_id}")
     row.revoked_at = row.revoked_at or now
+
+
+def revoke_enrollment_token(session: so.Session, token_id: int, now: datetime) -> None:
+    """Make an unused enrollment token unusable at once: it expires `now`.
+
+    Raises NotFoundError, ConflictError (already used: remove the device instead).
+    """
+    row = session.get(EnrollmentToken, token_id)
+    if row is None:
+        raise NotFoundError(f"no enrollment token with id {token_id}")
+    if row.used_at is not None:
+        raise ConflictError(
+            f"enrollment token {token_id} was already used by device {row.device_id}; "
+            "remove the device instead"
+        )
+    row.expires_at = min(row.expires_at, now)

@@ -39,8 +39,11 @@ def current_root(session: so.Session) -> Root:
     return load_root(data)
 
 
+_CURRENT_VERSION = sa.select(sa.func.max(TrustRoot.version))
+
+
 def current_version(session: so.Session) -> int | None:
-    return session.scalar(sa.select(sa.func.max(TrustRoot.version)))
+    return session.scalar(_CURRENT_VERSION)
 
 
 def root_document(session: so.Session, version: int) -> bytes:

@@ -4,6 +4,7 @@ downloads that resume (Range, If-Range) and revalidate (ETag, If-None-Match)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from pathlib import Path
 
 import pytest
@@ -172,7 +173,7 @@ def test_download_resumes_with_range_and_revalidates_with_etag(
     size = len(built.data)
     cuts = [0, size // 3, 2 * size // 3, size]
     pieces = []
-    for start, end in zip(cuts, cuts[1:]):
+    for start, end in itertools.pairwise(cuts):
         r = requests.get(
             url, headers={**h, "Range": f"bytes={start}-{end - 1}", "If-Range": etag}, timeout=10
         )

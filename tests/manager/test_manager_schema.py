@@ -3,12 +3,11 @@ match the migrations, and a manager that refuses a database not at head."""
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
-
-import pytest
 
 from manager import db as database
 from manager.app import create_app
@@ -82,4 +81,8 @@ def test_db_upgrade_command_brings_it_to_head(empty_config: ManagerConfig) -> No
         main, ["--data-dir", str(empty_config.data_dir), "db", "upgrade"], env=env
     )
     assert r.exit_code == 0 and database.head_revision() in r.stdout
-    database.require_head(database.make_engine(empty_config))
+    engine = database.make_engine(empty_config)
+    try:
+        database.require_head(engine)
+    finally:
+        engine.dispose()

@@ -1,0 +1,127 @@
+"""Deployments: the list and the form that starts one, one deployment's waves and devices,
+and pause / resume / abort, all through `manager.services.deployments`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import abort, render_template, request
+from werkzeug.wrappers import Response
+
+from manager.app import state
+from manager.errors import ManagerError
+from manager.services import bundles, dashboard, deployments
+from manager.web import bp, forms
+from manager.web.common import done, now, page_arg, refused, run
+from manager.web.config import web_config
+
+ACTIONS = ("pause", "resume", "abort")
+IN_PROGRESS = (
+    deployments.ASSIGNED,
+    deployments.DOWNLOADED,
+    deployments.VERIFIED,
+    deployments.ACTIVATED,
+)
+
+
+def _list_page(
+    form: dict[str, str] | None = None, error: str | None = None, status: int = 200
+) -> Response:
+    limit = web_config().deployments_shown
+
+    def read(s: Any) -> dict[str, Any]:
+        found = deployments.list_deployments(s)
+        classes, tags = dashboard.fleet_labels(s)
+        return {
+            "deployments": [deployments.summary(s, d) for d in found[:limit]],
+            "total": len(found),
+            "bundles": [bundles.summary(b) for b in bundles.list_bundles(s)],
+            "classes": classes,
+            "tags": tags,
+        }
+
+    cfg = state().config
+    defaults = {
+        "bundle": request.args.get("bundle", ""),
+        "waves": cfg.deploy_default_waves,
+        "success_percent": f"{cfg.deploy_success_ratio * 100:g}",
+        "max_failure_percent": f"{cfg.deploy_max_failure_ratio * 100:g}",
+    }
+    html = render_template(
+        "deployments.html", form={**defaults, **(form or {})}, error=error, **run(read)
+    )
+    return Response(html, status=status, mimetype="text/html")
+
+
+@bp.get("/deployments")
+def deployment_list() -> Response:
+    return _list_page()
+
+
+@bp.post("/deployments")
+def deployment_create() -> Response:
+    """Start a deployment from the form; on a refusal, show the form again with the reason."""
+    t = now()
+    try:
+        wanted = forms.deployment_request(request.form, state().config)
+        dep_id = run(
+            lambda s: (
+                deployments.create(
+                    s,
+                    wanted.bundle,
+                    wanted.selectors,
+                    wanted.waves,
+                    wanted.success_ratio,
+                    wanted.max_failure_ratio,
+                    t,
+                ).id
+            )
+        )
+    except ManagerError as e:
+        return _list_page(dict(request.form), str(e), status=400)
+    return done(f"Deployment {dep_id} started.", "web.deployment", deployment_id=dep_id)
+
+
+@bp.get("/deployments/<int:deployment_id>")
+def deployment(deployment_id: int) -> str:
+    """Waves with progress, the reason it halted, every device's progress (paged)."""
+    t = now()
+    found = run(lambda s: deployments.status(s, deployment_id, t))
+    size = web_config().page_size
+    targets = found["targets"]
+    pages = max(1, -(-len(targets) // size))
+    page = min(page_arg(), pages)
+    return render_template(
+        "deployment.html",
+        d=found,
+        targets=targets[(page - 1) * size : page * size],
+        page=page,
+        pages=pages,
+        in_progress=IN_PROGRESS,
+    )
+
+
+@bp.post("/deployments/<int:deployment_id>/<action>")
+def deployment_action(deployment_id: int, action: str) -> Response:
+    """Pause, resume or abort (with an optional reason)."""
+    if action not in ACTIONS:
+        abort(404)
+    t = now()
+    try:
+        reason = forms.text(request.form, "reason")
+
+        def work(s: Any) -> str:
+            if action == "pause":
+                return deployments.pause(s, deployment_id, t).state
+            if action == "resume":
+                return deployments.resume(s, deployment_id, t).state
+            return deployments.abort(s, deployment_id, t, reason).state
+
+        new_state = run(work)
+    except ManagerError as e:
+        return refused(e, "web.deployment", deployment_id=deployment_id)
+    return done(
+        f"Deployment {deployment_id} is now {new_state}.",
+        "web.deployment",
+        deployment_id=deployment_id,
+    )
