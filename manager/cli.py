@@ -51,5 +51,3 @@ def _register() -> None:
 
 _register()
 
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,5 @@
+"""`python -m manager`: the `satchel` command."""
+
+from manager.cli import main
+
+main()
