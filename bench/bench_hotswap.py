@@ -3,10 +3,11 @@
 `python -m bench.bench_hotswap [--swaps N] [--hidden H]` prints one JSON object:
 
 - swap: a load process (separate from the server, keep-alive connections in threads) sends
-  predict requests without pause while N releases are installed and swapped in by the
+  predict requests without pause while N releases are installed (by the CLI in its own
+  process, then again by the installer inside the server's process) and swapped in by the
   server. Failed requests (goal 0), the longest request and the longest gap between two
-  completed requests during the swaps (goal < 50 ms), against the same figures measured
-  just before under the same load with no swap.
+  completed requests during the swaps (goal < 50 ms), and within 100 ms of each swap,
+  against the same figures measured just before under the same load with no swap.
 - breach: a release that answers NaN is activated, clients send inputs that trigger it; the
   time from the response that completes the policy's minimum sample count (the breach) to
   the first response served by the previous release (goal < 1 s).
@@ -57,6 +58,7 @@ from bundles.trust import make_root, sign_root
 from manager.modelgen import INPUT_NAME, make_mlp_weights, onnx_mlp, sample_inputs
 
 CHANNEL = "bench"
+AROUND_SWAP_S = 0.1  # seconds either side of a swap looked at on their own
 POLICY = HealthPolicy(probation_s=600.0, min_samples=32, max_error_rate=0.0, max_nan_rate=0.0)
 
 
@@ -144,16 +146,6 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes,
     return response.status, response.read()
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str) -> None:
-        super().__init__("localhost")
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self._path)
-
-
 # --- the load process -------------------------------------------------------------------
 
 
@@ -230,14 +222,24 @@ def bench_swaps(device: BenchDevice, server: AgentServer, events: MemoryEventSin
     stop.set()
     records = out.get(timeout=60)
     loader.join(30)
-    load_ms = [e.details["load_ms"] for e in events.of_kind(SERVING)][-swaps:]
+    swapped = events.of_kind(SERVING)[-swaps:]
+    load_ms = [e.details["load_ms"] for e in swapped]
     versions = {r[3] for r in records if swap_start <= r[0]}
+    wall_to_monotonic = time.monotonic() - time.time()
+    around = [_window_stats(records, e.time + wall_to_monotonic - AROUND_SWAP_S,
+                            e.time + wall_to_monotonic + AROUND_SWAP_S) for e in swapped]
     return {
         "installer": "in the server's process" if in_process else "CLI, separate process",
         "swaps": swaps,
         "client_threads": threads,
         "baseline_no_swap": _window_stats(records, baseline_start, swap_start),
         "during_swaps": _window_stats(records, swap_start, swap_end),
+        "around_each_swap": {
+            "window_ms": 2 * AROUND_SWAP_S * 1000,
+            "failed": sum(w["failed"] for w in around),
+            "longest_request_ms": max(w["longest_request_ms"] for w in around),
+            "longest_gap_ms": max(w["longest_gap_ms"] for w in around),
+        },
         "versions_served_during_swaps": len(versions),
         "release_load_and_warmup_ms_median": round(statistics.median(load_ms), 2),
     }
@@ -276,6 +278,26 @@ def bench_breach(device: BenchDevice, server: AgentServer, repeats: int) -> dict
     }
 
 
+def _raw_request(path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: localhost", f"Content-Length: {len(body)}"]
+    head += [f"{k}: {v}" for k, v in headers.items()]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+def _raw_round_trip(sock: socket.socket, request: bytes) -> int:
+    """Send a prepared request on a keep-alive socket, read the whole response; the status.
+    A minimal client, so that the round trip is mostly the server's."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = int(head.split(b"Content-Length: ", 1)[1].split(b"\r\n", 1)[0])
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    return int(head[9:12])
+
+
 def _timed_requests(port: int, unix_path: str, bodies: dict[str, Any], n: int,
                     out: Any) -> None:
     """Runs in its own process: n sequential requests per variant on one keep-alive
@@ -283,20 +305,23 @@ def _timed_requests(port: int, unix_path: str, bodies: dict[str, Any], n: int,
     path = f"/v2/models/{CHANNEL}/infer"
     results = {}
     for name, (body, headers) in bodies.items():
-        conn: http.client.HTTPConnection = (
-            _UnixConnection(unix_path) if name.startswith("unix")
-            else http.client.HTTPConnection("127.0.0.1", port)
-        )
+        if name.startswith("unix"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(unix_path)
+        else:
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        request = _raw_request(path, body, headers)
         for _ in range(50):
-            _post(conn, path, body, headers)
+            _raw_round_trip(sock, request)
         samples = []
         for _ in range(n):
             start = time.perf_counter()
-            status, _ = _post(conn, path, body, headers)
+            status = _raw_round_trip(sock, request)
             samples.append((time.perf_counter() - start) * 1e6)
             assert status == 200
         results[name] = sorted(samples)
-        conn.close()
+        sock.close()
     out.put(results)
 
 
@@ -332,7 +357,7 @@ def bench_overhead(device: BenchDevice, server: AgentServer, n: int) -> dict[str
     base50, base95 = _quantile(in_process, 0.5), _quantile(in_process, 0.95)
     result: dict[str, Any] = {
         "requests": n,
-        "client": "http.client, keep-alive, separate process (its own cost is included)",
+        "client": "minimal keep-alive client in a separate process, request bytes prepared",
         "in_process_us": {"median": round(base50, 1), "p95": round(base95, 1)},
     }
     for name, samples in variants.items():

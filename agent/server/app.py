@@ -70,8 +70,9 @@ class AgentServer:
         self.events: EventSink = event_sink if event_sink is not None else MemoryEventSink()
         self.history = HealthStore(
             self.state_dir / HEALTH_DIR,
-            retention_hours=config.health_retention_hours,
-            max_buckets_per_hour=config.health_max_buckets_per_hour,
+            retention_s=config.health_retention_s,
+            segment_s=config.health_segment_s,
+            max_buckets_per_segment=config.health_max_buckets_per_segment,
         )
         self.book = HealthBook(clock)
         self.registry = ModelRegistry(

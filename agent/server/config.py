@@ -20,8 +20,9 @@ class ServerConfig:
     # before it judges, so a busy server is judged ~20 times a second, not once per request
     rollback_retry_s: float = 10.0  # seconds before a failed health rollback is tried again
     health_flush_s: float = 5.0  # seconds between durable writes of the health history
-    health_retention_hours: int = 48  # hour files of health history kept on the device
-    health_max_buckets_per_hour: int = 6000  # (release, minute) buckets in one hour file
+    health_retention_s: int = 48 * 3600  # seconds of health history kept on the device
+    health_segment_s: int = 600  # seconds of health history per file (one file rewritten)
+    health_max_buckets_per_segment: int = 2000  # (release, minute) buckets in one file
     crash_history: int = 32  # service starts remembered for crash-loop detection
     warmup_runs: int = 1  # inferences run on a freshly loaded release before it serves
     runtime_threads: int | None = None  # intra-op threads per model; None = runtime default

@@ -136,9 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
             response = _error(500, f"internal error: {type(e).__name__}")
             self.close_connection = True
         service.requests.add(endpoint, response.status)
-        if method == "HEAD":
-            response.body = b""
-        self._send(response)
+        self._send(response, head_only=method == "HEAD")
 
     def _route(self, method: str, path: str) -> tuple[str, dict[str, str | None]]:
         allowed = []
@@ -228,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise PayloadTooLargeError(f"decompressed request body is over {limit} bytes")
         return data
 
-    def _send(self, response: _Response) -> None:
+    def _send(self, response: _Response, *, head_only: bool = False) -> None:
         status = HTTPStatus(response.status)
         head = [
             f"HTTP/1.1 {status.value} {status.phrase}",
@@ -241,7 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
             head.append("Connection: close")
         self.log_request(status.value, len(response.body))
         # One write: headers and body in separate segments would meet Nagle's delay.
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + response.body)
+        body = b"" if head_only else response.body
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
 
 
 class _ServingMixin:

@@ -95,12 +95,9 @@ class HealthMonitor:
         if self._history is None:
             self._book.drain()
             return
-        deltas = self._book.drain()
-        try:
-            self._history.write(deltas)
-        except OSError as e:
-            log.warning("health history not written, will retry: %s", e)
-            self._book.restore(deltas)
+        unwritten = self._history.write(self._book.drain())
+        if unwritten:
+            self._book.restore(unwritten)
 
     def run(self, stop: threading.Event) -> None:
         """Judge on every poke, housekeep at least every monitor_interval_s, until `stop`."""
@@ -116,11 +113,12 @@ class HealthMonitor:
         self, channel: str, release: Release, reason: str, stats: dict[str, object]
     ) -> bool:
         version, sequence = release.version, release.sequence
+        if not self._still_active(channel, sequence):
+            return False  # something newer was activated meanwhile: judge that instead
         log.warning("%s %s: %s; rolling back", channel, version, reason)
         try:
             restored = self._rollback(self._state_dir, channel, reason)
-            self._registry.reload_now()
-        except Exception as e:  # the installer's errors, or an unreadable state
+        except Exception as e:  # the installer's errors (no earlier release, lock busy, disk)
             self._retry_after[(channel, sequence)] = self._clock() + self._config.rollback_retry_s
             log.error("%s: rollback after %r failed: %s", channel, reason, e)
             self._events.emit(Event(
@@ -128,6 +126,10 @@ class HealthMonitor:
                 self._clock(), {"stats": stats},
             ))
             return False
+        try:
+            self._registry.reload_now()
+        except Exception:  # the state watcher swaps it in at its next poll
+            log.exception("%s: swapping in the restored release failed", channel)
         serving: ServingModel | None = self._registry.get(channel)
         self._events.emit(Event(
             ROLLED_BACK, channel, version, sequence, reason, self._clock(),
@@ -139,3 +141,10 @@ class HealthMonitor:
             },
         ))
         return True
+
+    def _still_active(self, channel: str, sequence: int) -> bool:
+        try:
+            active = self._registry.state.active_release(channel)
+        except Exception:  # unreadable now: the rollback itself would fail the same way
+            return True
+        return active is not None and active.sequence == sequence

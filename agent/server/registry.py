@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from agent.errors import AgentError
 from agent.health import HealthBook, ReleaseKey, probation_end
 from agent.health_store import HealthStore
 from agent.metrics import ChannelInfo
@@ -156,6 +157,10 @@ class ModelRegistry:
         self._rollbacks: dict[str, int] = {}
         self.loaded_once = threading.Event()
 
+    @property
+    def state(self) -> StateView:
+        return self._state
+
     # --- the request path: no locks ---------------------------------------------------
 
     def get(self, channel: str) -> ServingModel | None:
@@ -184,14 +189,20 @@ class ModelRegistry:
     def reload_now(self) -> None:
         """Bring every channel's serving release in line with the state now.
 
-        Releases that fail to load are recorded (see `take_load_failures`) and the channel
-        keeps serving what it served. Raises whatever the state raises when unreadable.
+        Releases that fail to load are recorded (see `take_load_failures`), and a channel
+        whose releases cannot be read is logged; either keeps serving what it served.
+        Raises whatever the state raises when its channel list or generation is unreadable.
         """
         with self._lock:
             generation = self._state.generation()
+            if generation != self._generation:
+                self._failed.clear()  # the state moved on: failed releases may load now
             channels = sorted(self._state.channels())
             for channel in channels:
-                self._sync_channel(channel)
+                try:
+                    self._sync_channel(channel)
+                except AgentError as e:  # one damaged channel must not stop the others
+                    log.error("%s: cannot read its releases: %s", channel, e)
             for gone in set(self._slots) - set(channels):
                 self._assign(gone, None)
             self._known = frozenset(channels)

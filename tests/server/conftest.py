@@ -19,7 +19,7 @@ import pytest
 from agent.installer import install
 from agent.provision import init_device
 from agent.runtimes import get_runtime, runtime_for_file
-from agent.server import AgentServer, MemoryEventSink, ServerConfig
+from agent.server import AgentServer, Event, MemoryEventSink, ServerConfig
 from agent.state import DeviceState, Release
 from bundles.manifest import (
     Compatibility,
@@ -309,3 +309,10 @@ def metric(text: str, name: str, **labels: str) -> float:
         value for (n, have), value in parse_metrics(text).items()
         if n == name and wanted <= have
     )
+
+
+def one_event(events: MemoryEventSink, kind: str) -> Event:
+    """The one event of `kind`, waiting for it: the monitor reports after it has swapped."""
+    wait_for(lambda: bool(events.of_kind(kind)))
+    (event,) = events.of_kind(kind)
+    return event

@@ -5,6 +5,7 @@ previous release serves, and the reason is reported. Counts are kept durably on 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import requests
@@ -25,6 +26,7 @@ from tests.server.conftest import (
     infer_body,
     metric,
     negative_inputs,
+    one_event,
     positive_inputs,
     wait_for,
 )
@@ -55,7 +57,7 @@ def test_nan_breach_rolls_back_and_the_previous_release_serves(
     active = device.active()
     assert active is not None and active.version == "1.0.0"
     assert [r.version for r in device.state.record(CHANNEL).releases] == ["1.0.0"]  # type: ignore[union-attr]
-    (rolled,) = events.of_kind(ROLLED_BACK)
+    rolled = one_event(events, ROLLED_BACK)
     assert rolled.reason == "health: nan rate 0.50 > 0.00 over 16 inferences"
     assert (rolled.version, rolled.sequence) == ("2.0.0", 2)
     assert rolled.details["to_version"] == "1.0.0"
@@ -90,19 +92,21 @@ def test_fewer_samples_than_the_policy_needs_are_not_judged(
 def test_slow_release_breaching_p95_latency_is_rolled_back(
     device: Device, models: Models, start_server: ServerFactory, events: MemoryEventSink
 ) -> None:
+    # The slow model is sized by timing this machine when it is written; on a busy machine
+    # it comes out faster than asked, so the budget leaves two orders of magnitude.
     slow = onnx_mlp(make_mlp_weights(IN_DIM, HIDDEN, OUT_DIM, seed=3),
-                    device.work / "slow.onnx", slow_ms=40)
+                    device.work / "slow.onnx", slow_ms=100)
     policy = HealthPolicy(probation_s=600.0, min_samples=8, max_error_rate=0.0,
-                          max_nan_rate=0.0, max_p95_latency_ms=5.0)
+                          max_nan_rate=0.0, max_p95_latency_ms=1.0)
     device.install(models.good, version="1.0.0", sequence=1, policy=policy)
     device.install(slow, version="2.0.0", sequence=2, policy=policy)
     server = start_server()
     for i in range(8):
         _infer(server.url, positive_inputs(1, seed=i))
     wait_for(lambda: _serving_version(server.url) == "1.0.0")
-    (rolled,) = events.of_kind(ROLLED_BACK)
+    rolled = one_event(events, ROLLED_BACK)
     assert rolled.reason.startswith("health: p95 latency ")
-    assert rolled.reason.endswith("ms > 5.0 ms over 8 inferences")
+    assert rolled.reason.endswith("ms > 1.0 ms over 8 inferences")
 
 
 def test_breach_without_a_previous_release_keeps_serving_and_reports(
@@ -115,7 +119,10 @@ def test_breach_without_a_previous_release_keeps_serving_and_reports(
     wait_for(lambda: len(events.of_kind(ROLLBACK_FAILED)) == 1)
     server.monitor.check()  # judged again at once: the failed rollback is not retried yet
     (failed,) = events.of_kind(ROLLBACK_FAILED)
-    assert failed.reason.startswith("health: nan rate 1.00 > 0.00 over 1")
+    assert re.fullmatch(
+        r"health: nan rate 1\.00 > 0\.00 over \d+ inferences; rollback failed: .*earlier release.*",
+        failed.reason,
+    )
     assert device.active().version == "1.0.0"  # type: ignore[union-attr]
     assert _infer(server.url, positive_inputs(1)).status_code == 200
 
@@ -156,7 +163,7 @@ def test_probation_counts_survive_a_restart_of_the_server(
     for i in range(STRICT.min_samples - 10):
         _infer(second.url, negative_inputs(1, seed=100 + i))
     wait_for(lambda: _serving_version(second.url) == "1.0.0")
-    (rolled,) = events.of_kind(ROLLED_BACK)
+    rolled = one_event(events, ROLLED_BACK)
     assert rolled.reason == "health: nan rate 1.00 > 0.00 over 16 inferences"
 
 

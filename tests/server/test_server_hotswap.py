@@ -5,14 +5,13 @@ through probation, so going back to it is instant."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import partial
 
 import requests
 
 from agent.installer import rollback
-from agent.server import ServerConfig
 from agent.server.events import LOAD_FAILED, ROLLED_BACK, SERVING
-from bundles.manifest import HealthPolicy
 from tests.server.conftest import (
     CHANNEL,
     FAST,
@@ -24,6 +23,7 @@ from tests.server.conftest import (
     ServerFactory,
     infer_body,
     metric,
+    one_event,
     positive_inputs,
     wait_for,
 )
@@ -32,6 +32,9 @@ from tests.server.conftest import (
 def _serving_version(url: str, channel: str = CHANNEL) -> str | None:
     response = requests.get(f"{url}/v2/models/{channel}")
     return response.json()["versions"][0] if response.status_code == 200 else None
+
+
+SLOW_POLL = replace(FAST, poll_interval_s=3600.0)
 
 
 def _serves(url: str, version: str) -> bool:
@@ -80,7 +83,7 @@ def test_previous_release_stays_loaded_through_probation(
 def test_previous_release_is_unloaded_when_probation_ends(
     device: Device, models: Models, start_server: ServerFactory
 ) -> None:
-    short = HealthPolicy(**{**LENIENT.__dict__, "probation_s": 1.0})
+    short = replace(LENIENT, probation_s=1.0)
     device.install(models.good, version="1.0.0", sequence=1, policy=short)
     server = start_server()
     device.install(models.other, version="2.0.0", sequence=2, policy=short)
@@ -101,8 +104,8 @@ def test_technician_rollback_swaps_back_to_the_loaded_previous_at_once(
     wait_for(lambda: _serving_version(server.url) == "1.0.0")
     assert server.registry.get(CHANNEL) is not None
     assert server.registry.get(CHANNEL).model is previous.model  # type: ignore[union-attr]
-    last = events.of_kind(SERVING)[-1]
-    assert last.version == "1.0.0" and last.details["load_ms"] == 0.0
+    wait_for(lambda: events.of_kind(SERVING)[-1].version == "1.0.0")
+    assert events.of_kind(SERVING)[-1].details["load_ms"] == 0.0
     text = requests.get(f"{server.url}/metrics").text
     assert metric(text, "satchel_model_rollbacks_total", channel=CHANNEL) == 1
 
@@ -111,8 +114,7 @@ def test_reload_now_swaps_without_waiting_for_the_poll(
     device: Device, models: Models, start_server: ServerFactory
 ) -> None:
     device.install(models.good, version="1.0.0", sequence=1)
-    slow_poll = ServerConfig(**{**FAST.__dict__, "poll_interval_s": 3600.0})
-    server = start_server(config=slow_poll)
+    server = start_server(config=SLOW_POLL)
     device.install(models.other, version="2.0.0", sequence=2)
     assert _serving_version(server.url) == "1.0.0"
     server.reload_now()
@@ -138,15 +140,15 @@ def test_release_that_fails_to_load_is_rolled_back_and_the_old_one_serves(
     device: Device, models: Models, start_server: ServerFactory, events: MemoryEventSink
 ) -> None:
     device.install(models.good, version="1.0.0", sequence=1)
-    server = start_server()
+    server = start_server(config=SLOW_POLL)  # so the release is damaged before it is seen
     broken = device.install(models.other, version="2.0.0", sequence=2)
     (broken.path / "model.onnx").write_bytes(b"not a model any more")
     server.reload_now()
     wait_for(lambda: device.active().version == "1.0.0")  # type: ignore[union-attr]
     assert _serving_version(server.url) == "1.0.0"
-    (failed,) = events.of_kind(LOAD_FAILED)
+    failed = one_event(events, LOAD_FAILED)
     assert failed.version == "2.0.0"
-    (rolled,) = events.of_kind(ROLLED_BACK)
+    rolled = one_event(events, ROLLED_BACK)
     assert rolled.reason.startswith("health: release failed to load")
     ok = requests.post(f"{server.url}/v2/models/{CHANNEL}/infer",
                        data=infer_body(positive_inputs(1)))

@@ -15,7 +15,7 @@ import pytest
 
 from agent import sdnotify
 from agent.health import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey, judge
-from agent.health_store import HOUR_S, HealthStore
+from agent.health_store import HealthStore
 from agent.metrics import ChannelInfo, MetricsSnapshot, render
 from agent.server import ListenAddressError, ServerError, serve
 from agent.server.http import parse_listen
@@ -33,6 +33,7 @@ from tests.server.conftest import (
 POLICY = HealthPolicy(probation_s=60, min_samples=10, max_error_rate=0.1, max_nan_rate=0.0,
                       max_p95_latency_ms=50.0)
 KEY = ReleaseKey(CHANNEL, "1.0.0", 1)
+T0 = 1_800_000_000 - 1_800_000_000 % 3600  # the start of an hour, epoch seconds
 
 
 def _stats(n: int, *, errors: int = 0, nonfinite: int = 0, latency_ms: float = 1.0) -> HealthStats:
@@ -71,36 +72,46 @@ def test_latency_quantile_interpolates_inside_its_bucket() -> None:
     assert stats.latency_quantile_ms(1.0) == LATENCY_BUCKETS_MS[-1]
 
 
-def test_health_history_keeps_only_the_newest_hours(tmp_path: Path) -> None:
-    store = HealthStore(tmp_path / "health", retention_hours=3)
-    start = 1_800_000_000 - 1_800_000_000 % HOUR_S
-    for hour in range(10):
-        store.write({(KEY, start + hour * HOUR_S + 60): _stats(2)})
+def test_health_history_keeps_only_the_newest_segments(tmp_path: Path) -> None:
+    store = HealthStore(tmp_path / "health", retention_s=3 * 600, segment_s=600)
+    start = T0
+    for segment in range(10):
+        store.write({(KEY, start + segment * 600 + 60): _stats(2)})
     assert len(list((tmp_path / "health").glob("*.json"))) == 3
     buckets = store.buckets()
-    assert [b.minute for b in buckets] == [start + h * HOUR_S + 60 for h in (7, 8, 9)]
+    assert [b.minute for b in buckets] == [start + s * 600 + 60 for s in (7, 8, 9)]
     assert store.totals(KEY).count == 6
-    assert store.buckets(since=start + 9 * HOUR_S)[0].minute == start + 9 * HOUR_S + 60
+    assert store.buckets(since=start + 9 * 600)[0].minute == start + 9 * 600 + 60
+    assert store.totals_by_release(since=start + 8 * 600) == {KEY: _stats(4)}
 
 
-def test_health_history_merges_deltas_and_caps_buckets_per_hour(tmp_path: Path) -> None:
-    store = HealthStore(tmp_path / "health", max_buckets_per_hour=2)
-    minute = 1_800_000_000 - 1_800_000_000 % HOUR_S
-    store.write({(KEY, minute): _stats(1)})
-    store.write({(KEY, minute): _stats(2), (KEY, minute + 60): _stats(1)})
-    store.write({(KEY, minute + 120): _stats(5)})  # a third bucket in the hour: dropped
+def test_health_history_merges_deltas_and_caps_buckets_per_segment(tmp_path: Path) -> None:
+    store = HealthStore(tmp_path / "health", max_buckets_per_segment=2)
+    store.write({(KEY, T0): _stats(1)})
+    store.write({(KEY, T0): _stats(2), (KEY, T0 + 60): _stats(1)})
+    store.write({(KEY, T0 + 120): _stats(5)})  # a third bucket in the segment: dropped
     fresh = HealthStore(tmp_path / "health")
-    assert [(b.minute, b.stats.count) for b in fresh.buckets()] == [(minute, 3), (minute + 60, 1)]
+    assert [(b.minute, b.stats.count) for b in fresh.buckets()] == [(T0, 3), (T0 + 60, 1)]
 
 
 def test_unreadable_health_history_is_skipped_not_fatal(tmp_path: Path) -> None:
     directory = tmp_path / "health"
     store = HealthStore(directory)
-    minute = 1_800_000_000 - 1_800_000_000 % HOUR_S
-    store.write({(KEY, minute): _stats(4)})
-    (directory / "20200101T00.json").write_bytes(b"{ torn write")
+    store.write({(KEY, T0): _stats(4)})
+    (directory / "20200101T0000.json").write_bytes(b"{ torn write")
     assert HealthStore(directory).totals(KEY).count == 4
     assert HealthStore(directory).highest_sequence(CHANNEL) == 1
+
+
+def test_failed_health_write_hands_the_deltas_back_and_counts_once(tmp_path: Path) -> None:
+    directory = tmp_path / "health"
+    directory.write_bytes(b"a file where the directory should be")  # every write fails
+    store = HealthStore(directory)
+    deltas = {(KEY, T0): _stats(3), (KEY, T0 + 600): _stats(2)}
+    assert store.write(deltas) == deltas
+    directory.unlink()
+    assert store.write(deltas) == {}
+    assert HealthStore(directory).totals(KEY).count == 5 and store.totals(KEY).count == 5
 
 
 def test_metrics_text_parses_and_escapes_labels() -> None:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import gzip
 import json
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import requests
 
-from agent.server import ServerConfig
 from tests.models import make_mlp_weights, mlp_forward
 from tests.server.conftest import (
     CHANNEL,
@@ -262,7 +262,7 @@ def test_oversized_body_gets_413_and_the_server_goes_on(
     device: Device, models: Models, start_server: ServerFactory
 ) -> None:
     device.install(models.good, version="1.0.0", sequence=1)
-    config = ServerConfig(**{**FAST.__dict__, "max_body_bytes": 1024})
+    config = replace(FAST, max_body_bytes=1024)
     url = start_server(config=config).url
     big = infer_body(positive_inputs(64))
     response = requests.post(f"{url}/v2/models/{CHANNEL}/infer", data=big)
