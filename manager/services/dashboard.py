@@ -613,8 +613,10 @@ def _series(
         sample = health_sample(r.occurred_at, r.figures)
         if sample is not None:
             samples[r.channel].append(sample)
-    for values in (*samples.values(), *marks.values()):
-        values.reverse()
+    for sampled in samples.values():
+        sampled.reverse()
+    for marked in marks.values():
+        marked.reverse()
     return samples, marks
 
 

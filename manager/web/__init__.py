@@ -13,8 +13,9 @@ import secrets as random_bytes
 from datetime import timedelta
 from pathlib import Path
 
-from flask import Blueprint, Flask
+from flask import Blueprint
 from flask.blueprints import BlueprintSetupState
+from flask.sansio.app import App
 
 from manager.web import secret
 from manager.web.config import CONFIG_KEY, WebConfig
@@ -32,7 +33,7 @@ bp = Blueprint(
 )
 
 
-def configure(app: Flask) -> None:
+def configure(app: App) -> None:
     """Session cookie settings and the session key for `app` (called once, on register)."""
     from manager.app import EXTENSION
 

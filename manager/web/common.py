@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import sqlalchemy.orm as so
@@ -50,13 +50,13 @@ def safe_path(target: str | None, default: str) -> str:
     return target
 
 
-def done(message: str, endpoint: str, **values: object) -> Response:
+def done(message: str, endpoint: str, **values: Any) -> Response:
     """Redirect to `endpoint` with a success message."""
     flash(message, "ok")
     return redirect(url_for(endpoint, **values), code=303)
 
 
-def refused(err: ManagerError, endpoint: str, **values: object) -> Response:
+def refused(err: ManagerError, endpoint: str, **values: Any) -> Response:
     """Redirect to `endpoint` with the service's one-line refusal as an error message."""
     flash(str(err), "error")
     return redirect(url_for(endpoint, **values), code=303)

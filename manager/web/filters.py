@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from flask.blueprints import BlueprintSetupState
@@ -14,17 +14,24 @@ from manager.web.common import now
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
+def _as_time(t: datetime | str) -> datetime | None:
+    if isinstance(t, datetime):
+        return t
+    try:
+        return datetime.fromisoformat(t)
+    except ValueError:
+        return None
+
+
 @bp.app_template_filter("when")
 def when(t: datetime | str | None) -> str:
     """A UTC timestamp to the minute: 2026-03-02 12:00 UTC."""
     if t is None:
         return "-"
-    if isinstance(t, str):
-        try:
-            t = datetime.fromisoformat(t)
-        except ValueError:
-            return t
-    return t.strftime("%Y-%m-%d %H:%M UTC")
+    parsed = _as_time(t)
+    if parsed is None:
+        return str(t)
+    return parsed.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @bp.app_template_filter("ago")
@@ -32,12 +39,10 @@ def ago(t: datetime | str | None) -> str:
     """How long ago `t` was, roughly: "just now", "5 min ago", "3 h ago", "12 days ago"."""
     if t is None:
         return "never"
-    if isinstance(t, str):
-        try:
-            t = datetime.fromisoformat(t)
-        except ValueError:
-            return t
-    seconds = (now() - t).total_seconds()
+    parsed = _as_time(t)
+    if parsed is None:
+        return str(t)
+    seconds = (now() - parsed).total_seconds()
     if seconds < 0:
         return "in the future"
     if seconds < 60:
