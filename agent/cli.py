@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +19,17 @@ from typing import Any, TypeVar
 import click
 
 from agent import history
-from agent.config import DEFAULT_STATE_DIR, STATE_DIR_ENV
-from agent.errors import AgentError, SmokeTestFailedError
-from agent.installer import install, recover, rollback
+from agent.config import DEFAULT_STATE_DIR, STATE_DIR_ENV, AgentConfig, config_from_env
+from agent.enroll import enroll_device
+from agent.errors import AgentError, SmokeTestFailedError, UsbInstallFailedError
+from agent.events import EventQueue
+from agent.installer import InstallResult, install, recover, rollback
 from agent.provision import init_device
+from agent.server import DEFAULT_LISTEN
+from agent.service import AgentService, socket_for
 from agent.state import DeviceState
+from agent.updates import CLI, BundleOrigin, origin_of_file, queue_install_events, stored_totals
+from agent.usb import process_stick
 from bundles.errors import BundleError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -109,13 +118,16 @@ def init(obj: CliContext, trust: Path, device_id: str, device_class: str,
 @refusals_exit_1
 def install_command(obj: CliContext, bundle: Path, as_json: bool) -> None:
     """Verify, smoke-test and activate BUNDLE; refuse it with the reason if anything fails."""
+    origin = origin_of_file(bundle, CLI)
     try:
         result = install(obj.state_dir, bundle)
     except (AgentError, BundleError) as e:
+        _queue_install(obj.state_dir, origin, error=e)
         if as_json:
             report = e.report if isinstance(e, SmokeTestFailedError) else None
             _echo_json({"installed": False, "error": str(e), "report": report})
         raise
+    _queue_install(obj.state_dir, origin, result=result)
     release = result.release
     if as_json:
         _echo_json({
@@ -130,6 +142,30 @@ def install_command(obj: CliContext, bundle: Path, as_json: bool) -> None:
     was = f", replacing {result.previous}" if result.previous else ""
     click.echo(f"activated {release.channel} {release.version} (sequence {release.sequence})"
                f"{was}; smoke test passed: {result.report.summary()}")
+
+
+def _initialised(state_dir: Path) -> bool:
+    return DeviceState(state_dir).layout.device.is_file()
+
+
+def _queue_events(state_dir: Path, queue: Callable[[EventQueue], object]) -> None:
+    """Queue what a technician's command did, for the manager; a failure to queue is a note,
+    not a failure of the command (the device state is what counts)."""
+    if not _initialised(state_dir):
+        return
+    try:
+        queue(EventQueue(state_dir))
+    except OSError as e:
+        click.echo(f"note: the event for the manager was not queued: {e}", err=True)
+
+
+def _queue_install(
+    state_dir: Path, origin: BundleOrigin | None, *, result: InstallResult | None = None,
+    error: BaseException | None = None,
+) -> None:
+    if origin is not None:
+        _queue_events(state_dir,
+                      lambda q: queue_install_events(q, origin, result=result, error=error))
 
 
 def _recover_and_note(state_dir: Path) -> None:
@@ -167,7 +203,15 @@ def status(obj: CliContext, as_json: bool) -> None:
 @refusals_exit_1
 def rollback_command(obj: CliContext, channel: str, reason: str, as_json: bool) -> None:
     """Go back to CHANNEL's previous kept release, dropping the active one."""
+    record = DeviceState(obj.state_dir).record(channel) if _initialised(obj.state_dir) else None
     release = rollback(obj.state_dir, channel, reason)
+    if record is not None:
+        _queue_events(obj.state_dir, lambda q: q.append(
+            "rolled_back", channel=channel, version=record.active.version,
+            sequence=record.active.sequence, reason=f"{reason} (satchel-agent rollback)",
+            figures={"to_version": release.version, "to_sequence": release.sequence,
+                     "via": CLI},
+        ))
     if as_json:
         _echo_json({"channel": release.channel, "version": release.version,
                     "sequence": release.sequence})
@@ -196,3 +240,108 @@ def history_command(obj: CliContext, channel: str | None, limit: int, as_json: b
         what = " ".join(str(e[k]) for k in ("channel", "version") if k in e)
         reason = f": {e['reason']}" if e.get("reason") else ""
         click.echo(f"{e['time']} {e['event']} {what}{reason}")
+
+
+# --- the manager, sticks and the service (agent.client, agent.usb, agent.service) -----------
+
+
+def _quiet_logs(verbose: bool) -> None:
+    """Commands other than `run` print their own one-line results; their modules' log lines
+    show only with --verbose."""
+    if verbose:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    else:
+        logging.getLogger().addHandler(logging.NullHandler())
+
+
+def _config() -> AgentConfig:
+    try:
+        return config_from_env()
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
+
+
+@main.command()
+@click.option("--manager", "manager_url", required=True, metavar="URL",
+              help="The manager's base URL, e.g. http://10.0.0.5:8400.")
+@click.option("--token", required=True, help="One-time enrollment token from the admin.")
+@click.option("--force", is_flag=True, help="Enroll again although a credential is stored.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Log retries and trust updates.")
+@click.pass_obj
+@refusals_exit_1
+def enroll(obj: CliContext, manager_url: str, token: str, force: bool, as_json: bool,
+           verbose: bool) -> None:
+    """Register this device with its manager and keep the device credential (mode 0600)."""
+    _quiet_logs(verbose)
+    result = enroll_device(obj.state_dir, manager_url, token, config=_config(), force=force)
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    every = f"every {result.poll_interval_s:g} s" if result.poll_interval_s else "periodically"
+    click.echo(f"enrolled {result.device_id} with {result.manager_url}; `satchel-agent run` "
+               f"checks in {every}; trust root version {result.trust_root_version}")
+
+
+@main.command(name="usb")
+@click.argument("path", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.option("-v", "--verbose", is_flag=True, help="Log every step.")
+@click.pass_obj
+@refusals_exit_1
+def usb_command(obj: CliContext, path: Path, as_json: bool, verbose: bool) -> None:
+    """Install what the signed plan on the stick at PATH gives this device, and write this
+    device's signed report back onto the stick. Exit 1 if anything was refused."""
+    _quiet_logs(verbose)
+    config = _config()
+    _recover_and_note(obj.state_dir)
+    outcome = process_stick(obj.state_dir, path, EventQueue(obj.state_dir, config),
+                            stored_totals(obj.state_dir), config=config)
+    if as_json:
+        _echo_json(outcome.to_dict())
+    else:
+        for release in outcome.installed:
+            click.echo(f"installed {release}")
+        for release in outcome.skipped:
+            click.echo(f"already running {release} or newer")
+        for release, why in outcome.failed:
+            click.echo(f"not installed {release}: {' '.join(why.split())}")
+        if not (outcome.installed or outcome.skipped or outcome.failed):
+            click.echo(f"plan {outcome.plan_id} has nothing for this device")
+        click.echo(f"report written to {outcome.report}")
+    if outcome.failed:
+        release, why = outcome.failed[0]
+        raise UsbInstallFailedError(f"{release} was not installed: {why}")
+
+
+@main.command(name="run")
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT",
+              help="Where the inference server listens (loopback only, as a rule).")
+@click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Unix socket of the inference server.  [default: STATE_DIR/agent.sock]")
+@click.option("--no-socket", is_flag=True, help="Serve on TCP only.")
+@click.option("--manager", "manager_url", metavar="URL",
+              help="Check in with this manager URL instead of the one enrolled with.")
+@click.option("--usb-root", "usb_roots", multiple=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Watch this mount root for sticks with a plan (repeat; e.g. /media).")
+@click.pass_obj
+@refusals_exit_1
+def run_command(obj: CliContext, listen: str, socket_path: Path | None, no_socket: bool,
+                manager_url: str | None, usb_roots: tuple[Path, ...]) -> None:
+    """Run the device service: inference server, health watch, check-ins, USB sticks.
+
+    Stops cleanly on SIGTERM or SIGINT. Settings: SATCHEL_AGENT_<NAME> environment
+    variables (e.g. SATCHEL_AGENT_POLL_S=30 checks in every 30 s).
+    """
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    service = AgentService(
+        obj.state_dir, listen=listen,
+        unix_socket=socket_for(obj.state_dir, socket_path, no_socket),
+        manager_url=manager_url, usb_roots=usb_roots, config=_config(),
+    )
+    service.run(stop)

@@ -92,3 +92,55 @@ class UnknownChannelError(AgentError):
 
 class NoPreviousReleaseError(AgentError):
     """A rollback was asked for but the channel keeps no older good release."""
+
+
+class RollbackSupersededError(AgentError):
+    """A rollback of one release was asked for, but another release is active by now."""
+
+
+# --- the manager, the network and USB sticks (agent.client, agent.usb) ----------------------
+
+
+class NotEnrolledError(AgentError):
+    """The device has no LAN credential: it was never enrolled, or its credential is gone."""
+
+
+class AlreadyEnrolledError(AgentError):
+    """`enroll` was asked again for a device that already holds a credential."""
+
+
+class TransportError(AgentError):
+    """Talking to the manager failed."""
+
+
+class ManagerUnreachableError(TransportError):
+    """No usable answer from the manager (network down, timeout, 5xx): retry later."""
+
+
+class ManagerRefusedError(TransportError):
+    """The manager answered with a refusal (4xx); `status` is the HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class CredentialRejectedError(ManagerRefusedError):
+    """The manager no longer accepts this device's credential (401): enroll again."""
+
+
+class DownloadError(TransportError):
+    """A downloaded bundle does not match what the manager announced (size or sha256)."""
+
+
+class StickError(AgentError):
+    """A USB stick cannot be used: no plan, unreadable, or pulled out while being read."""
+
+
+class PlanRefusedError(StickError):
+    """The stick's plan is not signed by a threshold of trusted signing keys, or expired."""
+
+
+class UsbInstallFailedError(AgentError):
+    """A bundle the stick's plan gives this device was refused or failed (the report on the
+    stick says so too)."""

@@ -20,6 +20,7 @@ from agent.config import DEFAULT_CONFIG, AgentConfig
 from agent.errors import (
     AgentError,
     BundleFileError,
+    RollbackSupersededError,
     SmokeTestFailedError,
     StateCorruptError,
     UnknownChannelError,
@@ -112,13 +113,20 @@ def install(
 
 
 def rollback(
-    state_dir: Path, channel: str, reason: str, *, config: AgentConfig = DEFAULT_CONFIG
+    state_dir: Path,
+    channel: str,
+    reason: str,
+    *,
+    expected_sequence: int | None = None,
+    config: AgentConfig = DEFAULT_CONFIG,
 ) -> Release:
     """Switch `channel` back to its previous kept release, dropping the active one; return
-    the release now active. Called by `satchel-agent rollback` and the health monitor.
+    the release now active. Called by `satchel-agent rollback` and the health monitor, which
+    passes `expected_sequence` (the release it judged) so that a release activated since is
+    never rolled back in its place.
 
-    Raises UnknownChannelError, NoPreviousReleaseError, NotInitializedError, LockBusyError,
-    StateCorruptError; OSError on a failing disk.
+    Raises UnknownChannelError, NoPreviousReleaseError, RollbackSupersededError,
+    NotInitializedError, LockBusyError, StateCorruptError; OSError on a failing disk.
     """
     state = DeviceState(state_dir)
     state.identity()
@@ -126,7 +134,7 @@ def rollback(
     with device_lock(layout.lock, config.lock_wait_s, config.lock_poll_s):
         _recover_locked(layout, config)
         try:
-            return _rollback_locked(layout, channel, reason, config)
+            return _rollback_locked(layout, channel, reason, config, expected_sequence)
         except AgentError as e:
             history.record_event(layout, history.REFUSED, config, channel=channel,
                                  reason=f"rollback refused: {e}")
@@ -262,10 +270,21 @@ def _smoke_failure(
 # --- rollback -------------------------------------------------------------------------------
 
 
-def _rollback_locked(layout: Layout, channel: str, reason: str, config: AgentConfig) -> Release:
+def _rollback_locked(
+    layout: Layout,
+    channel: str,
+    reason: str,
+    config: AgentConfig,
+    expected_sequence: int | None = None,
+) -> Release:
     record = read_record(layout, channel)
     if record is None:
         raise UnknownChannelError(f"channel {channel} has no active release on this device")
+    if expected_sequence is not None and record.active.sequence != expected_sequence:
+        raise RollbackSupersededError(
+            f"channel {channel} now runs sequence {record.active.sequence}, not "
+            f"{expected_sequence}; rollback not applied"
+        )
     new_record = record_after_rollback(record, utcnow())
     journal = Journal(
         op=OP_ROLLBACK, id=new_id(), channel=channel, target=new_record.active.name,

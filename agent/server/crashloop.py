@@ -131,7 +131,9 @@ def check_crash_loop(
             f" {now_s - activated:.0f} s of activation (limit {policy.max_crash_restarts})"
         )
         try:
-            restored = rollback(state_dir, channel, reason)
+            restored = rollback(
+                state_dir, channel, reason, expected_sequence=release.sequence
+            )
         except Exception as e:  # the installer's errors: report, serve what there is
             log.error("%s: crash-loop rollback failed: %s", channel, e)
             if events is not None:

@@ -25,7 +25,8 @@ from agent.server.registry import ModelRegistry, Release, ServingModel
 
 log = logging.getLogger(__name__)
 
-RollbackFn = Callable[[Path, str, str], Release]  # (state_dir, channel, reason) -> now active
+# (state_dir, channel, reason, *, expected_sequence) -> the release now active
+RollbackFn = Callable[..., Release]
 
 
 class HealthMonitor:
@@ -117,7 +118,9 @@ class HealthMonitor:
             return False  # something newer was activated meanwhile: judge that instead
         log.warning("%s %s: %s; rolling back", channel, version, reason)
         try:
-            restored = self._rollback(self._state_dir, channel, reason)
+            restored = self._rollback(
+                self._state_dir, channel, reason, expected_sequence=sequence
+            )
         except Exception as e:  # the installer's errors (no earlier release, lock busy, disk)
             self._retry_after[(channel, sequence)] = self._clock() + self._config.rollback_retry_s
             log.error("%s: rollback after %r failed: %s", channel, reason, e)

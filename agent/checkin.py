@@ -1,0 +1,217 @@
+"""The check-in loop of `satchel-agent run`: report, learn what to install, install it.
+
+One round: send status, health and the oldest undelivered events; on a 200 answer remove
+those events from the queue (the manager records each id once, so a round that fails after
+sending is simply repeated); walk the trust root forward if the manager has a newer one;
+download and install each offer through the installer. The next round comes after the
+manager's (jittered) poll interval, at once after an install or a health rollback, or after
+an exponential backoff with jitter while the manager cannot be reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from pathlib import Path
+
+from agent.client import Backoff, CheckinAnswer, ManagerClient, Offer, TrustInfo
+from agent.config import DEFAULT_CONFIG, AgentConfig
+from agent.credentials import Credentials, require_credentials
+from agent.errors import (
+    AgentError,
+    CredentialRejectedError,
+    DownloadError,
+    ManagerUnreachableError,
+    NotEnrolledError,
+)
+from agent.events import EventQueue
+from agent.state import DeviceState
+from agent.updates import (
+    LAN,
+    BundleOrigin,
+    TotalsSource,
+    accept_roots,
+    active_sequence,
+    checkin_body,
+    health_summary,
+    install_with_events,
+    trusted_root,
+)
+from bundles.errors import BundleError
+
+log = logging.getLogger(__name__)
+
+DOWNLOADS_DIR = "downloads"
+DEFAULT_POLL_S = 60.0  # seconds between check-ins when neither config nor manager says
+
+
+class CheckinLoop:
+    """Checks in with the enrolled manager until `stop` is set. `manager_url` overrides
+    the URL stored at enrollment (the manager moved); the credential stays the same."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        events: EventQueue,
+        totals: TotalsSource,
+        stop: threading.Event,
+        *,
+        config: AgentConfig = DEFAULT_CONFIG,
+        manager_url: str | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state = DeviceState(self.state_dir)
+        self.events = events
+        self.totals = totals
+        self.stop = stop
+        self.config = config
+        self.manager_url = manager_url
+        self.downloads = self.state_dir / DOWNLOADS_DIR
+        self._wake = threading.Event()
+        self._client: ManagerClient | None = None
+        self._backoff = Backoff(config)
+        self.rounds = 0  # successful check-ins, for tests and logs
+
+    def wake(self) -> None:
+        """Check in now instead of at the next poll (e.g. a rollback just happened), or
+        notice at once that `stop` was set."""
+        self._wake.set()
+
+    def run(self) -> None:
+        """Round after round until `stop`; never raises."""
+        while not self.stop.is_set():
+            self._wake.clear()
+            delay = self._round()
+            if delay > 0:
+                self._wait(delay)
+        if self._client is not None:
+            self._client.close()
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep until the next round, `wake()` or a stop (whoever stops also wakes)."""
+        if not self.stop.is_set():
+            self._wake.wait(seconds)
+
+    def _round(self) -> float:
+        """One round; returns seconds until the next."""
+        try:
+            delay = self.once()
+        except NotEnrolledError:
+            return self._retry_later("not enrolled yet; LAN check-in waits for `satchel-agent "
+                                     "enroll`", logging.INFO)
+        except CredentialRejectedError as e:
+            return self._retry_later(str(e), logging.ERROR)
+        except ManagerUnreachableError as e:
+            return self._retry_later(f"check-in failed: {e}", logging.WARNING)
+        except (AgentError, BundleError, OSError) as e:
+            return self._retry_later(f"check-in failed: {e}", logging.ERROR)
+        except Exception:  # noqa: BLE001 - the loop must outlive any bug in one round
+            log.exception("check-in round failed")
+            return self._backoff.next_delay()
+        self._backoff.reset()
+        return delay
+
+    def _retry_later(self, message: str, level: int) -> float:
+        delay = self._backoff.next_delay()
+        log.log(level, "%s; next try in %.1f s", message, delay)
+        return delay
+
+    # --- one round ----------------------------------------------------------------------
+
+    def once(self) -> float:
+        """Check in once and act on the answer; returns seconds until the next round.
+
+        Raises NotEnrolledError, ManagerUnreachableError, CredentialRejectedError,
+        ManagerRefusedError, StateCorruptError, OSError.
+        """
+        credentials = require_credentials(self.state_dir)
+        client = self._client_for(credentials)
+        root_version = trusted_root(self.state_dir).version
+        batch = self.events.pending(self.config.events_per_checkin)
+        body = checkin_body(self.state, batch, health_summary(self.state, self.totals),
+                            root_version)
+        answer = client.checkin(credentials.checkin_url, body)
+        self.events.ack(e["id"] for e in batch)
+        self.rounds += 1
+        log.log(
+            logging.INFO if batch or answer.install else logging.DEBUG,
+            "checked in: %d event(s) delivered (%d already known), %d install(s) offered",
+            answer.recorded, answer.duplicate, len(answer.install),
+        )
+        if answer.trust is not None and (answer.trust.version or 0) > root_version:
+            self._update_trust(client, answer.trust, root_version)
+        self._prune_downloads(answer)
+        acted = False
+        for offer in answer.install:
+            acted = self._apply(client, offer) or acted
+        more = len(batch) == self.config.events_per_checkin
+        return 0.0 if acted or more else self._poll_interval(answer)
+
+    def _client_for(self, credentials: Credentials) -> ManagerClient:
+        url = self.manager_url or credentials.manager_url
+        client = self._client
+        if client is None or client.base_url != url.rstrip("/") or (
+            client.token != credentials.token
+        ):
+            if client is not None:
+                client.close()
+            client = self._client = ManagerClient(url, credentials.token, config=self.config,
+                                                  stop=self.stop)
+        return client
+
+    def _poll_interval(self, answer: CheckinAnswer) -> float:
+        c = self.config
+        interval = c.poll_interval_s or answer.poll_interval_s or DEFAULT_POLL_S
+        return min(max(interval, c.min_poll_interval_s), c.max_poll_interval_s)
+
+    def _update_trust(self, client: ManagerClient, trust: TrustInfo, have: int) -> None:
+        target = trust.version or have
+        try:
+            documents = {
+                v: client.fetch_document(trust.version_url.format(version=v),
+                                         f"trust root v{v}")
+                for v in range(have + 1, target + 1)
+            }
+            old, new = accept_roots(self.state_dir, documents, self.config)
+        except BundleError as e:
+            log.error("the manager's trust root v%d was refused: %s", target, e)
+            self.events.append("trust_update_refused", reason=str(e))
+            return
+        self.events.append("trust_updated", figures={"from_version": old, "to_version": new})
+
+    def _prune_downloads(self, answer: CheckinAnswer) -> None:
+        """Drop partial downloads of bundles no longer offered."""
+        offered = {o.bundle_sha256 for o in answer.install}
+        with contextlib.suppress(FileNotFoundError):
+            for path in self.downloads.iterdir():
+                if path.name.split(".")[0] not in offered:
+                    path.unlink(missing_ok=True)
+
+    def _apply(self, client: ManagerClient, offer: Offer) -> bool:
+        """Download and install one offer. True when something happened worth reporting at
+        once. Raises ManagerUnreachableError (the download resumes next round), OSError."""
+        active = active_sequence(self.state, offer.channel)
+        if active is not None and offer.sequence <= active:
+            return False  # a race with another install: skip silently, as the API asks
+        origin = BundleOrigin(offer.channel, offer.version, offer.sequence,
+                              offer.bundle_sha256, offer.deployment_id, LAN)
+        log.info("installing %s %s (sequence %d, %d bytes) from the manager", offer.channel,
+                 offer.version, offer.sequence, offer.size)
+        try:
+            download = client.download(offer, self.downloads)
+        except DownloadError as e:
+            self.events.append("install_failed", reason=str(e), **origin.fields())
+            return True
+        self.events.append(
+            "downloaded",
+            figures={"bytes": download.size, "seconds": round(download.seconds, 3),
+                     "resumes": download.resumes, "via": LAN},
+            **origin.fields(),
+        )
+        try:
+            install_with_events(self.state_dir, download.path, origin, self.events,
+                                self.config)
+        finally:
+            download.path.unlink(missing_ok=True)
+        return True

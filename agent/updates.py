@@ -1,0 +1,258 @@
+"""What the LAN client and the USB stick have in common: apply trust roots, install a bundle
+through the installer while queueing the events the manager acts on, and describe the device
+(status, health, events) in the check-in body that both transports carry.
+
+Events of one install, in order: `verified`, `smoke_test` (passed or not, every figure the
+installer measured), then `activated`, or exactly one of `install_refused` (the bundle is not
+acceptable here: signature, trust, expiry, compatibility, sequence) or `install_failed`
+(it was acceptable but did not make it: smoke test, disk, lock), with the installer's
+one-line reason. The transport queues `downloaded` before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.config import DEFAULT_CONFIG, AgentConfig
+from agent.errors import (
+    AgentError,
+    IncompatibleError,
+    SequenceRollbackError,
+    SmokeTestFailedError,
+    StateCorruptError,
+)
+from agent.events import EventQueue, json_safe
+from agent.facts import agent_version
+from agent.health import HealthStats, ReleaseKey
+from agent.installer import InstallResult, install
+from agent.lock import device_lock
+from agent.state import DeviceState
+from bundles.durable import atomic_write_bytes
+from bundles.errors import BundleError
+from bundles.reader import read_unverified
+from bundles.timeutil import format_time, utcnow
+from bundles.trust import Root, load_root, update_root
+
+log = logging.getLogger(__name__)
+
+LAN, USB, CLI = "lan", "usb", "cli"  # how a bundle reached the device
+TotalsSource = Callable[[ReleaseKey], HealthStats]  # health counters of one release
+
+
+# --- trust roots ----------------------------------------------------------------------------
+
+
+def trusted_root(state_dir: Path) -> Root:
+    """The trust root the device verifies against. Raises StateCorruptError."""
+    layout = DeviceState(state_dir).layout
+    try:
+        return load_root(layout.trust.read_bytes())
+    except (OSError, BundleError) as e:
+        raise StateCorruptError(f"trust root {layout.trust} cannot be loaded: {e}") from e
+
+
+def accept_roots(
+    state_dir: Path, documents: Mapping[int, bytes], config: AgentConfig = DEFAULT_CONFIG
+) -> tuple[int, int]:
+    """Walk the trust root forward through `documents` (version -> root.json), one version
+    at a time by the rotation rule, saving each accepted root durably before the next.
+    Versions not above the trusted one are ignored. Returns (old version, new version).
+
+    Raises bundles' RootRotationError (a version is missing from the chain, or not signed
+    by a threshold of the old and of its own root keys), FormatError; LockBusyError,
+    StateCorruptError; OSError. A refused version leaves the last accepted root in place.
+    """
+    layout = DeviceState(state_dir).layout
+    with device_lock(layout.lock, config.lock_wait_s, config.lock_poll_s):
+        current = trusted_root(state_dir)
+        old = current.version
+        for version in sorted(v for v in documents if v > old):
+            current = update_root(current, documents[version])
+            atomic_write_bytes(layout.trust, documents[version])
+            log.info("trust root updated to version %d", current.version)
+        return old, current.version
+
+
+# --- installing with events -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleOrigin:
+    """What a transport knows about a bundle before the installer looks at it."""
+
+    channel: str
+    version: str
+    sequence: int
+    bundle_sha256: str
+    deployment_id: int | None
+    via: str  # LAN or USB
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "channel": self.channel,
+            "version": self.version,
+            "sequence": self.sequence,
+            "bundle_sha256": self.bundle_sha256,
+            "deployment_id": self.deployment_id,
+        }
+
+
+@dataclass(frozen=True)
+class InstallOutcome:
+    activated: bool
+    reason: str | None  # one line when not activated
+
+
+def active_sequence(state: DeviceState, channel: str) -> int | None:
+    """The sequence the channel serves now, or None. Raises StateCorruptError."""
+    record = state.record(channel)
+    return record.active.sequence if record is not None else None
+
+
+def smoke_figures(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline figures of a smoke-test report (worst over its models: the ones the
+    API names), plus every test's full figures under "tests"."""
+    tests = [t for t in report.get("tests") or [] if isinstance(t, Mapping)]
+
+    def values(section: str, key: str) -> list[float]:
+        found = [(t.get(section) or {}).get(key) for t in tests]
+        return [float(v) for v in found if isinstance(v, (int, float)) and v is not None]
+
+    def pick(fn: Callable[[list[float]], float], section: str, key: str) -> float | None:
+        found = values(section, key)
+        return fn(found) if found else None
+
+    loads = [float(t["load_ms"]) for t in tests if isinstance(t.get("load_ms"), (int, float))]
+    figures = {
+        "max_abs_error": pick(max, "agreement", "max_abs_error"),
+        "min_cosine": pick(min, "agreement", "min_cosine"),
+        "top1_agreement": pick(min, "agreement", "top1_agreement"),
+        "nonfinite": int(sum(values("agreement", "nonfinite"))),
+        "p50_ms": pick(max, "latency_ms", "p50"),
+        "p95_ms": pick(max, "latency_ms", "p95"),
+        "peak_memory_mb": pick(max, "memory_mb", "peak_growth"),
+        "load_ms": max(loads) if loads else None,
+        "tests": tests,
+    }
+    return json_safe(figures)
+
+
+def install_with_events(
+    state_dir: Path,
+    bundle: Path,
+    origin: BundleOrigin,
+    events: EventQueue,
+    config: AgentConfig = DEFAULT_CONFIG,
+) -> InstallOutcome:
+    """Install `bundle` with the installer (which takes the device lock) and queue what
+    happened. Never raises for a refused or failed install; raises OSError only when the
+    event queue itself cannot be written."""
+    try:
+        result = install(state_dir, bundle, config=config)
+    except (AgentError, BundleError, OSError) as e:
+        return queue_install_events(events, origin, error=e)
+    return queue_install_events(events, origin, result=result)
+
+
+def queue_install_events(
+    events: EventQueue,
+    origin: BundleOrigin,
+    *,
+    result: InstallResult | None = None,
+    error: BaseException | None = None,
+) -> InstallOutcome:
+    """Queue the events of one install that ended with `result` or `error`, and log it.
+    Raises OSError when the queue cannot be written."""
+    where = f"{origin.channel} {origin.version}"
+    if result is not None:
+        events.append("verified", **origin.fields())
+        events.append("smoke_test", passed=True, figures=smoke_figures(result.report.to_dict()),
+                      **origin.fields())
+        events.append("activated", figures={"previous": result.previous, "via": origin.via},
+                      **origin.fields())
+        log.info("activated %s (sequence %d)%s; smoke test passed: %s", where,
+                 origin.sequence, f", replacing {result.previous}" if result.previous else "",
+                 result.report.summary())
+        return InstallOutcome(True, None)
+    reason = str(error) if isinstance(error, (AgentError, BundleError)) else (
+        f"disk error: {error}" if isinstance(error, OSError) else f"unexpected failure: {error}"
+    )
+    if isinstance(error, SmokeTestFailedError):
+        events.append("verified", **origin.fields())
+        events.append("smoke_test", passed=False, reason=reason,
+                      figures=smoke_figures(error.report), **origin.fields())
+    refused = isinstance(error, (BundleError, IncompatibleError, SequenceRollbackError))
+    events.append("install_refused" if refused else "install_failed", reason=reason,
+                  **origin.fields())
+    log.error("install of %s %s: %s", where, "refused" if refused else "failed", reason)
+    return InstallOutcome(False, reason)
+
+
+def origin_of_file(bundle: Path, via: str) -> BundleOrigin | None:
+    """What a bundle file says it is (read, not verified) and its sha256; None when it
+    cannot be read as a bundle at all. For installs a technician starts by hand."""
+    try:
+        with open(bundle, "rb") as f:
+            manifest, _ = read_unverified(f)
+            f.seek(0)
+            digest = hashlib.sha256()
+            while chunk := f.read(1024 * 1024):
+                digest.update(chunk)
+    except (OSError, BundleError):
+        return None
+    return BundleOrigin(manifest.name, manifest.version, manifest.sequence,
+                        digest.hexdigest(), None, via)
+
+
+# --- what the device reports ----------------------------------------------------------------
+
+
+def stored_totals(state_dir: Path) -> TotalsSource:
+    """Health counters from the durable health history (when the service is not the one
+    asking: `satchel-agent usb` run by a technician)."""
+    from agent.health_store import HealthStore
+    from agent.server.crashloop import HEALTH_DIR
+
+    return HealthStore(Path(state_dir) / HEALTH_DIR).totals
+
+
+def health_summary(state: DeviceState, totals: TotalsSource) -> dict[str, dict[str, Any]]:
+    """Per channel, the health counters of its active release (the API's `health`):
+    count, errors, nan, p95_ms. Raises StateCorruptError."""
+    summary: dict[str, dict[str, Any]] = {}
+    for channel in state.channels():
+        record = state.record(channel)
+        if record is None:
+            continue
+        stats = totals(ReleaseKey(channel, record.active.version, record.active.sequence))
+        p95 = stats.latency_quantile_ms(0.95)
+        summary[channel] = {
+            "count": stats.count,
+            "errors": stats.errors,
+            "nan": stats.nonfinite,
+            "p95_ms": None if p95 is None else round(p95, 3),
+        }
+    return summary
+
+
+def checkin_body(
+    state: DeviceState,
+    events: list[dict[str, Any]],
+    health: Mapping[str, Any],
+    trust_root_version: int,
+) -> dict[str, Any]:
+    """The check-in body (also the `checkin` of a USB report). Raises NotInitializedError,
+    StateCorruptError."""
+    return {
+        "agent_version": agent_version(),
+        "sent_at": format_time(utcnow()),
+        "trust_root_version": trust_root_version,
+        "status": state.status(),
+        "health": dict(health),
+        "events": events,
+    }
