@@ -71,6 +71,7 @@ class CheckinLoop:
         self._wake = threading.Event()
         self._client: ManagerClient | None = None
         self._backoff = Backoff(config)
+        self._refused_root: int | None = None  # a trust root version refused once
         self.rounds = 0  # successful check-ins, for tests and logs
 
     def wake(self) -> None:
@@ -128,24 +129,28 @@ class CheckinLoop:
         credentials = require_credentials(self.state_dir)
         client = self._client_for(credentials)
         root_version = trusted_root(self.state_dir).version
-        batch = self.events.pending(self.config.events_per_checkin)
+        batch = self.events.pending(self.config.events_per_checkin,
+                                     self.config.event_bytes_per_checkin)
         body = checkin_body(self.state, batch, health_summary(self.state, self.totals),
                             root_version)
         answer = client.checkin(credentials.checkin_url, body)
         self.events.ack(e["id"] for e in batch)
+        more = len(self.events) > 0  # a backlog beyond one batch: send the rest at once
         self.rounds += 1
         log.log(
             logging.INFO if batch or answer.install else logging.DEBUG,
             "checked in: %d event(s) delivered (%d already known), %d install(s) offered",
             answer.recorded, answer.duplicate, len(answer.install),
         )
-        if answer.trust is not None and (answer.trust.version or 0) > root_version:
+        newest = answer.trust.version if answer.trust is not None else None
+        if answer.trust is not None and newest and newest > root_version and (
+            newest != self._refused_root
+        ):
             self._update_trust(client, answer.trust, root_version)
         self._prune_downloads(answer)
         acted = False
         for offer in answer.install:
             acted = self._apply(client, offer) or acted
-        more = len(batch) == self.config.events_per_checkin
         return 0.0 if acted or more else self._poll_interval(answer)
 
     def _client_for(self, credentials: Credentials) -> ManagerClient:
@@ -177,6 +182,7 @@ class CheckinLoop:
         except BundleError as e:
             log.error("the manager's trust root v%d was refused: %s", target, e)
             self.events.append("trust_update_refused", reason=str(e))
+            self._refused_root = target  # not tried again until the manager has a newer one
             return
         self.events.append("trust_updated", figures={"from_version": old, "to_version": new})
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import click
 
@@ -51,6 +52,8 @@ def refusals_exit_1(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
+        except click.ClickException:
+            raise  # usage errors: click prints them and exits 2
         except (AgentError, BundleError) as e:
             message = str(e)
         except OSError as e:
@@ -79,6 +82,7 @@ def refusals_exit_1(func: F) -> F:
 @click.pass_context
 def main(ctx: click.Context, state_dir: Path) -> None:
     """satchel-agent: verify, smoke-test, activate and roll back models on this device."""
+    logging.getLogger().addHandler(logging.NullHandler())  # commands print their own lines
     ctx.obj = CliContext(state_dir=state_dir)
 
 
@@ -249,9 +253,16 @@ def _quiet_logs(verbose: bool) -> None:
     """Commands other than `run` print their own one-line results; their modules' log lines
     show only with --verbose."""
     if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    else:
-        logging.getLogger().addHandler(logging.NullHandler())
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
+                            force=True)
+
+
+def _check_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        split = urlsplit(value)
+        if split.scheme not in ("http", "https") or not split.netloc:
+            raise click.BadParameter(f"{value!r} is not http(s)://HOST[:PORT]")
+    return value
 
 
 def _config() -> AgentConfig:
@@ -262,7 +273,7 @@ def _config() -> AgentConfig:
 
 
 @main.command()
-@click.option("--manager", "manager_url", required=True, metavar="URL",
+@click.option("--manager", "manager_url", required=True, metavar="URL", callback=_check_url,
               help="The manager's base URL, e.g. http://10.0.0.5:8400.")
 @click.option("--token", required=True, help="One-time enrollment token from the admin.")
 @click.option("--force", is_flag=True, help="Enroll again although a credential is stored.")
@@ -320,7 +331,7 @@ def usb_command(obj: CliContext, path: Path, as_json: bool, verbose: bool) -> No
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Unix socket of the inference server.  [default: STATE_DIR/agent.sock]")
 @click.option("--no-socket", is_flag=True, help="Serve on TCP only.")
-@click.option("--manager", "manager_url", metavar="URL",
+@click.option("--manager", "manager_url", metavar="URL", callback=_check_url,
               help="Check in with this manager URL instead of the one enrolled with.")
 @click.option("--usb-root", "usb_roots", multiple=True,
               type=click.Path(file_okay=False, path_type=Path),
@@ -335,7 +346,7 @@ def run_command(obj: CliContext, listen: str, socket_path: Path | None, no_socke
     variables (e.g. SATCHEL_AGENT_POLL_S=30 checks in every 30 s).
     """
     logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

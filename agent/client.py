@@ -300,7 +300,7 @@ class ManagerClient:
             received = progress.received
             try:
                 self._fetch_part(offer, part, have, progress)
-                error: Exception | None = None
+                break  # the answer ended cleanly: the manager has sent all it has
             except ManagerUnreachableError as e:
                 error = e
             if progress.received > received:
@@ -311,11 +311,11 @@ class ManagerClient:
             if stalls >= self.config.download_stalls:
                 raise ManagerUnreachableError(
                     f"download of {offer.channel} {offer.version} made no progress in "
-                    f"{stalls} tries: {error or 'no data'}"
+                    f"{stalls} tries: {error}"
                 )
             delay = backoff.next_delay()
             log.warning("download of %s %s failed (%s); try %d of %d in %.1f s", offer.channel,
-                        offer.version, error or "no data", stalls + 1,
+                        offer.version, error, stalls + 1,
                         self.config.download_stalls, delay)
             if _sleep(delay, self.stop):
                 raise ManagerUnreachableError("download interrupted: the agent is stopping")
@@ -330,10 +330,8 @@ class ManagerClient:
             headers["If-Range"] = f'"{offer.bundle_sha256}"'
         with self._send("GET", offer.url, headers=headers, what="download",
                         ok=(200, 206, 416)) as response:
-            if response.status_code == 416:  # the partial file is not a prefix of this one
-                part.unlink(missing_ok=True)
-                raise ManagerUnreachableError("the manager refused the resume range; "
-                                              "restarting the download")
+            if response.status_code == 416:  # nothing after `have`: the file is complete
+                return
             start = 0
             if response.status_code == 206:
                 start = _range_start(response.headers.get("Content-Range", ""))
@@ -367,6 +365,9 @@ class ManagerClient:
             finally:
                 out.flush()
                 os.fsync(out.fileno())
+        length = response.headers.get("Content-Length", "")
+        if length.isdigit() and written - start < int(length):
+            raise ManagerUnreachableError(f"download cut at byte {written}")
 
     def _finish(
         self, offer: Offer, part: Path, final: Path, started: float, resumes: int

@@ -42,6 +42,8 @@ class AgentConfig:
     min_poll_interval_s: float = 0.2  # seconds: a faster interval from the manager is raised
     max_poll_interval_s: float = 3600.0  # seconds: a slower interval from the manager is capped
     events_per_checkin: int = 1000  # events sent in one check-in or USB report (API limit)
+    event_bytes_per_checkin: int = 2 * 1024 * 1024  # bytes of events in one check-in or
+    # report (the manager takes 4 MiB bodies and reports)
     max_answer_bytes: int = 4 * 1024 * 1024  # bytes of a JSON answer or trust root accepted
     max_bundle_bytes: int = 8 * 1024**3  # bytes of one downloaded or copied bundle
     download_chunk_bytes: int = 256 * 1024  # bytes read from the network or a stick per step
@@ -72,13 +74,14 @@ def config_from_env(
         names = [CONFIG_ENV_PREFIX + f.name.upper()]
         if f.name == "poll_interval_s":
             names.append(POLL_ENV)
-        value = next((env[n] for n in names if env.get(n)), None)
-        if value is None or f.type not in ("int", "float", "float | None", "int | None"):
+        given = next((n for n in names if env.get(n)), None)
+        if given is None or f.type not in ("int", "float", "float | None", "int | None"):
             continue
+        value = env[given]
         try:
             changes[f.name] = int(value) if f.type.startswith("int") else float(value)
         except ValueError:
-            raise ValueError(f"{names[0]}={value[:40]!r} is not a number") from None
+            raise ValueError(f"{given}={value[:40]!r} is not a number") from None
     return dataclasses.replace(base, **changes)
 
 

@@ -132,11 +132,21 @@ class EventQueue:
         except Exception:  # noqa: BLE001 - a sink must not raise into the server
             log.exception("could not queue the %s event of %s", event.kind, event.channel)
 
-    def pending(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The oldest undelivered events, oldest first (at most `limit`). Raises OSError."""
+    def pending(
+        self, limit: int | None = None, max_bytes: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The oldest undelivered events, oldest first: at most `limit` of them and, beyond
+        the first, at most `max_bytes` of JSON. Raises OSError."""
         with self._locked() as loaded:
             events = loaded.events if limit is None else loaded.events[:limit]
-            return [dict(event) for _, event in events]
+            batch: list[dict[str, Any]] = []
+            size = 0
+            for _, event in events:
+                size += len(_encode(event)) + 1
+                if batch and max_bytes is not None and size > max_bytes:
+                    break
+                batch.append(dict(event))
+            return batch
 
     def ack(self, ids: Iterable[str]) -> int:
         """Remove the events with these ids: the manager has them. Returns how many went.

@@ -306,7 +306,8 @@ def write_report(
     Raises StickError (the stick cannot be written), StateCorruptError, OSError."""
     state = DeviceState(state_dir)
     identity = state.identity()
-    batch = events.pending(config.events_per_checkin)
+    batch = events.pending(config.events_per_checkin,
+                                     config.event_bytes_per_checkin)
     body = checkin_body(state, batch, health_summary(state, totals),
                         trusted_root(state_dir).version)
     report = Report(uuid.uuid4().hex, identity.device_id, utcnow(), body, plan_id)

@@ -244,10 +244,13 @@ class Device:
         return None if info is None else (info["active"]["version"], info["active"]["sequence"])
 
     def tree(self) -> dict[str, str]:
-        """Every file under the state dir (but the lock and history) -> sha256 of its bytes."""
+        """Every file under the state dir (but the lock, history and event queue, which
+        record what happened) -> sha256 of its bytes."""
         out: dict[str, str] = {}
         for path in sorted(self.state_dir.rglob("*")):
             rel = str(path.relative_to(self.state_dir))
+            if rel == "events" or rel.startswith("events/"):
+                continue
             if path.is_file() and rel not in ("lock", "history.json"):
                 out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
             elif path.is_dir():

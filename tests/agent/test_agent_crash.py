@@ -62,7 +62,7 @@ def test_install_killed_at_any_step_serves_old_or_new_never_partial(
         assert_clean(device, ["2-1.2", "3-1.3", "4-1.4"])
         assert [e["event"] for e in device.history()].count("activated") == 4
         assert device.state.generation() > generation
-    assert info["state"] == "active"
+    assert info["state"] == "probation"  # just activated: its health is being watched
     device.verify_active()
     install(device.state_dir, make_bundle(version="1.5", sequence=5))  # not wedged
     assert device.active() == ("1.5", 5)

@@ -25,7 +25,7 @@ def test_install_activates_a_verified_smoke_tested_release(device, make_bundle):
         "channels": {"kws": {
             "active": {"version": "1.0.0", "sequence": 5},
             "releases": [{"version": "1.0.0", "sequence": 5}],
-            "state": "active",
+            "state": "probation",  # just activated: its health is being watched
         }},
     }
     device.verify_active()

@@ -137,7 +137,7 @@ def test_status_during_an_install_shows_the_old_release_installing(device, make_
     during = json.loads(seen[0])["channels"]["kws"]
     assert during["active"] == {"version": "1.0.0", "sequence": 1}
     assert during["state"] == "installing"
-    assert device.status()["channels"]["kws"]["state"] == "active"
+    assert device.status()["channels"]["kws"]["state"] == "probation"
 
 
 def test_failed_smoke_test_discards_the_staged_release_and_keeps_the_report(device, make_bundle):

@@ -4,6 +4,7 @@ and a TCP proxy that cuts connections, for the network's bad days."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import shutil
 import socket
@@ -213,7 +214,9 @@ class Manager:
         self.server = make_server("127.0.0.1", 0, self.app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         self.http = requests.Session()
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=lambda: self.server.serve_forever(poll_interval=0.05), daemon=True
+        )
         self._thread.start()
 
     def close(self) -> None:
@@ -314,10 +317,8 @@ class DropProxy:
             pass
         finally:
             for s in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
     def _take_drop(self) -> bool:

@@ -155,3 +155,13 @@ def test_two_processes_appending_at_once_lose_and_repeat_nothing(tmp_path: Path)
     ids = [e["id"] for e in left]
     assert len(ids) == len(set(ids))
     assert acked + len(left) == 81
+
+
+def test_a_batch_is_bounded_by_count_and_bytes_but_never_empty(tmp_path: Path) -> None:
+    queue = EventQueue(tmp_path)
+    for i in range(5):
+        queue.append("install_failed", sequence=i, reason="y" * 500)
+
+    assert len(queue.pending(3)) == 3
+    assert len(queue.pending(None, 1300)) == 2
+    assert len(queue.pending(None, 10)) == 1  # one oversized event still goes alone

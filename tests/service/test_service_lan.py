@@ -16,7 +16,7 @@ import pytest
 from agent.checkin import CheckinLoop
 from agent.client import ManagerClient, Offer, with_retries
 from agent.config import AgentConfig
-from agent.credentials import credentials_path, load_credentials
+from agent.credentials import credentials_path, load_credentials, require_credentials
 from agent.enroll import enroll_device
 from agent.errors import (
     AlreadyEnrolledError,
@@ -119,7 +119,7 @@ def test_checkin_delivers_queued_events_once_and_then_forgets_them(
 def test_a_resent_event_is_recorded_once(device: Device, manager: Manager) -> None:
     loop = _enrolled(device, manager)
     event = loop.events.append("activated", channel="vision", sequence=1)
-    client = ManagerClient(manager.url, load_credentials(device.state_dir).token, config=FAST)
+    client = ManagerClient(manager.url, require_credentials(device.state_dir).token, config=FAST)
     body = {"status": DeviceState(device.state_dir).status(), "events": [event]}
 
     first = client.checkin("/api/v1/devices/dev-1/checkin", body)
@@ -258,11 +258,11 @@ def test_a_download_cut_three_times_resumes_and_arrives_whole(
     try:
         loop = _enrolled(device, manager, url=proxy.url)
         manager.deploy("vision:1.0.0", ["dev-1"])
-        (offer,) = loop._client_for(load_credentials(device.state_dir)).checkin(  # noqa: SLF001
+        (offer,) = loop._client_for(require_credentials(device.state_dir)).checkin(  # noqa: SLF001
             "/api/v1/devices/dev-1/checkin",
             {"status": DeviceState(device.state_dir).status()},
         ).install
-        client = ManagerClient(proxy.url, load_credentials(device.state_dir).token,
+        client = ManagerClient(proxy.url, require_credentials(device.state_dir).token,
                                config=FAST)
 
         got = client.download(offer, device.work / "dl")
@@ -300,7 +300,7 @@ def test_a_file_other_than_announced_is_refused(
     _enrolled(device, manager)
     sha = manager.add_bundle(device.bundle(models.good, "1.0.0", 10))
     manager.deploy("vision:1.0.0", ["dev-1"])
-    client = ManagerClient(manager.url, load_credentials(device.state_dir).token, config=FAST)
+    client = ManagerClient(manager.url, require_credentials(device.state_dir).token, config=FAST)
     lying = Offer("vision", "1.0.0", 10, "b" * 64, 9216,
                   f"/api/v1/bundles/{sha}/download", 1)
 
@@ -373,3 +373,19 @@ def test_backoff_doubles_up_to_its_cap_with_jitter_around_it() -> None:
     spread = Backoff(AgentConfig(backoff_base_s=1, backoff_max_s=10, backoff_jitter=0.5))
     delays = [spread.next_delay() for _ in range(40)][5:]
     assert all(5 <= d <= 15 for d in delays) and len(set(delays)) > 1
+
+
+def test_a_backlog_larger_than_one_check_in_is_sent_in_rounds_back_to_back(
+    device: Device, manager: Manager
+) -> None:
+    from dataclasses import replace
+
+    loop = _enrolled(device, manager)
+    loop.config = replace(FAST, events_per_checkin=4)
+    sent = [loop.events.append("serving", channel="vision", sequence=i) for i in range(10)]
+
+    delays = [loop.once() for _ in range(3)]
+
+    assert delays[:2] == [0.0, 0.0] and delays[2] > 0  # no waiting while a backlog remains
+    got = sorted(e["id"] for e in manager.events("dev-1"))
+    assert got == sorted(e["id"] for e in sent)
