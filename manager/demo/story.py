@@ -21,6 +21,7 @@ from manager.demo.procs import DemoError, Runner, free_port, wait_for, wait_http
 CHANNEL, CLASS = "classifier", "cam-v2"
 AGENT_ENV = {"SATCHEL_AGENT_POLL_S": "0.5"}  # check in every half second, for the demo
 PROBATION_S = "4"  # seconds a new release is watched before it counts as a success
+PROBATION_WAIT_S = 5.0  # seconds between a USB device's install visit and its next visit
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Device:
     served: int = 0
     correct: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    step6: tuple[int, int] = (0, 0)  # predictions served, correct, in the predictions step
 
     @property
     def url(self) -> str:
@@ -90,7 +92,8 @@ class Story:
         self.step("Admin: a signed bundle, smoke test and health policy inside")
         self.facts["v1"] = self.build("1.0.0", "int8.onnx", "classifier-1.0.0.satchel",
                                       "--reference", "float.onnx", "--samples", "samples.npz",
-                                      "--sequence", "1")
+                                      "--sequence", "1", "--latency-budget-ms", "20",
+                                      "--max-memory-mb", "256")
         self.r.run("satchel", "bundle", "verify", "classifier-1.0.0.satchel",
                    "--trust", "keys/root.json")
         self.say("verified against keys/root.json (tar + zstd + sha256 + Ed25519, as a device)")
@@ -194,11 +197,11 @@ class Story:
                                   "--device-class", CLASS, "--waves", "1,50%,100%")
         self.facts["deployment_1"] = dep_id
         usb_dev = next(d for d in self.devices if d.via == "USB")
-        usb_done = False
+        usb_trips: list[float] = []
         last = ""
 
         def progressed() -> bool:
-            nonlocal usb_done, last
+            nonlocal last
             st = self.deploy_status(dep_id)
             waves = " | ".join(
                 f"wave {w['index'] + 1} ({w['spec']}): "
@@ -209,9 +212,14 @@ class Story:
                 self.say(f"deployment {dep_id} {st['state']}: {waves}")
                 last = waves
             offered = {t["device_id"]: t["state"] for t in st["targets"]}
-            if not usb_done and offered.get(usb_dev.device_id) not in (None, "pending"):
+            usb_state = offered.get(usb_dev.device_id)
+            if usb_state not in (None, "pending") and not usb_trips:
+                self.usb_round_trip(dep_id, usb_dev)  # the technician's first visit
+                usb_trips.append(time.monotonic())
+            elif usb_state == "activated" and time.monotonic() - usb_trips[-1] > PROBATION_WAIT_S:
+                # The next visit: the stick brings back health figures from after probation.
                 self.usb_round_trip(dep_id, usb_dev)
-                usb_done = True
+                usb_trips.append(time.monotonic())
             for dev in self.devices:  # live traffic, so health is judged on real samples
                 self.traffic(dev, 12)
             return st["state"] in ("completed", "halted", "aborted") and st
@@ -227,6 +235,7 @@ class Story:
             dev.served = dev.correct = 0
             dev.latencies_ms.clear()
             bad = self.traffic(dev, 200)
+            dev.step6 = (dev.served, dev.correct)
             lat = sorted(dev.latencies_ms)
             p50 = lat[len(lat) // 2] if lat else 0.0
             self.say(f"{dev.device_id}: {dev.served} predictions, accuracy "
@@ -270,15 +279,40 @@ class Story:
         never = [t["device_id"] for t in final["targets"] if t["state"] == "pending"]
         self.say(f"never offered 1.1.0: {', '.join(never) or 'none'}")
 
+    def device_lines(self, dev: Device) -> list[str]:
+        """What happened on one device, with the figures it measured itself."""
+        from agent.state import DeviceState
+
+        state = DeviceState(dev.state_dir)
+        release = state.active_release(CHANNEL)
+        lines = [f"{dev.device_id} [{dev.via}] serves {CHANNEL} "
+                 f"{release.version if release else 'nothing'}"]
+        if release is not None:
+            for t in release.report().get("tests", []):
+                a, lat, mem = t["agreement"], t["latency_ms"], t["memory_mb"]
+                lines.append(
+                    f"  smoke test here: cosine {a['min_cosine']:.4f}, top-1 "
+                    f"{a['top1_agreement']:.0%} vs float reference, p95 {lat['p95']:.3f} ms "
+                    f"(budget {lat['budget_p95']} ms), memory +{mem['peak_growth']:.1f} MiB "
+                    f"(budget {mem['budget']} MiB), {t['runtime']} {t['runtime_version']}"
+                )
+        served, correct = dev.step6
+        lines.append(f"  served {served} predictions in step 6, "
+                     f"{correct / max(1, served):.1%} correct")
+        history = self.r.json("satchel-agent", "--state-dir", str(dev.state_dir), "history")
+        for entry in history:
+            if entry["event"] == "rolled-back":
+                lines.append(f"  rolled back at {entry['time']}: {entry['reason']}")
+        return lines
+
     def summary(self, keep: bool) -> None:
-        self.step("Summary")
+        self.step("Summary: what happened on each device")
         for dev in self.devices:
-            st = self.r.json("satchel-agent", "--state-dir", str(dev.state_dir), "status")
-            ch = st["channels"].get(CHANNEL, {})
-            active = ch.get("active") or {}
-            kept = ", ".join(r["version"] for r in ch.get("releases", []))
-            self.say(f"{dev.device_id} [{dev.via}] serves {CHANNEL} {active.get('version')} "
-                     f"(kept: {kept}; state {ch.get('state')})")
+            for line in self.device_lines(dev):
+                self.say(line)
+        self.say(f"deployment {self.facts['deployment_1']}: classifier 1.0.0 completed on 3 of 3")
+        self.say(f"deployment {self.facts['deployment_2']}: classifier 1.1.0 halted by itself: "
+                 f"{self.facts['halt_reason']}")
         user, password = self.facts["login"]
         print(f"\nDashboard: {self.facts['manager_url']}/  login {user} / {password}")
         print(f"Everything the demo made is in {self.out}/ (logs: *.log)")
