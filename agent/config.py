@@ -48,6 +48,11 @@ class AgentConfig:
     max_bundle_bytes: int = 8 * 1024**3  # bytes of one downloaded or copied bundle
     download_chunk_bytes: int = 256 * 1024  # bytes read from the network or a stick per step
     download_stalls: int = 8  # download attempts in a row that add no byte before giving up
+    download_min_bytes_per_s: int = 16 * 1024  # bytes/s: a download slower than this on
+    # average (after the grace time) is given up, so a server trickling bytes cannot hold
+    # the agent (slow retrieval); it resumes at the next check-in
+    download_grace_s: float = 60.0  # seconds a download may take whatever its size
+    answer_deadline_s: float = 120.0  # seconds to read a whole JSON answer or trust root
     progress_log_s: float = 5.0  # seconds between progress lines of a download in the log
     # --- the durable event queue (agent.events) ---
     event_queue_max_events: int = 10_000  # events kept while undelivered; oldest dropped first
@@ -58,6 +63,8 @@ class AgentConfig:
     usb_plans_remembered: int = 256  # plan ids kept as done, so a stick is processed once
     # --- the service (agent.service) ---
     watchdog_fallback_s: float = 1.0  # seconds between liveness checks without systemd
+    health_sample_interval_s: float = 300.0  # seconds between `health` events per serving
+    # release (the dashboard's charts); 288 a day, so a month offline fits the event queue
 
 
 DEFAULT_CONFIG = AgentConfig()

@@ -23,6 +23,7 @@ from agent import sdnotify
 from agent.checkin import CheckinLoop
 from agent.config import DEFAULT_CONFIG, AgentConfig
 from agent.events import EventQueue
+from agent.health_samples import HealthSampler
 from agent.installer import recover
 from agent.server import DEFAULT_CONFIG as DEFAULT_SERVER_CONFIG
 from agent.server import (
@@ -112,6 +113,9 @@ class AgentService:
         )
         sink.on_event = self.checkin.wake
         self._spawn("checkin", self.checkin.run)
+        sampler = HealthSampler(server.book.all_totals, self.events)
+        self._spawn("health-samples", lambda: sampler.run(
+            self.config.health_sample_interval_s, self.stopping))
         if self.usb_roots:
             self.usb = UsbWatcher(self.state_dir, self.usb_roots, self.events,
                                   server.book.totals, self.stopping, config=self.config)

@@ -19,7 +19,10 @@ from manager.demo.model import make_models
 from manager.demo.procs import DemoError, Runner, free_port, wait_for, wait_http
 
 CHANNEL, CLASS = "classifier", "cam-v2"
-AGENT_ENV = {"SATCHEL_AGENT_POLL_S": "0.5"}  # check in every half second, for the demo
+AGENT_ENV = {  # for the demo: check in every half second, a health sample every second
+    "SATCHEL_AGENT_POLL_S": "0.5",
+    "SATCHEL_AGENT_HEALTH_SAMPLE_INTERVAL_S": "1",
+}
 PROBATION_S = "4"  # seconds a new release is watched before it counts as a success
 PROBATION_WAIT_S = 5.0  # seconds between a USB device's install visit and its next visit
 

@@ -470,8 +470,14 @@ class DevicePage:
 
 def flatten_figures(figures: Any) -> list[tuple[str, str]]:
     """Nested figures (dicts, lists of per-model dicts) as (label, value) pairs, labels
-    joined from the keys, numbers to 4 significant digits; at most MAX_FIGURES pairs."""
+    joined from the keys, numbers to 4 significant digits; at most MAX_FIGURES pairs.
+
+    Where an event carries headline figures beside the full per-test report (`tests`, as the
+    agent's smoke_test events do), only the headline is shown: it already holds the worst
+    value of every figure, and the full report stays in the stored event."""
     out: list[tuple[str, str]] = []
+    if isinstance(figures, dict) and "tests" in figures and len(figures) > 1:
+        figures = {k: v for k, v in figures.items() if k != "tests"}
 
     def walk(value: Any, label: str) -> None:
         if len(out) >= MAX_FIGURES:

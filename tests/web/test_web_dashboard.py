@@ -127,10 +127,11 @@ def test_figures_are_flattened_into_labelled_values() -> None:
         "tests": [{"model": "main", "latency_ms": {"p95": 1.23456}, "agreement": {"cosine": 1}}],
         "note": "ok",
     }
-    assert dashboard.flatten_figures(figures) == [
-        ("passed", "yes"),
+    # Beside headline figures, the full per-test report is not repeated...
+    assert dashboard.flatten_figures(figures) == [("passed", "yes"), ("note", "ok")]
+    # ...but alone it is flattened with labels joined from the keys.
+    assert dashboard.flatten_figures({"tests": figures["tests"]}) == [
         ("tests main latency ms p95", "1.235"),
         ("tests main agreement cosine", "1"),
-        ("note", "ok"),
     ]
     assert dashboard.flatten_figures(None) == []
