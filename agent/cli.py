@@ -241,9 +241,9 @@ def history_command(obj: CliContext, channel: str | None, limit: int, as_json: b
         _echo_json(events)
         return
     for e in events:
-        what = " ".join(str(e[k]) for k in ("channel", "version") if k in e)
+        words = [str(e[k]) for k in ("time", "event", "channel", "version") if e.get(k)]
         reason = f": {e['reason']}" if e.get("reason") else ""
-        click.echo(f"{e['time']} {e['event']} {what}{reason}")
+        click.echo(" ".join(words) + reason)
 
 
 # --- the manager, sticks and the service (agent.client, agent.usb, agent.service) -----------
