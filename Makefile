@@ -30,7 +30,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bundles agent manager tests bench
-	$(VENV)/bin/mypy bundles
+	$(VENV)/bin/mypy bundles agent manager
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

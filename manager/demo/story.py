@@ -203,7 +203,8 @@ class Story:
         usb_trips: list[float] = []
         last = ""
 
-        def progressed() -> bool:
+        def progressed() -> dict[str, Any] | None:
+            """The deployment's final status once it has ended, else None."""
             nonlocal last
             st = self.deploy_status(dep_id)
             waves = " | ".join(
@@ -225,7 +226,7 @@ class Story:
                 usb_trips.append(time.monotonic())
             for dev in self.devices:  # live traffic, so health is judged on real samples
                 self.traffic(dev, 12)
-            return st["state"] in ("completed", "halted", "aborted") and st
+            return st if st["state"] in ("completed", "halted", "aborted") else None
 
         final = wait_for("the first rollout to complete", progressed, timeout=90, interval=0.5)
         if final["state"] != "completed":
