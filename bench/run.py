@@ -103,11 +103,71 @@ def render_install(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_hotswap(r: dict[str, Any]) -> list[str]:
+    g, sw, br = r["goals"], r["swap"], r["breach"]
+    lines = [
+        "## Hot swap and health rollback on the device (issue 5)",
+        "",
+        f"`python -m bench.bench_hotswap`: {r['model']}; steady predict load from client "
+        f"threads while {sw['swaps']} releases are installed by the CLI in its own process.",
+        "",
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| failed requests during swaps | **{g['failed_requests_during_swaps']['value']}** "
+        f"of {sw['during_swaps']['requests']} | 0 |",
+        f"| longest pause between responses during swaps | "
+        f"**{_f(g['longest_pause_ms']['value'], 1)} ms** (no swap: "
+        f"{_f(sw['baseline_no_swap']['longest_gap_ms'], 1)} ms) | < 50 ms |",
+        f"| health breach -> previous release serving | median "
+        f"{_f(br['breach_to_previous_serving_ms_median'], 0)} ms, **max "
+        f"{_f(br['breach_to_previous_serving_ms_max'], 0)} ms** over {br['repeats']} | < 1 s |",
+        f"| release load + warm-up | {_f(sw['release_load_and_warmup_ms_median'], 1)} ms "
+        "(median) | |",
+    ]
+    over = r["overhead"]
+    base = over["in_process_us"]
+    lines += [
+        "",
+        f"Per-request overhead of the server against calling the runtime in-process "
+        f"({_f(base['median'], 1)} us median), {over['requests']} requests from "
+        f"{over['client']}:",
+        "",
+        "| transport | round trip median | overhead median | overhead p95 |",
+        "|---|---|---|---|",
+    ]
+    for name, v in over.items():
+        if isinstance(v, dict) and "overhead_median_us" in v:
+            lines.append(
+                f"| {name} | {_f(v['round_trip_median_us'], 0)} us | "
+                f"{_f(v['overhead_median_us'], 0)} us | {_f(v['overhead_p95_us'], 0)} us |"
+            )
+    return lines
+
+
+def render_checkin(r: dict[str, Any]) -> list[str]:
+    return [
+        "## Manager check-ins (issue 4)",
+        "",
+        "`python -m bench.bench_checkin`: the real `satchel serve` under load from a separate "
+        "process simulating many enrolled devices. Goal: >= 1,700 check-ins/s with p99 < "
+        "200 ms on PostgreSQL.",
+        "",
+        "```json",
+        json.dumps(r, indent=2),
+        "```",
+    ]
+
+
 def render_generic(name: str, r: dict[str, Any]) -> list[str]:
     return [f"## {name}", "", "```json", json.dumps(r, indent=2), "```"]
 
 
-RENDERERS = {"bundle": render_bundle, "install": render_install}
+RENDERERS = {
+    "bundle": render_bundle,
+    "install": render_install,
+    "hotswap": render_hotswap,
+    "checkin": render_checkin,
+}
 
 
 def render(results: dict[str, dict[str, Any]]) -> str:
