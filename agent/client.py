@@ -24,13 +24,14 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from agent.config import DEFAULT_CONFIG, AgentConfig
 from agent.errors import (
@@ -277,7 +278,8 @@ class ManagerClient:
         """Fetch the offered bundle into `directory`, resuming across interruptions, and
         check its size and sha256. Raises DownloadError (the file is not what was
         announced; the partial file is removed), ManagerUnreachableError (gave up after
-        `download_stalls` tries in a row without progress; the partial file is kept for
+        `download_stalls` tries in a row without progress, or past the time
+        `download_grace_s` + size / `download_min_bytes_per_s`; the partial file is kept for
         the next try), CredentialRejectedError, ManagerRefusedError, OSError (disk)."""
         if not 0 < offer.size <= self.config.max_bundle_bytes:
             raise DownloadError(f"bundle {offer.channel} {offer.version} is announced as "
@@ -292,17 +294,28 @@ class ManagerClient:
         progress = _Progress(offer, self.config.progress_log_s)
         backoff = Backoff(self.config)
         stalls = resumes = 0
+        deadline = started + self.config.download_grace_s + (
+            offer.size / self.config.download_min_bytes_per_s)
         while (have := _size(part)) < offer.size:
+            if time.monotonic() > deadline:
+                raise ManagerUnreachableError(
+                    f"download of {offer.channel} {offer.version} is too slow: {have} of "
+                    f"{offer.size} bytes in {time.monotonic() - started:.0f} s (under "
+                    f"{self.config.download_min_bytes_per_s} bytes/s); it resumes later"
+                )
             if have:
                 resumes += 1
                 log.info("resuming %s %s at byte %d of %d", offer.channel, offer.version,
                          have, offer.size)
             received = progress.received
             try:
-                self._fetch_part(offer, part, have, progress)
+                self._fetch_part(offer, part, have, progress, deadline)
                 break  # the answer ended cleanly: the manager has sent all it has
             except ManagerUnreachableError as e:
                 error = e
+            except DownloadError:
+                part.unlink(missing_ok=True)  # more than announced: none of it is kept
+                raise
             if progress.received > received:
                 stalls = 0
                 backoff.reset()
@@ -323,7 +336,8 @@ class ManagerClient:
 
     # --- downloads ----------------------------------------------------------------------
 
-    def _fetch_part(self, offer: Offer, part: Path, have: int, progress: _Progress) -> None:
+    def _fetch_part(self, offer: Offer, part: Path, have: int, progress: _Progress,
+                    deadline: float) -> None:
         headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
@@ -339,18 +353,19 @@ class ManagerClient:
                     raise ManagerUnreachableError(
                         f"the manager resumed at byte {start}, not {have}"
                     )
-            self._write_body(response, part, start, offer, progress)
+            self._write_body(response, part, start, offer, progress, deadline)
 
     def _write_body(
         self, response: requests.Response, part: Path, start: int, offer: Offer,
-        progress: _Progress,
+        progress: _Progress, deadline: float,
     ) -> None:
         written = start
         with open(part, "r+b" if start else "wb") as out:
             out.truncate(start)
             out.seek(start)
             try:
-                for chunk in response.iter_content(self.config.download_chunk_bytes):
+                for chunk in _read_chunks(response, self.config.download_chunk_bytes,
+                                          deadline, "download"):
                     written += len(chunk)
                     if written > offer.size:
                         raise DownloadError(
@@ -359,9 +374,8 @@ class ManagerClient:
                         )
                     out.write(chunk)
                     progress.update(written, len(chunk))
-            except requests.RequestException as e:
-                raise ManagerUnreachableError(f"download cut at byte {written}: "
-                                              f"{_short(e)}") from e
+            except _ReadError as e:
+                raise ManagerUnreachableError(f"download cut at byte {written}: {e}") from e
             finally:
                 out.flush()
                 os.fsync(out.fileno())
@@ -429,7 +443,8 @@ class ManagerClient:
     def _refusal(self, response: requests.Response, what: str,
                  credential_error: bool) -> Exception:
         status = response.status_code
-        message = _error_message(response, self.config.max_answer_bytes)
+        message = _error_message(response, self.config.max_answer_bytes,
+                                 time.monotonic() + self.config.answer_deadline_s)
         text = f"{what}: the manager answered {status}: {message}"
         if status >= 500 or status in (408, 429):
             return ManagerUnreachableError(text)
@@ -452,16 +467,17 @@ class ManagerClient:
 
     def _body(self, response: requests.Response, what: str) -> bytes:
         limit = self.config.max_answer_bytes
+        deadline = time.monotonic() + self.config.answer_deadline_s
         chunks, total = [], 0
         try:
-            for chunk in response.iter_content(64 * 1024):
+            for chunk in _read_chunks(response, 64 * 1024, deadline, what):
                 total += len(chunk)
                 if total > limit:
                     raise ManagerRefusedError(f"{what}: answer larger than {limit} bytes",
                                               response.status_code)
                 chunks.append(chunk)
-        except requests.RequestException as e:
-            raise ManagerUnreachableError(f"{what}: answer cut short: {_short(e)}") from e
+        except _ReadError as e:
+            raise ManagerUnreachableError(f"{what}: answer cut short: {e}") from e
         return b"".join(chunks)
 
 
@@ -507,9 +523,36 @@ def _range_start(content_range: str) -> int:
     return int(match.group(1))
 
 
-def _error_message(response: requests.Response, limit: int) -> str:
+class _ReadError(Exception):
+    """Reading an answer failed (cut, timed out, past its deadline); one line."""
+
+
+def _read_chunks(response: requests.Response, size: int, deadline: float,
+                 what: str) -> Iterator[bytes]:
+    """The body of `response` in chunks of at most `size` bytes, until its end. Each chunk is
+    one read of the connection (`read1`), so a server trickling bytes cannot keep one read
+    from returning, and the whole answer must arrive before `deadline` (time.monotonic()).
+    Raises _ReadError."""
+    while True:
+        if time.monotonic() > deadline:
+            raise _ReadError(f"{what} too slow: not finished in time")
+        try:
+            chunk = response.raw.read1(size, decode_content=True)
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
+            raise _ReadError(_short(e)) from e
+        if not chunk:
+            return
+        yield chunk
+
+
+def _error_message(response: requests.Response, limit: int, deadline: float) -> str:
+    cap = min(limit, 64 * 1024)
     try:
-        raw = response.raw.read(min(limit, 64 * 1024), decode_content=True)
+        raw = b""
+        for chunk in _read_chunks(response, cap, deadline, "error"):
+            raw += chunk
+            if len(raw) >= cap:
+                break
         doc = json.loads(raw)
         return str(doc["error"]["message"])
     except Exception:  # noqa: BLE001 - the status alone still says what happened
@@ -518,7 +561,7 @@ def _error_message(response: requests.Response, limit: int) -> str:
 
 def _short(e: Exception) -> str:
     """One line for a requests/urllib3 error (they nest their causes verbosely)."""
-    if isinstance(e, requests.Timeout):
+    if isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError)):
         return "timed out"
     text = str(e)
     found = _ERRNO_RE.search(text)

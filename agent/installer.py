@@ -66,7 +66,7 @@ from agent.state import (
 from bundles.errors import BundleError
 from bundles.reader import VerifiedBundle, verify_bundle
 from bundles.timeutil import format_time, parse_time, utcnow
-from bundles.trust import Root, load_root
+from bundles.trust import Root, check_root_expiry, load_root
 
 FactsSource = Callable[[DeviceState], DeviceFacts]
 
@@ -92,7 +92,8 @@ def install(
     """Verify, check, unpack, smoke-test and activate the bundle at `bundle_path`.
 
     On any refusal the device is left as it was (the refusal is recorded in the history).
-    Raises BundleError subclasses (format, trust, payload), BundleFileError, ExpiredError,
+    Raises BundleError subclasses (format, trust, payload), BundleFileError, ExpiredError
+    (the manifest, or the trust root itself),
     SequenceRollbackError, IncompatibleError subclasses, SmokeTestFailedError,
     NotInitializedError, LockBusyError, StateCorruptError; OSError on a failing disk.
     """
@@ -173,7 +174,11 @@ def _load_root(layout: Layout) -> Root:
 
 def _verify(f: BinaryIO, layout: Layout, facts: DeviceFacts) -> VerifiedBundle:
     now, not_before = expiry_clock(facts)
-    return verify_bundle(f, _load_root(layout), now, not_before=not_before)
+    root = _load_root(layout)
+    # A root past its expiry may be what an attacker keeps serving to freeze the device on
+    # old keys: nothing is installed until a newer root.json arrives (judged like manifests).
+    check_root_expiry(root, max(now, not_before) if not_before is not None else now)
+    return verify_bundle(f, root, now, not_before=not_before)
 
 
 def _install_locked(

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import stat
 import threading
 import uuid
 from collections.abc import Iterable
@@ -258,14 +259,20 @@ def copy_from_stick(
 
 def _copy(source: Path, part: Path, limit: int, chunk_bytes: int) -> int:
     """Copy at most limit + 1 bytes (enough to see a file that is too long). Returns bytes
-    copied. Raises StickError for a read error of the stick."""
+    copied. Raises StickError for a read error of the stick, _CopyMismatch when `source` is
+    not a regular file (a FIFO or a device could block forever or never end)."""
     copied = 0
     with open(part, "wb") as out:
         try:
-            src = open(source, "rb")  # noqa: SIM115 - closed below
+            # O_NONBLOCK: opening a FIFO waits for a writer that may never come
+            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:
             raise StickError(f"cannot open {source} on the stick: {e.strerror}") from e
+        src = os.fdopen(fd, "rb")
         with src:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device: endless or stuck
+                raise _CopyMismatch(f"{source.name} on the stick is not a regular file; "
+                                    "nothing installed from it")
             while copied <= limit:
                 try:
                     chunk = src.read(min(chunk_bytes, limit + 1 - copied))

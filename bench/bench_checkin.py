@@ -1,24 +1,23 @@
 """Check-in throughput of the real manager: `satchel serve` under load from another process.
 
-    python -m bench.bench_checkin --db sqlite|postgres --devices N --seconds S
+    python -m bench.bench_checkin --db sqlite|postgres [--devices N] [--seconds S] [--json]
 
-Sets up a throwaway data dir (and, for PostgreSQL, a private cluster unless
-SATCHEL_BENCH_PG_URL is given), migrates it, registers N devices with credentials in bulk,
-stores a bundle and deploys it to every device (so each check-in evaluates a deployment
-target), starts `satchel serve` (several worker processes on PostgreSQL), then a separate
-load-generator process keeps `--concurrency` keep-alive HTTP connections busy, each device
-checking in with its status and health (a fraction with new events). Prints one JSON object:
-check-ins/s, p50/p90/p99 latency, errors, and the setup.
+Sets up a throwaway data dir (and, for PostgreSQL, a private cluster with default durability
+unless SATCHEL_BENCH_PG_URL is given), migrates it, registers N devices with credentials in
+bulk as a settled fleet (each has checked in before), stores a bundle and deploys it to every
+device (so each check-in evaluates a deployment target and is offered the bundle), starts
+`satchel serve`, then a separate load generator (wrk when installed: `apt-get install wrk`;
+else Python asyncio) keeps `--concurrency` keep-alive connections busy, each device checking
+in with its status and health, a fraction with a new health event. Prints one JSON object:
+check-ins/s, p50/p90/p99 latency, errors, the CPU each part used per check-in, and the setup.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing
 import os
-import random
+import re
 import shutil
 import signal
 import subprocess
@@ -29,12 +28,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-WARMUP_S = 2.0  # seconds of load before measuring
+from bench import checkin_load as load
+
+WARMUP_S = 3.0  # seconds of load before measuring
+START_TIMEOUT_S = 60.0  # seconds the manager gets to start listening
 PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
 
-def _pg_cluster(tmp: Path) -> tuple[str, list[str]]:
-    """Start a private PostgreSQL on a Unix socket in `tmp`; return (url, stop command)."""
+def _pg_cluster(tmp: Path, synchronous_commit: str) -> tuple[str, list[str]]:
+    """Start a private PostgreSQL on a Unix socket in `tmp`; return (url, stop command).
+    Durability is PostgreSQL's default (fsync on) unless `synchronous_commit` is "off"."""
     import glob
 
     bindir = Path(sorted(glob.glob(PG_BIN_GLOB))[-1])
@@ -57,7 +60,10 @@ def _pg_cluster(tmp: Path) -> tuple[str, list[str]]:
         check=True,
         capture_output=True,
     )
-    opts = f"-k {tmp} -c listen_addresses='' -c max_connections=300 -c shared_buffers=256MB"
+    opts = (
+        f"-k {tmp} -c listen_addresses='' -c max_connections=300 -c shared_buffers=256MB "
+        f"-c synchronous_commit={synchronous_commit}"
+    )
     subprocess.run(
         [
             *as_pg,
@@ -114,8 +120,8 @@ def setup(data_dir: Path, url: str, devices: int) -> list[tuple[str, str]]:
     from manager import db as database
     from manager.auth import DEVICE, hash_token, new_token
     from manager.config import load_config
-    from manager.models import Device
-    from manager.services import bundles, deployments, trust
+    from manager.models import Device, DeviceChannel
+    from manager.services import bundles, checkin, deployments, trust
     from manager.services.deployments import Selectors
     from manager.store import BundleStore
 
@@ -129,21 +135,44 @@ def setup(data_dir: Path, url: str, devices: int) -> list[tuple[str, str]]:
     db.run(lambda s: trust.import_roots(s, [root_json]))
     creds = [(f"dev-{i:06d}", new_token(DEVICE)) for i in range(devices)]
     pub = SigningKey.generate().public.raw.hex()
-    rows = [
-        {
-            "id": d,
-            "device_class": "edge-box",
-            "arch": "x86_64",
-            "agent_version": "0.1.0",
-            "public_key": pub,
-            "token_hash": hash_token(t),
-            "enrolled_at": now,
-        }
-        for d, t in creds
-    ]
+    rows, channels = [], []
+    for d, t in creds:
+        # a settled fleet: each device has checked in before with the state it sends now
+        report = checkin.parse_report(checkin_body(d), d, 1)
+        rows.append(
+            {
+                "id": d,
+                "device_class": "edge-box",
+                "arch": "x86_64",
+                "agent_version": "0.1.0",
+                "public_key": pub,
+                "token_hash": hash_token(t),
+                "enrolled_at": now,
+                "last_seen_at": now,
+                "last_via": "lan",
+                "state_at": now,
+                "status": report.status,
+                "health": report.health,
+                "trust_root_version": 1,
+                "state_digest": report.state_digest,
+            }
+        )
+        channels += [
+            {
+                "device_id": d,
+                "channel": name,
+                "active_version": ch.active_version,
+                "active_sequence": ch.active_sequence,
+                "state": ch.state,
+                "updated_at": now,
+            }
+            for name, ch in report.channels.items()
+        ]
     with db.transaction() as s:
         for i in range(0, len(rows), 5000):
             s.execute(sa.insert(Device), rows[i : i + 5000])
+        for i in range(0, len(channels), 5000):
+            s.execute(sa.insert(DeviceChannel), channels[i : i + 5000])
     bundle_path = data_dir / "b.satchel"
     _bundle(bundle_path, signing)
     store = BundleStore(config.store_dir)
@@ -154,132 +183,83 @@ def setup(data_dir: Path, url: str, devices: int) -> list[tuple[str, str]]:
     return creds
 
 
-def _requests(host: str, port: int, creds: list[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
-    """Per device: the HTTP request head (without Content-Length) and a body template."""
-    out = []
-    for device_id, token in creds:
-        status = {
-            "device_id": device_id,
-            "device_class": "edge-box",
-            "channels": {
-                "vision": {
-                    "active": {"version": "0.9.0", "sequence": 0},
-                    "releases": [{"version": "0.9.0", "sequence": 0}],
-                    "state": "active",
-                }
-            },
-        }
-        body = {
-            "agent_version": "0.1.0",
-            "trust_root_version": 1,
-            "status": status,
-            "health": {"vision": {"count": 1000, "errors": 0, "nan": 0, "p95_ms": 3.5}},
-            "events": [],
-        }
-        head = (
-            f"POST /api/v1/devices/{device_id}/checkin HTTP/1.1\r\nHost: {host}:{port}\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-        )
-        out.append((head.encode(), json.dumps(body).encode()))
-    return out
-
-
-async def _connection(
-    host: str,
-    port: int,
-    reqs: list[tuple[bytes, bytes]],
-    order: list[int],
-    start: int,
-    measure_from: float,
-    deadline: float,
-    event_ratio: float,
-    lat: list[float],
-    stats: dict[str, int],
-) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
-    rng = random.Random(start)
-    i = start
-    while True:
-        now = time.perf_counter()
-        if now >= deadline:
-            break
-        head, body = reqs[order[i % len(order)]]
-        i += 1
-        if event_ratio and rng.random() < event_ratio:
-            ev = {
-                "id": f"bench-{start}-{i}",
-                "kind": "heartbeat",
-                "time": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+def checkin_body(device_id: str) -> dict[str, Any]:
+    """What a settled device sends: an older release of the channel being deployed, healthy."""
+    status = {
+        "device_id": device_id,
+        "device_class": "edge-box",
+        "channels": {
+            "vision": {
+                "active": {"version": "0.9.0", "sequence": 0},
+                "releases": [{"version": "0.9.0", "sequence": 0}],
+                "state": "active",
             }
-            body = body.replace(b'"events": []', b'"events": [' + json.dumps(ev).encode() + b"]")
-        t0 = time.perf_counter()
-        writer.write(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        status = await reader.readline()
-        length = 0
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
-        t1 = time.perf_counter()
-        if t0 >= measure_from:
-            lat.append(t1 - t0)
-            key = "ok" if status.split(b" ")[1] == b"200" else "errors"
-            stats[key] = stats.get(key, 0) + 1
-    writer.close()
+        },
+    }
+    return {
+        "agent_version": "0.1.0",
+        "trust_root_version": 1,
+        "status": status,
+        "health": {"vision": {"count": 1000, "errors": 0, "nan": 0, "p95_ms": 3.5}},
+        "events": [],
+    }
 
 
-def loadgen(
-    host: str,
-    port: int,
-    creds: list[tuple[str, str]],
+def _start_server(
+    data_dir: Path, url: str, args: argparse.Namespace, workers: int
+) -> tuple[subprocess.Popen[str], str, str]:
+    """`satchel serve` on a free port of 127.0.0.1; return (process, base URL, server name)."""
+    env = {
+        **os.environ,
+        "SATCHEL_DATABASE_URL": url,
+        "SATCHEL_LOG_REQUESTS": "false",
+        "SATCHEL_SERVER": args.server,
+        "SATCHEL_DB_POOL_SIZE": str(args.threads),
+    }
+    cmd = [
+        str(Path(sys.executable).with_name("satchel")),
+        "--data-dir",
+        str(data_dir),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(args.threads),
+    ]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+    line = server.stdout.readline() if server.stdout else ""
+    found = re.search(r"listening on (http://[\d.]+:\d+) .*?, (\w+), database", line)
+    if found is None:
+        server.kill()
+        raise SystemExit(f"manager did not start: {line!r}")
+    return server, found.group(1), found.group(2)
+
+
+def _drive(
+    base_url: str,
+    requests_file: Path,
+    checkins: list[tuple[str, str, dict[str, Any]]],
+    args: argparse.Namespace,
     seconds: float,
-    concurrency: int,
-    event_ratio: float,
-    out: Any,
-) -> None:
-    """Run in its own process: drive check-ins, put {"latencies", "ok", "errors"} on `out`."""
-    reqs = _requests(host, port, creds)
-    order = list(range(len(reqs)))
-    random.Random(1).shuffle(order)
-    lat: list[float] = []
-    stats: dict[str, int] = {}
-
-    async def main() -> None:
-        t = time.perf_counter()
-        measure_from, deadline = t + WARMUP_S, t + WARMUP_S + seconds
-        step = max(1, len(order) // concurrency)
-        await asyncio.gather(
-            *(
-                _connection(
-                    host,
-                    port,
-                    reqs,
-                    order,
-                    k * step,
-                    measure_from,
-                    deadline,
-                    event_ratio,
-                    lat,
-                    stats,
-                )
-                for k in range(concurrency)
-            )
+    tag: str,
+) -> dict[str, Any]:
+    if args.loadgen == "wrk":
+        return load.run_wrk(
+            base_url, requests_file, seconds, args.concurrency, args.event_ratio, tag
         )
-
-    asyncio.run(main())
-    out.put({"latencies": lat, **stats})
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+    host, port = base_url.split("//")[1].rsplit(":", 1)
+    return load.run_python(
+        host, int(port), checkins, seconds, args.concurrency, args.event_ratio, tag
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if args.loadgen == "auto":
+        args.loadgen = "wrk" if load.wrk_available() else "python"
     tmp = Path(tempfile.mkdtemp(prefix="satchel-bench-"))
     stop_pg: list[str] | None = None
     pgdir = tmp
@@ -290,70 +270,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             url = os.environ.get("SATCHEL_BENCH_PG_URL", "")
             if not url:
                 pgdir = Path(tempfile.mkdtemp(prefix="satchel-bench-pg-"))
-                url, stop_pg = _pg_cluster(pgdir)
+                url, stop_pg = _pg_cluster(pgdir, args.pg_synchronous_commit)
         data_dir = tmp / "data"
         creds = setup(data_dir, url, args.devices)
-        workers = args.workers or (2 if args.db == "postgres" else 1)
-        env = {
-            **os.environ,
-            "SATCHEL_DATABASE_URL": url,
-            "SATCHEL_LOG_REQUESTS": "false",
-            "SATCHEL_DB_POOL_SIZE": str(args.threads),
-        }
-        server = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("satchel")),
-                "--data-dir",
-                str(data_dir),
-                "serve",
-                "--port",
-                "0",
-                "--workers",
-                str(workers),
-                "--threads",
-                str(args.threads),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
+        checkins = [(d, t, checkin_body(d)) for d, t in creds]
+        requests_file = tmp / "checkins.tsv"
+        load.write_requests(requests_file, checkins)
+        workers = args.workers or 2
+        server, base_url, args.server = _start_server(data_dir, url, args, workers)
+        _drive(base_url, requests_file, checkins, args, WARMUP_S, "warmup")
+        postmaster = int((pgdir / "pg" / "postmaster.pid").read_text().split()[0]) if stop_pg else 0
+        cpu0 = (
+            load.tree_cpu_s(server.pid),
+            load.tree_cpu_s(postmaster) if postmaster else 0.0,
+            load.children_cpu_s(),
+            load.machine_cpu_s(),
         )
-        line = server.stdout.readline() if server.stdout else ""
-        if "listening on" not in line:
-            raise SystemExit(f"manager did not start: {line!r}")
-        host, port = line.split("http://")[1].split()[0].rsplit(":", 1)
-        time.sleep(1.0)  # let every worker import and open its pool
-        queue: multiprocessing.Queue[Any] = multiprocessing.Queue()
-        proc = multiprocessing.Process(
-            target=loadgen,
-            args=(host, int(port), creds, args.seconds, args.concurrency, args.event_ratio, queue),
+        t0 = time.perf_counter()
+        result = _drive(base_url, requests_file, checkins, args, args.seconds, "measure")
+        elapsed = time.perf_counter() - t0
+        cpu1 = (
+            load.tree_cpu_s(server.pid),
+            load.tree_cpu_s(postmaster) if postmaster else 0.0,
+            load.children_cpu_s(),
+            load.machine_cpu_s(),
         )
-        proc.start()
-        result = queue.get(timeout=args.seconds + 120)
-        proc.join()
-        lat = sorted(result["latencies"])
-        ok, errors = result.get("ok", 0), result.get("errors", 0)
-        return {
-            "db": args.db,
-            "devices": args.devices,
-            "seconds": args.seconds,
-            "workers": workers,
-            "threads": args.threads,
-            "concurrency": args.concurrency,
-            "event_ratio": args.event_ratio,
-            "cores": os.cpu_count(),
-            "checkins": ok,
-            "errors": errors,
-            "checkins_per_s": round(ok / args.seconds, 1),
-            "p50_ms": round(_percentile(lat, 0.50) * 1000, 2),
-            "p90_ms": round(_percentile(lat, 0.90) * 1000, 2),
-            "p99_ms": round(_percentile(lat, 0.99) * 1000, 2),
-            "max_ms": round((lat[-1] if lat else float("nan")) * 1000, 2),
-        }
+        return _report(args, workers, result, elapsed, cpu0, cpu1, bool(postmaster))
     finally:
         if server is not None:
             server.send_signal(signal.SIGTERM)
             try:
-                server.wait(timeout=20)
+                server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
         if stop_pg:
@@ -362,26 +309,88 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _report(
+    args: argparse.Namespace,
+    workers: int,
+    r: dict[str, Any],
+    elapsed: float,
+    cpu0: tuple[Any, ...],
+    cpu1: tuple[Any, ...],
+    own_pg: bool,
+) -> dict[str, Any]:
+    total = r["requests"]
+    ok = total - r["non2xx"]
+    seconds = r["duration_us"] / 1e6
+
+    def per_checkin(i: int) -> float | None:
+        return round((cpu1[i] - cpu0[i]) / max(1, total) * 1000, 3)
+
+    busy = cpu1[3][0] - cpu0[3][0]
+    capacity = cpu1[3][1] - cpu0[3][1]
+    bench_cpu = sum(cpu1[i] - cpu0[i] for i in range(3))
+    return {
+        "db": args.db,
+        "postgres_synchronous_commit": args.pg_synchronous_commit
+        if args.db == "postgres"
+        else None,
+        "devices": args.devices,
+        "seconds": round(seconds, 2),
+        "server": {
+            "name": args.server,
+            "workers": workers,
+            "threads": args.threads,
+        },
+        "loadgen": {"name": args.loadgen, "connections": args.concurrency},
+        "event_ratio": args.event_ratio,
+        "cores": os.cpu_count(),
+        "checkins": ok,
+        "errors": r["non2xx"] + r["socket_errors"],
+        "checkins_per_s": round(ok / seconds, 1),
+        "p50_ms": round(r["p50_us"] / 1000, 2),
+        "p90_ms": round(r["p90_us"] / 1000, 2),
+        "p99_ms": round(r["p99_us"] / 1000, 2),
+        "max_ms": round(r["max_us"] / 1000, 2),
+        "cpu_ms_per_checkin": {
+            "server": per_checkin(0),
+            "postgres": per_checkin(1) if own_pg else None,
+            "loadgen": per_checkin(2),
+        },
+        # cores busy on the whole machine, and how many of them were not this benchmark
+        "machine_cores_busy": round(busy / elapsed, 2),
+        "other_cores_busy": round(max(0.0, busy - bench_cpu) / elapsed, 2),
+        "machine_cores": round(capacity / elapsed, 2),
+    }
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--db", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="server processes (default: 2 on PostgreSQL, 1 on SQLite)",
+        "--server", choices=("auto", "granian", "waitress"), default="auto", help="HTTP server"
     )
-    parser.add_argument("--threads", type=int, default=8, help="threads per server process")
+    parser.add_argument("--workers", type=int, default=0, help="server processes (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="threads per server process")
     parser.add_argument("--concurrency", type=int, default=32, help="open connections")
+    parser.add_argument(
+        "--loadgen", choices=("auto", "wrk", "python"), default="auto", help="load generator"
+    )
     parser.add_argument(
         "--event-ratio",
         type=float,
         default=0.1,
-        help="fraction of check-ins carrying one new event",
+        help="fraction of check-ins carrying one new health event",
     )
-    print(json.dumps(run(parser.parse_args()), indent=2))
+    parser.add_argument(
+        "--pg-synchronous-commit",
+        choices=("on", "off"),
+        default="on",
+        help="PostgreSQL durability of the private cluster (off: commits not waited for)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON line (default: indented)")
+    args = parser.parse_args()
+    print(json.dumps(run(args), indent=None if args.json else 2))
 
 
 if __name__ == "__main__":

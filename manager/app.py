@@ -61,9 +61,11 @@ def create_app(test_config: dict[str, Any] | None = None, config_file: Path | No
 
     from manager import metrics, web
     from manager.api import bp as api_bp
+    from manager.checkin_route import CheckinRoute
 
     app.register_blueprint(api_bp)
     app.register_blueprint(web.bp)
     app.register_blueprint(metrics.bp)
     metrics.instrument(app, log_requests=config.log_requests)
+    app.wsgi_app = CheckinRoute(app, app.wsgi_app)  # type: ignore[method-assign]
     return app

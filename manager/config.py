@@ -28,7 +28,8 @@ class ManagerConfig:
     database_url: str = ""  # empty = SQLite at DATA_DIR/satchel.db
     host: str = "127.0.0.1"
     port: int = 8400
-    workers: int = 1  # server processes sharing the listening socket
+    server: str = "auto"  # HTTP server: granian, waitress, or auto (granian when installed)
+    workers: int = 1  # server processes sharing the listening port
     threads: int = 8  # request threads per server process
     poll_interval_s: float = 60.0  # seconds between device check-ins, before jitter
     poll_jitter: float = 0.2  # +/- fraction of poll_interval_s added at random
@@ -44,6 +45,8 @@ class ManagerConfig:
     sqlite_busy_timeout_ms: int = 30_000  # milliseconds a writer waits for the SQLite lock
     db_pool_size: int = 10  # PostgreSQL connections kept per process
     db_max_overflow: int = 10  # extra PostgreSQL connections allowed under load
+    db_pool_recycle_s: int = 3600  # seconds before a pooled PostgreSQL connection is renewed
+    checkin_fast_path: bool = True  # unchanged check-ins take one round trip (checkin_fast)
     db_retries: int = 3  # attempts of a transaction that hit a deadlock or serialization error
     deploy_success_ratio: float = 0.95  # default fraction of a wave that must be healthy
     deploy_max_failure_ratio: float = 0.10  # default failed/released fraction that halts
@@ -142,6 +145,8 @@ def _check(config: ManagerConfig) -> None:
         raise UsageError("poll_interval_s must be > 0 and poll_jitter in [0, 1)")
     if config.workers < 1 or config.threads < 1:
         raise UsageError("workers and threads must be at least 1")
+    if config.server not in ("auto", "granian", "waitress"):
+        raise UsageError("server must be granian, waitress or auto")
     if not 0 < config.deploy_success_ratio <= 1 or not 0 <= config.deploy_max_failure_ratio < 1:
         raise UsageError(
             "deploy_success_ratio must be in (0, 1], deploy_max_failure_ratio in [0, 1)"

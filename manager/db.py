@@ -53,23 +53,32 @@ def _sqlite_setup(engine: sa.Engine, busy_timeout_ms: int) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(config: ManagerConfig) -> sa.Engine:
-    """Create the engine for `config.url`; for SQLite, create the data directory first."""
+def make_engine(config: ManagerConfig, autocommit: bool = False) -> sa.Engine:
+    """Create the engine for `config.url`; for SQLite, create the data directory first.
+    `autocommit` (PostgreSQL only): every statement is its own transaction."""
     url = normalize_url(config.url)
     if url.startswith("sqlite"):
         config.data_dir.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False})
         _sqlite_setup(engine, config.sqlite_busy_timeout_ms)
         return engine
+    # no pre-ping: it costs a round trip per request; a dropped connection is invalidated by
+    # the pool and the transaction retried (`Database.run`)
+    options: dict[str, Any] = {}
+    if autocommit:  # nothing to roll back when a connection returns to the pool
+        options = {"isolation_level": "AUTOCOMMIT", "pool_reset_on_return": None}
     return sa.create_engine(
         url,
         pool_size=config.db_pool_size,
         max_overflow=config.db_max_overflow,
-        pool_pre_ping=True,
+        pool_recycle=config.db_pool_recycle_s,
+        **options,
     )
 
 
 def _is_retryable(err: sa.exc.DBAPIError) -> bool:
+    if err.connection_invalidated:
+        return True
     code = getattr(err.orig, "sqlstate", None)
     return code in _RETRY_SQLSTATES
 
@@ -81,6 +90,7 @@ class Database:
         self.config = config
         self.engine = make_engine(config)
         self.sessions = so.sessionmaker(self.engine, expire_on_commit=False)
+        self._autocommit_engine: sa.Engine | None = None  # PostgreSQL, made on first use
 
     @property
     def is_sqlite(self) -> bool:
@@ -92,9 +102,24 @@ class Database:
         with self.sessions() as session, session.begin():
             yield session
 
+    @contextlib.contextmanager
+    def autocommit(self) -> Iterator[sa.Connection]:
+        """A Core connection for a short unit of work without the ORM: on PostgreSQL in
+        autocommit (each statement its own transaction: one round trip), on SQLite one
+        `BEGIN IMMEDIATE` transaction, committed at the end of the block."""
+        if self.is_sqlite:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        if self._autocommit_engine is None:  # a race here makes a spare engine, no harm
+            self._autocommit_engine = make_engine(self.config, autocommit=True)
+        with self._autocommit_engine.connect() as conn:
+            yield conn
+
     def run(self, work: Callable[[so.Session], T]) -> T:
-        """Run `work(session)` in a transaction, retrying it on deadlock or serialization
-        failure (PostgreSQL) up to `config.db_retries` times. Raises what `work` raises."""
+        """Run `work(session)` in a transaction, retrying it on deadlock, serialization
+        failure (PostgreSQL) or a dropped connection up to `config.db_retries` times.
+        Raises what `work` raises."""
         attempt = 0
         while True:
             try:
@@ -108,6 +133,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._autocommit_engine is not None:
+            self._autocommit_engine.dispose()
 
 
 # --- schema revisions ---------------------------------------------------------------------

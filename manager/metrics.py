@@ -141,7 +141,8 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
-def _access_logger() -> logging.Logger:
+def access_logger() -> logging.Logger:
+    """The structured request log (one JSON line per request on stderr)."""
     logger = logging.getLogger(ACCESS_LOGGER)
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -152,46 +153,73 @@ def _access_logger() -> logging.Logger:
     return logger
 
 
+def new_request_id(header: str | None) -> str:
+    """The caller's X-Request-Id, or a fresh one."""
+    return header or uuid.uuid4().hex[:16]
+
+
+def record_request(
+    metrics: Metrics,
+    logger: logging.Logger | None,
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    endpoint: str,
+    status: int,
+    elapsed: float,
+    size: int | None,
+    remote: str | None,
+    principal: str | None,
+) -> None:
+    """Count and time one request (`elapsed` in seconds); log it when `logger` is given."""
+    metrics.inc("satchel_http_requests_total", method=method, endpoint=endpoint, status=str(status))
+    metrics.observe(elapsed, endpoint=endpoint)
+    if logger is not None:
+        logger.info(
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "endpoint": endpoint,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+                "bytes": size,
+                "remote": remote,
+                "principal": principal,
+            },
+        )
+
+
 def instrument(app: Flask, log_requests: bool) -> None:
     """Count and time every request; log one JSON line per request when `log_requests`."""
     from manager.app import state
 
-    logger = _access_logger() if log_requests else None
+    logger = access_logger() if log_requests else None
 
     @app.before_request
     def _start() -> None:
         g.request_started = time.perf_counter()
-        g.request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex[:16]
+        g.request_id = new_request_id(request.headers.get("X-Request-Id"))
 
     @app.after_request
     def _finish(response: Response) -> Response:
         elapsed = time.perf_counter() - g.get("request_started", time.perf_counter())
-        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
-        m = state().metrics
-        m.inc(
-            "satchel_http_requests_total",
-            method=request.method,
-            endpoint=endpoint,
-            status=str(response.status_code),
-        )
-        m.observe(elapsed, endpoint=endpoint)
+        principal = g.get("principal")
+        who = None if principal is None else principal.device_id or f"admin:{principal.name}"
         response.headers["X-Request-Id"] = g.get("request_id", "")
-        if logger is not None:
-            principal = g.get("principal")
-            logger.info(
-                "request",
-                extra={
-                    "request_id": g.get("request_id"),
-                    "method": request.method,
-                    "path": request.path,
-                    "endpoint": endpoint,
-                    "status": response.status_code,
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "bytes": response.content_length,
-                    "remote": request.remote_addr,
-                    "principal": None
-                    if principal is None
-                    else principal.device_id or f"admin:{principal.name}",
-                },
-            )
+        record_request(
+            state().metrics,
+            logger,
+            request_id=g.get("request_id", ""),
+            method=request.method,
+            path=request.path,
+            endpoint=request.url_rule.rule if request.url_rule else "unmatched",
+            status=response.status_code,
+            elapsed=elapsed,
+            size=response.content_length,
+            remote=request.remote_addr,
+            principal=who,
+        )
         return response

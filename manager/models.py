@@ -105,6 +105,9 @@ class Device(Base):
     last_seen_at: so.Mapped[datetime | None]
     last_via: so.Mapped[str | None] = so.mapped_column(sa.String(8))  # "lan" | "usb"
     state_at: so.Mapped[datetime | None]  # device time of the newest state applied
+    # sha256 of the state applied (status, agent and trust root versions): an unchanged
+    # check-in is recognised by it without reading the status (manager/services/checkin_fast.py)
+    state_digest: so.Mapped[str | None] = so.mapped_column(sa.String(HASH_LEN))
     status: so.Mapped[dict[str, Any] | None]  # the agent's `status --json`
     health: so.Mapped[dict[str, Any] | None]  # channel -> health summary
     trust_root_version: so.Mapped[int | None]

@@ -10,7 +10,9 @@ from flask import request
 from bundles.canonical import decode_json
 from bundles.errors import MalformedJSONError
 from manager.app import state
-from manager.errors import InvalidRequestError, RequestTooLargeError
+from manager.errors import InvalidRequestError, NotFoundError, RequestTooLargeError
+
+MAX_ROW_ID = 2**31 - 1  # the largest id or version an INTEGER column holds on every database
 
 
 def now() -> datetime:
@@ -36,6 +38,14 @@ def json_body(required: bool = True) -> Any:
         return decode_json(data, "request body")
     except MalformedJSONError as e:
         raise InvalidRequestError(str(e)) from e
+
+
+def row_id(value: int, what: str) -> int:
+    """`value` as an id from a URL; no row has one beyond what the column holds (the database
+    would fail on it). Raises NotFoundError."""
+    if not 0 <= value <= MAX_ROW_ID:
+        raise NotFoundError(f"no {what} {value}")
+    return value
 
 
 def int_arg(name: str, default: int, low: int, high: int) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 from flask import Response, jsonify, request
 
 from manager.api import bp
-from manager.api.common import json_body, now
+from manager.api.common import json_body, now, row_id
 from manager.app import state
 from manager.auth import ADMIN, requires
 from manager.errors import InvalidRequestError
@@ -70,11 +70,13 @@ def list_deployments() -> Response:
 @bp.get("/deployments/<int:deployment_id>")
 @requires(ADMIN)
 def deployment_status(deployment_id: int) -> Response:
+    row_id(deployment_id, "deployment")
     t = now()
     return jsonify(state().db.run(lambda s: deployments.status(s, deployment_id, t)))
 
 
 def _transition(deployment_id: int, action: str) -> Response:
+    row_id(deployment_id, "deployment")
     t = now()
     reason = ""
     if action == "abort":

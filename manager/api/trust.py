@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Response, jsonify, request
 
 from manager.api import bp
+from manager.api.common import row_id
 from manager.app import state
 from manager.auth import ADMIN, DEVICE, requires
 from manager.errors import InvalidRequestError, NoTrustRootError
@@ -31,6 +32,7 @@ def trust_root() -> Response:
 @bp.get("/trust/roots/<int:version>.json")
 @requires(ADMIN, DEVICE)
 def trust_root_version(version: int) -> Response:
+    row_id(version, "trust root version")
     return Response(state().db.run(lambda s: trust.root_document(s, version)), mimetype=JSON)
 
 

@@ -7,6 +7,9 @@ id: re-delivering them (a retried check-in, a stick imported twice) records noth
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import random
 import re
 from dataclasses import dataclass
@@ -19,9 +22,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from bundles.manifest import CHANNEL_RE, SHA256_RE, VERSION_RE
 from manager.auth import DEVICE, hash_token, token_kind
+from manager.db import Database
 from manager.errors import AuthError, ForbiddenError, InvalidRequestError, NotFoundError
 from manager.models import Device, DeviceChannel, Event
-from manager.services import deployments, trust
+from manager.services import checkin_fast, deployments, trust
 from manager.services.bundles import download_url
 from manager.services.deployments import ChannelReport, ReportedEvent
 
@@ -66,6 +70,14 @@ class CheckinReport:
     agent_version: str | None = None
     trust_root_version: int | None = None
     sent_at: datetime | None = None  # device clock; orders reports that arrive out of order
+
+    @functools.cached_property
+    def state_digest(self) -> str:
+        """sha256 of the state this report applies: status, agent and trust root versions
+        (health is left out: its counters move at every check-in and cost nothing to write)."""
+        state = [self.status, self.agent_version, self.trust_root_version]
+        text = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _bad(msg: str) -> InvalidRequestError:
@@ -237,6 +249,7 @@ class CheckinResult:
     events_recorded: int
     events_duplicate: int
     state_applied: bool  # False when a newer state had already been recorded
+    fast: bool = False  # recorded by the fast path (see checkin_fast)
 
     def to_dict(self, poll_interval_s: float, now: datetime) -> dict[str, Any]:
         version = self.trust_root_version
@@ -264,7 +277,11 @@ def jittered(interval_s: float, jitter: float, rng: random.Random | None = None)
 
 
 def _insert_events(
-    session: so.Session, device_id: str, events: tuple[DeviceEvent, ...], via: str, now: datetime
+    db: so.Session | sa.Connection,
+    device_id: str,
+    events: tuple[DeviceEvent, ...],
+    via: str,
+    now: datetime,
 ) -> set[str]:
     """Insert events, skipping ids already recorded for this device; return the new ids."""
     if not events:
@@ -288,15 +305,15 @@ def _insert_events(
         }
         for e in events
     ]
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    bind = db if isinstance(db, sa.Connection) else db.get_bind()
+    insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
     stmt = (
         insert(Event)
         .values(rows)
         .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
         .returning(Event.event_id)
     )
-    return set(session.scalars(stmt))
+    return set(db.execute(stmt).scalars())
 
 
 def _sync_channels(
@@ -334,6 +351,7 @@ _DEVICE_ROW = sa.select(
     _DEVICES.c.agent_version,
     _DEVICES.c.trust_root_version,
     _DEVICES.c.state_at,
+    _DEVICES.c.state_digest,
     _DEVICES.c.last_seen_at,
 )
 # built once, each on an index: these run on every check-in
@@ -347,14 +365,9 @@ def _device_row(session: so.Session, statement: Any, key: str) -> Any:
     return session.execute(statement, {"key": key}).first()
 
 
-def record_with_token(
-    session: so.Session, token: str, device_id: str, report: CheckinReport, now: datetime
-) -> CheckinResult:
-    """Authenticate a device credential and record its LAN check-in in one transaction.
-
-    Raises AuthError (unknown or revoked credential), ForbiddenError (another device's or
-    an admin credential).
-    """
+def _authenticated_row(session: so.Session, token: str, device_id: str) -> Any:
+    """The locked row of the device holding `token`. Raises AuthError (unknown or revoked
+    credential), ForbiddenError (another device's or an admin credential)."""
     kind = token_kind(token)
     if kind is not None and kind != DEVICE:
         raise ForbiddenError("this resource needs device credentials")
@@ -363,7 +376,101 @@ def record_with_token(
         raise AuthError("invalid or revoked credentials")
     if row.id != device_id:
         raise ForbiddenError("a device may only access its own data")
-    return _record(session, row, report, LAN, now)
+    return row
+
+
+def record_with_token(
+    session: so.Session, token: str, device_id: str, report: CheckinReport, now: datetime
+) -> CheckinResult:
+    """Authenticate a device credential and record its LAN check-in in one transaction.
+
+    Raises AuthError (unknown or revoked credential), ForbiddenError (another device's or
+    an admin credential).
+    """
+    return _record(session, _authenticated_row(session, token, device_id), report, LAN, now)
+
+
+def checkin_lan(
+    db: Database,
+    token: str,
+    device_id: str,
+    body: Any,
+    now: datetime,
+    max_events: int,
+    fast: bool = True,
+) -> CheckinResult:
+    """Authenticate a device credential and record its LAN check-in `body`: on the fast path
+    when only health and the clock moved (see checkin_fast), else in one full transaction.
+
+    Raises AuthError, ForbiddenError, then InvalidRequestError for a malformed body (a
+    stranger learns nothing about what the manager accepts).
+    """
+    try:
+        report = parse_report(body, device_id, max_events)
+    except InvalidRequestError:
+        db.run(lambda s: _authenticated_row(s, token, device_id))
+        raise
+    if fast:
+        result = _record_unchanged(db, token, device_id, report, now)
+        if result is not None:
+            return result
+    return db.run(lambda s: record_with_token(s, token, device_id, report, now))
+
+
+def try_fast_checkin(
+    db: Database, token: str, device_id: str, body: Any, now: datetime, max_events: int
+) -> CheckinResult | None:
+    """Record a LAN check-in on the fast path if it applies; None when it needs the full path
+    (`checkin_lan`), which then also gives every refusal its answer. Raises only on a
+    database failure."""
+    try:
+        report = parse_report(body, device_id, max_events)
+    except InvalidRequestError:
+        return None
+    return _record_unchanged(db, token, device_id, report, now)
+
+
+def _record_unchanged(
+    db: Database, token: str, device_id: str, report: CheckinReport, now: datetime
+) -> CheckinResult | None:
+    """The fast path; None when the check-in needs the full one (nothing but last_seen,
+    state_at and health may have been written then). Events that no deployment acts on
+    (health samples, ...) ride along; any other needs the full path."""
+    if token_kind(token) != DEVICE:
+        return None
+    if any(checkin_fast.may_move_a_target(e.reported()) for e in report.events):
+        return None
+    try:
+        with db.autocommit() as conn:
+            found = checkin_fast.touch(
+                conn,
+                hash_token(token),
+                device_id,
+                report.state_digest,
+                report.health,
+                report.sent_at,
+                LAN,
+                now,
+            )
+            if found is None:
+                return None
+            targets, trust_version = found
+            if checkin_fast.moves_a_target(conn, targets, report.channels, report.health):
+                return None
+            new_ids = _insert_events(conn, device_id, report.events, LAN, now)
+    except sa.exc.DBAPIError as e:
+        if e.connection_invalidated:  # a dropped connection: the full path retries
+            return None
+        raise
+    return CheckinResult(
+        device_id=device_id,
+        offers=offers(targets, report.channels),
+        trust_root_version=trust_version,
+        events_recorded=len(new_ids),
+        events_duplicate=len(report.events) - len(new_ids),
+        state_applied=True,
+        fast=True,
+    )
 
 
 def record(
@@ -396,6 +503,8 @@ def _record(
             values["agent_version"] = report.agent_version
         if report.trust_root_version not in (None, row.trust_root_version):
             values["trust_root_version"] = report.trust_root_version
+        if report.state_digest != row.state_digest:
+            values["state_digest"] = report.state_digest
     if row.last_seen_at is None or seen > row.last_seen_at:
         values["last_seen_at"] = min(seen, now)
         values["last_via"] = via
@@ -415,9 +524,11 @@ def _record(
             new_events,
             now,
         )
+    if targets and not applied:
+        channels = _recorded_channels(session, device_id)
     return CheckinResult(
         device_id=device_id,
-        offers=_offers(session, device_id, targets, report.channels if applied else None),
+        offers=offers(targets, channels),
         trust_root_version=trust.current_version(session),
         events_recorded=len(new_ids),
         events_duplicate=len(report.events) - len(new_ids),
@@ -425,21 +536,20 @@ def _record(
     )
 
 
-def _offers(
-    session: so.Session,
-    device_id: str,
-    targets: list[deployments.DeviceTarget],
-    channels: dict[str, ChannelReport] | None,
+def _recorded_channels(session: so.Session, device_id: str) -> dict[str, ChannelReport]:
+    return {
+        c.channel: ChannelReport(c.active_version, c.active_sequence, c.state)
+        for c in session.scalars(
+            sa.select(DeviceChannel).where(DeviceChannel.device_id == device_id)
+        )
+    }
+
+
+def offers(
+    targets: list[deployments.DeviceTarget], channels: dict[str, ChannelReport]
 ) -> tuple[Offer, ...]:
-    if not targets:
-        return ()
-    if channels is None:
-        channels = {
-            c.channel: ChannelReport(c.active_version, c.active_sequence, c.state)
-            for c in session.scalars(
-                sa.select(DeviceChannel).where(DeviceChannel.device_id == device_id)
-            )
-        }
+    """What a device running `channels` should install: per channel, the newest bundle of an
+    active deployment that released it to the device, if newer than what runs."""
     best: dict[str, Offer] = {}
     for dt in targets:
         if dt.deployment_state != deployments.ACTIVE or dt.state not in deployments.OFFERED:

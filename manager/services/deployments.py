@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -544,8 +544,11 @@ def health_breach(policy: Mapping[str, Any], health: Mapping[str, Any] | None) -
     return None
 
 
+PolicyLookup = Callable[[int], Mapping[str, Any]]  # bundle id -> its health policy
+
+
 def _progress(
-    session: so.Session,
+    policy_of: PolicyLookup,
     current: str,
     bundle: BundleRef,
     channel: ChannelReport | None,
@@ -573,7 +576,7 @@ def _progress(
                 return ACTIVATED, "in probation"
             if current == SUCCEEDED:  # judged already; later breaches are the agent's to act on
                 return SUCCEEDED, None
-            breach = health_breach(_health_policy(session, bundle.id), health)
+            breach = health_breach(policy_of(bundle.id), health)
             if breach:
                 return ACTIVATED, breach
             return SUCCEEDED, None
@@ -582,9 +585,27 @@ def _progress(
     return state, reason
 
 
-def _health_policy(session: so.Session, bundle_id: int) -> dict[str, Any]:
+def health_policy(session: so.Session, bundle_id: int) -> dict[str, Any]:
+    """The health policy in the manifest of bundle `bundle_id` ({} when it has none)."""
     manifest = session.scalar(sa.select(Bundle.manifest).where(Bundle.id == bundle_id)) or {}
     return dict(manifest.get("health_policy", {}))
+
+
+def target_change(
+    dt: DeviceTarget,
+    channels: Mapping[str, ChannelReport],
+    health: Mapping[str, Any],
+    events: Iterable[ReportedEvent],
+    policy_of: PolicyLookup,
+) -> tuple[str, str | None] | None:
+    """The (state, reason) a check-in moves target `dt` to, or None when it changes nothing."""
+    name = dt.bundle.name
+    new, reason = _progress(
+        policy_of, dt.state, dt.bundle, channels.get(name), health.get(name), events
+    )
+    if new != dt.state or (reason is not None and reason != dt.reason):
+        return new, reason
+    return None
 
 
 def record_progress(
@@ -600,12 +621,11 @@ def record_progress(
     deployment that changed (locking deployments in id order, before touching targets)."""
     changes: dict[int, tuple[DeviceTarget, str, str | None]] = {}
     for dt in targets:
-        name = dt.bundle.name
-        new, reason = _progress(
-            session, dt.state, dt.bundle, channels.get(name), health.get(name), events
+        change = target_change(
+            dt, channels, health, events, lambda bundle_id: health_policy(session, bundle_id)
         )
-        if new != dt.state or (reason is not None and reason != dt.reason):
-            changes[dt.deployment_id] = (dt, new, reason)
+        if change is not None:
+            changes[dt.deployment_id] = (dt, *change)
     for dep_id in sorted(changes):
         dt, new, reason = changes[dep_id]
         dep = get(session, dep_id, lock=True)

@@ -16,6 +16,8 @@ from manager.auth import ADMIN, ENROLL, hash_token, new_token
 from manager.errors import ConflictError, InvalidRequestError, NotFoundError
 from manager.models import AdminToken, EnrollmentToken, User
 
+MAX_ENROLL_TTL_S = 10 * 366 * 86400.0  # seconds: ten years; beyond, a date may not hold it
+
 
 @dataclass(frozen=True)
 class IssuedToken:
@@ -58,8 +60,10 @@ def create_enrollment_token(
     devices of `device_class`. Raises InvalidRequestError for a bad class or ttl."""
     if device_class is not None and not LABEL_RE.fullmatch(device_class):
         raise InvalidRequestError(f"device class {device_class[:40]!r} is not a valid name")
-    if ttl_s <= 0:
-        raise InvalidRequestError("an enrollment token needs a positive lifetime")
+    if not 0 < ttl_s <= MAX_ENROLL_TTL_S:
+        raise InvalidRequestError(
+            f"an enrollment token needs a lifetime of 1 s to {MAX_ENROLL_TTL_S:.0f} s"
+        )
     token = new_token(ENROLL)
     expires = now + timedelta(seconds=ttl_s)
     row = EnrollmentToken(

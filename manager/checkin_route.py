@@ -1,0 +1,125 @@
+"""The check-in hot path in front of Flask: unchanged check-ins answered without routing.
+
+Nearly every check-in of a settled fleet is unchanged (see `services/checkin_fast.py`), and
+Flask's request machinery (request context, session, routing, hooks, response object) costs
+about as much CPU as recording such a check-in. This WSGI middleware answers
+`POST /api/v1/devices/{device_id}/checkin` itself when the fast path applies: the same service
+function, the same JSON answer, the same metrics and request log line as the Flask view.
+
+Everything else goes to Flask untouched (with the body already read handed on): other routes,
+a missing or wrong credential, a malformed body, events, a changed state. So every refusal and
+the full check-in have one implementation, in `api/devices.py`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Flask
+
+from bundles.canonical import decode_json
+from bundles.errors import MalformedJSONError
+from manager.errors import AuthError
+from manager.metrics import access_logger, new_request_id, record_request
+
+CHECKIN_PATH = re.compile(r"/api/v1/devices/([^/]+)/checkin")
+ENDPOINT = "/api/v1/devices/<device_id>/checkin"  # the Flask rule, as metrics name it
+FAST_PATH_TRIED = "satchel.checkin_fast_path_tried"  # environ key: the view skips it then
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class CheckinRoute:
+    """WSGI middleware (`app.wsgi_app = CheckinRoute(app, app.wsgi_app)`)."""
+
+    def __init__(self, app: Flask, next_app: WSGIApp) -> None:
+        from manager.app import EXTENSION
+
+        self.app = app
+        self.next_app = next_app
+        self.state = app.extensions[EXTENSION]
+        self.logger = access_logger() if self.state.config.log_requests else None
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        match = CHECKIN_PATH.fullmatch(environ.get("PATH_INFO", ""))
+        if (
+            match is None
+            or environ.get("REQUEST_METHOD") != "POST"
+            or not self.state.config.checkin_fast_path
+        ):
+            return self.next_app(environ, start_response)
+        started = time.perf_counter()
+        body = _read_body(environ, self.state.config.max_request_bytes)
+        if body is None:
+            return self.next_app(environ, start_response)
+        environ["wsgi.input"] = io.BytesIO(body)  # Flask reads it again if we hand it on
+        answer = self._answer(environ, match.group(1), body)
+        if answer is None:
+            environ[FAST_PATH_TRIED] = True
+            return self.next_app(environ, start_response)
+        device_id, payload = answer
+        request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID"))
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(payload))),
+                ("X-Request-Id", request_id),
+            ],
+        )
+        record_request(
+            self.state.metrics,
+            self.logger,
+            request_id=request_id,
+            method="POST",
+            path=environ.get("PATH_INFO", ""),
+            endpoint=ENDPOINT,
+            status=200,
+            elapsed=time.perf_counter() - started,
+            size=len(payload),
+            remote=environ.get("REMOTE_ADDR"),
+            principal=device_id,
+        )
+        return [payload]
+
+    def _answer(
+        self, environ: dict[str, Any], device_id: str, body: bytes
+    ) -> tuple[str, bytes] | None:
+        """(device id, JSON answer) of a check-in recorded on the fast path, or None."""
+        from manager.api.devices import checkin_answer, count_checkin
+        from manager.auth import bearer_token
+        from manager.services import checkin
+
+        try:
+            token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
+            data = decode_json(body, "request body")
+        except (AuthError, MalformedJSONError):
+            return None
+        st = self.state
+        now = datetime.now(timezone.utc)
+        result = checkin.try_fast_checkin(
+            st.db, token, device_id, data, now, st.config.max_events_per_checkin
+        )
+        if result is None:
+            return None
+        count_checkin(st.metrics, result)
+        answer = checkin_answer(st.config, result, now)
+        return device_id, (self.app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
+
+
+def _read_body(environ: dict[str, Any], limit: int) -> bytes | None:
+    """The request body when its declared length is within `limit`, else None (unread)."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+    if not 0 < length <= limit:
+        return None
+    body: bytes = environ["wsgi.input"].read(length)
+    return body
