@@ -25,7 +25,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The check-in benchmark drives the manager with wrk (a C load generator) when it is there.
 bench: $(STAMP)
+	command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+		apt-get install -y -qq wrk >/dev/null; } || echo "wrk not installed: Python load generator"
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: $(STAMP)

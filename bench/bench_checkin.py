@@ -276,7 +276,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         checkins = [(d, t, checkin_body(d)) for d, t in creds]
         requests_file = tmp / "checkins.tsv"
         load.write_requests(requests_file, checkins)
-        workers = args.workers or 2
+        # SQLite takes one writer at a time: a second process only queues on its lock
+        workers = args.workers or (2 if args.db == "postgres" else 1)
         server, base_url, args.server = _start_server(data_dir, url, args, workers)
         _drive(base_url, requests_file, checkins, args, WARMUP_S, "warmup")
         postmaster = int((pgdir / "pg" / "postmaster.pid").read_text().split()[0]) if stop_pg else 0
@@ -370,7 +371,9 @@ def main() -> None:
     parser.add_argument(
         "--server", choices=("auto", "granian", "waitress"), default="auto", help="HTTP server"
     )
-    parser.add_argument("--workers", type=int, default=0, help="server processes (default 2)")
+    parser.add_argument(
+        "--workers", type=int, default=0, help="server processes (default: 2 PostgreSQL, 1 SQLite)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="threads per server process")
     parser.add_argument("--concurrency", type=int, default=32, help="open connections")
     parser.add_argument(

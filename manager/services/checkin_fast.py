@@ -44,7 +44,8 @@ _TRUST = cast(sa.Table, TrustRoot.__table__)
 
 class PolicyCache:
     """Health policies of bundles, read once per process: a bundle's manifest never changes,
-    and the key includes its sha256, so a reused row id cannot return another's policy."""
+    and the key includes its sha256, so a reused row id cannot return another's policy.
+    One small entry per bundle a device was offered, so it needs no bound of its own."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -61,8 +62,9 @@ class PolicyCache:
                 )
             )
             found = dict((manifest or {}).get("health_policy", {}))
-            with self._lock:
-                self._policies[key] = found
+            if manifest is not None:  # a bundle removed meanwhile is not remembered
+                with self._lock:
+                    self._policies[key] = found
         return found
 
 
@@ -98,45 +100,71 @@ def _touch_device() -> sa.Update:
     )
 
 
-def _targets_of(device: Any) -> sa.Select[Any]:
-    """`device` (a one-column `id` selectable) with its released targets in deployments still
-    tracked (none: one row of NULLs), and the trust root version on every row."""
+_TRUST_VERSION = sa.select(sa.func.max(_TRUST.c.version))
+
+
+def _target_columns(device_id: Any) -> sa.Select[Any]:
     t, dep, b = _TARGETS.c, _DEPLOYMENTS.c, _BUNDLES.c
-    targets = _TARGETS.join(_DEPLOYMENTS, dep.id == t.deployment_id).join(
+    return sa.select(
+        device_id,
+        t.deployment_id,
+        t.state,
+        t.reason,
+        dep.state,
+        b.id,
+        b.name,
+        b.version,
+        b.sequence,
+        b.sha256,
+        b.size,
+        _TRUST_VERSION.scalar_subquery(),
+    )
+
+
+def _released(t: Any, dep: Any) -> sa.ColumnElement[bool]:
+    """Released targets of deployments still tracked (an OR, not an expanding IN: one plan)."""
+    return sa.and_(
+        t.state != deployments.PENDING,
+        sa.or_(*(dep.state == state for state in deployments.TRACKED)),
+    )
+
+
+def _targets_joined() -> Any:
+    t, dep, b = _TARGETS.c, _DEPLOYMENTS.c, _BUNDLES.c
+    return _TARGETS.join(_DEPLOYMENTS, dep.id == t.deployment_id).join(
         _BUNDLES, b.id == dep.bundle_id
     )
-    trust_version = sa.select(sa.func.max(_TRUST.c.version)).scalar_subquery()
-    on = sa.and_(
-        t.device_id == device.c.id,
-        t.state != deployments.PENDING,
-        sa.or_(*(dep.state == state for state in deployments.TRACKED)),  # not an expanding IN
-    )
+
+
+def _pg_statement() -> sa.Select[Any]:
+    """The device touched by `_touch_device` with its released targets (none: one row of
+    NULLs) and the trust root version on every row; no row when the touch did not apply."""
+    device = _touch_device().cte("device")
+    t = _TARGETS.c
+    on = sa.and_(t.device_id == device.c.id, _released(t, _DEPLOYMENTS.c))
     return (
-        sa.select(
-            device.c.id,
-            t.deployment_id,
-            t.state,
-            t.reason,
-            dep.state,
-            b.id,
-            b.name,
-            b.version,
-            b.sequence,
-            b.sha256,
-            b.size,
-            trust_version,
-        )
-        .select_from(sa.outerjoin(device, targets, on))
+        _target_columns(device.c.id)
+        .select_from(sa.outerjoin(device, _targets_joined(), on))
+        .order_by(t.deployment_id)
+    )
+
+
+def _sqlite_targets() -> sa.Select[Any]:
+    """The released targets of device `device_id`, with the trust root version. (An outer join
+    from the device, as on PostgreSQL, makes SQLite materialize every tracked target.)"""
+    t = _TARGETS.c
+    return (
+        _target_columns(t.device_id)
+        .select_from(_targets_joined())
+        .where(t.device_id == sa.bindparam("device_id"), _released(t, _DEPLOYMENTS.c))
         .order_by(t.deployment_id)
     )
 
 
 # built once: these run on every check-in (PostgreSQL prepares them after a few runs)
-_PG_STATEMENT = _targets_of(_touch_device().cte("device"))
+_PG_STATEMENT = _pg_statement()
 _SQLITE_TOUCH = _touch_device()
-_SQLITE_TARGETS = _targets_of(
-    sa.select(_DEVICES.c.id).where(_DEVICES.c.id == sa.bindparam("device_id")).subquery("device")
-)
+_SQLITE_TARGETS = _sqlite_targets()
 
 
 def touch(
@@ -165,12 +193,14 @@ def touch(
     }
     if conn.dialect.name == "postgresql":
         rows = conn.execute(_PG_STATEMENT, params).all()
+        if not rows:
+            return None
     else:
         if conn.execute(_SQLITE_TOUCH, params).first() is None:
             return None
         rows = conn.execute(_SQLITE_TARGETS, {"device_id": device_id}).all()
-    if not rows:
-        return None
+        if not rows:
+            return [], conn.scalar(_TRUST_VERSION)
     targets = [
         DeviceTarget(r[1], r[2], r[3], r[4], BundleRef(r[5], r[6], r[7], r[8], r[9], r[10]))
         for r in rows
