@@ -28,6 +28,12 @@ from manager.commands.context import config_of
 )
 @click.option("--workers", type=int, default=None, help="Server processes.  [default: 1]")
 @click.option("--threads", type=int, default=None, help="Threads per process.  [default: 8]")
+@click.option(
+    "--server",
+    type=click.Choice(["auto", "granian", "waitress"]),
+    default=None,
+    help="HTTP server (auto: granian when installed).  Env: SATCHEL_SERVER.",
+)
 @click.pass_context
 @refusals_exit_1
 def serve(
@@ -37,6 +43,7 @@ def serve(
     config_file: Path | None,
     workers: int | None,
     threads: int | None,
+    server: str | None,
 ) -> None:
     """Run the manager (REST API, downloads, /metrics) on a production WSGI server.
 
@@ -46,7 +53,9 @@ def serve(
     """
     from manager.wsgi import serve as run
 
-    config = config_of(ctx, config_file, host=host, port=port, workers=workers, threads=threads)
+    config = config_of(
+        ctx, config_file, host=host, port=port, workers=workers, threads=threads, server=server
+    )
     with contextlib.suppress(KeyboardInterrupt):
         run(config, announce=lambda line: click.echo(line))
 
