@@ -90,6 +90,11 @@ def measured(request: pytest.FixtureRequest) -> figures.Recorder:
     return figures.Recorder(request.node.nodeid)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" and report.skipped and hasattr(report, "wasxfail"):
+        figures.known_bug(report.nodeid, str(report.wasxfail))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     target = figures.target_from_env()
     if target is not None:

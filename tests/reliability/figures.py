@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 FIGURES_ENV = "SATCHEL_RELIABILITY_FIGURES"  # path of the JSON file to write at session end
+KNOWN_BUG = "known bug"  # the area of rows that record an expected failure
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class Recorder:
     def row(self, area: str, case: str, cases: int, result: str, lost: int = 0,
             **figures: Any) -> None:
         _ROWS.append(Row(area, case, cases, result, lost, self.nodeid, dict(figures)))
+
+
+def known_bug(nodeid: str, reason: str) -> None:
+    """A test marked xfail that failed as expected: a bug found and not fixed yet."""
+    _ROWS.append(Row(KNOWN_BUG, reason, 1, "xfail", 0, nodeid))
 
 
 def rows() -> list[Row]:

@@ -264,7 +264,8 @@ def test_endless_download_stops_at_the_declared_size(lan: Lan, models: Models,
     sent = max(lan.rogue.sent.values())
     assert sent < 64 * 1024 * 1024  # it hung up long before the server's own cap
     measured.row(AREA, "endless data: an answer that never ends", 2, "refused: DownloadError",
-                 declared_bytes=len(data), bytes_server_sent_before_hang_up=sent)
+                 declared_bytes=len(data), bytes_kept=0,
+                 bytes_pushed_into_the_socket_before_hang_up=sent)
 
 
 def test_endless_trust_root_document_is_cut_at_the_answer_limit(
@@ -283,7 +284,8 @@ def test_endless_trust_root_document_is_cut_at_the_answer_limit(
     sent = max(lan.rogue.sent.values())
     measured.row(AREA, "endless data: a trust root document that never ends", 1,
                  "refused: ManagerRefusedError (answer larger than the limit)",
-                 limit_bytes=CFG.max_answer_bytes, bytes_server_sent_before_hang_up=sent)
+                 limit_bytes=CFG.max_answer_bytes,
+                 bytes_pushed_into_the_socket_before_hang_up=sent)
 
 
 def test_bundle_bigger_than_announced_is_cut_at_the_declared_size(

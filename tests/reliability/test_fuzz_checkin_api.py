@@ -20,7 +20,7 @@ from tests.reliability.dbstate import dump, event_ids
 from tests.reliability.figures import Recorder
 from tests.reliability.strategies import fuzz_settings, json_values, mutated
 
-FAST_EXAMPLES, SLOW_EXAMPLES = 200, 1000
+FAST_EXAMPLES, SLOW_EXAMPLES = 200, 600
 _ids = itertools.count(1)
 
 

@@ -17,7 +17,7 @@ from tests.manager.helpers import Fleet
 from tests.reliability.figures import Recorder
 from tests.reliability.kit import sha256_of
 
-FAST_EXAMPLES, SLOW_EXAMPLES = 4, 40  # per operation, generation mode, token and id set
+FAST_EXAMPLES, SLOW_EXAMPLES = 4, 25  # per operation, generation mode, token and id set
 
 
 def _run(fleet: Fleet, examples: int) -> Counter[str]:
