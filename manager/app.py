@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
+from werkzeug.routing import IntegerConverter, Map
 
 from manager.config import ManagerConfig, load_config
 from manager.db import Database, open_database
@@ -20,6 +21,22 @@ from manager.metrics import Metrics
 from manager.store import BundleStore
 
 EXTENSION = "satchel"
+MAX_ROW_ID = 2**31 - 1  # the largest id or version an INTEGER column holds on every database
+
+
+class RowIdConverter(IntegerConverter):
+    """`<int:...>` in every route: an id or version no row can have (the database would fail
+    on it) matches no route, so it is a 404, not a server error."""
+
+    def __init__(
+        self,
+        map: Map,
+        fixed_digits: int = 0,
+        min: int | None = None,
+        max: int | None = MAX_ROW_ID,
+        signed: bool = False,
+    ) -> None:
+        super().__init__(map, fixed_digits, min, max, signed)
 
 
 @dataclass
@@ -47,6 +64,7 @@ def create_app(test_config: dict[str, Any] | None = None, config_file: Path | No
     config = load_config(config_file, **overrides)
     db = open_database(config, check_schema=config.check_schema)
     app = Flask(__name__)
+    app.url_map.converters["int"] = RowIdConverter  # before any route is added
     app.config.update(
         MAX_CONTENT_LENGTH=None,  # uploads are bounded while streaming, see the store
         JSON_SORT_KEYS=False,

@@ -9,10 +9,8 @@ from flask import request
 
 from bundles.canonical import decode_json
 from bundles.errors import MalformedJSONError
-from manager.app import state
+from manager.app import MAX_ROW_ID, state
 from manager.errors import InvalidRequestError, NotFoundError, RequestTooLargeError
-
-MAX_ROW_ID = 2**31 - 1  # the largest id or version an INTEGER column holds on every database
 
 
 def now() -> datetime:

@@ -13,7 +13,7 @@ import json
 import random
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -33,6 +33,9 @@ EVENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 EVENT_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 MAX_REASON_CHARS = 2000  # characters of an event's reason kept
 MAX_STATE_CHANNELS = 256  # channels in one device's status
+# What the database columns hold; a value beyond would fail in the database, not here.
+BIGINT_RANGE = (-(2**63), 2**63 - 1)  # BIGINT columns: sequences; counts kept as JSON
+INTEGER_RANGE = (-(2**31), 2**31 - 1)  # INTEGER columns: deployment ids, trust root versions
 LAN, USB = "lan", "usb"
 
 
@@ -93,6 +96,16 @@ def _opt(d: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str)
     return value
 
 
+def _int(
+    d: dict[str, Any], key: str, where: str, bounds: tuple[int, int] = BIGINT_RANGE
+) -> int | None:
+    """An optional integer field within `bounds`. Raises InvalidRequestError."""
+    value = _opt(d, key, int, where)
+    if value is not None and not bounds[0] <= value <= bounds[1]:
+        raise _bad(f"{where} '{key}' is out of range")
+    return cast(int | None, value)
+
+
 def _match(value: Any, pattern: re.Pattern[str], what: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise _bad(f"{what} {str(value)[:40]!r} is not valid")
@@ -109,6 +122,10 @@ def parse_time(value: Any, what: str) -> datetime:
         raise _bad(f"{what} {value[:40]!r} is not an ISO 8601 timestamp") from e
     if t.tzinfo is None:
         raise _bad(f"{what} must carry a time zone, e.g. a trailing Z")
+    try:
+        t.astimezone(timezone.utc)  # stored in UTC: e.g. year 9999 at -23:59 has no UTC form
+    except (OverflowError, ValueError) as e:
+        raise _bad(f"{what} {value[:40]!r} is out of range in UTC") from e
     return t
 
 
@@ -127,9 +144,9 @@ def _parse_event(d: Any) -> DeviceEvent:
         occurred_at=parse_time(d.get("time"), f"{where} time"),
         channel=None if channel is None else _match(channel, CHANNEL_RE, "channel"),
         version=None if version is None else _match(version, VERSION_RE, "version"),
-        sequence=_opt(d, "sequence", int, where),
+        sequence=_int(d, "sequence", where),
         bundle_sha256=None if sha is None else _match(sha, SHA256_RE, "bundle_sha256"),
-        deployment_id=_opt(d, "deployment_id", int, where),
+        deployment_id=_int(d, "deployment_id", where, INTEGER_RANGE),
         passed=_opt(d, "passed", bool, where),
         reason=None if reason is None else reason[:MAX_REASON_CHARS],
         figures=_opt(d, "figures", dict, where),
@@ -146,8 +163,8 @@ def _parse_channel(name: str, d: Any) -> ChannelReport:
         if not isinstance(active, dict):
             raise _bad(f"channel {name} 'active' must be an object or null")
         version = _match(active.get("version"), VERSION_RE, f"channel {name} active version")
-        sequence = active.get("sequence")
-        if not isinstance(sequence, int) or isinstance(sequence, bool):
+        sequence = _int(active, "sequence", f"channel {name} active")
+        if sequence is None:
             raise _bad(f"channel {name} active 'sequence' must be an integer")
     state = d.get("state") or ""
     if not isinstance(state, str) or len(state) > 32:
@@ -168,7 +185,11 @@ def _parse_health(d: Any) -> dict[str, dict[str, Any]]:
         summary: dict[str, Any] = {}
         for key in ("count", "errors", "nan"):
             value = h.get(key, 0)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or not 0 <= value <= BIGINT_RANGE[1]
+            ):
                 raise _bad(f"health of channel {name}: '{key}' must be a count")
             summary[key] = value
         p95 = h.get("p95_ms")
@@ -202,7 +223,7 @@ def parse_report(body: Any, device_id: str, max_events: int) -> CheckinReport:
     agent_version = body.get("agent_version")
     if agent_version is not None:
         _match(agent_version, VERSION_RE, "agent_version")
-    root_version = _opt(body, "trust_root_version", int, "check-in")
+    root_version = _int(body, "trust_root_version", "check-in", INTEGER_RANGE)
     sent_at = body.get("sent_at")
     return CheckinReport(
         status=status,

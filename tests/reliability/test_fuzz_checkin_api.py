@@ -108,9 +108,9 @@ def test_fuzzed_checkin_bodies_never_fail_and_refusals_record_nothing_long_run(
                  fuzz.counts["inputs"], fuzz.result())
 
 
-# Found by this suite, in manager/services/checkin.py (reported; that file is being reworked):
-# integers beyond 64 bits and times whose UTC form leaves datetime's range pass the parser and
-# fail in the database layer with a 500 (and abort `satchel usb import`).
+# Found by this suite: integers beyond what the database columns hold and times whose UTC form
+# leaves datetime's range passed the parser and failed in the database layer with a 500 (and
+# aborted `satchel usb import`); the parser now refuses them.
 OUT_OF_RANGE = {
     "event sequence 2**70": lambda b: b["events"][0].update(sequence=2**70),
     "event deployment_id 2**64": lambda b: b["events"][0].update(deployment_id=2**64),
@@ -123,8 +123,6 @@ OUT_OF_RANGE = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="bug in manager/services/checkin.py parse_report: "
-                   "out-of-range integers and times are not refused (500)")
 @pytest.mark.parametrize("edit", sorted(OUT_OF_RANGE))
 def test_out_of_range_numbers_and_times_are_refused_with_400(fleet: Fleet, edit: str) -> None:
     device = fleet.enroll("cam-1")
