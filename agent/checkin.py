@@ -1,11 +1,12 @@
 """The check-in loop of `satchel-agent run`: report, learn what to install, install it.
 
-One round: send status, health and the oldest undelivered events; on a 200 answer remove
-those events from the queue (the manager records each id once, so a round that fails after
-sending is simply repeated); walk the trust root forward if the manager has a newer one;
-download and install each offer through the installer. The next round comes after the
-manager's (jittered) poll interval, at once after an install or a health rollback, or after
-an exponential backoff with jitter while the manager cannot be reached.
+One round: send status, health and the oldest undelivered events; on a 200 answer remove those
+events from the queue (the manager records each id once, so a round that fails after sending is
+simply repeated); walk the trust root forward if the manager has a newer one (a failure there
+is reported, not fatal: the offers are verified against the root the device has); download each
+offer, check it is the release offered, and install it through the installer. The next round
+comes after the manager's (jittered) poll interval, at once after an install or a health
+rollback, or after an exponential backoff with jitter while the manager cannot be reached.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from agent.errors import (
     DownloadError,
     ManagerUnreachableError,
     NotEnrolledError,
+    TransportError,
 )
 from agent.events import EventQueue
 from agent.state import DeviceState
@@ -35,7 +37,7 @@ from agent.updates import (
     active_sequence,
     checkin_body,
     health_summary,
-    install_with_events,
+    install_offered,
     trusted_root,
 )
 from bundles.errors import BundleError
@@ -72,6 +74,7 @@ class CheckinLoop:
         self._client: ManagerClient | None = None
         self._backoff = Backoff(config)
         self._refused_root: int | None = None  # a trust root version refused once
+        self._failed_root: int | None = None  # a trust root version whose fetch failed
         self.rounds = 0  # successful check-ins, for tests and logs
 
     def wake(self) -> None:
@@ -171,6 +174,11 @@ class CheckinLoop:
         return min(max(interval, c.min_poll_interval_s), c.max_poll_interval_s)
 
     def _update_trust(self, client: ManagerClient, trust: TrustInfo, have: int) -> None:
+        """Walk the trust root forward to the manager's newest. Never lets a failure stop the
+        round: the offers are then verified against the root the device has. A refused root
+        is not tried again until the manager has a newer one; a fetch that fails is tried
+        again next round, logged and reported once per version. Raises
+        CredentialRejectedError, LockBusyError, StateCorruptError, OSError (device faults)."""
         target = trust.version or have
         try:
             documents = {
@@ -179,12 +187,27 @@ class CheckinLoop:
                 for v in range(have + 1, target + 1)
             }
             old, new = accept_roots(self.state_dir, documents, self.config)
+        except CredentialRejectedError:
+            raise
+        except TransportError as e:
+            self._trust_fetch_failed(target, e)
+            return
         except BundleError as e:
             log.error("the manager's trust root v%d was refused: %s", target, e)
             self.events.append("trust_update_refused", reason=str(e))
             self._refused_root = target  # not tried again until the manager has a newer one
             return
+        self._failed_root = None
         self.events.append("trust_updated", figures={"from_version": old, "to_version": new})
+
+    def _trust_fetch_failed(self, target: int, error: TransportError) -> None:
+        if self._failed_root == target:
+            log.debug("trust root v%d still cannot be fetched: %s", target, error)
+            return
+        self._failed_root = target
+        log.error("the manager's trust root v%d cannot be fetched: %s; installs go on with "
+                  "the trust root this device has", target, error)
+        self.events.append("trust_update_failed", reason=str(error))
 
     def _prune_downloads(self, answer: CheckinAnswer) -> None:
         """Drop partial downloads of bundles no longer offered."""
@@ -209,15 +232,11 @@ class CheckinLoop:
         except DownloadError as e:
             self.events.append("install_failed", reason=str(e), **origin.fields())
             return True
-        self.events.append(
-            "downloaded",
-            figures={"bytes": download.size, "seconds": round(download.seconds, 3),
-                     "resumes": download.resumes, "via": LAN},
-            **origin.fields(),
-        )
+        received = {"bytes": download.size, "seconds": round(download.seconds, 3),
+                    "resumes": download.resumes, "via": LAN}
         try:
-            install_with_events(self.state_dir, download.path, origin, self.events,
-                                self.config)
+            install_offered(self.state_dir, download.path, origin, self.events, received,
+                            self.config)
         finally:
             download.path.unlink(missing_ok=True)
         return True

@@ -72,6 +72,12 @@ class SequenceRollbackError(AgentError):
     """The bundle's sequence is not greater than the highest ever installed on its channel."""
 
 
+class OfferMismatchError(AgentError):
+    """The bundle's manifest names another channel, version or sequence than the manager's
+    offer or the USB plan's assignment that brought it (a mix-and-match attack, or a mistake
+    of whoever made the offer): refused before the installer runs."""
+
+
 # --- the bundle fits but fails on this device -----------------------------------------------
 
 
@@ -135,6 +141,11 @@ class DownloadError(TransportError):
 
 class StickError(AgentError):
     """A USB stick cannot be used: no plan, unreadable, or pulled out while being read."""
+
+
+class StickBundleMismatchError(StickError):
+    """A bundle file on the stick is not the one the plan names (size or sha256 differ, or it
+    is not a regular file): nothing is installed from it; the rest of the plan goes on."""
 
 
 class PlanRefusedError(StickError):

@@ -2,11 +2,14 @@
 through the installer while queueing the events the manager acts on, and describe the device
 (status, health, events) in the check-in body that both transports carry.
 
-Events of one install, in order: `verified`, `smoke_test` (passed or not, every figure the
-installer measured), then `activated`, or exactly one of `install_refused` (the bundle is not
-acceptable here: signature, trust, expiry, compatibility, sequence) or `install_failed`
-(it was acceptable but did not make it: smoke test, disk, lock), with the installer's
-one-line reason. The transport queues `downloaded` before.
+A transport checks first that the bundle it received is the release it was offered (the
+manifest's channel, version and sequence), and refuses a mix-and-match before the installer
+runs. Events of one install, in order: `downloaded`, `verified`, `smoke_test` (passed or not,
+every figure the installer measured), then `activated`, or exactly one of `install_refused`
+(the bundle is not acceptable here: signature, trust, expiry, compatibility, sequence) or
+`install_failed` (it was acceptable but did not make it: smoke test, disk, lock), with the
+installer's one-line reason. Once the manifest could be read, events carry its facts (channel,
+version, sequence), not what the offer announced.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from agent.config import DEFAULT_CONFIG, AgentConfig
 from agent.errors import (
     AgentError,
+    BundleFileError,
     IncompatibleError,
+    OfferMismatchError,
     SequenceRollbackError,
     SmokeTestFailedError,
     StateCorruptError,
@@ -159,6 +164,59 @@ def install_with_events(
     return queue_install_events(events, origin, result=result)
 
 
+def install_offered(
+    state_dir: Path,
+    bundle: Path,
+    offered: BundleOrigin,
+    events: EventQueue,
+    received: Mapping[str, Any],
+    config: AgentConfig = DEFAULT_CONFIG,
+) -> InstallOutcome:
+    """Install a bundle a transport received for `offered`: queue `downloaded` (with the
+    `received` figures), refuse it (`install_refused`, OfferMismatchError, nothing touched)
+    unless its manifest is the offered release, else install it with events. Never raises
+    for a refused or failed install; raises OSError only when the event queue itself cannot
+    be written."""
+    try:
+        origin = manifest_origin(bundle, offered)
+    except (AgentError, BundleError) as e:
+        events.append("downloaded", figures=dict(received), **offered.fields())
+        return queue_install_events(events, offered, error=e)
+    events.append("downloaded", figures=dict(received), **origin.fields())
+    try:
+        check_offered(offered, origin)
+    except OfferMismatchError as e:
+        return queue_install_events(events, origin, error=e)
+    return install_with_events(state_dir, bundle, origin, events, config)
+
+
+def manifest_origin(bundle: Path, offered: BundleOrigin) -> BundleOrigin:
+    """`offered` with the channel, version and sequence the bundle's own manifest states:
+    read, not verified (the installer verifies). Raises BundleError subclasses (the head
+    cannot be read), BundleFileError."""
+    try:
+        with open(bundle, "rb") as f:
+            manifest, _ = read_unverified(f)
+    except OSError as e:
+        raise BundleFileError(f"cannot read bundle {bundle}: {e.strerror}") from e
+    return replace(offered, channel=manifest.name, version=manifest.version,
+                   sequence=manifest.sequence)
+
+
+def check_offered(offered: BundleOrigin, actual: BundleOrigin) -> None:
+    """Raises OfferMismatchError unless `actual` (from the manifest) is the release
+    `offered` names: same channel, version and sequence."""
+    facts = (actual.channel, actual.version, actual.sequence)
+    if facts == (offered.channel, offered.version, offered.sequence):
+        return
+    source = "the USB plan" if offered.via == USB else "the manager's offer"
+    raise OfferMismatchError(
+        f"bundle {offered.bundle_sha256[:12]}... is {actual.channel} {actual.version} "
+        f"(sequence {actual.sequence}), but {source} names {offered.channel} "
+        f"{offered.version} (sequence {offered.sequence}); nothing installed from it"
+    )
+
+
 def queue_install_events(
     events: EventQueue,
     origin: BundleOrigin,
@@ -186,7 +244,8 @@ def queue_install_events(
         events.append("verified", **origin.fields())
         events.append("smoke_test", passed=False, reason=reason,
                       figures=smoke_figures(error.report), **origin.fields())
-    refused = isinstance(error, (BundleError, IncompatibleError, SequenceRollbackError))
+    refused = isinstance(error, (BundleError, IncompatibleError, SequenceRollbackError,
+                                 OfferMismatchError))
     events.append("install_refused" if refused else "install_failed", reason=reason,
                   **origin.fields())
     log.error("install of %s %s: %s", where, "refused" if refused else "failed", reason)

@@ -4,8 +4,9 @@ With a stick (layout in `bundles.plan`): bring the trust root forward from the s
 history (rotation rule), verify the plan against it (a plan not signed by a threshold of
 trusted signing keys, or expired, is refused and nothing changes), then for each bundle the
 plan gives this device whose sequence is above the channel's active one: copy it from the
-stick into STATE/usb-staging, check the copy's size and sha256 against the plan, and install
-the copy through the installer. The stick is never read again after the copy, so a stick
+stick into STATE/usb-staging, check the copy's size and sha256 against the plan and its
+manifest's channel, version and sequence against the plan's entry, and install the copy
+through the installer. The stick is never read again after the copy, so a stick
 pulled out mid-read leaves the device as it was. Last, a report signed by the device's own
 key (identity, releases, health, every event with its id, smoke-test figures included) is
 written durably onto the stick, for `satchel usb import`.
@@ -33,7 +34,7 @@ from typing import Any
 from agent.compat import EPOCH
 from agent.config import DEFAULT_CONFIG, AgentConfig
 from agent.credentials import device_key, load_credentials
-from agent.errors import PlanRefusedError, StickError
+from agent.errors import PlanRefusedError, StickBundleMismatchError, StickError
 from agent.events import EventQueue
 from agent.state import DeviceIdentity, DeviceState, read_json, write_json
 from agent.updates import (
@@ -44,7 +45,7 @@ from agent.updates import (
     active_sequence,
     checkin_body,
     health_summary,
-    install_with_events,
+    install_offered,
     trusted_root,
 )
 from bundles import plan as stick_layout
@@ -205,14 +206,13 @@ def _apply(
     staging = Path(state_dir) / STAGING_DIR
     try:
         copy = copy_from_stick(stick / assignment.file, staging, assignment, config)
-    except _CopyMismatch as e:
+    except StickBundleMismatchError as e:
         events.append("install_failed", reason=str(e), **origin.fields())
         outcome.failed.append((release, str(e)))
         return
     try:
-        events.append("downloaded", figures={"bytes": assignment.size, "via": USB},
-                      **origin.fields())
-        result = install_with_events(state_dir, copy, origin, events, config)
+        result = install_offered(state_dir, copy, origin, events,
+                                 {"bytes": assignment.size, "via": USB}, config)
     finally:
         copy.unlink(missing_ok=True)
     if result.activated:
@@ -221,20 +221,18 @@ def _apply(
         outcome.failed.append((release, result.reason or "not activated"))
 
 
-class _CopyMismatch(Exception):
-    """The bundle on the stick is not the one the plan names (size or sha256)."""
-
-
 def copy_from_stick(
     source: Path, staging: Path, assignment: Assignment, config: AgentConfig = DEFAULT_CONFIG
 ) -> Path:
     """Copy a bundle from the stick to the staging area and check the copy against the
     plan. Returns the copy. Raises StickError (the stick cannot be read: pulled out),
-    _CopyMismatch (it reads fine but is not the announced file); the partial copy is
-    removed either way. OSError for the device's own disk."""
+    StickBundleMismatchError (it reads fine but is not the file the plan names); the partial
+    copy is removed either way. OSError for the device's own disk."""
     if not 0 < assignment.size <= config.max_bundle_bytes:
-        raise _CopyMismatch(f"plan gives {assignment.channel} {assignment.version} a size of "
-                            f"{assignment.size} bytes, which this device does not accept")
+        raise StickBundleMismatchError(
+            f"the plan gives {assignment.channel} {assignment.version} a size of "
+            f"{assignment.size} bytes, which this device does not accept; nothing installed"
+        )
     if not staging.is_dir():
         staging.mkdir(parents=True, exist_ok=True)
         fsync_dir(staging.parent)
@@ -244,10 +242,11 @@ def copy_from_stick(
         copied = _copy(source, part, assignment.size, config.download_chunk_bytes)
         digest = _sha256_of(part)  # of the copy, not of what was read: the copy is installed
         if copied != assignment.size or digest != assignment.bundle_sha256:
-            raise _CopyMismatch(
+            raise StickBundleMismatchError(
                 f"{source.name} on the stick is not the bundle the plan names "
                 f"({copied} bytes, sha256 {digest[:12]}...; expected {assignment.size} bytes, "
-                f"{assignment.bundle_sha256[:12]}...); nothing installed from it"
+                f"{assignment.bundle_sha256[:12]}...): damaged, or changed after export; "
+                "nothing installed from it, export the stick again"
             )
         os.replace(part, target)
         fsync_dir(staging)
@@ -259,8 +258,8 @@ def copy_from_stick(
 
 def _copy(source: Path, part: Path, limit: int, chunk_bytes: int) -> int:
     """Copy at most limit + 1 bytes (enough to see a file that is too long). Returns bytes
-    copied. Raises StickError for a read error of the stick, _CopyMismatch when `source` is
-    not a regular file (a FIFO or a device could block forever or never end)."""
+    copied. Raises StickError for a read error of the stick, StickBundleMismatchError when
+    `source` is not a regular file (a FIFO or a device could block forever or never end)."""
     copied = 0
     with open(part, "wb") as out:
         try:
@@ -271,8 +270,8 @@ def _copy(source: Path, part: Path, limit: int, chunk_bytes: int) -> int:
         src = os.fdopen(fd, "rb")
         with src:
             if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device: endless or stuck
-                raise _CopyMismatch(f"{source.name} on the stick is not a regular file; "
-                                    "nothing installed from it")
+                raise StickBundleMismatchError(f"{source.name} on the stick is not a regular "
+                                               "file; nothing installed from it")
             while copied <= limit:
                 try:
                     chunk = src.read(min(chunk_bytes, limit + 1 - copied))

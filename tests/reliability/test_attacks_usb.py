@@ -155,9 +155,10 @@ def test_rollback_to_an_older_sequence_is_refused(usb: Usb, models: Models,
 
     refusal = usb.attack()
 
-    assert refusal["reason"] == installer_refusal(usb.site, older, SequenceRollbackError)
+    assert "plan names vision 0.9.0 (sequence 30)" in refusal["reason"]  # OfferMismatchError
+    installer_refusal(usb.site, older, SequenceRollbackError)  # the installer refuses it too
     measured.row(AREA, "rollback: older sequence (honest entry skipped, lying one refused)",
-                 2, "refused: SequenceRollbackError")
+                 2, "refused: OfferMismatchError (installer: SequenceRollbackError)")
 
 
 def test_rollback_to_an_equal_sequence_is_refused(usb: Usb, models: Models,
@@ -167,9 +168,10 @@ def test_rollback_to_an_equal_sequence_is_refused(usb: Usb, models: Models,
 
     refusal = usb.attack()
 
-    assert refusal["reason"] == installer_refusal(usb.site, same, SequenceRollbackError)
+    assert "plan names vision 1.0.1 (sequence 11)" in refusal["reason"]  # OfferMismatchError
+    installer_refusal(usb.site, same, SequenceRollbackError)  # the installer refuses it too
     measured.row(AREA, "rollback: equal sequence, other content", 1,
-                 "refused: SequenceRollbackError")
+                 "refused: OfferMismatchError (installer: SequenceRollbackError)")
 
 
 def test_replayed_old_stick_installs_nothing(
@@ -404,9 +406,11 @@ def test_plan_entry_whose_sha256_names_another_bundle_is_refused(
 
     refusal = usb.attack()
 
-    assert refusal["reason"] == installer_refusal(usb.site, usb.v1, SequenceRollbackError)
+    assert "is vision 1.0.0 (sequence 10)" in refusal["reason"]  # OfferMismatchError
+    assert (refusal["version"], refusal["sequence"]) == ("1.0.0", 10)  # the manifest's facts
+    installer_refusal(usb.site, usb.v1, SequenceRollbackError)  # the installer refuses it too
     measured.row(AREA, "mix-and-match: plan entry whose sha256 names another (older) bundle",
-                 1, "refused: SequenceRollbackError")
+                 1, "refused: OfferMismatchError (installer: SequenceRollbackError)")
 
 
 # --- malicious mirror ---------------------------------------------------------------------
