@@ -49,6 +49,14 @@ FOUND_AND_FIXED = [
     "a download that grew past its announced size left its partial file behind",
     "an enrollment token with a huge `ttl_s`, and a deployment id or trust root version "
     "beyond what the database holds in a URL, answered 500; now 400 and 404",
+    "check-ins and USB reports with integers beyond their database column or times that "
+    "overflow in UTC answered 500 (and aborted `satchel usb import`); now a 400 naming the "
+    "field, and the import refuses only that report; every `<int:...>` route is bounded",
+    "an offer or plan entry whose sha256 named a genuine bundle of another release installed "
+    "it and reported the announced one: the manifest must now match the offer "
+    "(OfferMismatchError), before the installer runs",
+    "a manager whose trust root endpoint failed (endless, missing, forged) blocked every "
+    "install: the failure is reported once (`trust_update_failed`) and offers go on",
 ]
 
 
