@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import secrets
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -324,6 +325,11 @@ class Story:
             print("The manager keeps running (--keep-manager); stop it with Ctrl-C.")
 
 
+def _terminate_like_ctrl_c(signum: int, frame: object) -> None:
+    """SIGTERM (a timeout, `kill`) ends the demo as Ctrl-C does: through its cleanup."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="make demo", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("demo-out"))
@@ -336,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True)
     story = Story(out, args.quiet)
     code = 0
+    signal.signal(signal.SIGTERM, _terminate_like_ctrl_c)
     try:
         story.keys_and_model()
         story.first_bundle()
