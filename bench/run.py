@@ -170,12 +170,16 @@ def render_checkin(r: dict[str, Any]) -> list[str]:
         f"| **{rate:,.0f}** | {r['p50_ms']} ms | {r['p90_ms']} ms | **{p99} ms** | "
         f"{r['errors']} | {verdict} |",
         "",
-        f"CPU per check-in: server {cpu.get('server')} ms, PostgreSQL {cpu.get('postgres')} "
-        f"ms, load generator {cpu.get('loadgen')} ms; cores busy with other processes during "
+        f"CPU per check-in: server {cpu.get('server')} ms"
+        + (f", PostgreSQL {cpu.get('postgres')} ms" if goal else "")
+        + f", load generator {cpu.get('loadgen')} ms; cores busy with other processes during "
         f"the run: {r.get('other_cores_busy')} of {r.get('cores')}. The limit is the CPU of "
-        "the two cores (server Python, PostgreSQL, load generator); PostgreSQL commits are "
-        f"synchronous (synchronous_commit: {r.get('postgres_synchronous_commit') or 'default'})"
-        ".",
+        "the two cores (the server's Python, "
+        + ("PostgreSQL, " if goal else "")
+        + "the load generator)"
+        + (f"; commits are synchronous (synchronous_commit "
+           f"{r.get('postgres_synchronous_commit') or 'on, the default'})." if goal
+           else "; SQLite writes one at a time, so one worker serves best."),
     ]
 
 
