@@ -27,7 +27,10 @@ def create_token() -> Response:
 
     def work(s: Any) -> dict[str, Any]:
         if body["kind"] == ADMIN:
-            return tokens.create_admin_token(s, str(body.get("name", ""))).to_dict()
+            name = body.get("name") or ""
+            if not isinstance(name, str):
+                raise InvalidRequestError("'name' must be a string")
+            return tokens.create_admin_token(s, name).to_dict()
         ttl = body.get("ttl_s", cfg.enroll_token_ttl_s)
         if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
             raise InvalidRequestError("'ttl_s' must be a number of seconds")

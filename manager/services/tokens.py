@@ -58,8 +58,10 @@ def create_enrollment_token(
 ) -> IssuedToken:
     """Issue a one-time enrollment token valid for `ttl_s` seconds, optionally only for
     devices of `device_class`. Raises InvalidRequestError for a bad class or ttl."""
-    if device_class is not None and not LABEL_RE.fullmatch(device_class):
-        raise InvalidRequestError(f"device class {device_class[:40]!r} is not a valid name")
+    if device_class is not None and (
+        not isinstance(device_class, str) or not LABEL_RE.fullmatch(device_class)
+    ):
+        raise InvalidRequestError(f"device class {str(device_class)[:40]!r} is not a valid name")
     if not 0 < ttl_s <= MAX_ENROLL_TTL_S:
         raise InvalidRequestError(
             f"an enrollment token needs a lifetime of 1 s to {MAX_ENROLL_TTL_S:.0f} s"
