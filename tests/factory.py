@@ -38,6 +38,7 @@ from bundles.manifest import (
 )
 from bundles.pack import Payload, write_bundle
 from bundles.reader import VerifiedBundle, verify_and_unpack
+from bundles.timeutil import utcnow
 from bundles.trust import Root, load_root, make_root, sign_root
 
 CREATED = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)  # build time of test bundles
@@ -635,3 +636,67 @@ class Device:
         assert list(self.staging.iterdir()) == []
         assert tree_snapshot(self.watched) == before
         return err
+
+
+# --- bundles with a real model and a smoke test it passes ---------------------------------
+
+
+def _npz(arrays: dict[str, Any]) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def smoke_tested_bundle(
+    out: Path,
+    signer: SigningKey,
+    model_file: Path,
+    inputs: Any,
+    *,
+    channel: str,
+    version: str,
+    sequence: int,
+    policy: HealthPolicy,
+    wrong_reference: bool = False,
+) -> Path:
+    """A signed bundle of the real model `model_file` whose smoke test runs `inputs` (an array
+    for its first input) against the model's own outputs, so it passes on the device; with
+    `wrong_reference` the references are off by 5, so the smoke test fails on accuracy."""
+    from agent.runtimes import get_runtime, runtime_for_file
+
+    runtime = runtime_for_file(model_file)
+    model = get_runtime(runtime).load(model_file)
+    reference = model.run({model.inputs[0].name: inputs})
+    if wrong_reference:
+        reference = {k: v + 5.0 for k, v in reference.items()}
+    payload_name = f"model{model_file.suffix}"
+    manifest = Manifest(
+        name=channel,
+        version=version,
+        sequence=sequence,
+        created=utcnow(),
+        files=(),
+        models=(ModelEntry(
+            name="main",
+            runtime=runtime,
+            file=payload_name,
+            inputs=tuple(TensorInfo(s.name, s.datatype, s.shape) for s in model.inputs),
+            outputs=tuple(TensorInfo(s.name, s.datatype, s.shape) for s in model.outputs),
+        ),),
+        smoke_tests=(SmokeTest(
+            "main", "smoke/inputs.npz", "smoke/reference.npz", max_abs_error=1e-3,
+            warmup_runs=1, latency_runs=3,
+        ),),
+        health_policy=policy,
+        compatibility=Compatibility(),
+    )
+    payloads = [
+        Payload(payload_name, model_file),
+        Payload("smoke/inputs.npz", _npz({model.inputs[0].name: inputs})),
+        Payload("smoke/reference.npz", _npz(reference)),
+    ]
+    with open(out, "wb") as f:
+        write_bundle(f, manifest, payloads, [signer], TEST_PACK)
+    return out

@@ -3,7 +3,6 @@ the real installer with real smoke tests), real models, and a real server on 127
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 import threading
@@ -18,20 +17,12 @@ import pytest
 
 from agent.installer import install
 from agent.provision import init_device
-from agent.runtimes import get_runtime, runtime_for_file
 from agent.server import AgentServer, Event, MemoryEventSink, ServerConfig
 from agent.state import DeviceState, Release
 from bundles.manifest import (
-    Compatibility,
     HealthPolicy,
-    Manifest,
-    ModelEntry,
-    SmokeTest,
-    TensorInfo,
 )
-from bundles.pack import Payload, write_bundle
-from bundles.timeutil import utcnow
-from tests.factory import TEST_PACK, Keyring, make_keys
+from tests.factory import Keyring, make_keys, smoke_tested_bundle
 from tests.models import make_mlp_weights, onnx_mlp, sample_inputs, tflite_mlp
 
 IN_DIM, HIDDEN, OUT_DIM = 8, 16, 3
@@ -75,12 +66,6 @@ def negative_inputs(n: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    return buffer.getvalue()
-
-
 def build_bundle(
     out: Path,
     keys: Keyring,
@@ -92,39 +77,10 @@ def build_bundle(
     policy: HealthPolicy = LENIENT,
 ) -> Path:
     """A signed bundle of `model_file` with a smoke test it passes (positive inputs)."""
-    runtime = runtime_for_file(model_file)
-    model = get_runtime(runtime).load(model_file)
-    inputs = positive_inputs(4, seed=sequence)
-    reference = model.run({model.inputs[0].name: inputs})
-    payload_name = f"model{model_file.suffix}"
-    manifest = Manifest(
-        name=channel,
-        version=version,
-        sequence=sequence,
-        created=utcnow(),
-        files=(),
-        models=(ModelEntry(
-            name="main",
-            runtime=runtime,
-            file=payload_name,
-            inputs=tuple(TensorInfo(s.name, s.datatype, s.shape) for s in model.inputs),
-            outputs=tuple(TensorInfo(s.name, s.datatype, s.shape) for s in model.outputs),
-        ),),
-        smoke_tests=(SmokeTest(
-            "main", "smoke/inputs.npz", "smoke/reference.npz", max_abs_error=1e-3,
-            warmup_runs=1, latency_runs=3,
-        ),),
-        health_policy=policy,
-        compatibility=Compatibility(),
+    return smoke_tested_bundle(
+        out, keys.signing, model_file, positive_inputs(4, seed=sequence),
+        channel=channel, version=version, sequence=sequence, policy=policy,
     )
-    payloads = [
-        Payload(payload_name, model_file),
-        Payload("smoke/inputs.npz", _npz({model.inputs[0].name: inputs})),
-        Payload("smoke/reference.npz", _npz(reference)),
-    ]
-    with open(out, "wb") as f:
-        write_bundle(f, manifest, payloads, [keys.signing], TEST_PACK)
-    return out
 
 
 @dataclass

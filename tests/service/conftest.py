@@ -5,7 +5,6 @@ and a TCP proxy that cuts connections, for the network's bad days."""
 from __future__ import annotations
 
 import contextlib
-import io
 import shutil
 import socket
 import subprocess
@@ -23,19 +22,11 @@ import requests
 
 from agent.config import AgentConfig
 from agent.provision import init_device
-from agent.runtimes import get_runtime
 from bundles.keys import SigningKey
 from bundles.manifest import (
-    Compatibility,
     HealthPolicy,
-    Manifest,
-    ModelEntry,
-    SmokeTest,
-    TensorInfo,
 )
-from bundles.pack import Payload, write_bundle
-from bundles.timeutil import utcnow
-from tests.factory import TEST_PACK, Keyring, make_keys
+from tests.factory import Keyring, make_keys, smoke_tested_bundle
 from tests.models import make_mlp_weights, onnx_mlp, sample_inputs
 
 IN_DIM, HIDDEN, OUT_DIM = 8, 16, 3
@@ -77,12 +68,6 @@ def positive_inputs(n: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    return buffer.getvalue()
-
-
 def build_bundle(
     out: Path,
     keys: Keyring,
@@ -95,41 +80,13 @@ def build_bundle(
     signer: SigningKey | None = None,
     wrong_reference: bool = False,
 ) -> Path:
-    """A signed bundle of `model_file` with a smoke test it passes (unless
+    """A signed bundle of `model_file` with a smoke test it passes on positive inputs (unless
     `wrong_reference`, which ships reference outputs it cannot match)."""
-    model = get_runtime("onnxruntime").load(model_file)
-    inputs = positive_inputs(4, seed=sequence)
-    reference = model.run({model.inputs[0].name: inputs})
-    if wrong_reference:
-        reference = {k: v + 5.0 for k, v in reference.items()}
-    manifest = Manifest(
-        name=channel,
-        version=version,
-        sequence=sequence,
-        created=utcnow(),
-        files=(),
-        models=(ModelEntry(
-            name="main",
-            runtime="onnxruntime",
-            file="model.onnx",
-            inputs=tuple(TensorInfo(s.name, s.datatype, s.shape) for s in model.inputs),
-            outputs=tuple(TensorInfo(s.name, s.datatype, s.shape) for s in model.outputs),
-        ),),
-        smoke_tests=(SmokeTest(
-            "main", "smoke/inputs.npz", "smoke/reference.npz", max_abs_error=1e-3,
-            warmup_runs=1, latency_runs=3,
-        ),),
-        health_policy=policy,
-        compatibility=Compatibility(),
+    return smoke_tested_bundle(
+        out, signer or keys.signing, model_file, positive_inputs(4, seed=sequence),
+        channel=channel, version=version, sequence=sequence, policy=policy,
+        wrong_reference=wrong_reference,
     )
-    payloads = [
-        Payload("model.onnx", model_file),
-        Payload("smoke/inputs.npz", _npz({model.inputs[0].name: inputs})),
-        Payload("smoke/reference.npz", _npz(reference)),
-    ]
-    with open(out, "wb") as f:
-        write_bundle(f, manifest, payloads, [signer or keys.signing], TEST_PACK)
-    return out
 
 
 # --- devices ------------------------------------------------------------------------------
