@@ -41,6 +41,7 @@ from bundles.manifest import (
 from bundles.pack import Payload, write_bundle
 from bundles.timeutil import utcnow
 from bundles.trust import load_root, make_root, sign_root
+from tests.factory import Outcome
 from tests.models import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -186,26 +187,6 @@ def make_bundle(tmp_path: Path, keys: Keys, models: dict[str, Model]) -> BundleM
 
 
 # --- devices --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Outcome:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def ok(self) -> Outcome:
-        assert self.exit_code == 0, f"exit {self.exit_code}\n{self.stdout}\n{self.stderr}"
-        assert "Traceback" not in self.stdout + self.stderr
-        return self
-
-    def refusal(self) -> str:
-        """Assert exit 1 with exactly one `error:` line on stderr; return that line."""
-        assert "Traceback" not in self.stdout + self.stderr, self.stderr
-        assert self.exit_code == 1, f"exit {self.exit_code}\n{self.stdout}\n{self.stderr}"
-        lines = self.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), self.stderr
-        return lines[0]
 
 
 class Device:

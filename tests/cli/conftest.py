@@ -8,7 +8,6 @@ Both return an `Outcome` whose helpers check the exit-code contract of SPEC.md.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,46 +23,13 @@ from click.testing import CliRunner
 
 from manager.cli import main
 from manager.keydir import init_keydir
+from tests.factory import Outcome
 from tests.models import make_mlp_weights, onnx_mlp, quantize_onnx, sample_inputs, tflite_mlp
 
 SATCHEL_SCRIPT = Path(sys.executable).with_name("satchel")
 SPAWN_TIMEOUT_S = 120  # a hung subprocess fails the test instead of the whole run
 IN_DIM = 64  # width of the test models' single input
 PASSPHRASE_ENV = "SATCHEL_KEY_PASSPHRASE"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a `satchel` invocation did: exit code and both output streams."""
-
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    def ok(self) -> Outcome:
-        """Assert success: exit 0, no traceback. Returns self for chaining."""
-        assert self.exit_code == 0, f"exit {self.exit_code}\n{self.stdout}\n{self.stderr}"
-        assert "Traceback" not in self.stdout + self.stderr
-        return self
-
-    def refusal(self) -> str:
-        """Assert a refusal: exit 1, one `error: ` line on stderr, no traceback. Returns it."""
-        assert "Traceback" not in self.stdout + self.stderr, self.stderr
-        assert self.exit_code == 1, f"exit {self.exit_code}\n{self.stdout}\n{self.stderr}"
-        lines = self.stderr.splitlines()
-        assert len(lines) == 1, f"stderr is not one line: {self.stderr!r}"
-        assert lines[0].startswith("error: "), lines[0]
-        return lines[0]
-
-    def usage_error(self) -> str:
-        """Assert a usage error: exit 2, click's message on stderr, no traceback."""
-        assert "Traceback" not in self.stdout + self.stderr, self.stderr
-        assert self.exit_code == 2, f"exit {self.exit_code}\n{self.stdout}\n{self.stderr}"
-        return self.stderr
-
-    def json(self) -> Any:
-        """stdout parsed as JSON (the command must have succeeded)."""
-        return json.loads(self.ok().stdout)
 
 
 def _clean_environ() -> dict[str, str]:
