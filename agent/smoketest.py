@@ -31,9 +31,9 @@ import numpy as np
 
 from agent.config import DEFAULT_CONFIG, AgentConfig
 from agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
-from agent.runtimes.samples import feed_for, run_samples, sample_count, time_runs
+from agent.runtimes.samples import encoded_feeds, run_feeds, time_runs
 from bundles.manifest import Manifest, ModelEntry, SmokeTest, parse_manifest
-from bundles.smoke import accuracy_failures, compare_outputs, percentile
+from bundles.smoke import accuracy_failures, compare_outputs, percentile, smoke_kinds
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -129,8 +129,15 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {name: np.asarray(data[name]) for name in data.files}
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is None or np.isfinite(value) else None
+def _json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (reports are strict JSON)."""
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def run_smoke_test(
@@ -183,21 +190,22 @@ def _measure(
     result: dict[str, Any],
 ) -> None:
     """Accuracy over every sample, then latency. Raises ModelRuntimeError, ValueError."""
-    result["samples"] = sample_count(inputs)
-    outputs, _ = run_samples(loaded, inputs)
-    agreement = compare_outputs(outputs, reference)
-    result["agreement"] = {
-        k: _finite(v) if isinstance(v, float) else v for k, v in agreement.to_dict().items()
-    }
+    feeds = encoded_feeds(loaded, inputs)
+    result["samples"] = len(feeds)
+    outputs, _ = run_feeds(loaded, feeds)
+    declared = {s.name: s.shape for s in loaded.outputs}
+    agreement = compare_outputs(outputs, reference, smoke_kinds(test), declared)
+    result["agreement"] = _json_safe(agreement.to_dict())
     result["thresholds"] = {
         "max_abs_error": test.max_abs_error,
         "min_cosine": test.min_cosine,
         "min_top1_agreement": test.min_top1_agreement,
         "allow_nonfinite": test.allow_nonfinite,
+        "outputs": [c.to_dict() for c in test.outputs],
     }
     result["failures"].extend(accuracy_failures(agreement, test))
-    # Timed exactly as `satchel bundle build` times it on the build host: sample 0, batch 1.
-    feed = feed_for(loaded, inputs, 0)
+    # Timed exactly as `satchel bundle build` times it on the build host: the first feed.
+    feed = feeds[0]
     timings = time_runs(loaded, feed, test.warmup_runs, test.latency_runs)
     p95 = percentile(timings, 95)
     result["latency_ms"] = {

@@ -27,7 +27,13 @@ SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,94}")
 TENSOR_NAME_RE = re.compile(r"[^\x00-\x1f]{1,256}")
 RUNTIMES = ("onnxruntime", "tflite")
 DATATYPES = ("BOOL", "UINT8", "INT8", "INT16", "UINT16", "INT32", "INT64", "FP16", "FP32", "FP64")
-QUANTIZATION_MODES = ("none", "dynamic-int8", "static-int8", "int8", "float16")
+QUANTIZATION_MODES = ("none", "dynamic-int8", "static-int8", "int8", "uint8", "float16")
+# How an output is judged against its reference (bundles/smoke.py): "score" one value per feed
+# (probability, flag, regression value), "classes" class scores (top-1), "labels" integer
+# class ids, "embedding" a vector compared by direction, "tensor" anything else (boxes, masks,
+# states, feature maps).
+OUTPUT_KINDS = ("score", "classes", "labels", "embedding", "tensor")
+SIGNATURE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._:/-]{0,127}")
 PAYLOAD_PREFIX = "payload/"
 PAYLOAD_SUFFIX = ".zst"
 
@@ -108,6 +114,21 @@ class TensorInfo:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
+def _data_files(d: dict[str, Any], where: str) -> list[str]:
+    if d.get("data_files") is None:
+        return []
+    files = get(d, "data_files", list, where)
+    if len(files) > 1000:
+        raise WrongTypeError(f"{where}: 'data_files' lists too many files ({len(files)})")
+    for f in files:
+        if not isinstance(f, str):
+            raise WrongTypeError(f"{where}: 'data_files' must be a list of paths")
+        check_payload_path(f)
+    if len(set(files)) != len(files):
+        raise WrongTypeError(f"{where}: 'data_files' repeats an entry")
+    return list(files)
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -117,6 +138,10 @@ class ModelEntry:
     outputs: tuple[TensorInfo, ...]
     quantization: str = "none"  # one of QUANTIZATION_MODES
     reference_sha256: str | None = None  # float model the smoke references came from
+    # Further payload files the model loads from beside its own file (ONNX external data),
+    # as paths relative to the model file's directory; they travel and unpack with it.
+    data_files: tuple[str, ...] = ()
+    signature: str | None = None  # TFLite signature to run (models with several)
 
     @classmethod
     def from_dict(cls, d: Any) -> ModelEntry:
@@ -125,7 +150,7 @@ class ModelEntry:
             d,
             w,
             {"name", "runtime", "file", "inputs", "outputs", "quantization"},
-            {"reference_sha256"},
+            {"reference_sha256", "data_files", "signature"},
         )
         name = get_str(d, "name", w, LABEL_RE)
         w = f"manifest model {name!r}"
@@ -147,7 +172,14 @@ class ModelEntry:
             outputs=tuple(TensorInfo.from_dict(t, f"{w} output") for t in outputs),
             quantization=quantization,
             reference_sha256=get_str(d, "reference_sha256", w, SHA256_RE, nullable=True),
+            data_files=tuple(_data_files(d, w)),
+            signature=get_str(d, "signature", w, SIGNATURE_RE, nullable=True),
         )
+
+    def data_paths(self) -> tuple[str, ...]:
+        """Payload paths of the model's data files (beside the model file)."""
+        folder = self.file.rpartition("/")[0]
+        return tuple(f"{folder}/{f}" if folder else f for f in self.data_files)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -160,12 +192,68 @@ class ModelEntry:
         }
         if self.reference_sha256:
             d["reference_sha256"] = self.reference_sha256
+        if self.data_files:
+            d["data_files"] = list(self.data_files)
+        if self.signature is not None:
+            d["signature"] = self.signature
+        return d
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """How one output is judged against its reference: its kind and its thresholds.
+
+    A None threshold is not judged. Errors are over every value of every sample feed;
+    `max_rel_error` divides the largest absolute error by the reference's range (from zero
+    to its farthest value; 1 for outputs that lie in [0, 1], such as probabilities).
+    """
+
+    name: str  # the output tensor's name
+    kind: str  # one of OUTPUT_KINDS
+    max_abs_error: float | None = None  # largest |out - ref|, in the output's units
+    max_rel_error: float | None = None  # largest |out - ref| / range of the reference
+    min_sqnr_db: float | None = None  # signal-to-noise ratio of out vs ref, in dB
+    min_cosine: float | None = None  # smallest cosine similarity of a row (vector kinds)
+    min_top1_agreement: float | None = None  # share of rows with the same top class (label)
+
+    THRESHOLDS = ("max_abs_error", "max_rel_error", "min_sqnr_db", "min_cosine",
+                  "min_top1_agreement")
+
+    @classmethod
+    def from_dict(cls, d: Any) -> OutputCheck:
+        w = "manifest output check"
+        check_keys(d, w, {"name", "kind"}, set(cls.THRESHOLDS))
+        name = get_str(d, "name", w, TENSOR_NAME_RE)
+        w = f"manifest output check {name[:60]!r}"
+        kind = get_str(d, "kind", w)
+        if kind not in OUTPUT_KINDS:
+            raise WrongTypeError(f"{w}: unknown output kind {kind[:30]!r}")
+        return cls(
+            name=name,
+            kind=kind,
+            max_abs_error=get_float(d, "max_abs_error", w, nullable=True),
+            max_rel_error=get_float(d, "max_rel_error", w, nullable=True),
+            min_sqnr_db=get_float(d, "min_sqnr_db", w, -1000.0, 1000.0, nullable=True),
+            min_cosine=get_float(d, "min_cosine", w, -1.0, 1.0, nullable=True),
+            min_top1_agreement=get_float(d, "min_top1_agreement", w, 0.0, 1.0, nullable=True),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"name": self.name, "kind": self.kind}
+        for key in self.THRESHOLDS:
+            value = getattr(self, key)
+            if value is not None:
+                d[key] = value
         return d
 
 
 @dataclass(frozen=True)
 class SmokeTest:
-    """Sample inputs, reference outputs and the budgets a device must meet to activate."""
+    """Sample inputs, reference outputs and the budgets a device must meet to activate.
+
+    `outputs` judges each output by its kind (bundles/smoke.py); a bundle without them (built
+    by an earlier release) is judged by the three global thresholds, on every output they fit.
+    """
 
     model: str  # name of a ModelEntry
     inputs: str  # payload path of an .npz holding one array per model input
@@ -178,6 +266,7 @@ class SmokeTest:
     latency_runs: int = 20  # timed runs; p50/p95 are taken over these
     p95_latency_budget_ms: float | None = None  # milliseconds, measured on the device
     max_memory_mb: float | None = None  # MiB of peak resident memory growth while testing
+    outputs: tuple[OutputCheck, ...] = ()  # per-output kind and thresholds
 
     @classmethod
     def from_dict(cls, d: Any) -> SmokeTest:
@@ -191,8 +280,15 @@ class SmokeTest:
             "latency_runs",
             "p95_latency_budget_ms",
             "max_memory_mb",
+            "outputs",
         }
         check_keys(d, w, {"model", "inputs", "reference"}, optional)
+        raw_outputs = get(d, "outputs", list, w, nullable=True) or []
+        if len(raw_outputs) > 1000:
+            raise WrongTypeError(f"{w}: too many output checks ({len(raw_outputs)})")
+        outputs = tuple(OutputCheck.from_dict(o) for o in raw_outputs)
+        if len({o.name for o in outputs}) != len(outputs):
+            raise WrongTypeError(f"{w}: the same output is checked twice")
         return cls(
             model=get_str(d, "model", w, LABEL_RE),
             inputs=get_str(d, "inputs", w),
@@ -205,6 +301,7 @@ class SmokeTest:
             latency_runs=get_int(d, "latency_runs", w, 1, 100_000, nullable=True) or 20,
             p95_latency_budget_ms=get_float(d, "p95_latency_budget_ms", w, nullable=True),
             max_memory_mb=get_float(d, "max_memory_mb", w, nullable=True),
+            outputs=outputs,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,6 +323,8 @@ class SmokeTest:
             value = getattr(self, name)
             if value is not None:
                 d[name] = value
+        if self.outputs:
+            d["outputs"] = [o.to_dict() for o in self.outputs]
         return d
 
 
@@ -411,8 +510,9 @@ class Manifest:
         if len(set(names)) != len(names):
             raise WrongTypeError("manifest lists the same model name twice")
         for m in self.models:
-            if m.file not in paths:
-                raise WrongTypeError(f"model {m.name!r} names file {m.file!r} that is not listed")
+            for p in (m.file, *m.data_paths()):
+                if p not in paths:
+                    raise WrongTypeError(f"model {m.name!r} names file {p!r} that is not listed")
         for s in self.smoke_tests:
             if s.model not in names:
                 raise WrongTypeError(f"smoke test names unknown model {s.model!r}")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import platform
 import time
+import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -28,21 +30,45 @@ from agent.runtimes import (
     installed_runtimes,
     runtime_for_file,
 )
-from agent.runtimes.samples import feed_for, run_samples, time_runs
+from agent.runtimes.samples import (
+    encode,
+    encoded_feeds,
+    generate_samples,
+    plan_feeds,
+    real_values,
+    run_feeds,
+    stored_samples,
+    time_runs,
+)
 from bundles.durable import atomic_writer
 from bundles.keys import SigningKey
 from bundles.manifest import (
+    CHANNEL_RE,
+    VERSION_RE,
     Compatibility,
     HealthPolicy,
     Manifest,
     ModelEntry,
+    OutputCheck,
     SmokeTest,
     TensorInfo,
 )
 from bundles.pack import Payload, write_bundle
-from bundles.smoke import Agreement, accuracy_failures, compare_outputs, percentile
+from bundles.smoke import (
+    DEFAULT_CHECKS,
+    Agreement,
+    CheckDefaults,
+    accuracy_failures,
+    compare_outputs,
+    default_check,
+    detect_kind,
+    percentile,
+    useless_thresholds,
+    with_overrides,
+)
 from bundles.timeutil import utcnow
 from manager.errors import BuildError
+from manager.model_files import model_files
 
 INPUTS_PATH = "smoke/inputs.npz"
 REFERENCE_PATH = "smoke/reference.npz"
@@ -51,15 +77,13 @@ MIN_RUNTIME_VERSION = {"onnxruntime": "1.16", "tflite": "2.0"}
 
 @dataclass(frozen=True)
 class BuildDefaults:
-    generated_samples: int = 32  # samples made when no --samples file is given
+    generated_samples: int = 32  # feeds made when no --samples file is given
     seed: int = 0  # of the generated samples
-    quantized_min_cosine: float = 0.99  # vs float reference, when --reference is given
-    quantized_min_top1: float = 0.90
-    self_min_cosine: float = 0.999  # device vs build host, when there is no reference
-    self_min_top1: float = 0.99
+    checks: CheckDefaults = DEFAULT_CHECKS  # per-output thresholds (bundles/smoke.py)
     warmup_runs: int = 3
     latency_runs: int = 20
     progress_min_bytes: int = 32 * 1024 * 1024  # show a progress bar above this model size
+    max_feeds: int = 10_000  # sample feeds in one smoke test
 
 
 @dataclass(frozen=True)
@@ -74,9 +98,13 @@ class BuildRequest:
     architectures: tuple[str, ...] = ()
     latency_budget_ms: float | None = None
     max_memory_mb: float | None = None
-    max_abs_error: float | None = None
-    min_cosine: float | None = None
-    min_top1: float | None = None
+    max_abs_error: float | None = None  # on every output
+    min_cosine: float | None = None  # on every vector output
+    min_top1: float | None = None  # on class-score and label outputs
+    min_sqnr_db: float | None = None  # on every output but one-value scores
+    max_rel_error: float | None = None  # on every output
+    output_checks: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> overrides
+    signature: str | None = None  # TFLite signature to run
     expires: datetime | None = None
     health_policy: HealthPolicy = field(default_factory=HealthPolicy)
     description: str = ""
@@ -92,6 +120,8 @@ class BuildResult:
     output: Path
     bundle_bytes: int
     bundle_sha256: str
+    model_bytes: int = 0  # the model with all its data files
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -101,46 +131,70 @@ class BuildResult:
             "output": str(self.output),
             "bundle_bytes": self.bundle_bytes,
             "bundle_sha256": self.bundle_sha256,
+            "model_bytes": self.model_bytes,
             "agreement": self.agreement.to_dict(),
+            "checks": [c.to_dict() for c in self.manifest.smoke_tests[0].outputs],
             "host_p50_ms": self.host_p50_ms,
             "host_p95_ms": self.host_p95_ms,
+            "warnings": list(self.warnings),
         }
 
 
-def _load(path: Path, role: str) -> LoadedModel:
+def check_release(name: str, version: str, sequence: int | None) -> None:
+    """Refuse a channel name, version or sequence the manifest cannot carry, before any model
+    runs. Raises BuildError stating the rule."""
+    if not CHANNEL_RE.fullmatch(name):
+        raise BuildError(
+            f"channel name {name[:80]!r} is invalid: use 1-64 lowercase letters, digits, '.', "
+            "'_' or '-', starting with a letter or digit"
+        )
+    if not VERSION_RE.fullmatch(version):
+        raise BuildError(
+            f"version {version[:80]!r} is invalid: use 1-64 letters, digits, '.', '+', '_', "
+            "'~' or '-', starting with a letter or digit"
+        )
+    if sequence is not None and not 0 <= sequence <= 2**63 - 1:
+        raise BuildError(f"sequence {sequence} is invalid: use an integer from 0 to 2^63-1")
+
+
+def _load(path: Path, role: str, signature: str | None = None) -> LoadedModel:
     try:
-        return get_runtime(runtime_for_file(path)).load(path)
+        adapter = get_runtime(runtime_for_file(path))
+        if signature is not None:
+            return adapter.load(path, signature=signature)
+        return adapter.load(path)
     except ModelRuntimeError as e:
-        raise BuildError(f"{role} {path}: {e}") from e
+        raise BuildError(f"{role} {path.name}: {e}") from e
 
 
-def _load_samples(path: Path, model: LoadedModel) -> dict[str, np.ndarray]:
+def _load_samples(path: Path) -> dict[str, np.ndarray]:
+    """Raises BuildError (one line) for a file that is not an .npz of plain arrays."""
     try:
         with np.load(path, allow_pickle=False) as npz:
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise ValueError("not an .npz")
             samples = {k: np.asarray(npz[k]) for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise BuildError(f"cannot read samples {path}: {e}") from e
-    names = {s.name for s in model.inputs}
-    if set(samples) != names:
+    except OSError as e:
+        raise BuildError(f"cannot read samples {path.name}: {e.strerror or e}") from e
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
         raise BuildError(
-            f"samples {path} hold arrays {sorted(samples)}, the model's inputs are {sorted(names)}"
-        )
+            f"samples {path.name} is not an .npz file of arrays (write one with numpy.savez: "
+            "one array per model input, keyed by input name)"
+        ) from e
+    except AttributeError as e:  # np.load returned a plain array (.npy)
+        raise BuildError(f"samples {path.name} is a .npy array, not an .npz of arrays") from e
+    if not samples:
+        raise BuildError(f"samples {path.name} holds no array")
+    for name, array in samples.items():
+        if array.dtype.kind not in "biuf":
+            raise BuildError(
+                f"samples {path.name}: array {name!r} holds {array.dtype}, not numbers"
+            )
+        if array.size == 0:
+            raise BuildError(
+                f"samples {path.name}: array {name!r} is empty (shape {list(array.shape)})"
+            )
     return samples
-
-
-def _generate(spec: TensorSpec, n: int, rng: np.random.Generator) -> np.ndarray:
-    dims = [d if d > 0 else 1 for d in spec.shape[1:]] if spec.shape else []
-    shape = (n, *dims)
-    if spec.quantization is not None or spec.datatype.startswith("FP"):
-        return rng.standard_normal(shape).astype(np.float32)
-    if spec.datatype == "BOOL":
-        return rng.integers(0, 2, shape).astype(bool)
-    return rng.integers(0, 8, shape).astype(spec.dtype)
-
-
-def _generated_samples(model: LoadedModel, d: BuildDefaults) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(d.seed)
-    return {s.name: _generate(s, d.generated_samples, rng) for s in model.inputs}
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
@@ -158,36 +212,48 @@ def _sha256_file(path: Path) -> str:
 
 
 def detect_quantization(path: Path, model: LoadedModel) -> str:
-    """Name the quantization of a model file: dynamic-int8, static-int8, int8 or none."""
+    """Name the quantization of a model file: dynamic-int8, static-int8, int8, uint8, float16
+    or none."""
     if model.runtime == "tflite":
-        quantized = any(s.datatype in ("INT8", "UINT8") for s in [*model.inputs, *model.outputs])
-        return "int8" if quantized else "none"
+        types = {s.datatype for s in [*model.inputs, *model.outputs] if s.quantization}
+        if "UINT8" in types:
+            return "uint8"
+        return "int8" if types else _tflite_weight_types(path)
     try:
         import onnx
     except ImportError:  # the manager extra carries onnx; without it we cannot tell
         return "none"
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
-    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"}:
+    graph = onnx.load(str(path), load_external_data=False).graph
+    ops = {n.op_type for n in graph.node}
+    if ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger"}:
         return "dynamic-int8"
-    if ops & {"QuantizeLinear", "QLinearMatMul", "QLinearConv"}:
+    if ops & {"QuantizeLinear", "QLinearMatMul", "QLinearConv", "DequantizeLinear"}:
         return "static-int8"
+    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+        return "float16"
+    return "none"
+
+
+def _tflite_weight_types(path: Path) -> str:
+    """float16 for a TFLite model whose weights are fp16 (dequantized at load), else none."""
+    try:
+        import tflite
+    except ImportError:
+        return "none"
+    try:
+        model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+        for g in range(model.SubgraphsLength()):
+            graph = model.Subgraphs(g)
+            for t in range(graph.TensorsLength()):
+                if graph.Tensors(t).Type() == tflite.TensorType.FLOAT16:
+                    return "float16"
+    except Exception:  # an unreadable flatbuffer: the runtime already loaded it, say nothing
+        return "none"
     return "none"
 
 
 def _tensor_infos(specs: list[TensorSpec]) -> tuple[TensorInfo, ...]:
     return tuple(TensorInfo(s.name, s.datatype, tuple(s.shape)) for s in specs)
-
-
-def _thresholds(req: BuildRequest, d: BuildDefaults) -> tuple[float | None, float, float]:
-    if req.reference is not None:
-        cos, top1 = d.quantized_min_cosine, d.quantized_min_top1
-    else:
-        cos, top1 = d.self_min_cosine, d.self_min_top1
-    return (
-        req.max_abs_error,
-        req.min_cosine if req.min_cosine is not None else cos,
-        req.min_top1 if req.min_top1 is not None else top1,
-    )
 
 
 def _check_outputs(shipped: LoadedModel, reference: LoadedModel) -> None:
@@ -197,6 +263,81 @@ def _check_outputs(shipped: LoadedModel, reference: LoadedModel) -> None:
         raise BuildError(
             f"model outputs {sorted(ours)} differ from reference outputs {sorted(theirs)}"
         )
+    ours_in = {s.name for s in shipped.inputs}
+    theirs_in = {s.name for s in reference.inputs}
+    if ours_in != theirs_in:
+        raise BuildError(
+            f"model inputs {sorted(ours_in)} differ from reference inputs {sorted(theirs_in)}"
+        )
+
+
+def _reference_feeds(
+    shipped: LoadedModel, reference: LoadedModel, feeds: list[dict[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """The shipped model's feeds as the reference takes them: the same real values."""
+    ours = {s.name: s for s in shipped.inputs}
+    theirs = {s.name: s for s in reference.inputs}
+    try:
+        return [
+            {n: encode(real_values(a, ours[n]), theirs[n]) for n, a in feed.items()}
+            for feed in feeds
+        ]
+    except ModelRuntimeError as e:
+        raise BuildError(f"the reference model cannot take the samples: {e}") from e
+
+
+def resolve_checks(
+    req: BuildRequest,
+    expected: dict[str, np.ndarray],
+    declared: dict[str, tuple[int, ...]],
+    defaults: CheckDefaults,
+) -> tuple[OutputCheck, ...]:
+    """Each output's kind and thresholds: the defaults for its kind, then the user's global
+    thresholds where they fit the kind, then the user's per-output ones. Raises BuildError."""
+    unknown = sorted(set(req.output_checks) - set(expected))
+    if unknown:
+        raise BuildError(
+            f"--check names {unknown[0]!r}, which is not an output; outputs: {sorted(expected)}"
+        )
+    with_reference = req.reference is not None
+    checks = []
+    for name in sorted(expected):
+        overrides = req.output_checks.get(name, {})
+        kind = overrides.get("kind") or detect_kind(name, expected[name], declared.get(name))
+        check = default_check(name, kind, with_reference=with_reference, defaults=defaults)
+        vector = kind in ("classes", "embedding", "tensor")
+        globals_: dict[str, Any] = {
+            "max_abs_error": req.max_abs_error,
+            "max_rel_error": req.max_rel_error,
+            "min_sqnr_db": req.min_sqnr_db if kind != "score" and kind != "labels" else None,
+            "min_cosine": req.min_cosine if vector else None,
+            "min_top1_agreement": req.min_top1 if kind in ("classes", "labels") else None,
+        }
+        check = replace(check, **{k: v for k, v in globals_.items() if v is not None})
+        try:
+            check = with_overrides(check, overrides)
+        except ValueError as e:
+            raise BuildError(f"--check {name}: {e}") from e
+        checks.append(check)
+    return tuple(checks)
+
+
+def _warnings(
+    req: BuildRequest, checks: tuple[OutputCheck, ...], p95: float, smoke_bytes: int,
+    model_bytes: int,
+) -> list[str]:
+    found = [w for c in checks for w in useless_thresholds(c)]
+    if req.latency_budget_ms is not None and req.latency_budget_ms < p95:
+        found.append(
+            f"latency budget {req.latency_budget_ms:g} ms is below this host's own p95 "
+            f"({p95:.3g} ms): a device as fast as this one fails it"
+        )
+    if smoke_bytes > model_bytes:
+        found.append(
+            f"smoke data ({smoke_bytes / 2**20:.1f} MiB) is larger than the model "
+            f"({model_bytes / 2**20:.1f} MiB): every device downloads it; pass fewer samples"
+        )
+    return found
 
 
 def build_bundle(
@@ -210,29 +351,42 @@ def build_bundle(
 ) -> BuildResult:
     """Measure, smoke-test on this host, and write a signed bundle to `out` (atomically).
 
-    Raises BuildError when a model cannot be loaded or run, samples do not fit, or the shipped
-    model disagrees with its reference beyond the thresholds (the message gives the figures);
-    BundleError subclasses from packing.
+    Raises BuildError when the release names are invalid, a model cannot be loaded or run,
+    samples do not fit, or the shipped model disagrees with its reference beyond the
+    thresholds (the message gives the figures); BundleError subclasses from packing.
     """
+    check_release(req.name, req.version, req.sequence)
     created = now or utcnow()
     runtime = _runtime_name(req.model)
-    shipped = _load(req.model, "model")
-    reference = _load(req.reference, "reference model") if req.reference else shipped
+    files = model_files(req.model)
+    if req.reference is not None:
+        model_files(req.reference)  # a reference with a missing data file: refuse in one line
+    raw_samples = _load_samples(req.samples) if req.samples else None
+    shipped = _load(req.model, "model", req.signature)
+    reference = _load(req.reference, "reference model", req.signature) if req.reference else shipped
     try:
-        if req.samples:
-            samples = _load_samples(req.samples, shipped)
-        else:
-            samples = _generated_samples(shipped, defaults)
         if reference is not shipped:
             _check_outputs(shipped, reference)
         try:
-            outputs, _ = run_samples(shipped, samples)
+            if raw_samples is None:
+                raw_samples = generate_samples(
+                    shipped.inputs, defaults.generated_samples, defaults.seed
+                )
+            plan = plan_feeds(shipped.inputs, raw_samples)
+            if plan.count > defaults.max_feeds:
+                raise BuildError(
+                    f"samples hold {plan.count} feeds; at most {defaults.max_feeds} go in a bundle"
+                )
+            feeds = encoded_feeds(shipped, raw_samples)
+            stored = stored_samples(shipped.inputs, feeds)
+        except ModelRuntimeError as e:
+            raise BuildError(f"samples do not fit the model: {e}") from e
+        try:
+            outputs, _ = run_feeds(shipped, feeds)
             expected = outputs
             if reference is not shipped:
-                expected, _ = run_samples(reference, samples)
-            latencies = time_runs(
-                shipped, feed_for(shipped, samples, 0), defaults.warmup_runs, defaults.latency_runs
-            )
+                expected, _ = run_feeds(reference, _reference_feeds(shipped, reference, feeds))
+            latencies = time_runs(shipped, feeds[0], defaults.warmup_runs, defaults.latency_runs)
         except ModelRuntimeError as e:
             raise BuildError(f"running the models on the samples failed: {e}") from e
         quantization = detect_quantization(req.model, shipped)
@@ -241,20 +395,28 @@ def build_bundle(
         shipped.close()
         if reference is not shipped:
             reference.close()
-    max_abs, min_cos, min_top1 = _thresholds(req, defaults)
+    for name, values in expected.items():
+        if not np.all(np.isfinite(values)):
+            raise BuildError(
+                f"the reference gives NaN/Inf on output {name!r} for these samples; "
+                "a reference must be finite"
+            )
+    declared = {t.name: t.shape for t in outputs_info}
+    checks = resolve_checks(req, expected, declared, defaults.checks)
+    try:
+        agreement = compare_outputs(outputs, expected, {c.name: c.kind for c in checks})
+    except ValueError as e:
+        raise BuildError(f"model and reference disagree in shape: {e}") from e
     smoke = SmokeTest(
         model="model",
         inputs=INPUTS_PATH,
         reference=REFERENCE_PATH,
-        max_abs_error=max_abs,
-        min_cosine=min_cos,
-        min_top1_agreement=min_top1,
         warmup_runs=defaults.warmup_runs,
         latency_runs=defaults.latency_runs,
         p95_latency_budget_ms=req.latency_budget_ms,
         max_memory_mb=req.max_memory_mb,
+        outputs=checks,
     )
-    agreement = compare_outputs(outputs, expected)
     failures = accuracy_failures(agreement, smoke)
     if failures:
         raise BuildError(
@@ -262,6 +424,9 @@ def build_bundle(
             + "; ".join(failures)
         )
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
+    inputs_npz, reference_npz = _npz_bytes(stored), _npz_bytes(expected)
+    model_bytes = files.total_bytes()
+    warnings = _warnings(req, checks, p95, len(inputs_npz) + len(reference_npz), model_bytes)
     model_file = f"model{req.model.suffix.lower()}"
     manifest = Manifest(
         name=req.name,
@@ -279,6 +444,8 @@ def build_bundle(
                 outputs=outputs_info,
                 quantization=quantization,
                 reference_sha256=_sha256_file(req.reference) if req.reference else None,
+                data_files=files.data_files,
+                signature=req.signature,
             ),
         ),
         smoke_tests=(smoke,),
@@ -295,13 +462,14 @@ def build_bundle(
             "runtime_versions": installed_runtimes(),
             "host_p50_ms": round(p50, 4),
             "host_p95_ms": round(p95, 4),
-            "agreement": agreement.to_dict(),
+            "agreement": _json_safe(agreement.to_dict()),
         },
     )
     payloads = [
         Payload(model_file, req.model),
-        Payload(INPUTS_PATH, _npz_bytes(samples)),
-        Payload(REFERENCE_PATH, _npz_bytes(expected)),
+        *(Payload(f, files.folder / f) for f in files.data_files),
+        Payload(INPUTS_PATH, inputs_npz),
+        Payload(REFERENCE_PATH, reference_npz),
     ]
     final = _write_atomically(out, manifest, payloads, keys, progress)
     return BuildResult(
@@ -312,7 +480,20 @@ def build_bundle(
         output=out,
         bundle_bytes=out.stat().st_size,
         bundle_sha256=_sha256_file(out),
+        model_bytes=model_bytes,
+        warnings=tuple(warnings),
     )
+
+
+def _json_safe(value: Any) -> Any:
+    """`value` with non-finite floats as None: the manifest is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _runtime_name(path: Path) -> str:

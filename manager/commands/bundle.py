@@ -52,7 +52,11 @@ def _progress_bar(total: int, label: str) -> Any:
 @click.option(
     "--samples",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="INPUTS.npz: one array per model input, keyed by input name.",
+    help="INPUTS.npz: one array per model input, keyed by input name. An array of the "
+    "input's declared shape is one feed (scalars and state tensors too; one feed is reused "
+    "for every feed of the other inputs); an array with one more leading axis holds several "
+    "feeds, e.g. [32, 1, 3, 224, 224] for an input declared [1, 3, 224, 224]. "
+    "Default: 32 generated feeds.",
 )
 @click.option("--sequence", type=click.IntRange(0), help="Default: build time, epoch seconds.")
 @click.option("--device-class", "device_classes", multiple=True, help="Allowed device class.")
@@ -67,9 +71,41 @@ def _progress_bar(total: int, label: str) -> Any:
     type=click.FloatRange(min=0, min_open=True),
     help="Peak memory budget of the smoke test on the device.",
 )
-@click.option("--max-abs-error", type=click.FloatRange(min=0), help="Largest |out - ref|.")
-@click.option("--min-cosine", type=click.FloatRange(-1, 1), help="Cosine similarity floor.")
-@click.option("--min-top1", type=click.FloatRange(0, 1), help="Top-1 agreement floor.")
+@click.option(
+    "--max-abs-error", type=click.FloatRange(min=0), help="Largest |out - ref|, every output."
+)
+@click.option(
+    "--max-rel-error",
+    type=click.FloatRange(min=0),
+    help="Largest |out - ref| over the reference's range, every output "
+    "[default 0.05 for one-value outputs, 0.15 others; 0.01/0.02 without --reference].",
+)
+@click.option(
+    "--min-sqnr-db",
+    type=float,
+    help="Signal-to-noise floor in dB, every output but one-value ones "
+    "[default 15, 10 for class scores; 30 without --reference].",
+)
+@click.option(
+    "--min-cosine",
+    type=click.FloatRange(-1, 1),
+    help="Cosine similarity floor on vector outputs [default 0.98 on embeddings only].",
+)
+@click.option(
+    "--min-top1",
+    type=click.FloatRange(0, 1),
+    help="Top-1 agreement floor on class-score outputs [default 0.90; 0.99 without --reference].",
+)
+@click.option(
+    "--check",
+    "output_checks",
+    multiple=True,
+    metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+    help="Per-output kind and thresholds, e.g. 'speech_prob:kind=score,max_abs_error=0.02'. "
+    "Kinds: score, classes, labels, embedding, tensor. Keys: kind, max_abs_error, "
+    "max_rel_error, min_sqnr_db, min_cosine, min_top1_agreement.",
+)
+@click.option("--signature", help="TFLite signature to run, for models with several.")
 @click.option("--expires-days", type=click.IntRange(1), help="Manifest expiry (days).")
 @click.option(
     "--probation-s",
@@ -130,6 +166,10 @@ def build_cmd(**opts: Any) -> None:
         max_abs_error=opts["max_abs_error"],
         min_cosine=opts["min_cosine"],
         min_top1=opts["min_top1"],
+        min_sqnr_db=opts["min_sqnr_db"],
+        max_rel_error=opts["max_rel_error"],
+        output_checks=parse_output_checks(opts["output_checks"]),
+        signature=opts["signature"],
         expires=expires,
         description=opts["description"],
         health_policy=HealthPolicy(
@@ -147,22 +187,75 @@ def build_cmd(**opts: Any) -> None:
     finally:
         if bar is not None:
             bar.close()
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if opts["as_json"]:
         echo_json(result.to_dict())
         return
     a, m = result.agreement, result.manifest
-    top1 = "n/a" if a.top1_agreement is None else f"{a.top1_agreement:.1%}"
     click.echo(f"built {result.output} ({human_bytes(result.bundle_bytes)})")
     click.echo(
         f"  {m.name} {m.version} sequence {m.sequence}, {m.models[0].runtime}, "
-        f"quantization {m.models[0].quantization}"
+        f"quantization {m.models[0].quantization}, model {human_bytes(result.model_bytes)}"
     )
-    click.echo(
-        f"  vs reference on {a.samples} samples: max abs error {a.max_abs_error:.4g}, "
-        f"min cosine {a.min_cosine:.5f}, top-1 {top1}"
-    )
+    against = "reference" if opts["reference"] else "itself (no --reference)"
+    click.echo(f"  vs {against} on {a.samples} sample feeds: {a.headline()}")
+    for o in a.outputs:
+        click.echo(f"    {output_line(o)}")
     click.echo(f"  host latency p50 {result.host_p50_ms:.3f} ms, p95 {result.host_p95_ms:.3f} ms")
     click.echo(f"  signed by {len(keys)} key(s); sha256 {result.bundle_sha256}")
+
+
+def parse_output_checks(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """`NAME:KEY=VALUE[,KEY=VALUE]` options as {name: {key: value}}. Raises click.BadParameter."""
+    checks: dict[str, dict[str, Any]] = {}
+    for value in values:
+        name, sep, rest = value.rpartition(":")
+        if not sep or not name or not rest:
+            raise click.BadParameter(f"{value!r}: expected NAME:KEY=VALUE[,KEY=VALUE]",
+                                     param_hint="--check")
+        entry = checks.setdefault(name, {})
+        for pair in rest.split(","):
+            key, eq, raw = pair.partition("=")
+            key = key.strip()
+            if not eq:
+                raise click.BadParameter(f"{pair!r}: expected KEY=VALUE", param_hint="--check")
+            if key == "kind":
+                entry[key] = raw.strip()
+                continue
+            try:
+                entry[key] = float(raw)
+            except ValueError:
+                raise click.BadParameter(
+                    f"{key}={raw!r}: not a number", param_hint="--check"
+                ) from None
+    return checks
+
+
+def _measured_line(o: dict[str, Any]) -> str:
+    figures = [
+        f"{label} {o[key]:.4g}" for key, label in (
+            ("max_abs_error", "max abs error"), ("rel_error", "rel error"), ("sqnr_db", "SQNR dB"),
+            ("min_cosine", "min cosine"), ("top1_agreement", "top-1"),
+        ) if isinstance(o.get(key), int | float)
+    ]
+    return f"{o.get('name')} ({o.get('kind')}): " + ", ".join(figures)
+
+
+def output_line(o: Any) -> str:
+    """One output's figures, e.g. "logits (classes): max abs 0.03, SQNR 31.2 dB, top-1 100%"."""
+    parts = [f"max abs error {o.max_abs_error:.4g} ({o.rel_error:.3g} of range {o.range:.4g})"]
+    if o.sqnr_db is not None:
+        parts.append(f"SQNR {o.sqnr_db:.1f} dB")
+    if o.min_cosine is not None:
+        parts.append(f"min cosine {o.min_cosine:.5f}")
+    if o.top1_agreement is not None:
+        parts.append(("agreement " if o.kind == "labels" else "top-1 ") + f"{o.top1_agreement:.1%}")
+    if o.top5_agreement is not None:
+        parts.append(f"top-5 {o.top5_agreement:.1%}")
+    if o.nonfinite:
+        parts.append(f"{o.nonfinite} NaN/Inf")
+    return f"{o.name} ({o.kind}): " + ", ".join(parts)
 
 
 def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, str]) -> list[str]:
@@ -185,16 +278,29 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
         lines.append(
             f"  model {model.name}: {model.file} on {model.runtime}, "
             f"quantization {model.quantization}"
+            + (f", signature {model.signature}" if model.signature else "")
         )
+        for data in model.data_paths():
+            lines.append(f"    data   {data}")
         for t in model.inputs:
             lines.append(f"    input  {t.name} {t.datatype} {list(t.shape)}")
         for t in model.outputs:
             lines.append(f"    output {t.name} {t.datatype} {list(t.shape)}")
     for s in m.smoke_tests:
         limits = [
-            f"{k}={v}" for k, v in s.to_dict().items() if k not in ("model", "inputs", "reference")
+            f"{k}={v}"
+            for k, v in s.to_dict().items()
+            if k not in ("model", "inputs", "reference", "outputs")
         ]
         lines.append(f"  smoke test on {s.model}: {', '.join(limits)}")
+        for check in s.outputs:
+            rules = ", ".join(f"{k}={v}" for k, v in check.to_dict().items() if k != "name")
+            lines.append(f"    output {check.name}: {rules}")
+    measured = m.build.get("agreement") if isinstance(m.build, dict) else None
+    if isinstance(measured, dict) and isinstance(measured.get("outputs"), list):
+        lines.append(f"  measured at build on {measured.get('samples')} sample feeds:")
+        for o in measured["outputs"]:
+            lines.append(f"    {_measured_line(o)}")
     hp = m.health_policy.to_dict()
     lines.append("  health policy: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
     lines.append(f"  files ({human_bytes(m.unpacked_size)} unpacked):")

@@ -61,8 +61,11 @@ def test_report_holds_every_figure(tmp_path, models, name):
 
     assert report.passed, report.failures
     test = report.tests[0]
-    assert set(test["agreement"]) == {"samples", "max_abs_error", "min_cosine", "mean_cosine",
-                                      "top1_agreement", "nonfinite"}
+    assert set(test["agreement"]) == {"samples", "max_abs_error", "max_rel_error", "min_sqnr_db",
+                                      "min_cosine", "mean_cosine", "top1_agreement", "nonfinite",
+                                      "outputs"}
+    (output,) = test["agreement"]["outputs"]
+    assert output["name"] == OUTPUT_NAME and output["sqnr_db"] > 20
     assert test["latency_ms"]["runs"] == 7 and test["latency_ms"]["warmup_runs"] == 2
     assert 0 < test["latency_ms"]["p50"] <= test["latency_ms"]["p95"]
     assert test["memory_mb"]["method"] == "vmhwm-reset" and test["load_ms"] > 0

@@ -67,14 +67,16 @@ def test_int8_onnx_bundle_ships_float_reference_outputs_as_smoke_test(
     assert manifest.compatibility.device_classes == ("cam-v2",)
     assert manifest.compatibility.runtimes == {"onnxruntime": "1.16"}
     (smoke,) = manifest.smoke_tests
-    assert (smoke.min_cosine, smoke.min_top1_agreement, smoke.max_abs_error) == (0.99, 0.9, None)
+    (check,) = smoke.outputs
+    assert (check.name, check.kind) == ("logits", "classes")
+    assert (check.min_top1_agreement, check.min_sqnr_db, check.max_rel_error) == (0.9, 10.0, 0.15)
     assert (smoke.p95_latency_budget_ms, smoke.max_memory_mb) == (50.0, 64.0)
     assert (staged / "model.onnx").read_bytes() == models.int8_onnx.read_bytes()
     samples = _npz(models.samples)["input"]
     np.testing.assert_array_equal(_npz(staged / "smoke/inputs.npz")["input"], samples)
-    reference = _npz(staged / "smoke/reference.npz")["logits"]
+    reference = _npz(staged / "smoke/reference.npz")["logits"]  # one feed: the batch of 16
     np.testing.assert_allclose(
-        reference, _outputs(models.float_onnx, "onnxruntime", samples), rtol=1e-5, atol=1e-5
+        reference[0], _outputs(models.float_onnx, "onnxruntime", samples), rtol=1e-5, atol=1e-5
     )
 
 
@@ -90,11 +92,12 @@ def test_build_without_samples_generates_them_and_reports_figures(
     assert lines[0].startswith(f"built {out} (")
     assert "detector 2.0 sequence" in lines[1]
     assert "onnxruntime, quantization dynamic-int8" in lines[1]
-    assert "vs reference on 32 samples: max abs error" in lines[2]
-    assert "host latency p50" in lines[3]
-    assert f"signed by 1 key(s); sha256 {_sha256(out)}" in lines[4]
+    assert "vs reference on 32 sample feeds: max abs error" in lines[2]
+    assert "logits (classes): max abs error" in lines[3]
+    assert "host latency p50" in lines[4]
+    assert f"signed by 1 key(s); sha256 {_sha256(out)}" in lines[5]
     _unpack(out, shared_keydir, tmp_path / "staged")
-    assert _npz(tmp_path / "staged/smoke/inputs.npz")["input"].shape == (32, 64)
+    assert _npz(tmp_path / "staged/smoke/inputs.npz")["input"].shape == (32, 1, 64)
 
 
 def test_build_json_reports_bundle_and_agreement(
@@ -111,7 +114,8 @@ def test_build_json_reports_bundle_and_agreement(
     assert report["bundle_bytes"] == out.stat().st_size
     assert report["bundle_sha256"] == _sha256(out)
     agreement = report["agreement"]
-    assert agreement["samples"] == 16
+    assert agreement["samples"] == 1  # [16, 64] fits the declared [batch, 64]: one feed
+    assert agreement["outputs"][0]["values"] == 160
     assert agreement["nonfinite"] == 0
     assert 0 < agreement["max_abs_error"] < 0.5
     assert agreement["min_cosine"] >= 0.99
@@ -153,7 +157,8 @@ def test_build_options_land_in_the_signed_manifest(
     (model,) = manifest.models
     assert (model.quantization, model.reference_sha256) == ("none", None)
     (smoke,) = manifest.smoke_tests
-    assert (smoke.min_cosine, smoke.min_top1_agreement) == (0.999, 0.99)
+    (check,) = smoke.outputs
+    assert (check.kind, check.min_top1_agreement, check.min_sqnr_db) == ("classes", 0.99, 30.0)
 
 
 def test_float_tflite_bundle_runs_on_tflite(
@@ -171,7 +176,7 @@ def test_float_tflite_bundle_runs_on_tflite(
     assert (tmp_path / "staged/model.tflite").read_bytes() == models.float_tflite.read_bytes()
     samples = _npz(models.samples)["input"]
     np.testing.assert_allclose(
-        _npz(tmp_path / "staged/smoke/reference.npz")["logits"],
+        _npz(tmp_path / "staged/smoke/reference.npz")["logits"][:, 0],  # 16 feeds of [1, 10]
         _outputs(models.float_tflite, "tflite", samples), rtol=1e-5, atol=1e-5,
     )
 
@@ -243,7 +248,8 @@ def test_reference_that_disagrees_refuses_the_build_and_leaves_nothing(
                                   "--reference", models.other_onnx)).refusal()
 
     assert "disagrees with its reference on 32 samples" in line
-    assert "cosine similarity" in line and "< required 0.9900" in line
+    assert "output 'logits' (classes)" in line
+    assert "SQNR" in line and "dB < required 10.0 dB" in line
     assert "top-1 agreement" in line
     assert snapshot(out_dir) == before
 
@@ -275,7 +281,7 @@ def test_samples_missing_a_model_input_are_refused(
     line = cli.run(*_build_args(models.int8_onnx, out, shared_keydir / "signing.key",
                                 "--samples", models.wrong_samples)).refusal()
 
-    assert "hold arrays ['features']" in line and "inputs are ['input']" in line
+    assert "samples hold inputs ['features'], the model expects ['input']" in line
     assert not out.exists()
 
 
@@ -289,7 +295,8 @@ def test_samples_file_that_is_not_npz_is_refused(
     line = cli.run(*_build_args(models.int8_onnx, out, shared_keydir / "signing.key",
                                 "--samples", bogus)).refusal()
 
-    assert "cannot read samples" in line
+    assert "samples.npz is not an .npz file of arrays" in line
+    assert "pickle" not in line
     assert not out.exists()
 
 

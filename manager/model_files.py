@@ -1,0 +1,105 @@
+"""The files a model consists of: its own file, and for ONNX the external data files it loads
+from beside it (`model.onnx` + `model.onnx.data`, as large exports write them).
+
+onnxruntime resolves external data relative to the model's directory and refuses paths that
+leave it; a bundle carries those files under the same relative paths beside its model file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from bundles.errors import WrongTypeError
+from bundles.manifest import check_payload_path
+from manager.errors import BuildError
+
+_RESERVED = ("smoke",)  # top-level payload folders the build itself writes
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model file and the data files (relative paths) that travel beside it."""
+
+    model: Path
+    data_files: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> Path:
+        return self.model.parent
+
+    def total_bytes(self) -> int:
+        """Size of the model with every data file."""
+        return self.model.stat().st_size + sum(
+            (self.folder / f).stat().st_size for f in self.data_files
+        )
+
+
+def model_files(path: Path) -> ModelFiles:
+    """The model at `path` and its external data files.
+
+    Raises BuildError (one line) when a data file is missing, is not a plain relative path
+    inside the model's folder, or the model cannot be parsed.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".onnx":
+        return ModelFiles(path)
+    locations = external_locations(path)
+    checked: list[str] = []
+    for location in locations:
+        checked.append(_checked_location(path, location))
+    return ModelFiles(path, tuple(checked))
+
+
+def external_locations(path: Path) -> list[str]:
+    """The distinct `location`s of an ONNX model's external data, in order of appearance.
+
+    Reads the graph only (never the weights). Raises BuildError.
+    """
+    try:
+        import onnx
+        from onnx.external_data_helper import _get_all_tensors
+    except ImportError as e:  # the manager extra carries onnx
+        raise BuildError(
+            "the onnx package is needed to read ONNX models: install satchel[manager]"
+        ) from e
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends
+        raise BuildError(f"{path.name} is not a readable ONNX model: {e}") from e
+    seen: list[str] = []
+    for tensor in _get_all_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        entries = {e.key: e.value for e in tensor.external_data}
+        location = entries.get("location", "")
+        if location not in seen:
+            seen.append(location)
+    return seen
+
+
+def _checked_location(model: Path, location: str) -> str:
+    pure = PurePosixPath(location)
+    if not location or pure.is_absolute() or ".." in pure.parts or "\\" in location:
+        raise BuildError(
+            f"{model.name}: external data location {location[:80]!r} must be a file beside the "
+            "model (a relative path with no '..')"
+        )
+    try:
+        check_payload_path(location)
+    except WrongTypeError as e:
+        raise BuildError(f"{model.name}: external data location {location[:80]!r}: {e}") from e
+    if pure.parts[0] in _RESERVED or location.lower() in ("model.onnx", "model.tflite"):
+        raise BuildError(
+            f"{model.name}: external data location {location!r} clashes with a name the bundle "
+            "uses (smoke/..., model.onnx); save the weights under another file name"
+        )
+    data = model.parent / location
+    if not data.is_file():
+        raise BuildError(
+            f"{model.name}: its external data file {location!r} is missing (it must lie beside "
+            "the model)"
+        )
+    if not data.resolve().is_relative_to(model.parent.resolve()):
+        raise BuildError(f"{model.name}: external data file {location!r} lies outside its folder")
+    return location
