@@ -83,8 +83,13 @@ class RuntimeAdapter(Protocol):
         """The installed runtime package's version, or None when unavailable."""
         ...
 
-    def load(self, path: Path, *, threads: int | None = None) -> LoadedModel:
-        """Load a model file. Raises RuntimeUnavailableError, ModelLoadError."""
+    def load(
+        self, path: Path, *, threads: int | None = None, signature: str | None = None
+    ) -> LoadedModel:
+        """Load a model file; `signature` names the TFLite SignatureDef to run.
+
+        Raises RuntimeUnavailableError, ModelLoadError.
+        """
         ...
 
 

@@ -100,11 +100,19 @@ class OnnxRuntimeAdapter:
             return None
         return str(ort.__version__)
 
-    def load(self, path: Path, *, threads: int | None = None) -> OnnxModel:
+    def load(
+        self, path: Path, *, threads: int | None = None, signature: str | None = None
+    ) -> OnnxModel:
         """Load an ONNX model; `threads` caps intra-op threads (None: runtime default).
 
+        `signature` exists for TFLite's sake: any value but None is refused.
         Raises RuntimeUnavailableError, ModelLoadError.
         """
+        if signature is not None:
+            raise ModelLoadError(
+                f"onnx models have no signatures: {Path(path).name} cannot run"
+                f" signature {signature!r}; leave the signature unset"
+            )
         try:
             ort = importlib.import_module("onnxruntime")
         except ImportError as e:
