@@ -159,7 +159,10 @@ def run_smoke_test(
             reference = _load_npz(files / test.reference)
         memory.start()
         started = time.perf_counter()
-        loaded = adapter.load(files / model.file, threads=threads)
+        if model.signature is not None:
+            loaded = adapter.load(files / model.file, threads=threads, signature=model.signature)
+        else:
+            loaded = adapter.load(files / model.file, threads=threads)
         result["load_ms"] = (time.perf_counter() - started) * 1000.0
         if test is not None:
             _measure(loaded, test, inputs, reference, result)

@@ -286,6 +286,14 @@ def _reference_feeds(
         raise BuildError(f"the reference model cannot take the samples: {e}") from e
 
 
+def _check_output_names(req: BuildRequest, model: LoadedModel) -> None:
+    """Refuse --check options naming no output, before any model runs. Raises BuildError."""
+    names = sorted(s.name for s in model.outputs)
+    unknown = sorted(set(req.output_checks) - set(names))
+    if unknown:
+        raise BuildError(f"--check names {unknown[0]!r}, which is not an output; outputs: {names}")
+
+
 def resolve_checks(
     req: BuildRequest,
     expected: dict[str, np.ndarray],
@@ -367,6 +375,8 @@ def build_bundle(
     try:
         if reference is not shipped:
             _check_outputs(shipped, reference)
+        _check_output_names(req, shipped)
+        generated = raw_samples is None
         try:
             if raw_samples is None:
                 raw_samples = generate_samples(
@@ -388,7 +398,8 @@ def build_bundle(
                 expected, _ = run_feeds(reference, _reference_feeds(shipped, reference, feeds))
             latencies = time_runs(shipped, feeds[0], defaults.warmup_runs, defaults.latency_runs)
         except ModelRuntimeError as e:
-            raise BuildError(f"running the models on the samples failed: {e}") from e
+            hint = "; give real inputs with --samples" if generated else ""
+            raise BuildError(f"running the models on the samples failed: {e}{hint}") from e
         quantization = detect_quantization(req.model, shipped)
         inputs, outputs_info = _tensor_infos(shipped.inputs), _tensor_infos(shipped.outputs)
     finally:

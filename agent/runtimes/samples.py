@@ -226,13 +226,19 @@ def generate_samples(
 ) -> dict[str, np.ndarray]:
     """`count` feeds of made-up inputs that respect each input's declared shape and dtype:
     standard normal floats, integers 0..7 (0..255 for uint8), random booleans, the full range
-    of a quantized tensor. A dynamic first dimension is 1, other dynamic ones `dynamic_size`.
-    Stored in the model's own input dtype, stacked on a new first axis."""
+    of a quantized tensor. A dynamic dimension is 1 (a batch, a sequence, a state's batch),
+    but `dynamic_size` where an input of rank 3 or more has two or more dynamic dimensions
+    past the first (an image's height and width). Stored in the model's own input dtype,
+    stacked on a new first axis."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for spec in specs:
-        dims = [d if d >= 0 else (1 if axis == 0 else dynamic_size)
-                for axis, d in enumerate(spec.shape)]
+        inner = [axis for axis, d in enumerate(spec.shape) if d < 0 and axis > 0]
+        spatial = len(spec.shape) >= 3 and len(inner) >= 2
+        dims = [
+            d if d >= 0 else (dynamic_size if spatial and axis in inner else 1)
+            for axis, d in enumerate(spec.shape)
+        ]
         out[spec.name] = _random(spec, (count, *dims), rng)
     return out
 

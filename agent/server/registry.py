@@ -80,7 +80,11 @@ def load_model(release: Release, config: ServerConfig) -> LoadedModel:
     entry = release.manifest.models[0]
     path = Path(release.path) / entry.file
     try:
-        model = get_runtime(entry.runtime).load(path, threads=config.runtime_threads)
+        adapter = get_runtime(entry.runtime)
+        if entry.signature is not None:
+            model = adapter.load(path, threads=config.runtime_threads, signature=entry.signature)
+        else:
+            model = adapter.load(path, threads=config.runtime_threads)
         feeds = {
             spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype)
             for spec in model.inputs
