@@ -29,7 +29,7 @@ from tests.catalogue.kinds import (
     REGRESSION,
     STATE,
     CatalogueModel,
-    catalogue,
+    onnx_catalogue,
 )
 
 # Good: what a shipped model must keep against its float reference.
@@ -146,7 +146,7 @@ def figures(run: Run, output: str) -> Figures:
 
 @pytest.fixture(scope="module")
 def entries(tmp_path_factory: pytest.TempPathFactory) -> list[CatalogueModel]:
-    return catalogue(tmp_path_factory.mktemp("catalogue"))
+    return onnx_catalogue(tmp_path_factory.mktemp("catalogue"))
 
 
 @pytest.fixture(scope="module")
@@ -338,7 +338,7 @@ def test_boxes_off_detector_scales_boxes_by_half_again_and_keeps_scores(runs):
 
 
 def test_catalogue_is_written_the_same_on_every_run(entries, tmp_path: Path):
-    again = catalogue(tmp_path)
+    again = onnx_catalogue(tmp_path)
     assert [(e.family, e.variant) for e in again] == [(e.family, e.variant) for e in entries]
     for first, second in zip(entries, again, strict=True):
         for a, b in ((first.model, second.model), (first.samples, second.samples)):

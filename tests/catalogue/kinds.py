@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.catalogue import onnx_kinds
+from tests.catalogue import onnx_kinds, tflite_families
 
 ACTIVATE = "activate"
 REFUSE = "refuse"
@@ -34,6 +34,11 @@ OUTPUT_KINDS: dict[str, dict[str, str]] = {
     "multi-io": {"logits": CLASS_SCORES, "value": REGRESSION},
     "classifier": {"logits": CLASS_SCORES},
     "external-data": {"logits": CLASS_SCORES},
+    # TFLite families (tests.catalogue.tflite_families): MLP classifiers, "input" -> "logits"
+    "tflite-dynamic-shape": {"logits": CLASS_SCORES},
+    "tflite-fp16": {"logits": CLASS_SCORES},
+    "tflite-int8": {"logits": CLASS_SCORES},
+    "tflite-uint8": {"logits": CLASS_SCORES},
 }
 
 
@@ -75,8 +80,29 @@ def onnx_catalogue(directory: Path) -> list[CatalogueModel]:
 
 
 def tflite_catalogue(directory: Path) -> list[CatalogueModel]:
-    """The TFLite families: none yet (they are to be written beside the ONNX ones)."""
-    return []
+    """Write every TFLite family under `directory` (one folder per family) and list its models:
+    a float32 `.tflite` reference, a good model (fp16 weights, int8 or uint8) and broken ones.
+
+    Samples are float32 real values; the build quantizes them for an int8/uint8 model.
+    Deterministic: the same files on every run. Raises OSError when the directory is not
+    writable.
+    """
+    entries = []
+    for family in tflite_families.FAMILIES:
+        files = tflite_families.write_family(family, Path(directory))
+        for shipped in files.shipped:
+            entries.append(
+                CatalogueModel(
+                    family=family.name,
+                    variant=shipped.variant,
+                    model=shipped.path,
+                    reference=files.reference,
+                    samples=files.samples,
+                    expect=ACTIVATE if shipped.variant == tflite_families.GOOD else REFUSE,
+                    note=shipped.note,
+                )
+            )
+    return entries
 
 
 def catalogue(directory: Path) -> list[CatalogueModel]:
