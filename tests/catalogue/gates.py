@@ -32,6 +32,7 @@ from bundles.timeutil import utcnow
 from bundles.trust import load_root
 from manager.build import BuildRequest, BuildResult, build_bundle
 from manager.errors import BuildError
+from manager.model_files import model_files
 from tests.catalogue.kinds import ACTIVATE, CatalogueModel
 
 DEVICE_CLASS = "catalogue-board"
@@ -95,11 +96,17 @@ def _forge(
     unpacked = work / "forge-unpacked"
     unpacked.mkdir()
     verified = verify_and_unpack(good.output, load_root(root_json), unpacked, utcnow(), fsync=False)
-    manifest = replace(verified.manifest, sequence=verified.manifest.sequence + 1)
-    model_file = manifest.models[0].file
+    manifest = verified.manifest
+    entry = manifest.models[0]
+    extra = model_files(broken)  # the broken model's own external data, if any
+    forged_entry = replace(entry, data_files=extra.data_files)
+    manifest = replace(manifest, sequence=manifest.sequence + 1, models=(forged_entry,))
+    replaced = {entry.file, *entry.data_paths()}
     payloads = [
-        Payload(f.path, broken if f.path == model_file else unpacked / f.path)
-        for f in manifest.files
+        Payload(entry.file, broken),
+        *(Payload(f, extra.folder / f) for f in extra.data_files),
+        *(Payload(f.path, unpacked / f.path) for f in verified.manifest.files
+          if f.path not in replaced),
     ]
     out = work / "forged.satchel"
     with open(out, "wb") as f:

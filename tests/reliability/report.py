@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tests.catalogue.report import render as render_catalogue
+from tests.catalogue.report import run_catalogue
 from tests.reliability.figures import FIGURES_ENV, KNOWN_BUG
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,8 +89,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def render(rows: list[dict[str, Any]], bugs: list[dict[str, Any]], fast: bool) -> str:
-    """The doc: `rows` as merged, `bugs` the expected failures of the run."""
+def render(
+    rows: list[dict[str, Any]],
+    bugs: list[dict[str, Any]],
+    fast: bool,
+    catalogue: list[str] | None = None,
+) -> str:
+    """The doc: `rows` as merged, `bugs` the expected failures of the run, `catalogue` the
+    model-safety catalogue section (tests/catalogue/report.py)."""
     cases = sum(r["cases"] for r in rows)
     lost = sum(r["lost"] for r in rows)
     per_area = {a: sum(r["cases"] for r in rows if r["area"] == a) for a in AREAS}
@@ -119,6 +127,7 @@ def render(rows: list[dict[str, Any]], bugs: list[dict[str, Any]], fast: bool) -
         "",
     ]
     lines += _known_bugs(bugs)
+    lines += catalogue or []
     for area in AREAS + sorted({r["area"] for r in rows} - set(AREAS)):
         mine = [r for r in rows if r["area"] == area]
         if not mine:
@@ -174,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
             rows = json.loads(figures.read_text())
     table = merge([r for r in rows if r["area"] != KNOWN_BUG])
     bugs = [r for r in rows if r["area"] == KNOWN_BUG]
-    args.output.write_text(render(table, bugs, args.fast))
+    results = run_catalogue()
+    if not all(r.as_expected for r in results):
+        print(f"error: a catalogue model met the wrong verdict; {args.output} not written",
+              file=sys.stderr)
+        return 1
+    args.output.write_text(render(table, bugs, args.fast, render_catalogue(results)))
     print(f"wrote {args.output} ({len(table)} rows, {len(bugs)} known-bug cases)")
     return 0
 
