@@ -135,6 +135,8 @@ def smoke_figures(report: Mapping[str, Any]) -> dict[str, Any]:
     loads = [float(t["load_ms"]) for t in tests if isinstance(t.get("load_ms"), (int, float))]
     figures = {
         "max_abs_error": pick(max, "agreement", "max_abs_error"),
+        "max_rel_error": pick(max, "agreement", "max_rel_error"),
+        "min_sqnr_db": pick(min, "agreement", "min_sqnr_db"),
         "min_cosine": pick(min, "agreement", "min_cosine"),
         "top1_agreement": pick(min, "agreement", "top1_agreement"),
         "nonfinite": int(sum(values("agreement", "nonfinite"))),

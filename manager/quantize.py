@@ -1,18 +1,23 @@
-"""INT8 quantization of ONNX models, with a report of what it cost in agreement.
+"""INT8 quantization of ONNX models, judged as `satchel bundle build --reference` judges them.
 
-Dynamic quantization (weights int8, activations quantized at run time) needs
-no data; static quantization (QDQ, activations calibrated) uses sample inputs.
-Either way the quantized model is compared with the float one on samples:
-the calibration inputs when given, otherwise generated ones.
+Dynamic quantization (weights int8, activations quantized at run time) needs no data; static
+quantization (QDQ, activations calibrated) uses a samples file, each of its feeds one
+calibration batch. The samples are read by the rules `bundle build` reads them by
+(`agent/runtimes/samples.py`), generated ones when none are given. The int8 model is then
+compared with the float one on those feeds, every output, by the comparison of
+`bundles/smoke.py`, and judged against the checks `bundle build --reference` sets by default,
+so the report tells beforehand whether the build will take the int8 model.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +25,27 @@ import numpy as np
 
 from agent.runtimes import LoadedModel, ModelRuntimeError, TensorSpec, get_runtime
 from agent.runtimes.base import first_line
-from bundles.durable import atomic_write_bytes
+from agent.runtimes.samples import encoded_feeds, generate_samples, run_feeds
+from bundles.durable import atomic_writer
+from bundles.manifest import OutputCheck
+from bundles.smoke import DEFAULT_CHECKS, Agreement, CheckDefaults, compare_outputs, judge
+from manager.build import BuildRequest, detect_quantization, resolve_checks
+from manager.errors import BuildError
+from manager.model_files import model_files
 
-_GENERATED_SAMPLES = 64  # rows compared when no calibration inputs are given
-_CALIBRATION_BATCH = 32  # rows per calibration feed
+FLOAT_MODELS = ("none", "float16")  # what detect_quantization calls a model not yet quantized
+_ORT_LOG_WARNING, _ORT_LOG_ERROR = 2, 3  # onnxruntime's default native log severity, and ours
+_COPY_CHUNK = 4 * 1024 * 1024  # bytes per read when copying the int8 model into place
+
+
+@dataclass(frozen=True)
+class QuantizeDefaults:
+    """The limits of `quantize_onnx`."""
+
+    generated_samples: int = 64  # feeds made when no calibration samples are given
+    seed: int = 0  # of the generated feeds
+    single_file_max_bytes: int = 2**31 - 1  # protobuf's limit; larger models keep external data
+    checks: CheckDefaults = DEFAULT_CHECKS  # the report judges by bundle build's defaults
 
 
 class QuantizeError(Exception):
@@ -32,87 +54,326 @@ class QuantizeError(Exception):
 
 @dataclass(frozen=True)
 class QuantizeReport:
-    """Sizes of both models and how closely the int8 model's first output follows the float one."""
+    """Sizes of both models, how closely every int8 output follows the float one, and why
+    `bundle build --reference` would refuse the int8 model with its default checks (`failures`,
+    empty when it would take it)."""
 
     mode: str  # "dynamic" or "static"
-    float_bytes: int
-    int8_bytes: int
+    float_bytes: int  # the model with all its external data files
+    int8_bytes: int  # likewise
     ratio: float  # float_bytes / int8_bytes
-    samples: int  # rows compared
-    max_abs_error: float
-    mean_cosine: float  # mean over rows of cosine similarity, in [-1, 1]
-    top1_agreement: float  # share of rows whose argmax is the same, in [0, 1]
+    samples: int  # sample rows compared: a feed of a dynamic-batch input holds several
+    feeds: int  # sample feeds compared (each one calibration batch when static)
+    agreement: Agreement
+    checks: tuple[OutputCheck, ...]
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def max_abs_error(self) -> float:
+        return self.agreement.max_abs_error
+
+    @property
+    def mean_cosine(self) -> float | None:
+        """The lowest mean row cosine of the vector outputs; None without one."""
+        return self.agreement.mean_cosine
+
+    @property
+    def top1_agreement(self) -> float | None:
+        """The lowest top-1 agreement of the class and label outputs; None without one."""
+        return self.agreement.top1_agreement
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready values."""
-        return asdict(self)
+        return {
+            "mode": self.mode,
+            "float_bytes": self.float_bytes,
+            "int8_bytes": self.int8_bytes,
+            "ratio": self.ratio,
+            "samples": self.samples,
+            "feeds": self.feeds,
+            "max_abs_error": self.max_abs_error,
+            "mean_cosine": self.mean_cosine,
+            "top1_agreement": self.top1_agreement,
+            "agreement": self.agreement.to_dict(),
+            "checks": [c.to_dict() for c in self.checks],
+            "passed": self.passed,
+            "failures": list(self.failures),
+        }
 
 
 def quantize_onnx(
-    src: Path, dst: Path, calibration: Mapping[str, np.ndarray] | None = None
+    src: Path,
+    dst: Path,
+    calibration: Mapping[str, np.ndarray] | None = None,
+    *,
+    defaults: QuantizeDefaults = QuantizeDefaults(),
 ) -> QuantizeReport:
     """Quantize the ONNX model `src` to INT8 and write it to `dst`.
 
-    Without `calibration`: dynamic quantization (int8 weights). With it (one
-    array per model input, keyed by input name, first axis = samples): static
-    QDQ quantization, per-tensor, calibrated on those inputs. `dst` is written
-    atomically and only when quantization succeeded.
-    Raises QuantizeError.
+    Without `calibration`: dynamic quantization (int8 weights), compared on generated feeds.
+    With it (samples as `bundle build --samples` takes them: per input one feed, or several
+    stacked on a new first axis): static QDQ quantization, per tensor, each feed one
+    calibration batch. `dst` (one file below 2 GB, else with its `.data` file) is written
+    durably, and only when quantization succeeded.
+
+    Raises QuantizeError: the model cannot be loaded, is already quantized, has nothing to
+    quantize, the samples do not fit it, or quantization or writing failed.
     """
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise QuantizeError(f"model file not found: {src}")
-    try:
-        runtime = get_runtime("onnxruntime")
-        float_model = runtime.load(src)
-        specs = list(float_model.inputs)
-        float_model.close()
-    except ModelRuntimeError as e:
-        raise QuantizeError(str(e)) from e
-    samples = _checked_samples(specs, calibration) if calibration else _generated_samples(specs)
-    mode = "static" if calibration else "dynamic"
-
-    with tempfile.TemporaryDirectory(prefix="satchel-quantize-") as tmp:
-        quantized = Path(tmp) / "int8.onnx"
+    mode = "dynamic" if calibration is None else "static"
+    with _quiet_onnxruntime():
+        float_model = _load(src)
         try:
-            with _without_preprocessing_hint():
-                if calibration:
-                    _quantize_static(src, quantized, samples)
-                else:
-                    _quantize_dynamic(src, quantized)
-        except Exception as e:  # onnxruntime.quantization raises anything from onnx to numpy
-            raise QuantizeError(f"{mode} quantization of {src.name} failed: {first_line(e)}") from e
-        report = _compare(src, quantized, samples, mode)
-        try:
-            atomic_write_bytes(dst, quantized.read_bytes())
-        except OSError as e:
-            raise QuantizeError(f"cannot write {dst}: {e.strerror or e}") from e
-    return report
+            _refuse_quantized(src, float_model)
+            samples = _samples(float_model.inputs, calibration, defaults)
+            feeds = _feeds(float_model, samples)
+            expected = _run(float_model, feeds, "the float model")
+            rows = _rows(float_model.inputs, feeds)
+        finally:
+            float_model.close()
+        float_bytes = _total_bytes(src)
+        external = float_bytes > defaults.single_file_max_bytes
+        with tempfile.TemporaryDirectory(prefix="satchel-quantize-") as tmp:
+            quantized = _quantized_copy(src, Path(tmp), dst.name, mode, feeds, external, defaults)
+            int8_model = _load(quantized)
+            try:
+                _refuse_unchanged(src, quantized, int8_model, mode)
+                outputs = _run(int8_model, _feeds(int8_model, samples), "the int8 model")
+                declared = {s.name: tuple(s.shape) for s in int8_model.outputs}
+            finally:
+                int8_model.close()
+            agreement, checks, failures = _judge(
+                src, quantized, outputs, expected, declared, defaults
+            )
+            int8_bytes = _total_bytes(quantized)
+            _install(quantized, dst)
+    return QuantizeReport(
+        mode=mode,
+        float_bytes=float_bytes,
+        int8_bytes=int8_bytes,
+        ratio=float_bytes / int8_bytes,
+        samples=rows,
+        feeds=agreement.samples,
+        agreement=agreement,
+        checks=checks,
+        failures=failures,
+    )
 
 
 @contextlib.contextmanager
-def _without_preprocessing_hint() -> Iterator[None]:
-    """Drop onnxruntime's "consider pre-processing" root-logger warning, which every
-    run prints and which names a tool a Satchel user has no reason to run."""
+def _quiet_onnxruntime() -> Iterator[None]:
+    """Keep onnxruntime's quantizer off the terminal: its Python warnings (a "consider
+    pre-processing" hint on every run, notes on tensors it leaves alone) name tools and tensors
+    a Satchel user has no use for, and the sessions it opens to calibrate log natively. What
+    matters reaches the user as an error or in the report."""
+    quantizer = os.path.join("onnxruntime", "quantization", "")
 
     def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Please consider")
+        return quantizer not in record.pathname
 
+    try:
+        import onnxruntime as ort
+    except ImportError:  # _load says so in one line
+        ort = None
     root = logging.getLogger()
     root.addFilter(keep)
+    if ort is not None:
+        ort.set_default_logger_severity(_ORT_LOG_ERROR)
     try:
         yield
     finally:
         root.removeFilter(keep)
+        if ort is not None:
+            ort.set_default_logger_severity(_ORT_LOG_WARNING)
 
 
-def _quantize_dynamic(src: Path, dst: Path) -> None:
+def _load(path: Path) -> LoadedModel:
+    try:
+        return get_runtime("onnxruntime").load(path)
+    except ModelRuntimeError as e:
+        raise QuantizeError(str(e)) from e
+
+
+def _total_bytes(path: Path) -> int:
+    try:
+        return model_files(path).total_bytes()
+    except BuildError as e:
+        raise QuantizeError(str(e)) from e
+
+
+def _refuse_quantized(src: Path, model: LoadedModel) -> None:
+    found = detect_quantization(src, model)
+    if found not in FLOAT_MODELS:
+        raise QuantizeError(f"{src.name} is already quantized ({found}); nothing to do")
+
+
+def _refuse_unchanged(src: Path, quantized: Path, model: LoadedModel, mode: str) -> None:
+    if detect_quantization(quantized, model) in FLOAT_MODELS:
+        raise QuantizeError(
+            f"{mode} quantization left {src.name} as it was: "
+            "it has no MatMul/Gemm/Conv weights to quantize"
+        )
+
+
+def _samples(
+    specs: Sequence[TensorSpec],
+    calibration: Mapping[str, np.ndarray] | None,
+    defaults: QuantizeDefaults,
+) -> Mapping[str, np.ndarray]:
+    """The calibration samples, or generated ones. Raises QuantizeError when the samples do
+    not name exactly the model's inputs."""
+    if calibration is None:
+        return generate_samples(specs, defaults.generated_samples, defaults.seed)
+    expected = sorted(s.name for s in specs)
+    if sorted(calibration) != expected:
+        raise QuantizeError(
+            f"calibration inputs {sorted(calibration)} do not match the model's {expected}"
+        )
+    return calibration
+
+
+def _feeds(model: LoadedModel, samples: Mapping[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    try:
+        return encoded_feeds(model, samples)
+    except ModelRuntimeError as e:
+        raise QuantizeError(f"samples do not fit the model: {e}") from e
+
+
+def _run(
+    model: LoadedModel, feeds: list[dict[str, np.ndarray]], which: str
+) -> dict[str, np.ndarray]:
+    try:
+        return run_feeds(model, feeds)[0]
+    except ModelRuntimeError as e:
+        raise QuantizeError(f"running {which} on the samples failed: {e}") from e
+
+
+def _rows(specs: Sequence[TensorSpec], feeds: list[dict[str, np.ndarray]]) -> int:
+    """Sample rows in `feeds`: as many per feed as its first input's batch, when dynamic."""
+    first = specs[0] if specs else None
+    if first is None or not first.shape or first.shape[0] != -1:
+        return len(feeds)
+    return sum(int(np.shape(feed[first.name])[0]) for feed in feeds)
+
+
+def _judge(
+    reference: Path,
+    quantized: Path,
+    outputs: dict[str, np.ndarray],
+    expected: dict[str, np.ndarray],
+    declared: dict[str, tuple[int, ...]],
+    defaults: QuantizeDefaults,
+) -> tuple[Agreement, tuple[OutputCheck, ...], tuple[str, ...]]:
+    """Compare and judge the int8 outputs as `bundle build --reference` would, with the
+    checks it sets when the user sets none. Raises QuantizeError."""
+    request = BuildRequest(name="quantize", version="0", model=quantized, reference=reference)
+    try:
+        checks = resolve_checks(request, expected, declared, defaults.checks)
+        agreement = compare_outputs(outputs, expected, {c.name: c.kind for c in checks})
+    except (BuildError, ValueError) as e:
+        raise QuantizeError(f"cannot compare the int8 model with the float one: {e}") from e
+    failures = [
+        f"the float model gives NaN/Inf on output {name!r} for these samples; "
+        "a reference must be finite"
+        for name, values in sorted(expected.items())
+        if not np.all(np.isfinite(values))
+    ]
+    failures += judge(agreement, checks)
+    return agreement, checks, tuple(failures)
+
+
+# --- quantizing a copy ----------------------------------------------------------------------
+
+
+def _quantized_copy(
+    src: Path,
+    tmp: Path,
+    name: str,
+    mode: str,
+    feeds: list[dict[str, np.ndarray]],
+    external: bool,
+    defaults: QuantizeDefaults,
+) -> Path:
+    """Quantize a prepared copy of `src` into `tmp`/int8/`name` (its data file, if any, named
+    after it as it will lie beside the output). Raises QuantizeError."""
+    prepared, quantized = tmp / "float" / "model.onnx", tmp / "int8" / name
+    prepared.parent.mkdir()
+    quantized.parent.mkdir()
+    try:
+        _prepare(src, prepared, external)
+        if mode == "static":
+            _quantize_static(prepared, quantized, feeds, external)
+        else:
+            _quantize_dynamic(prepared, quantized, external)
+        if external:
+            _as_one_file_if_small(quantized, defaults.single_file_max_bytes)
+    except Exception as e:  # onnx and onnxruntime.quantization raise anything, numpy's included
+        raise QuantizeError(f"{mode} quantization of {src.name} failed: {first_line(e)}") from e
+    return quantized
+
+
+def _prepare(src: Path, dst: Path, external: bool) -> None:
+    """Copy `src` with its weights as initializers, where the quantizer looks for them.
+
+    Exporters such as Paddle's keep weights in Constant nodes, and onnxruntime quantizes a
+    MatMul or Gemm only when its weight is an initializer.
+    """
+    import onnx
+
+    proto = onnx.load(str(src))  # with its external data
+    _constants_as_initializers(proto.graph)
+    onnx.save_model(
+        proto, str(dst), save_as_external_data=external, location=f"{dst.name}.data"
+    )
+
+
+def _constants_as_initializers(graph: Any) -> int:
+    """Turn the graph's Constant nodes holding a tensor `value` into initializers of the same
+    name; return how many. Constants that are graph outputs stay nodes."""
+    graph_outputs = {o.name for o in graph.output}
+    kept, moved = [], 0
+    for node in graph.node:
+        value = _constant_tensor(node)
+        if value is None or node.output[0] in graph_outputs:
+            kept.append(node)
+            continue
+        tensor = graph.initializer.add()
+        tensor.CopyFrom(value)
+        tensor.name = node.output[0]
+        moved += 1
+    if moved:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return moved
+
+
+def _constant_tensor(node: Any) -> Any:
+    """The tensor a Constant node holds in `value`, else None."""
+    import onnx
+
+    if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    for attribute in node.attribute:
+        if attribute.name == "value" and attribute.type == onnx.AttributeProto.TENSOR:
+            return attribute.t
+    return None
+
+
+def _quantize_dynamic(src: Path, dst: Path, external: bool) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+    quantize_dynamic(src, dst, weight_type=QuantType.QInt8, use_external_data_format=external)
 
 
-def _quantize_static(src: Path, dst: Path, samples: dict[str, np.ndarray]) -> None:
+def _quantize_static(
+    src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], external: bool
+) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -120,9 +381,11 @@ def _quantize_static(src: Path, dst: Path, samples: dict[str, np.ndarray]) -> No
         quantize_static,
     )
 
-    class _Reader(CalibrationDataReader):
+    class _Feeds(CalibrationDataReader):
+        """Each sample feed is one calibration batch."""
+
         def __init__(self) -> None:
-            self._feeds: Iterator[dict[str, np.ndarray]] = _batches(samples, _CALIBRATION_BATCH)
+            self._feeds: Iterator[dict[str, np.ndarray]] = iter(feeds)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._feeds, None)
@@ -130,113 +393,41 @@ def _quantize_static(src: Path, dst: Path, samples: dict[str, np.ndarray]) -> No
     quantize_static(
         src,
         dst,
-        _Reader(),
+        _Feeds(),
         quant_format=QuantFormat.QDQ,
         per_channel=False,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
+        use_external_data_format=external,
     )
 
 
-def _batches(samples: dict[str, np.ndarray], size: int) -> Iterator[dict[str, np.ndarray]]:
-    rows = len(next(iter(samples.values())))
-    for start in range(0, rows, size):
-        yield {name: array[start : start + size] for name, array in samples.items()}
+def _as_one_file_if_small(path: Path, max_bytes: int) -> None:
+    """Fold the external data of the model at `path` back into it when it fits one file."""
+    import onnx
+
+    files = model_files(path)
+    if not files.data_files or files.total_bytes() > max_bytes:
+        return
+    proto = onnx.load(str(path))
+    for name in files.data_files:
+        (files.folder / name).unlink()
+    onnx.save_model(proto, str(path))
 
 
-def _checked_samples(
-    specs: list[TensorSpec], calibration: Mapping[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-    """The calibration arrays, checked against the model's inputs. Raises QuantizeError."""
-    expected = {spec.name for spec in specs}
-    if set(calibration) != expected:
-        raise QuantizeError(
-            f"calibration inputs {sorted(calibration)} do not match the model's {sorted(expected)}"
-        )
-    samples = {}
-    for spec in specs:
-        array = np.asarray(calibration[spec.name])
-        if array.dtype != spec.dtype:
-            array = array.astype(spec.dtype)
-        samples[spec.name] = array
-    rows = {len(array) for array in samples.values()}
-    if len(rows) != 1 or 0 in rows:
-        raise QuantizeError("calibration arrays must all hold the same, non-zero number of rows")
-    return samples
-
-
-def _generated_samples(specs: list[TensorSpec]) -> dict[str, np.ndarray]:
-    """Standard-normal rows for every float input; dynamic dims beyond the batch become 1.
-
-    Raises QuantizeError for non-float inputs, which need real calibration data.
-    """
-    rng = np.random.default_rng(0)
-    samples = {}
-    for spec in specs:
-        if spec.datatype not in ("FP32", "FP16", "FP64"):
-            raise QuantizeError(
-                f"cannot invent samples for {spec.datatype} input {spec.name!r};"
-                " pass calibration inputs"
-            )
-        if not spec.shape:
-            raise QuantizeError(f"cannot invent samples for scalar input {spec.name!r}")
-        batch_shape = spec.shape[1:] if spec.shape[0] == -1 else spec.shape
-        shape = [_GENERATED_SAMPLES] if spec.shape[0] == -1 else []
-        shape += [dim if dim > 0 else 1 for dim in batch_shape]
-        samples[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
-    return samples
-
-
-def _compare(
-    float_path: Path, int8_path: Path, samples: dict[str, np.ndarray], mode: str
-) -> QuantizeReport:
-    """Run both models on the samples and measure agreement of their first outputs."""
-    runtime = get_runtime("onnxruntime")
+def _install(quantized: Path, dst: Path) -> None:
+    """Copy the int8 model to `dst` durably, its data files first. Raises QuantizeError."""
     try:
-        reference = _first_output(runtime.load(float_path), samples)
-        candidate = _first_output(runtime.load(int8_path), samples)
-    except ModelRuntimeError as e:
-        raise QuantizeError(f"cannot compare the quantized model with the float one: {e}") from e
-    metrics = agreement(reference, candidate)
-    float_bytes, int8_bytes = float_path.stat().st_size, int8_path.stat().st_size
-    return QuantizeReport(
-        mode=mode,
-        float_bytes=float_bytes,
-        int8_bytes=int8_bytes,
-        ratio=float_bytes / int8_bytes,
-        samples=len(reference),
-        **metrics,
-    )
+        files = model_files(quantized)
+        for name in files.data_files:
+            _copy_durably(files.folder / name, dst.parent / name)
+        _copy_durably(quantized, dst)
+    except BuildError as e:
+        raise QuantizeError(str(e)) from e
+    except OSError as e:
+        raise QuantizeError(f"cannot write {dst}: {e.strerror or e}") from e
 
 
-def _first_output(model: LoadedModel, samples: dict[str, np.ndarray]) -> np.ndarray:
-    """Run the model once on all samples and close it. Raises ModelRuntimeError."""
-    try:
-        return np.asarray(model.run(samples)[model.outputs[0].name], np.float64)
-    finally:
-        model.close()
-
-
-def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """Max abs error, mean per-row cosine similarity and top-1 agreement of two outputs.
-
-    Rows are the first axis; each row is flattened. Raises ValueError on shape mismatch.
-    """
-    reference = np.asarray(reference, np.float64)
-    candidate = np.asarray(candidate, np.float64)
-    if reference.shape != candidate.shape:
-        raise ValueError(f"output shapes differ: {reference.shape} vs {candidate.shape}")
-    rows = reference.reshape(len(reference), -1) if reference.ndim else reference.reshape(1, 1)
-    other = candidate.reshape(rows.shape)
-    norms = np.linalg.norm(rows, axis=1) * np.linalg.norm(other, axis=1)
-    both_zero = ~rows.any(axis=1) & ~other.any(axis=1)
-    cosine = np.where(
-        norms == 0,
-        both_zero.astype(np.float64),
-        np.sum(rows * other, axis=1) / np.where(norms == 0, 1.0, norms),
-    )
-    return {
-        "max_abs_error": float(np.max(np.abs(rows - other))),
-        "mean_cosine": float(np.mean(cosine)),
-        "top1_agreement": float(np.mean(rows.argmax(axis=1) == other.argmax(axis=1))),
-    }
+def _copy_durably(src: Path, dst: Path) -> None:
+    with open(src, "rb") as f, atomic_writer(dst) as out:
+        shutil.copyfileobj(f, out, _COPY_CHUNK)

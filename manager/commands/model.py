@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
+from manager.commands.bundle import output_line
 from manager.commands.common import echo_json, human_bytes, refusals_exit_1
 from manager.errors import UsageError
 
@@ -14,14 +14,6 @@ from manager.errors import UsageError
 @click.group()
 def model() -> None:
     """Prepare models before bundling them."""
-
-
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: np.asarray(npz[k]) for k in npz.files}
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot read calibration inputs {path}: {e}") from e
 
 
 @model.command("quantize")
@@ -38,22 +30,32 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 @click.option(
     "--calibration",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="INPUTS.npz (one array per input) for static INT8; dynamic without it.",
+    help="SAMPLES.npz, as `bundle build --samples` takes it, for static INT8 (each feed one "
+    "calibration batch); dynamic without it.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @refusals_exit_1
 def quantize_cmd(model_path: Path, output: Path, calibration: Path | None, as_json: bool) -> None:
-    """Quantize an ONNX model to INT8: dynamic, or static with calibration inputs.
+    """Quantize an ONNX model to INT8: dynamic, or static with calibration samples.
 
-    Prints float and INT8 sizes and how closely the INT8 model agrees with the float one.
+    Prints float and INT8 sizes, how closely every output of the INT8 model agrees with the
+    float one, and warns when `bundle build --reference` would refuse it by default.
     """
+    # Imported here: numpy, onnx and the runtimes load only when a model is quantized.
+    from manager.build import _load_samples
     from manager.quantize import QuantizeError, quantize_onnx
 
-    samples = _read_npz(calibration) if calibration else None
+    samples = _load_samples(calibration) if calibration else None
     try:
         report = quantize_onnx(model_path, output, samples)
     except QuantizeError as e:
         raise UsageError(str(e)) from e
+    if not report.passed:
+        click.echo(
+            f"warning: `satchel bundle build --reference {model_path.name}` will refuse "
+            f"{output.name} with its default checks: {'; '.join(report.failures)}",
+            err=True,
+        )
     if as_json:
         echo_json({"output": str(output), **report.to_dict()})
         return
@@ -67,7 +69,10 @@ def quantize_cmd(model_path: Path, output: Path, calibration: Path | None, as_js
         f"  size      {human_bytes(report.float_bytes)} float32 -> "
         f"{human_bytes(report.int8_bytes)} int8 ({change})"
     )
-    click.echo(
-        f"  agreement on {report.samples} samples: max abs error {report.max_abs_error:.4g}, "
-        f"mean cosine {report.mean_cosine:.5f}, top-1 {report.top1_agreement:.1%}"
-    )
+    feeds = f"{report.feeds} sample feed{'' if report.feeds == 1 else 's'}"
+    rows = f" ({report.samples} rows)" if report.samples != report.feeds else ""
+    click.echo(f"  vs float on {feeds}{rows}: {report.agreement.headline()}")
+    for o in report.agreement.outputs:
+        click.echo(f"    {output_line(o)}")
+    verdict = "pass" if report.passed else "FAIL (see the warning)"
+    click.echo(f"  default checks of bundle build --reference: {verdict}")

@@ -88,8 +88,8 @@ class Story:
         )
         a = built["agreement"]
         self.say(f"{out}: {built['bundle_bytes']/1024:.0f} KiB, sequence {built['sequence']}, "
-                 f"smoke test on {a['samples']} samples: min cosine {a['min_cosine']:.4f}, "
-                 f"host p95 {built['host_p95_ms']:.3f} ms")
+                 f"smoke test on {a['samples']} sample feeds: SQNR {a['min_sqnr_db']:.1f} dB, "
+                 f"top-1 {a['top1_agreement']:.0%}, host p95 {built['host_p95_ms']:.3f} ms")
         return built
 
     def first_bundle(self) -> None:
@@ -296,7 +296,7 @@ class Story:
             for t in release.report().get("tests", []):
                 a, lat, mem = t["agreement"], t["latency_ms"], t["memory_mb"]
                 lines.append(
-                    f"  smoke test here: cosine {a['min_cosine']:.4f}, top-1 "
+                    f"  smoke test here: SQNR {a['min_sqnr_db']:.1f} dB, top-1 "
                     f"{a['top1_agreement']:.0%} vs float reference, p95 {lat['p95']:.3f} ms "
                     f"(budget {lat['budget_p95']} ms), memory +{mem['peak_growth']:.1f} MiB "
                     f"(budget {mem['budget']} MiB), {t['runtime']} {t['runtime_version']}"
