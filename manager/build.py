@@ -84,6 +84,7 @@ class BuildDefaults:
     latency_runs: int = 20
     progress_min_bytes: int = 32 * 1024 * 1024  # show a progress bar above this model size
     max_feeds: int = 10_000  # sample feeds in one smoke test
+    smoke_warn_min_bytes: int = 1024 * 1024  # smoke data below this is never warned about
 
 
 @dataclass(frozen=True)
@@ -332,7 +333,7 @@ def resolve_checks(
 
 def _warnings(
     req: BuildRequest, checks: tuple[OutputCheck, ...], p95: float, smoke_bytes: int,
-    model_bytes: int,
+    model_bytes: int, min_warn_bytes: int,
 ) -> list[str]:
     found = [w for c in checks for w in useless_thresholds(c)]
     if req.latency_budget_ms is not None and req.latency_budget_ms < p95:
@@ -340,7 +341,7 @@ def _warnings(
             f"latency budget {req.latency_budget_ms:g} ms is below this host's own p95 "
             f"({p95:.3g} ms): a device as fast as this one fails it"
         )
-    if smoke_bytes > model_bytes:
+    if smoke_bytes > model_bytes and smoke_bytes >= min_warn_bytes:
         found.append(
             f"smoke data ({smoke_bytes / 2**20:.1f} MiB) is larger than the model "
             f"({model_bytes / 2**20:.1f} MiB): every device downloads it; pass fewer samples"
@@ -437,7 +438,8 @@ def build_bundle(
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     inputs_npz, reference_npz = _npz_bytes(stored), _npz_bytes(expected)
     model_bytes = files.total_bytes()
-    warnings = _warnings(req, checks, p95, len(inputs_npz) + len(reference_npz), model_bytes)
+    warnings = _warnings(req, checks, p95, len(inputs_npz) + len(reference_npz), model_bytes,
+                         defaults.smoke_warn_min_bytes)
     model_file = f"model{req.model.suffix.lower()}"
     manifest = Manifest(
         name=req.name,

@@ -199,7 +199,8 @@ def build_cmd(**opts: Any) -> None:
         f"quantization {m.models[0].quantization}, model {human_bytes(result.model_bytes)}"
     )
     against = "reference" if opts["reference"] else "itself (no --reference)"
-    click.echo(f"  vs {against} on {a.samples} sample feeds: {a.headline()}")
+    feeds = f"{a.samples} sample feed{'' if a.samples == 1 else 's'}"
+    click.echo(f"  vs {against} on {feeds}: {a.headline()}")
     for o in a.outputs:
         click.echo(f"    {output_line(o)}")
     click.echo(f"  host latency p50 {result.host_p50_ms:.3f} ms, p95 {result.host_p95_ms:.3f} ms")
@@ -298,7 +299,8 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
             lines.append(f"    output {check.name}: {rules}")
     measured = m.build.get("agreement") if isinstance(m.build, dict) else None
     if isinstance(measured, dict) and isinstance(measured.get("outputs"), list):
-        lines.append(f"  measured at build on {measured.get('samples')} sample feeds:")
+        n = measured.get("samples")
+        lines.append(f"  measured at build on {n} sample feed{'' if n == 1 else 's'}:")
         for o in measured["outputs"]:
             lines.append(f"    {_measured_line(o)}")
     hp = m.health_policy.to_dict()

@@ -57,7 +57,7 @@ def test_inspect_shows_what_the_bundle_holds(
     assert "output logits FP32 [-1, 10]" in text
     assert "output logits: kind=classes, max_rel_error=0.15, min_sqnr_db=10.0" in text
     assert "min_top1_agreement=0.9" in text
-    assert "measured at build on 1 sample feeds:" in text
+    assert "measured at build on 1 sample feed:" in text
     assert "logits (classes): max abs error" in text and "SQNR dB" in text
     assert "p95_latency_budget_ms=50.0" in text and "max_memory_mb=64.0" in text
     assert "health policy: probation_s=600.0, min_samples=20, max_error_rate=0.05" in text

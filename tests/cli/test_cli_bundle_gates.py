@@ -214,7 +214,8 @@ def test_smoke_data_larger_than_the_model_is_warned_about(
     cli: Cli, models: Models, shared_keydir: Path, tmp_path: Path
 ) -> None:
     big = tmp_path / "big.npz"
-    np.savez(big, input=np.random.default_rng(0).standard_normal((4000, 1, 64)).astype(np.float32))
+    rows = np.random.default_rng(0).standard_normal((8000, 1, 64)).astype(np.float32)
+    np.savez(big, input=rows)  # 2 MiB of inputs for a 38 KiB model
 
     out = cli.run(*_build(models.float_onnx, tmp_path / "b.satchel",
                           shared_keydir / "signing.key", "--samples", big)).ok()
