@@ -1,10 +1,14 @@
-"""Inference health: counters per channel and release, and the probation judge.
+"""Inference health: counters per channel and release.
 
 Every inference the server runs is recorded here: count, runtime errors, outputs holding
-NaN or Inf, and a latency histogram. `HealthBook` keeps lifetime totals per release (what
-the judge and `/metrics` read) and per-minute deltas not yet written to the health store.
-`judge` decides, from a manifest's health policy and a release's totals, whether the release
-breaches its policy; it does no I/O.
+NaN or Inf, inputs holding NaN or Inf, and a latency histogram. `HealthBook` keeps lifetime
+totals per release (what the probation judge and `/metrics` read) and per-minute deltas not
+yet written to the health store. The judge itself is `bundles.health.judge`, shared with the
+manager; `HealthStats.figures` is what it is given.
+
+A NaN or Inf output is blamed on the model only when every input was finite: a client that
+sends NaN gets NaN back, and that must not roll back a good release. Such inferences are
+counted apart (`nonfinite_inputs`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bundles.health import P95_DECIMALS, HealthFigures
 from bundles.manifest import HealthPolicy
 
 # Upper bounds of the latency histogram buckets, in milliseconds; one more bucket above the
@@ -52,14 +57,20 @@ class HealthStats:
 
     count: int = 0  # inferences run, failed ones included
     errors: int = 0  # inferences the runtime failed
-    nonfinite: int = 0  # inferences with a NaN or Inf in any output
+    nonfinite: int = 0  # inferences with a NaN or Inf in an output from finite inputs
     latency_ms_sum: float = 0.0  # milliseconds, summed over every inference
     latency_buckets: list[int] = field(default_factory=_empty_buckets)  # per bucket, not cumulative
+    nonfinite_inputs: int = 0  # inferences with a NaN or Inf in an input (the client's fault)
 
-    def record(self, latency_ms: float, *, error: bool, nonfinite: bool) -> None:
+    def record(
+        self, latency_ms: float, *, error: bool, nonfinite: bool, nonfinite_input: bool = False
+    ) -> None:
+        """Count one inference. `nonfinite` is ignored when `nonfinite_input` is set: NaN in,
+        NaN out says nothing about the model."""
         self.count += 1
         self.errors += error
-        self.nonfinite += nonfinite
+        self.nonfinite += nonfinite and not nonfinite_input
+        self.nonfinite_inputs += nonfinite_input
         self.latency_ms_sum += latency_ms
         self.latency_buckets[_bucket_index(latency_ms)] += 1
 
@@ -67,6 +78,7 @@ class HealthStats:
         self.count += other.count
         self.errors += other.errors
         self.nonfinite += other.nonfinite
+        self.nonfinite_inputs += other.nonfinite_inputs
         self.latency_ms_sum += other.latency_ms_sum
         for index, n in enumerate(other.latency_buckets):
             self.latency_buckets[index] += n
@@ -74,16 +86,21 @@ class HealthStats:
     def copy(self) -> HealthStats:
         return HealthStats(
             self.count, self.errors, self.nonfinite, self.latency_ms_sum,
-            list(self.latency_buckets),
+            list(self.latency_buckets), self.nonfinite_inputs,
         )
 
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.count if self.count else 0.0
-
-    @property
-    def nan_rate(self) -> float:
-        return self.nonfinite / self.count if self.count else 0.0
+    def figures(self, *, crash_restarts: int = 0) -> HealthFigures:
+        """These counters as the health judge (and a check-in's health summary) take them;
+        p95 rounded as reported, so device and manager judge the very same number."""
+        p95 = self.latency_quantile_ms(0.95)
+        return HealthFigures(
+            inferences=self.count,
+            errors=self.errors,
+            nan=self.nonfinite,
+            p95_latency_ms=None if p95 is None else round(p95, P95_DECIMALS),
+            crash_restarts=crash_restarts,
+            nonfinite_inputs=self.nonfinite_inputs,
+        )
 
     def latency_quantile_ms(self, q: float) -> float | None:
         """The q-quantile of latency in ms, interpolated inside its bucket as Prometheus'
@@ -111,23 +128,26 @@ class HealthStats:
             "nonfinite": self.nonfinite,
             "latency_ms_sum": round(self.latency_ms_sum, 3),
             "latency_buckets": list(self.latency_buckets),
+            "nonfinite_inputs": self.nonfinite_inputs,
         }
 
     @classmethod
     def from_dict(cls, d: Any) -> HealthStats:
-        """Parse what `to_dict` wrote. Raises ValueError when it is not that shape."""
+        """Parse what `to_dict` wrote (`nonfinite_inputs` may be absent: history written
+        before it was counted). Raises ValueError when it is not that shape."""
         if not isinstance(d, dict):
             raise ValueError("health stats must be an object")
         buckets = d.get("latency_buckets")
         if not isinstance(buckets, list) or len(buckets) != len(LATENCY_BUCKETS_MS) + 1:
             raise ValueError("health stats have a latency histogram of the wrong size")
-        counts = [d.get("count"), d.get("errors"), d.get("nonfinite"), *buckets]
+        inputs = d.get("nonfinite_inputs", 0)
+        counts = [d.get("count"), d.get("errors"), d.get("nonfinite"), inputs, *buckets]
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
             raise ValueError("health stats counts must be non-negative integers")
         total = d.get("latency_ms_sum")
         if not isinstance(total, (int, float)) or isinstance(total, bool) or total < 0:
             raise ValueError("health stats latency sum must be a non-negative number")
-        return cls(d["count"], d["errors"], d["nonfinite"], float(total), list(buckets))
+        return cls(d["count"], d["errors"], d["nonfinite"], float(total), list(buckets), inputs)
 
 
 Deltas = dict[tuple[ReleaseKey, int], HealthStats]  # (release, minute start in epoch s) -> stats
@@ -143,17 +163,25 @@ class HealthBook:
         self._totals: dict[ReleaseKey, HealthStats] = {}
         self._pending: Deltas = {}
 
-    def record(self, key: ReleaseKey, latency_ms: float, *, error: bool, nonfinite: bool) -> None:
+    def record(
+        self, key: ReleaseKey, latency_ms: float, *, error: bool, nonfinite: bool,
+        nonfinite_input: bool = False,
+    ) -> None:
+        """Count one inference of `key` (see `HealthStats.record`)."""
         minute = int(self._clock() // MINUTE_S) * MINUTE_S
         with self._lock:
             total = self._totals.get(key)
             if total is None:
                 total = self._totals[key] = HealthStats()
-            total.record(latency_ms, error=error, nonfinite=nonfinite)
+            total.record(
+                latency_ms, error=error, nonfinite=nonfinite, nonfinite_input=nonfinite_input
+            )
             pending = self._pending.get((key, minute))
             if pending is None:
                 pending = self._pending[(key, minute)] = HealthStats()
-            pending.record(latency_ms, error=error, nonfinite=nonfinite)
+            pending.record(
+                latency_ms, error=error, nonfinite=nonfinite, nonfinite_input=nonfinite_input
+            )
 
     def seed(self, key: ReleaseKey, stored: HealthStats) -> None:
         """Start a release's totals from what was stored before this process started;
@@ -196,7 +224,7 @@ class HealthBook:
 
 
 def has_nonfinite(arrays: Mapping[str, Any]) -> bool:
-    """True when any floating-point output holds a NaN or an Inf."""
+    """True when any floating-point array (an input or an output) holds a NaN or an Inf."""
     import numpy as np
 
     for array in arrays.values():
@@ -204,32 +232,6 @@ def has_nonfinite(arrays: Mapping[str, Any]) -> bool:
         if a.dtype.kind in "fc" and not np.isfinite(a).all():
             return True
     return False
-
-
-def judge(policy: HealthPolicy, stats: HealthStats) -> str | None:
-    """Why `stats` breach `policy`, as one line for a technician, or None when they do not
-    (or when there are fewer samples than the policy needs to judge)."""
-    n = stats.count
-    if n < policy.min_samples:
-        return None
-    if stats.error_rate > policy.max_error_rate:
-        return (
-            f"health: error rate {stats.error_rate:.2f} > {policy.max_error_rate:.2f}"
-            f" over {n} inferences"
-        )
-    if stats.nan_rate > policy.max_nan_rate:
-        return (
-            f"health: nan rate {stats.nan_rate:.2f} > {policy.max_nan_rate:.2f}"
-            f" over {n} inferences"
-        )
-    if policy.max_p95_latency_ms is not None:
-        p95 = stats.latency_quantile_ms(0.95)
-        if p95 is not None and p95 > policy.max_p95_latency_ms:
-            return (
-                f"health: p95 latency {p95:.1f} ms > {policy.max_p95_latency_ms:.1f} ms"
-                f" over {n} inferences"
-            )
-    return None
 
 
 def probation_end(policy: HealthPolicy, activated_at: float) -> float:

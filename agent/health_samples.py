@@ -1,5 +1,6 @@
 """Health over time for the manager: every interval, one `health` event per serving release
-with what happened since the previous sample (count, errors, NaN/Inf, p95 latency).
+with what happened since the previous sample (count, errors, NaN/Inf outputs blamed on the
+model, inferences fed NaN/Inf by their client, p95 latency).
 
 The events ride the durable queue like any other, so they reach the manager over the LAN or
 on a USB stick alike, and the dashboard draws its health charts from them. Deltas are taken
@@ -34,6 +35,7 @@ def stats_since(now: HealthStats, before: HealthStats | None) -> HealthStats:
         latency_buckets=[
             a - b for a, b in zip(now.latency_buckets, before.latency_buckets, strict=True)
         ],
+        nonfinite_inputs=now.nonfinite_inputs - before.nonfinite_inputs,
     )
 
 
@@ -63,6 +65,7 @@ class HealthSampler:
                     "count": delta.count,
                     "errors": delta.errors,
                     "nan": delta.nonfinite,
+                    "nonfinite_inputs": delta.nonfinite_inputs,
                     "p95_ms": None if p95 is None else round(p95, 4),
                 },
             )

@@ -82,6 +82,8 @@ def render(snapshot: MetricsSnapshot) -> str:
         ("satchel_inferences_total", "count", "Inferences run, failed ones included."),
         ("satchel_inference_errors_total", "errors", "Inferences the runtime failed."),
         ("satchel_inference_nonfinite_total", "nonfinite", "Inferences with NaN/Inf outputs."),
+        ("satchel_inference_nonfinite_inputs_total", "nonfinite_inputs",
+         "Inferences fed NaN/Inf inputs (the client's fault, not the model's)."),
     ):
         text.family(name, "counter", help_text)
         for key, stats in sorted(releases.items()):

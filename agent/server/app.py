@@ -1,9 +1,9 @@
 """The device's inference server, assembled: `AgentServer` for tests and `serve` for the
 `satchel-agent run` command.
 
-Threads: one per HTTP listener (plus one per connection), a watcher that polls the device
-state's generation and hot-swaps, and the health monitor that judges probation, rolls back
-and writes the health history.
+Threads: one per HTTP listener, one per connection (at most `max_connections` over both
+listeners), a watcher that polls the device state's generation and hot-swaps, and the health
+monitor that judges probation, rolls back and writes the health history.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from agent import sdnotify
 from agent.health import HealthBook
 from agent.health_store import HealthStore
 from agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, SOCKET_NAME, ServerConfig
+from agent.server.connections import ConnectionSlots
 from agent.server.crashloop import HEALTH_DIR, record_clean_stop
 from agent.server.events import EventSink, MemoryEventSink
 from agent.server.http import TcpServer, UnixServer
@@ -89,6 +90,7 @@ class AgentServer:
             self.registry, self.book, on_probation_inference=self.monitor.poke,
             config=config, clock=clock,
         )
+        self.connections = ConnectionSlots(config.max_connections)  # shared by both listeners
         self._listen = listen
         self._unix_socket = Path(unix_socket) if unix_socket is not None else None
         self._stop = threading.Event()
@@ -115,10 +117,12 @@ class AgentServer:
         """
         try:
             if self._listen is not None:
-                self._tcp = TcpServer(self._listen, self.service, self.config)
+                self._tcp = TcpServer(self._listen, self.service, self.config, self.connections)
                 self._spawn("http-tcp", self._serve_forever(self._tcp))
             if self._unix_socket is not None:
-                self._unix = UnixServer(self._unix_socket, self.service, self.config)
+                self._unix = UnixServer(
+                    self._unix_socket, self.service, self.config, self.connections
+                )
                 self._spawn("http-unix", self._serve_forever(self._unix))
             self.registry.reload_now()
         except BaseException:

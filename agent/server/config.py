@@ -14,7 +14,11 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024 * 1024  # bytes; larger infer requests get 413
     max_json_bytes: int = 16 * 1024 * 1024  # bytes; JSON part of an infer request
     max_elements: int = 16 * 1024 * 1024  # tensor elements in one input
-    idle_timeout_s: float = 30.0  # seconds a keep-alive connection may sit idle
+    idle_timeout_s: float = 15.0  # seconds a connection may wait for a request (its first,
+    # the next one kept alive, or the next bytes of one) before it is closed
+    max_connections: int = 64  # connections served at once over both listeners, one thread
+    # each; past it the longest-idle one is closed for a newcomer, or newcomers wait
+    listen_backlog: int = 128  # connections the kernel queues per listener while they wait
     monitor_interval_s: float = 1.0  # seconds between housekeeping rounds of the monitor
     judge_batch_s: float = 0.05  # seconds the monitor lets inferences pile up after a poke
     # before it judges, so a busy server is judged ~20 times a second, not once per request

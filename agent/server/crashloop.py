@@ -24,6 +24,7 @@ from agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
 from agent.server.monitor import RollbackFn
 from agent.server.registry import StateView, epoch_seconds
 from bundles.durable import atomic_write_bytes
+from bundles.health import HealthFigures, judge
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +125,9 @@ def check_crash_loop(
         if highest is not None and release.sequence < highest:
             continue  # restored by a rollback: not judged again
         restarts = crash_restarts_since(runs, activated)
-        if restarts < policy.max_crash_restarts:
+        reason = judge(policy, HealthFigures(crash_restarts=restarts)).breach
+        if reason is None:
             continue
-        reason = (
-            f"health: crash loop: {restarts} service restarts within"
-            f" {now_s - activated:.0f} s of activation (limit {policy.max_crash_restarts})"
-        )
         try:
             restored = rollback(
                 state_dir, channel, reason, expected_sequence=release.sequence

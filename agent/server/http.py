@@ -1,12 +1,15 @@
 """HTTP/1.1 plumbing of the inference server: routing, bodies, JSON errors; stdlib only.
 
-One handler class serves a threaded TCP server (loopback) and a threaded Unix-socket server.
+One handler class serves a threaded TCP server (loopback) and a threaded Unix-socket server,
+one thread per connection, at most `max_connections` of them over both (`ConnectionSlots`).
+A connection waiting for a request longer than `idle_timeout_s` is closed.
 Every error is answered as `{"error": "..."}` with its status; a request that breaks the
 handler gets a 500 and the connection is closed, the server goes on.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -14,6 +17,7 @@ import re
 import socket
 import socketserver
 import stat
+import threading
 import zlib
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -23,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from agent.server.config import ServerConfig
+from agent.server.connections import ConnectionSlots
 from agent.server.errors import (
     BadRequestError,
     ListenAddressError,
@@ -95,6 +100,21 @@ class _Handler(BaseHTTPRequestHandler):
         self.connection.settimeout(self.server.config.idle_timeout_s)
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def handle_one_request(self) -> None:
+        """Wait for the next request as an idle connection (which a newcomer may close to
+        take its slot, and which ends after idle_timeout_s), then serve it as a busy one."""
+        slots = self.server.slots
+        slots.idle(self.connection)
+        assert isinstance(self.rfile, io.BufferedReader)  # StreamRequestHandler's rbufsize -1
+        try:
+            waiting = self.rfile.peek(1)
+        except OSError:  # idle too long (TimeoutError), reset by the client, or closed
+            waiting = b""
+        if not waiting or not slots.busy(self.connection):
+            self.close_connection = True
+            return
+        super().handle_one_request()
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -248,20 +268,68 @@ class _ServingMixin:
 
     service: InferenceService
     config: ServerConfig
+    slots: ConnectionSlots
 
 
-class TcpServer(socketserver.ThreadingMixIn, _ServingMixin, socketserver.TCPServer):
-    """`http.server.ThreadingHTTPServer` without its reverse DNS look-up at bind time."""
+class _BoundedThreadingMixIn(socketserver.BaseServer):
+    """socketserver's ThreadingMixIn with a bound: a daemon thread per connection, and no
+    connection accepted past `slots` until one holding a slot closes (or makes room)."""
 
-    daemon_threads = True
-    block_on_close = False
+    slots: ConnectionSlots
+    config: ServerConfig
+    _stopping: threading.Event
+
+    def process_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        assert isinstance(request, socket.socket)  # stream servers only
+        if not self.slots.take(request, self._stopping, self.config.listener_poll_s):
+            self.shutdown_request(request)
+            return
+        thread = threading.Thread(
+            target=self._serve_connection, args=(request, client_address),
+            name="satchel-http-connection", daemon=True,
+        )
+        try:
+            thread.start()
+        except BaseException:  # no thread to free it: free it here
+            self.slots.release(request)
+            raise
+
+    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self.slots.release(request)
+
+    def shutdown(self) -> None:
+        self._stopping.set()  # a listener waiting for a slot gives up
+        super().shutdown()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.slots.close()
+
+
+class TcpServer(_BoundedThreadingMixIn, _ServingMixin, socketserver.TCPServer):
+    """`http.server.ThreadingHTTPServer` without its reverse DNS look-up at bind time, and
+    with a bound on connections. `slots` may be shared with the Unix-socket listener."""
+
     allow_reuse_address = True
-    request_queue_size = 128
 
-    def __init__(self, listen: str, service: InferenceService, config: ServerConfig) -> None:
+    def __init__(
+        self, listen: str, service: InferenceService, config: ServerConfig,
+        slots: ConnectionSlots | None = None,
+    ) -> None:
         host, port = parse_listen(listen)
         self.service = service
         self.config = config
+        self.slots = slots if slots is not None else ConnectionSlots(config.max_connections)
+        self._stopping = threading.Event()
+        self.request_queue_size = config.listen_backlog
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             super().__init__((host, port), _Handler)
@@ -276,14 +344,16 @@ class TcpServer(socketserver.ThreadingMixIn, _ServingMixin, socketserver.TCPServ
         return f"http://{shown}:{port}"
 
 
-class UnixServer(socketserver.ThreadingMixIn, _ServingMixin, socketserver.UnixStreamServer):
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
-
-    def __init__(self, path: Path, service: InferenceService, config: ServerConfig) -> None:
+class UnixServer(_BoundedThreadingMixIn, _ServingMixin, socketserver.UnixStreamServer):
+    def __init__(
+        self, path: Path, service: InferenceService, config: ServerConfig,
+        slots: ConnectionSlots | None = None,
+    ) -> None:
         self.service = service
         self.config = config
+        self.slots = slots if slots is not None else ConnectionSlots(config.max_connections)
+        self._stopping = threading.Event()
+        self.request_queue_size = config.listen_backlog
         self.path = Path(path)
         _clear_stale_socket(self.path)
         try:

@@ -131,13 +131,17 @@ class InferenceService:
                     raise BadRequestError(
                         f"unknown output {wanted.name!r}; the model produces {sorted(names)}"
                     )
+        # NaN in, NaN out is the client's doing: counted apart, never against the model.
+        client_nonfinite = has_nonfinite(request.inputs)
         started = time.perf_counter()
         try:
             produced = model.run(request.inputs)
         except InferenceError as e:
-            self._record(serving, started, error=True, nonfinite=False)
+            self._record(serving, started, error=True, nonfinite=False,
+                         nonfinite_input=client_nonfinite)
             raise InferenceFailedError(f"inference failed: {e}") from None
-        self._record(serving, started, error=False, nonfinite=has_nonfinite(produced))
+        self._record(serving, started, error=False, nonfinite=has_nonfinite(produced),
+                     nonfinite_input=client_nonfinite)
         outputs = protocol.select_outputs(request, produced)
         return protocol.encode_infer_response(
             channel, serving.key.version, request.id, outputs
@@ -151,9 +155,13 @@ class InferenceService:
         ))
 
     def _record(
-        self, serving: ServingModel, started: float, *, error: bool, nonfinite: bool
+        self, serving: ServingModel, started: float, *, error: bool, nonfinite: bool,
+        nonfinite_input: bool,
     ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
-        self.book.record(serving.key, latency_ms, error=error, nonfinite=nonfinite)
+        self.book.record(
+            serving.key, latency_ms, error=error, nonfinite=nonfinite,
+            nonfinite_input=nonfinite_input,
+        )
         if serving.on_probation(self._clock()):
             self._poke()

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.health import HealthBook, judge
+from agent.health import HealthBook
 from agent.health_store import HealthStore
 from agent.server.config import ServerConfig
 from agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
 from agent.server.registry import ModelRegistry, Release, ServingModel
+from bundles.health import judge
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class HealthMonitor:
             if self._retry_after.get((channel, serving.key.sequence), 0.0) > now:
                 continue
             stats = self._book.totals(serving.key)
-            breach = judge(serving.policy, stats)
+            breach = judge(serving.policy, stats.figures()).breach
             if breach and self._roll_back(channel, serving.release, breach, stats.to_dict()):
                 done.append(breach)
         return done

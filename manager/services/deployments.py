@@ -15,6 +15,8 @@ processes agree.
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import re
 from collections import Counter
@@ -26,10 +28,15 @@ from typing import Any
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from bundles.errors import BundleError
+from bundles.health import HealthFigures, judge
+from bundles.manifest import HealthPolicy
 from manager.errors import ConflictError, InvalidRequestError, NotFoundError
 from manager.models import Bundle, Deployment, DeploymentTarget, Device, DeviceChannel, DeviceTag
 from manager.services import bundles as bundle_service
 from manager.services.devices import check_label
+
+log = logging.getLogger(__name__)
 
 # deployment states
 ACTIVE, PAUSED, HALTED, ABORTED, COMPLETED = "active", "paused", "halted", "aborted", "completed"
@@ -527,21 +534,29 @@ def device_targets(session: so.Session, device_id: str) -> list[DeviceTarget]:
 
 
 def health_breach(policy: Mapping[str, Any], health: Mapping[str, Any] | None) -> str | None:
-    """Why a channel's health summary breaks the bundle's health policy, or None."""
-    if not health:
+    """Why a channel's health summary breaks the bundle's health policy (the manifest's
+    `health_policy` as stored), judged by the device's own judge, or None. A policy that no
+    longer parses is not judged here: the device judges with its verified copy. Raises
+    nothing."""
+    if not policy or not health:
         return None
-    count = health.get("count") or 0
-    if count >= policy.get("min_samples", 1) and count > 0:
-        error_rate = (health.get("errors") or 0) / count
-        if error_rate > policy.get("max_error_rate", 1.0):
-            return f"error rate {error_rate:.1%} above {policy['max_error_rate']:.1%}"
-        nan_rate = (health.get("nan") or 0) / count
-        if nan_rate > policy.get("max_nan_rate", 1.0):
-            return f"NaN/Inf rate {nan_rate:.1%} above {policy['max_nan_rate']:.1%}"
-    p95, limit = health.get("p95_ms"), policy.get("max_p95_latency_ms")
-    if p95 is not None and limit is not None and count > 0 and p95 > limit:
-        return f"p95 latency {p95:.1f} ms above {limit:.1f} ms"
-    return None
+    try:
+        parsed = _parsed_policy(tuple(sorted(policy.items())))
+    except TypeError:  # an unhashable value: not a policy the manifest parser ever wrote
+        parsed = None
+    if parsed is None:
+        return None
+    return judge(parsed, HealthFigures.from_summary(health)).breach
+
+
+# Parsed once per distinct policy: the dashboard judges every device's channels per page.
+@functools.lru_cache(maxsize=256)
+def _parsed_policy(items: tuple[tuple[str, Any], ...]) -> HealthPolicy | None:
+    try:
+        return HealthPolicy.from_dict(dict(items))
+    except BundleError as e:
+        log.warning("a stored health policy does not parse, not judged: %s", e)
+        return None
 
 
 PolicyLookup = Callable[[int], Mapping[str, Any]]  # bundle id -> its health policy

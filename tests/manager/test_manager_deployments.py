@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tests.manager.helpers import Fleet, SimDevice
+from agent.health import HealthStats
+from bundles.health import HealthFigures, judge
+from bundles.manifest import HealthPolicy
+from manager.services.deployments import health_breach
+from tests.factory import build_test_bundle
+from tests.manager.helpers import Fleet, SimDevice, event
+
+# A latency budget and the default minimum sample count (20).
+LATENCY_POLICY = HealthPolicy(max_p95_latency_ms=5.0)
 
 
 def _fleet_of(fleet: Fleet, n: int) -> list[SimDevice]:
@@ -211,3 +221,62 @@ def test_newest_deployment_wins_per_channel(fleet: Fleet) -> None:
     fleet.deploy("vision:1.1.0", devices=["cam-00"], waves="100%")
     (offer,) = fleet.checkin(a)["install"]
     assert offer["version"] == "1.1.0"
+
+
+def _stats(n: int, *, errors: int = 0, nan: int = 0, nan_inputs: int = 0,
+           latency_ms: float = 1.0) -> HealthStats:
+    """What a device counted: `n` inferences, the first ones failed, NaN or fed NaN."""
+    stats = HealthStats()
+    for i in range(n):
+        fed_nan = i >= n - nan_inputs  # and so NaN out
+        stats.record(latency_ms, error=i < errors, nonfinite=i < nan or fed_nan,
+                     nonfinite_input=fed_nan)
+    return stats
+
+
+@pytest.mark.parametrize(
+    ("stats", "breach"),
+    [
+        (_stats(5, errors=5, nan=5, latency_ms=900.0), None),  # too few samples to judge
+        (_stats(19, latency_ms=900.0), None),
+        (_stats(20, latency_ms=900.0), "health: p95 latency 975.0 ms > 5.0 ms over 20 inferences"),
+        (_stats(40, errors=4), "health: error rate 0.10 > 0.05 over 40 inferences"),
+        (_stats(40, nan=1), "health: nan rate 0.03 > 0.00 over 40 inferences"),
+        (_stats(40, nan_inputs=40), None),  # NaN in, NaN out: the client's, not the model's
+        (_stats(400, errors=20, latency_ms=4.0), None),
+    ],
+    ids=["few-samples", "one-short", "slow", "errors", "nan", "nan-inputs", "healthy"],
+)
+def test_device_and_manager_judge_the_same_figures_alike(
+    stats: HealthStats, breach: str | None
+) -> None:
+    on_device = judge(LATENCY_POLICY, stats.figures()).breach
+    reported = stats.figures().to_summary()  # the check-in's health summary of the channel
+    on_manager = health_breach(LATENCY_POLICY.to_dict(), reported)
+    assert on_device == on_manager == breach
+
+
+def test_fewer_samples_than_the_policy_needs_do_not_hold_a_wave(fleet: Fleet) -> None:
+    a, b = (fleet.enroll(f"cam-{i:02d}") for i in range(2))
+
+    def with_latency_policy(manifest: dict[str, Any]) -> None:
+        manifest["health_policy"] = LATENCY_POLICY.to_dict()
+
+    built = build_test_bundle(fleet.tmp / "vision-1.0.0.satchel", keys=fleet.keys,
+                              mutate_manifest=with_latency_policy)
+    r = fleet.client.post("/api/v1/bundles", data=built.data, headers=fleet.admin,
+                          content_type="application/octet-stream")
+    assert r.status_code == 201, r.json
+    dep = fleet.deploy("vision:1.0.0", devices=["cam-00", "cam-01"], waves="1,100%")
+    # The canary serves it out of probation, with 5 slow inferences: the device's judge
+    # waits for 20 before it judges anything, so the device keeps the release.
+    figures = HealthFigures(inferences=5, p95_latency_ms=900.0)
+    assert not judge(LATENCY_POLICY, figures).breached
+    a.run("vision", "1.0.0", 1)
+    events = [event(k, "vision", 1, version="1.0.0") for k in ("downloaded", "activated")]
+    fleet.checkin(a, events, {"vision": figures.to_summary()})
+    status = fleet.status(dep["id"])
+    targets = {t["device_id"]: t for t in status["targets"]}
+    assert targets["cam-00"]["state"] == "succeeded", targets["cam-00"]
+    assert status["current_wave"] == 1 and status["state"] == "active"
+    assert fleet.checkin(b)["install"]  # the next wave is offered the release

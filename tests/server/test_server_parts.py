@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from agent import sdnotify
-from agent.health import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey, judge
+from agent.health import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
 from agent.health_store import HealthStore
 from agent.metrics import ChannelInfo, MetricsSnapshot, render
 from agent.server import ListenAddressError, ServerError, serve
 from agent.server.http import parse_listen
+from bundles.health import judge
 from bundles.manifest import HealthPolicy
 from tests.server.conftest import (
     CHANNEL,
@@ -44,7 +45,7 @@ def _stats(n: int, *, errors: int = 0, nonfinite: int = 0, latency_ms: float = 1
 
 
 def test_judge_waits_for_the_minimum_sample_count() -> None:
-    assert judge(POLICY, _stats(9, errors=9, nonfinite=9, latency_ms=900)) is None
+    assert judge(POLICY, _stats(9, errors=9, nonfinite=9, latency_ms=900).figures()).breach is None
 
 
 @pytest.mark.parametrize(
@@ -56,11 +57,11 @@ def test_judge_waits_for_the_minimum_sample_count() -> None:
     ],
 )
 def test_judge_names_the_breach(stats: HealthStats, reason: str) -> None:
-    assert judge(POLICY, stats) == reason
+    assert judge(POLICY, stats.figures()).breach == reason
 
 
 def test_judge_passes_a_healthy_release() -> None:
-    assert judge(POLICY, _stats(100, errors=10, latency_ms=20.0)) is None
+    assert not judge(POLICY, _stats(100, errors=10, latency_ms=20.0).figures()).breached
 
 
 def test_latency_quantile_interpolates_inside_its_bucket() -> None:

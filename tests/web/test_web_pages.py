@@ -65,7 +65,7 @@ def test_fleet_counts_devices_by_state_and_lists_those_needing_attention_first(
     fleet = _rows(html, "fleet-table")
     assert fleet[:4] == ["cam-05", "cam-04", "gw-01", "new-01"]
     assert sorted(fleet[4:]) == ["cam-01", "cam-02", "cam-03", "usb-01"]
-    assert "error rate 11.2% above 5.0%" in html
+    assert "health: error rate 0.11 &gt; 0.05 over 2400 inferences" in html
     assert "no LAN report for 3 days" in html
 
 
