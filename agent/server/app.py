@@ -90,7 +90,8 @@ class AgentServer:
             self.registry, self.book, on_probation_inference=self.monitor.poke,
             config=config, clock=clock,
         )
-        self.connections = ConnectionSlots(config.max_connections)  # shared by both listeners
+        # shared by both listeners
+        self.connections = ConnectionSlots(config.max_connections, config.read_deadline_s)
         self._listen = listen
         self._unix_socket = Path(unix_socket) if unix_socket is not None else None
         self._stop = threading.Event()

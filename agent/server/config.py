@@ -18,6 +18,8 @@ class ServerConfig:
     # the next one kept alive, or the next bytes of one) before it is closed
     max_connections: int = 64  # connections served at once over both listeners, one thread
     # each; past it the longest-idle one is closed for a newcomer, or newcomers wait
+    read_deadline_s: float = 30.0  # seconds a request may take to arrive (headers and body);
+    # past it, a connection still sending may be closed when a newcomer needs its slot
     listen_backlog: int = 128  # connections the kernel queues per listener while they wait
     monitor_interval_s: float = 1.0  # seconds between housekeeping rounds of the monitor
     judge_batch_s: float = 0.05  # seconds the monitor lets inferences pile up after a poke

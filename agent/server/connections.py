@@ -1,11 +1,13 @@
 """The bound on connections the inference server serves at once (one thread each).
 
 A connection holds a slot from accept to close. It is *idle* while it waits for a request
-(its first, or the next one on a kept-alive connection) and *busy* while a request is read,
-run and answered. When every slot is held, the listener that has a new connection makes room
-by closing the connection idle the longest: idle clients cannot crowd out one that has
-something to ask. When none is idle, the listener waits for a slot, and further connections
-queue in the kernel's listen backlog (or are refused once it is full).
+(its first, or the next one on a kept-alive connection), *reading* while its request arrives,
+and *working* while the request runs and is answered. When every slot is held, the listener
+that has a new connection makes room by closing the connection idle the longest: idle clients
+cannot crowd out one that has something to ask; failing that, a connection whose request has
+been arriving for longer than the read deadline (a slow-loris client trickling bytes, each
+within the idle timeout). When none qualifies, the listener waits for a slot, and further
+connections queue in the kernel's listen backlog (or are refused once it is full).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ class ConnectionSlots:
     """At most `limit` connections at once, over every listener sharing this object.
     Thread-safe; one lock, held for a few dictionary operations."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, read_deadline_s: float = float("inf")) -> None:
         if limit < 1:
             raise ValueError("at least one connection must be allowed")
         self._limit = limit
+        self._read_deadline_s = read_deadline_s
         self._cond = threading.Condition()
         self._held: dict[socket.socket, float | None] = {}  # -> idle since (monotonic s), or
         # None while busy
+        self._reading: dict[socket.socket, float] = {}  # busy connections whose request is
+        # still arriving -> since (monotonic s)
         self._closing: set[socket.socket] = set()  # closed to make room, slot not yet freed
         self._closed = False
 
@@ -45,8 +50,9 @@ class ConnectionSlots:
             while len(self._held) >= self._limit:
                 if stop.is_set() or self._closed:
                     return False
-                if not self._closing:  # one at a time: its thread frees the slot at once
-                    self._close_longest_idle()
+                # one at a time: its thread frees the slot at once
+                if not self._closing and not self._close_longest_idle():
+                    self._close_slowest_reader()
                 self._cond.wait(poll_s)
             if self._closed:
                 return False
@@ -56,6 +62,7 @@ class ConnectionSlots:
     def idle(self, conn: socket.socket) -> None:
         """`conn` waits for its next request: a newcomer may close it to take its slot."""
         with self._cond:
+            self._reading.pop(conn, None)
             if conn in self._held:
                 self._held[conn] = time.monotonic()
 
@@ -66,12 +73,19 @@ class ConnectionSlots:
             if conn in self._closing or conn not in self._held or self._closed:
                 return False
             self._held[conn] = None
+            self._reading[conn] = time.monotonic()
             return True
+
+    def working(self, conn: socket.socket) -> None:
+        """`conn`'s request has fully arrived: it runs now, however long it takes."""
+        with self._cond:
+            self._reading.pop(conn, None)
 
     def release(self, conn: socket.socket) -> None:
         """`conn` is closed: free its slot."""
         with self._cond:
             self._held.pop(conn, None)
+            self._reading.pop(conn, None)
             self._closing.discard(conn)
             self._cond.notify_all()
 
@@ -85,10 +99,19 @@ class ConnectionSlots:
                     self._shut(conn)
             self._cond.notify_all()
 
-    def _close_longest_idle(self) -> None:
+    def _close_longest_idle(self) -> bool:
         idle = [(since, id(conn), conn) for conn, since in self._held.items() if since is not None]
         if idle:
             self._shut(min(idle)[2])
+        return bool(idle)
+
+    def _close_slowest_reader(self) -> bool:
+        """Close the connection whose request has been arriving longest, past the deadline."""
+        late = time.monotonic() - self._read_deadline_s
+        overdue = [(since, id(c), c) for c, since in self._reading.items() if since < late]
+        if overdue:
+            self._shut(min(overdue)[2])
+        return bool(overdue)
 
     def _shut(self, conn: socket.socket) -> None:
         # shutdown(), not close(): it wakes the connection's thread out of its read, and that

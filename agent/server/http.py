@@ -141,6 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(_error(code, text))
 
     def _handle(self, method: str) -> None:
+        if method not in ("POST", "PUT"):  # no body: the request has fully arrived
+            self.server.slots.working(self.connection)
         service = self.server.service
         endpoint = "other"
         try:
@@ -228,6 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(body) != length:
             self.close_connection = True
             raise BadRequestError("the request body ended early")
+        self.server.slots.working(self.connection)
         return self._decoded(body, limit)
 
     def _decoded(self, body: bytes, limit: int) -> bytes:
@@ -327,7 +330,9 @@ class TcpServer(_BoundedThreadingMixIn, _ServingMixin, socketserver.TCPServer):
         host, port = parse_listen(listen)
         self.service = service
         self.config = config
-        self.slots = slots if slots is not None else ConnectionSlots(config.max_connections)
+        self.slots = slots if slots is not None else ConnectionSlots(
+            config.max_connections, config.read_deadline_s
+        )
         self._stopping = threading.Event()
         self.request_queue_size = config.listen_backlog
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -351,7 +356,9 @@ class UnixServer(_BoundedThreadingMixIn, _ServingMixin, socketserver.UnixStreamS
     ) -> None:
         self.service = service
         self.config = config
-        self.slots = slots if slots is not None else ConnectionSlots(config.max_connections)
+        self.slots = slots if slots is not None else ConnectionSlots(
+            config.max_connections, config.read_deadline_s
+        )
         self._stopping = threading.Event()
         self.request_queue_size = config.listen_backlog
         self.path = Path(path)

@@ -8,6 +8,7 @@ being served while it tries.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import threading
@@ -240,3 +241,40 @@ def test_idle_keep_alive_connection_is_closed_after_the_idle_timeout(
     measured.row(AREA, "idle keep-alive and silent connections", 2,
                  f"closed after {kept_s:.2f} s (idle timeout {idle_s} s)",
                  closed_after_s=round(kept_s, 2))
+
+
+def test_slow_loris_requests_cannot_hold_every_slot_past_the_read_deadline(
+    start_server: ServerFactory, held: list[socket.socket], measured: Recorder,
+) -> None:
+    bound, deadline_s = 4, 1.0
+    server = start_server(config=replace(FAST, max_connections=bound, idle_timeout_s=5.0,
+                                         read_deadline_s=deadline_s))
+    host, port = server.url.removeprefix("http://").split(":")
+    for _ in range(bound):  # each sends a header line, then trickles a byte within idle time
+        sock = _connect((host, int(port)))
+        sock.sendall(b"POST /v2/models/kws/infer HTTP/1.1\r\nHost: x\r\n")
+        held.append(sock)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(0.3):
+            for sock in held:
+                with contextlib.suppress(OSError):  # closed by the server: as intended
+                    sock.sendall(b"X")
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        time.sleep(0.3)
+        assert server.connections.held == bound
+        started = time.perf_counter()
+        response = requests.get(f"{server.url}/v2/health/live", timeout=30)
+        waited_s = time.perf_counter() - started
+    finally:
+        stop.set()
+        trickler.join(5)
+    assert response.status_code == 200
+    assert waited_s < deadline_s + 3  # without the deadline: until the client gives up
+    measured.row(AREA, f"{bound} slow-loris requests trickling a byte every 0.3 s (bound "
+                 f"{bound})", bound, f"survived: a request waited {waited_s:.1f} s "
+                 f"(read deadline {deadline_s} s)", waited_s=round(waited_s, 2))
