@@ -20,7 +20,13 @@ from urllib.parse import urlsplit
 import click
 
 from agent import history
-from agent.config import DEFAULT_STATE_DIR, STATE_DIR_ENV, AgentConfig, config_from_env
+from agent.config import (
+    DEFAULT_CONFIG,
+    DEFAULT_STATE_DIR,
+    STATE_DIR_ENV,
+    AgentConfig,
+    config_from_env,
+)
 from agent.enroll import enroll_device
 from agent.errors import AgentError, SmokeTestFailedError, UsbInstallFailedError
 from agent.events import EventQueue
@@ -121,17 +127,22 @@ def init(obj: CliContext, trust: Path, device_id: str, device_class: str,
 @click.pass_obj
 @refusals_exit_1
 def install_command(obj: CliContext, bundle: Path, as_json: bool) -> None:
-    """Verify, smoke-test and activate BUNDLE; refuse it with the reason if anything fails."""
+    """Verify, smoke-test and activate BUNDLE; refuse it with the reason if anything fails.
+
+    Settings: SATCHEL_AGENT_<NAME> environment variables, as for `usb` and `run` (e.g.
+    SATCHEL_AGENT_DISK_MARGIN_BYTES).
+    """
+    config = _config()
     origin = origin_of_file(bundle, CLI)
     try:
-        result = install(obj.state_dir, bundle)
+        result = install(obj.state_dir, bundle, config=config)
     except (AgentError, BundleError) as e:
-        _queue_install(obj.state_dir, origin, error=e)
+        _queue_install(obj.state_dir, origin, config, error=e)
         if as_json:
             report = e.report if isinstance(e, SmokeTestFailedError) else None
             _echo_json({"installed": False, "error": str(e), "report": report})
         raise
-    _queue_install(obj.state_dir, origin, result=result)
+    _queue_install(obj.state_dir, origin, config, result=result)
     release = result.release
     if as_json:
         _echo_json({
@@ -152,24 +163,26 @@ def _initialised(state_dir: Path) -> bool:
     return DeviceState(state_dir).layout.device.is_file()
 
 
-def _queue_events(state_dir: Path, queue: Callable[[EventQueue], object]) -> None:
+def _queue_events(state_dir: Path, queue: Callable[[EventQueue], object],
+                  config: AgentConfig = DEFAULT_CONFIG) -> None:
     """Queue what a technician's command did, for the manager; a failure to queue is a note,
     not a failure of the command (the device state is what counts)."""
     if not _initialised(state_dir):
         return
     try:
-        queue(EventQueue(state_dir))
+        queue(EventQueue(state_dir, config))
     except OSError as e:
         click.echo(f"note: the event for the manager was not queued: {e}", err=True)
 
 
 def _queue_install(
-    state_dir: Path, origin: BundleOrigin | None, *, result: InstallResult | None = None,
-    error: BaseException | None = None,
+    state_dir: Path, origin: BundleOrigin | None, config: AgentConfig, *,
+    result: InstallResult | None = None, error: BaseException | None = None,
 ) -> None:
     if origin is not None:
         _queue_events(state_dir,
-                      lambda q: queue_install_events(q, origin, result=result, error=error))
+                      lambda q: queue_install_events(q, origin, result=result, error=error),
+                      config)
 
 
 def _recover_and_note(state_dir: Path) -> None:
@@ -266,6 +279,8 @@ def _check_url(_ctx: click.Context, _param: click.Parameter, value: str | None) 
 
 
 def _config() -> AgentConfig:
+    """The settings of every command that installs or talks to the manager: the defaults
+    with the SATCHEL_AGENT_<NAME> environment overrides. A bad value is a usage error."""
     try:
         return config_from_env()
     except ValueError as e:

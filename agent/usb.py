@@ -11,6 +11,10 @@ pulled out mid-read leaves the device as it was. Last, a report signed by the de
 key (identity, releases, health, every event with its id, smoke-test figures included) is
 written durably onto the stick, for `satchel usb import`.
 
+Every path on the stick is reached from its root without following a link (`bundles.stickfs`):
+a stick with a link where this device would read or write (reports/ pointing at the state
+directory, a bundle pointing at /dev/zero) is refused before anything is read or changed.
+
 A device that is not enrolled over the LAN has no other way to deliver its events, so for it
 the events in a report leave the queue once the report is durably on the stick; an enrolled
 device keeps them until a check-in delivers them (the manager records each id once).
@@ -19,6 +23,7 @@ device keeps them until a check-in delivers them (the manager records each id on
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -49,10 +54,11 @@ from agent.updates import (
     trusted_root,
 )
 from bundles import plan as stick_layout
-from bundles.durable import atomic_write_bytes, fsync_dir
+from bundles.durable import fsync_dir
 from bundles.envelope import open_envelope
 from bundles.errors import BundleError, FormatError, TrustError
 from bundles.plan import MAX_PLAN_BYTES, Assignment, Plan, Report, sign_report, verify_plan
+from bundles.stickfs import StickDir, StickLinkError
 from bundles.timeutil import utcnow
 
 log = logging.getLogger(__name__)
@@ -90,30 +96,60 @@ class StickOutcome:
 # --- reading the stick ----------------------------------------------------------------------
 
 
-def _read_bounded(path: Path, limit: int, what: str) -> bytes:
-    """Raises StickError when the file is missing, unreadable or larger than `limit`."""
+def open_stick(stick: Path) -> StickDir:
+    """The stick at `stick`, opened for reading and writing without following a link.
+    Raises StickError when it is not a directory that can be opened."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
+        return StickDir(stick)
     except OSError as e:
-        raise StickError(f"cannot read {what} {path}: {e.strerror}; was the stick pulled "
+        raise StickError(f"cannot open {stick}: {e.strerror}; is the stick mounted "
+                         "there?") from e
+
+
+def refuse_links(disk: StickDir, device_id: str) -> None:
+    """Refuse the stick, before anything is read or changed, when a path this device would
+    read or write on it is a link (even one pointing inside the stick: no links, simply).
+    Raises StickLinkError, StickError."""
+    try:
+        disk.refuse_links(stick_layout.PLAN_FILE)
+        disk.refuse_links(stick_layout.ROOT_FILE)
+        disk.refuse_links(stick_layout.ROOTS_DIR, depth=1)
+        disk.refuse_links(stick_layout.BUNDLES_DIR, depth=1)
+        disk.refuse_links(f"{stick_layout.REPORTS_DIR}/{device_id}")
+    except OSError as e:
+        raise StickError(f"cannot read {disk.path}: {e.strerror}; was the stick pulled "
                          "out?") from e
+
+
+def _read_bounded(disk: StickDir, rel: str, limit: int, what: str) -> bytes:
+    """Raises StickError when the file is missing, unreadable or larger than `limit`;
+    StickLinkError."""
+    try:
+        data = disk.read_bytes(rel, limit)
+    except OSError as e:
+        raise StickError(f"cannot read {what} {disk.path / rel}: {e.strerror}; was the stick "
+                         "pulled out?") from e
     if len(data) > limit:
-        raise StickError(f"{what} {path} is larger than {limit} bytes")
+        raise StickError(f"{what} {disk.path / rel} is larger than {limit} bytes")
     return data
 
 
-def stick_roots(stick: Path) -> dict[int, bytes]:
+def stick_roots(disk: StickDir) -> dict[int, bytes]:
     """The trust root documents on the stick, by version (trust/roots/N.root.json, and
-    trust/root.json). Raises StickError, FormatError."""
+    trust/root.json). Raises StickError, StickLinkError, FormatError."""
     found: dict[int, bytes] = {}
-    candidates = sorted((stick / stick_layout.ROOTS_DIR).glob("*.root.json"))
-    current = stick / stick_layout.ROOT_FILE
-    if current.is_file():
-        candidates.append(current)
-    for path in candidates:
-        data = _read_bounded(path, MAX_ROOT_BYTES, "trust root")
-        signed, _ = open_envelope(data, f"trust root {path.name}", MAX_ROOT_BYTES)
+    try:
+        listed = disk.entries(stick_layout.ROOTS_DIR)
+        current = disk.is_file(stick_layout.ROOT_FILE)
+    except OSError as e:
+        raise StickError(f"cannot read the trust roots on {disk.path}: {e.strerror}") from e
+    candidates = [f"{stick_layout.ROOTS_DIR}/{e.name}" for e in listed
+                  if e.is_file and e.name.endswith(".root.json") and not e.name.startswith(".")]
+    if current:
+        candidates.append(stick_layout.ROOT_FILE)
+    for rel in candidates:
+        data = _read_bounded(disk, rel, MAX_ROOT_BYTES, "trust root")
+        signed, _ = open_envelope(data, f"trust root {Path(rel).name}", MAX_ROOT_BYTES)
         version = signed.get("version")
         if isinstance(version, int) and not isinstance(version, bool):
             found.setdefault(version, data)
@@ -122,12 +158,11 @@ def stick_roots(stick: Path) -> dict[int, bytes]:
 
 def peek_plan_id(stick: Path) -> str | None:
     """The plan id on the stick, without verifying anything (to skip plans already done);
-    None when there is no readable plan."""
+    None when there is no readable plan (or it is reached through a link)."""
     try:
-        signed, _ = open_envelope(
-            _read_bounded(stick / stick_layout.PLAN_FILE, MAX_PLAN_BYTES, "plan"), "USB plan",
-            MAX_PLAN_BYTES,
-        )
+        with open_stick(stick) as disk:
+            data = _read_bounded(disk, stick_layout.PLAN_FILE, MAX_PLAN_BYTES, "plan")
+        signed, _ = open_envelope(data, "USB plan", MAX_PLAN_BYTES)
     except (StickError, BundleError):
         return None
     plan_id = signed.get("plan_id")
@@ -142,16 +177,16 @@ def _plan_clock(identity: DeviceIdentity, state: DeviceState) -> datetime:
     return state.newest_signed_time() or EPOCH
 
 
-def verified_plan(state_dir: Path, stick: Path, now: datetime | None = None) -> Plan:
+def verified_plan(state_dir: Path, disk: StickDir, now: datetime | None = None) -> Plan:
     """The stick's plan, verified against the device's (already updated) trust root.
-    Raises PlanRefusedError, StickError."""
+    Raises PlanRefusedError, StickError, StickLinkError."""
     state = DeviceState(state_dir)
-    data = _read_bounded(stick / stick_layout.PLAN_FILE, MAX_PLAN_BYTES, "plan")
+    data = _read_bounded(disk, stick_layout.PLAN_FILE, MAX_PLAN_BYTES, "plan")
     try:
         return verify_plan(data, trusted_root(state_dir),
                            now or _plan_clock(state.identity(), state))
     except (TrustError, FormatError) as e:
-        raise PlanRefusedError(f"USB plan on {stick} refused: {e}") from e
+        raise PlanRefusedError(f"USB plan on {disk.path} refused: {e}") from e
 
 
 # --- processing a stick ---------------------------------------------------------------------
@@ -171,29 +206,35 @@ def process_stick(
     not raised.
 
     Raises StickError (no plan, unreadable or pulled out: nothing was installed from what
-    could not be read), PlanRefusedError, bundles' RootRotationError/FormatError (the
-    stick's trust roots are not a valid successor chain; the trust root is unchanged),
-    NotInitializedError, StateCorruptError, LockBusyError; OSError for the device's disk.
+    could not be read), StickLinkError (a path this device would use on the stick is a link:
+    nothing read, installed or written), PlanRefusedError, bundles' RootRotationError/
+    FormatError (the stick's trust roots are not a valid successor chain; the trust root is
+    unchanged), NotInitializedError, StateCorruptError, LockBusyError; OSError for the
+    device's disk.
     """
     stick = Path(stick)
     state = DeviceState(state_dir)
     identity = state.identity()
-    if not (stick / stick_layout.PLAN_FILE).is_file():
-        raise StickError(f"{stick} holds no {stick_layout.PLAN_FILE}; is it a Satchel stick?")
-    trust = accept_roots(state_dir, stick_roots(stick), config)
-    plan = verified_plan(state_dir, stick, now)
-    outcome = StickOutcome(stick, plan.plan_id, trust)
-    log.info("USB plan %s on %s: %d assignment(s) for this device", plan.plan_id, stick,
-             len(plan.for_device(identity.device_id, identity.device_class)))
-    for assignment in plan.for_device(identity.device_id, identity.device_class):
-        _apply(state_dir, state, stick, assignment, events, config, outcome)
-    outcome.report = write_report(state_dir, stick, plan.plan_id, events, totals, config)
+    with open_stick(stick) as disk:
+        refuse_links(disk, identity.device_id)
+        if not disk.is_file(stick_layout.PLAN_FILE):
+            raise StickError(f"{stick} holds no {stick_layout.PLAN_FILE}; is it a Satchel "
+                             "stick?")
+        trust = accept_roots(state_dir, stick_roots(disk), config)
+        plan = verified_plan(state_dir, disk, now)
+        outcome = StickOutcome(stick, plan.plan_id, trust)
+        mine = plan.for_device(identity.device_id, identity.device_class)
+        log.info("USB plan %s on %s: %d assignment(s) for this device", plan.plan_id, stick,
+                 len(mine))
+        for assignment in mine:
+            _apply(state_dir, state, disk, assignment, events, config, outcome)
+        outcome.report = write_report(state_dir, disk, plan.plan_id, events, totals, config)
     remember_plan(state_dir, plan.plan_id, config)
     return outcome
 
 
 def _apply(
-    state_dir: Path, state: DeviceState, stick: Path, assignment: Assignment,
+    state_dir: Path, state: DeviceState, disk: StickDir, assignment: Assignment,
     events: EventQueue, config: AgentConfig, outcome: StickOutcome,
 ) -> None:
     release = f"{assignment.channel} {assignment.version}"
@@ -205,7 +246,7 @@ def _apply(
                           assignment.bundle_sha256, assignment.deployment_id, USB)
     staging = Path(state_dir) / STAGING_DIR
     try:
-        copy = copy_from_stick(stick / assignment.file, staging, assignment, config)
+        copy = copy_from_stick(disk, staging, assignment, config)
     except StickBundleMismatchError as e:
         events.append("install_failed", reason=str(e), **origin.fields())
         outcome.failed.append((release, str(e)))
@@ -222,10 +263,15 @@ def _apply(
 
 
 def copy_from_stick(
-    source: Path, staging: Path, assignment: Assignment, config: AgentConfig = DEFAULT_CONFIG
+    source: StickDir | Path, staging: Path, assignment: Assignment,
+    config: AgentConfig = DEFAULT_CONFIG,
 ) -> Path:
     """Copy a bundle from the stick to the staging area and check the copy against the
-    plan. Returns the copy. Raises StickError (the stick cannot be read: pulled out),
+    plan. Returns the copy. `source` is the stick (the bundle is the plan entry's file,
+    reached without following a link) or the bundle file's own path (not followed if a
+    link).
+
+    Raises StickError (the stick cannot be read: pulled out), StickLinkError,
     StickBundleMismatchError (it reads fine but is not the file the plan names); the partial
     copy is removed either way. OSError for the device's own disk."""
     if not 0 < assignment.size <= config.max_bundle_bytes:
@@ -233,17 +279,19 @@ def copy_from_stick(
             f"the plan gives {assignment.channel} {assignment.version} a size of "
             f"{assignment.size} bytes, which this device does not accept; nothing installed"
         )
+    name = Path(assignment.file).name if isinstance(source, StickDir) else source.name
     if not staging.is_dir():
         staging.mkdir(parents=True, exist_ok=True)
         fsync_dir(staging.parent)
     target = staging / f"{assignment.bundle_sha256}.satchel"
     part = staging / f"{assignment.bundle_sha256}.part"
+    fd = _open_bundle(source, assignment)
     try:
-        copied = _copy(source, part, assignment.size, config.download_chunk_bytes)
+        copied = _copy(fd, name, part, assignment.size, config.download_chunk_bytes)
         digest = _sha256_of(part)  # of the copy, not of what was read: the copy is installed
         if copied != assignment.size or digest != assignment.bundle_sha256:
             raise StickBundleMismatchError(
-                f"{source.name} on the stick is not the bundle the plan names "
+                f"{name} on the stick is not the bundle the plan names "
                 f"({copied} bytes, sha256 {digest[:12]}...; expected {assignment.size} bytes, "
                 f"{assignment.bundle_sha256[:12]}...): damaged, or changed after export; "
                 "nothing installed from it, export the stick again"
@@ -256,34 +304,44 @@ def copy_from_stick(
     return target
 
 
-def _copy(source: Path, part: Path, limit: int, chunk_bytes: int) -> int:
-    """Copy at most limit + 1 bytes (enough to see a file that is too long). Returns bytes
-    copied. Raises StickError for a read error of the stick, StickBundleMismatchError when
-    `source` is not a regular file (a FIFO or a device could block forever or never end)."""
+def _open_bundle(source: StickDir | Path, assignment: Assignment) -> int:
+    """A descriptor of the bundle file, opened without blocking (a FIFO would wait for a
+    writer) and without following a link. Raises StickError, StickLinkError."""
+    try:
+        if isinstance(source, StickDir):
+            return source.open_file(assignment.file)
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StickLinkError(f"stick path {source} is a link; refusing to follow it out "
+                                 "of the stick") from None
+        where = assignment.file if isinstance(source, StickDir) else source
+        raise StickError(f"cannot open {where} on the stick: {e.strerror}") from e
+    return fd
+
+
+def _copy(fd: int, name: str, part: Path, limit: int, chunk_bytes: int) -> int:
+    """Copy at most limit + 1 bytes (enough to see a file that is too long) from `fd`, which
+    it closes. Returns bytes copied. Raises StickError for a read error of the stick,
+    StickBundleMismatchError when it is not a regular file (a FIFO or a device could block
+    forever or never end)."""
     copied = 0
-    with open(part, "wb") as out:
-        try:
-            # O_NONBLOCK: opening a FIFO waits for a writer that may never come
-            fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError as e:
-            raise StickError(f"cannot open {source} on the stick: {e.strerror}") from e
-        src = os.fdopen(fd, "rb")
-        with src:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device: endless or stuck
-                raise StickBundleMismatchError(f"{source.name} on the stick is not a regular "
-                                               "file; nothing installed from it")
-            while copied <= limit:
-                try:
-                    chunk = src.read(min(chunk_bytes, limit + 1 - copied))
-                except OSError as e:
-                    raise StickError(
-                        f"reading {source.name} from the stick failed at byte {copied} "
-                        f"({e.strerror}); was it pulled out? nothing was installed from it"
-                    ) from e
-                if not chunk:
-                    break
-                out.write(chunk)
-                copied += len(chunk)
+    with os.fdopen(fd, "rb") as src, open(part, "wb") as out:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a FIFO, a device: endless or stuck
+            raise StickBundleMismatchError(f"{name} on the stick is not a regular file; "
+                                           "nothing installed from it")
+        while copied <= limit:
+            try:
+                chunk = src.read(min(chunk_bytes, limit + 1 - copied))
+            except OSError as e:
+                raise StickError(
+                    f"reading {name} from the stick failed at byte {copied} "
+                    f"({e.strerror}); was it pulled out? nothing was installed from it"
+                ) from e
+            if not chunk:
+                break
+            out.write(chunk)
+            copied += len(chunk)
         out.flush()
         os.fsync(out.fileno())
     return copied
@@ -302,26 +360,25 @@ def _sha256_of(path: Path) -> str:
 
 def write_report(
     state_dir: Path,
-    stick: Path,
+    disk: StickDir,
     plan_id: str | None,
     events: EventQueue,
     totals: TotalsSource,
     config: AgentConfig = DEFAULT_CONFIG,
 ) -> Path:
-    """Write this device's signed report onto the stick, durably; return its path.
-    Raises StickError (the stick cannot be written), StateCorruptError, OSError."""
+    """Write this device's signed report onto the stick, durably, never through a link;
+    return its path. Raises StickError (the stick cannot be written), StickLinkError,
+    StateCorruptError, OSError."""
     state = DeviceState(state_dir)
     identity = state.identity()
-    batch = events.pending(config.events_per_checkin,
-                                     config.event_bytes_per_checkin)
+    batch = events.pending(config.events_per_checkin, config.event_bytes_per_checkin)
     body = checkin_body(state, batch, health_summary(state, totals),
                         trusted_root(state_dir).version)
     report = Report(uuid.uuid4().hex, identity.device_id, utcnow(), body, plan_id)
     data = sign_report(report, device_key(state_dir))
-    path = stick / report.path
+    path = disk.path / report.path
     try:
-        _make_dirs(stick, path.parent)
-        atomic_write_bytes(path, data)
+        disk.write_bytes(report.path, data)
     except OSError as e:
         raise StickError(f"cannot write the report to {path}: {e.strerror}; was the stick "
                          "pulled out? run `satchel-agent usb` again to write it") from e
@@ -329,18 +386,6 @@ def write_report(
     if load_credentials(state_dir) is None:
         events.ack(e["id"] for e in batch)  # the stick is this device's only transport
     return path
-
-
-def _make_dirs(stick: Path, directory: Path) -> None:
-    """mkdir -p inside the stick, each new directory made durable in its parent."""
-    missing = []
-    at = directory
-    while not at.is_dir() and at != stick:
-        missing.append(at)
-        at = at.parent
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-        fsync_dir(d.parent)
 
 
 # --- plans already done ---------------------------------------------------------------------

@@ -109,3 +109,10 @@ class KeyFileError(BundleError):
 
 class StagingError(BundleError):
     """The unpack target is unusable (not empty, not a directory, or a write failed)."""
+
+
+# --- a USB stick that is not what it seems ---------------------------------------------------
+
+
+class StickLinkError(BundleError):
+    """A path on a USB stick is a symbolic link: nothing is read or written through it."""

@@ -2,18 +2,23 @@
 
 Export writes the trust root (with its rotation history), the bundles and a plan signed with
 a signing key of the trust root (layout in `bundles.plan`). The plan is built in a short
-database transaction; the files are copied afterwards, outside it.
+database transaction; the files are copied afterwards, outside it, into a temporary
+directory on the stick and then renamed into place, the plan last: an export that fails
+half-way leaves the stick as it was.
 
 Import verifies each device report against that device's registered public key and records
 it with the same service function as a LAN check-in, one transaction per report; a report
 already imported is skipped, so importing a stick twice records nothing twice.
+
+Both read and write the stick through `bundles.stickfs`: never through a link.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,9 +28,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from bundles import plan as stick
-from bundles.durable import atomic_write_bytes, atomic_writer, fsync_dir
 from bundles.errors import BundleError
 from bundles.keys import PublicKey, SigningKey
+from bundles.stickfs import StickDir, StickLinkError
 from manager.db import Database
 from manager.errors import (
     ConflictError,
@@ -38,6 +43,8 @@ from manager.services import checkin, deployments, trust
 from manager.store import BundleStore
 
 COPY_CHUNK_BYTES = 4 * 1024 * 1024  # bytes copied per step onto the stick
+EXPORT_TEMP = ".satchel-export.tmp"  # where an export is written on the stick before its rename
+REPLACED_DIR = "replaced"  # in EXPORT_TEMP: files an export replaced, until its plan is in
 
 
 @dataclass(frozen=True)
@@ -123,41 +130,109 @@ def plan_stick(
     return StickContents(plan, tuple(trust.history(session)), shas)
 
 
-def _copy_bundle(source: Path, target: Path) -> bool:
-    """Copy a bundle onto the stick unless the same-sized file is there. True if copied."""
-    if target.is_file() and target.stat().st_size == source.stat().st_size:
-        return False
-    with open(source, "rb") as src, atomic_writer(target) as out:
-        shutil.copyfileobj(src, out, COPY_CHUNK_BYTES)
-    return True
+def _refuse_links(disk: StickDir) -> None:
+    """Refuse a stick with a link where the export writes. Raises StickLinkError, OSError."""
+    disk.refuse_links(stick.PLAN_FILE)
+    disk.refuse_links(stick.ROOT_FILE)
+    disk.refuse_links(stick.ROOTS_DIR, depth=1)
+    disk.refuse_links(stick.BUNDLES_DIR, depth=1)
+    disk.refuse_links(stick.REPORTS_DIR)
+
+
+def _holds(disk: StickDir, rel: str, data: bytes) -> bool:
+    return disk.is_file(rel) and disk.read_bytes(rel, len(data)) == data
+
+
+def _write_into(
+    disk: StickDir, temp: str, contents: StickContents, store: BundleStore,
+    keys: list[SigningKey],
+) -> tuple[list[str], int]:
+    """Write into `temp` on the stick what the stick lacks. Returns the paths written, in the
+    order they go into place (bundles, trust roots, reports/, the plan last), and the number
+    of bundles already there. Raises NotFoundError, StickLinkError, OSError."""
+    written: list[str] = []
+    present = 0
+    for sha in contents.bundles:
+        source, rel = store.require(sha), stick.bundle_file(sha)
+        there = disk.lstat(rel)
+        if (there is not None and stat.S_ISREG(there.st_mode)
+                and there.st_size == source.stat().st_size):
+            present += 1
+            continue
+        with open(source, "rb") as src, disk.writer(f"{temp}/{rel}") as out:
+            shutil.copyfileobj(src, out, COPY_CHUNK_BYTES)
+        written.append(rel)
+    documents = [(stick.root_file(v), doc) for v, doc in contents.roots]
+    for rel, doc in [*documents, (stick.ROOT_FILE, contents.roots[-1][1])]:
+        if not _holds(disk, rel, doc):
+            disk.write_bytes(f"{temp}/{rel}", doc)
+            written.append(rel)
+    if disk.lstat(stick.REPORTS_DIR) is None:
+        disk.make_dirs(f"{temp}/{stick.REPORTS_DIR}")
+        written.append(stick.REPORTS_DIR)
+    disk.write_bytes(f"{temp}/{stick.PLAN_FILE}", stick.sign_plan(contents.plan, keys))
+    return [*written, stick.PLAN_FILE], present
+
+
+def _first_missing(disk: StickDir, rel: str) -> str | None:
+    """`rel`, or the first directory on its way, that the stick lacks; None if it has `rel`."""
+    parts = rel.split("/")
+    return next((p for p in ("/".join(parts[: i + 1]) for i in range(len(parts)))
+                 if disk.lstat(p) is None), None)
+
+
+def _move_into_place(disk: StickDir, temp: str, written: list[str]) -> None:
+    """Rename what `_write_into` wrote into place; the plan, last, is the commit point. A
+    failure before it puts back what was there. Raises StickLinkError, OSError."""
+    backup = f"{temp}/{REPLACED_DIR}"
+    done: list[tuple[str, bool]] = []  # (path moved in, an older one went to the backup)
+    try:
+        for rel in written[:-1]:
+            if disk.lstat(f"{temp}/{rel}") is None:
+                continue  # went into place with its directory
+            target = _first_missing(disk, rel)
+            if target is None:  # replaces an older file, kept until the plan is in
+                disk.rename(rel, f"{backup}/{rel}")
+                done.append((rel, True))
+                target = rel
+            else:  # the file, or a whole directory the stick lacks
+                done.append((target, False))
+            disk.rename(f"{temp}/{target}", target)
+        disk.rename(f"{temp}/{written[-1]}", written[-1])
+    except BaseException:
+        for rel, replaced in reversed(done):
+            with contextlib.suppress(OSError, StickLinkError):
+                disk.remove(rel)
+                if replaced:
+                    disk.rename(f"{backup}/{rel}", rel)
+        raise
 
 
 def write_stick(
     dest: Path, contents: StickContents, store: BundleStore, keys: list[SigningKey]
 ) -> ExportResult:
-    """Write trust roots, bundles, the signed plan (last) and an empty reports/ directory.
+    """Write trust roots, bundles, the signed plan and an empty reports/ directory: first
+    into a temporary directory on the stick, then renamed into place with the plan last, so
+    an export that fails leaves the stick as it was. Nothing is written through a link.
 
     Raises NotFoundError (a bundle file is missing from the store), UsageError (the stick
-    cannot be written).
+    cannot be written), StickLinkError (a path the export writes is a link).
     """
     try:
-        (dest / stick.ROOTS_DIR).mkdir(parents=True, exist_ok=True)
-        (dest / stick.BUNDLES_DIR).mkdir(parents=True, exist_ok=True)
-        (dest / stick.REPORTS_DIR).mkdir(parents=True, exist_ok=True)
-        for version, doc in contents.roots:
-            atomic_write_bytes(dest / stick.root_file(version), doc)
-        atomic_write_bytes(dest / stick.ROOT_FILE, contents.roots[-1][1])
-        written = present = 0
-        for sha in contents.bundles:
-            if _copy_bundle(store.require(sha), dest / stick.bundle_file(sha)):
-                written += 1
-            else:
-                present += 1
-        atomic_write_bytes(dest / stick.PLAN_FILE, stick.sign_plan(contents.plan, keys))
-        fsync_dir(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        with StickDir(dest) as disk:
+            _refuse_links(disk)
+            disk.remove(EXPORT_TEMP)  # left by an export cut short (stick pulled out)
+            try:
+                written, present = _write_into(disk, EXPORT_TEMP, contents, store, keys)
+                _move_into_place(disk, EXPORT_TEMP, written)
+            finally:
+                with contextlib.suppress(OSError):
+                    disk.remove(EXPORT_TEMP)
     except OSError as e:
         raise UsageError(f"cannot write to {dest}: {e.strerror}") from e
-    return ExportResult(contents.plan, written, present)
+    bundles_written = sum(1 for rel in written if rel.startswith(f"{stick.BUNDLES_DIR}/"))
+    return ExportResult(contents.plan, bundles_written, present)
 
 
 def export_stick(
@@ -191,21 +266,20 @@ class ImportResult:
         }
 
 
-def find_reports(path: Path, max_reports: int) -> list[str]:
-    """Report files on the stick, as paths relative to it, sorted. Raises UsageError."""
-    reports = path / stick.REPORTS_DIR
-    if not path.is_dir():
-        raise UsageError(f"{path} is not a directory")
-    if not reports.is_dir():
-        return []
-    found = sorted(
-        p.relative_to(path).as_posix()
-        for p in reports.glob("*/*.json")
-        if p.is_file() and not p.is_symlink()
-    )
-    if len(found) > max_reports:
-        raise UsageError(f"{path} holds more than {max_reports} reports")
-    return found
+def find_reports(disk: StickDir, max_reports: int) -> list[str]:
+    """Report files on the stick (reports/<device>/<report>.json), as paths relative to it,
+    sorted. Raises StickLinkError (anything under reports/ is a link: nothing is imported
+    from the stick), UsageError (too many), OSError."""
+    found: list[str] = []
+    for device in disk.entries(stick.REPORTS_DIR):
+        if not device.is_dir or device.name.startswith("."):
+            continue
+        where = f"{stick.REPORTS_DIR}/{device.name}"
+        found += [f"{where}/{f.name}" for f in disk.entries(where)
+                  if f.is_file and f.name.endswith(".json") and not f.name.startswith(".")]
+        if len(found) > max_reports:
+            raise UsageError(f"{disk.path} holds more than {max_reports} reports")
+    return sorted(found)
 
 
 def record_report(
@@ -256,24 +330,35 @@ def _record_file(db: Database, rel: str, data: bytes, now: datetime, max_events:
 def import_stick(
     db: Database, path: Path, now: datetime, max_reports: int, max_bytes: int, max_events: int
 ) -> ImportResult:
-    """Record every device report on the stick; refusals are collected, not raised.
+    """Record every device report on the stick; refusals are collected, not raised. Nothing
+    is read through a link: a link anywhere under reports/ refuses the whole stick before
+    anything is recorded.
 
-    Raises UsageError when `path` is not a readable directory.
+    Raises UsageError when `path` is not a readable directory, StickLinkError.
     """
     result = ImportResult()
-    for rel in find_reports(path, max_reports):
-        file = path / rel
+    try:
+        disk = StickDir(path)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror}") from e
+    with disk:
         try:
-            if file.stat().st_size > max_bytes:
-                raise ReportRefusedError(f"larger than {max_bytes} bytes")
-            new = _record_file(db, rel, file.read_bytes(), now, max_events)
-        except ReportRefusedError as e:
-            result.refused.append((rel, str(e)))
-            continue
-        except sa.exc.IntegrityError:
-            new = False  # imported at the same moment by another process
+            found = find_reports(disk, max_reports)
         except OSError as e:
-            result.refused.append((rel, f"cannot read: {os.strerror(e.errno or 0)}"))
-            continue
-        (result.imported if new else result.duplicates).append(rel)
+            raise UsageError(f"cannot read the reports on {path}: {e.strerror}") from e
+        for rel in found:
+            try:
+                data = disk.read_bytes(rel, max_bytes)
+                if len(data) > max_bytes:
+                    raise ReportRefusedError(f"larger than {max_bytes} bytes")
+                new = _record_file(db, rel, data, now, max_events)
+            except ReportRefusedError as e:
+                result.refused.append((rel, str(e)))
+                continue
+            except sa.exc.IntegrityError:
+                new = False  # imported at the same moment by another process
+            except OSError as e:
+                result.refused.append((rel, f"cannot read: {e.strerror or e}"))
+                continue
+            (result.imported if new else result.duplicates).append(rel)
     return result

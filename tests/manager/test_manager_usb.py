@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from bundles import plan as stick
 from bundles.errors import SignatureError
@@ -19,7 +22,10 @@ from bundles.trust import load_root
 from manager.cli import main
 from manager.config import ManagerConfig
 from manager.models import Event, UsbReport
+from manager.store import BundleStore
+from tests.factory import tree_snapshot
 from tests.manager.helpers import Fleet, SimDevice, event
+from tests.manager.test_manager_disk_full import fill, tmpfs
 
 
 def _satchel(config: ManagerConfig, *args: str):
@@ -205,3 +211,163 @@ def test_export_refuses_a_key_outside_the_trust_root(
     r = _satchel(config, "usb", "export", str(tmp_path / "stick"), "--key", str(stray))
     assert r.exit_code == 1 and "not a signing key" in r.stderr
     assert not (tmp_path / "stick" / stick.PLAN_FILE).exists()
+
+
+# --- links on the stick ---------------------------------------------------------------------
+
+
+def _link(usb: Path, rel: str, target: Path) -> str:
+    """Move what is at `rel` on the stick to `target` and leave a link to it in its place."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(usb / rel, target)
+    (usb / rel).symlink_to(target)
+    return rel
+
+
+def _tree(*roots: Path) -> tuple[dict[str, object], ...]:
+    return tuple(tree_snapshot(r) for r in roots)
+
+
+def _refused_link(r: Result, rel: str) -> None:
+    assert r.exit_code == 1, r.output
+    assert r.stderr == (
+        f"error: stick path {rel} is a link; refusing to follow it out of the stick\n"
+    )
+
+
+# case -> (stick, a genuine report on it, a directory outside) -> the path made a link
+IMPORT_LINKS = {
+    "reports/ linked outside the stick": lambda usb, report, out: _link(
+        usb, "reports", out / "reports"),
+    "reports/<device> linked outside the stick": lambda usb, report, out: _link(
+        usb, "reports/site-0", out / "site-0"),
+    "a report file linked outside the stick": lambda usb, report, out: _link(
+        usb, report.relative_to(usb).as_posix(), out / report.name),
+    "reports/<device> linked inside the stick": lambda usb, report, out: _link(
+        usb, "reports/site-0", usb / "stash" / "site-0"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(IMPORT_LINKS))
+def test_import_refuses_a_link_under_reports_and_records_nothing(
+    fleet: Fleet, config: ManagerConfig, exported, tmp_path: Path, case: str
+) -> None:
+    devices, _, _, usb = exported
+    report = write_report(usb, devices[0], [event("downloaded")], None)  # genuine
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    linked = IMPORT_LINKS[case](usb, report, outside)
+    before = _tree(usb, outside)
+
+    r = _satchel(config, "usb", "import", str(usb))
+
+    _refused_link(r, linked)
+    assert _events(fleet) == []
+    db = fleet.app.extensions["satchel"].db
+    assert db.run(lambda s: s.query(UsbReport).count()) == 0
+    assert _tree(usb, outside) == before
+
+
+# case -> (stick after one export, a directory outside) -> the path made a link
+EXPORT_LINKS = {
+    "bundles/ linked outside the stick": lambda usb, out: _link(usb, "bundles", out / "b"),
+    "a bundle file linked outside the stick": lambda usb, out: _link(
+        usb, next(p for p in (usb / "bundles").iterdir()).relative_to(usb).as_posix(),
+        out / "x.satchel"),
+    "plan.json linked outside the stick": lambda usb, out: _link(
+        usb, "plan.json", out / "plan.json"),
+    "trust/ linked outside the stick": lambda usb, out: _link(usb, "trust", out / "trust"),
+    "reports/ linked inside the stick": lambda usb, out: _link(
+        usb, "reports", usb / "stash" / "reports"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EXPORT_LINKS))
+def test_export_refuses_a_link_where_it_writes_and_writes_nothing(
+    fleet: Fleet, config: ManagerConfig, exported, tmp_path: Path, case: str
+) -> None:
+    *_, usb = exported
+    fleet.bundle("1.0.0", 1, name="audio")
+    fleet.deploy("audio:1.0.0", device_classes=["edge-box"], waves="1,100%")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    linked = EXPORT_LINKS[case](usb, outside)
+    before = _tree(usb, outside)
+
+    r = _satchel(config, "usb", "export", str(usb), "--key", str(_signing_key(fleet)))
+
+    _refused_link(r, linked)
+    assert _tree(usb, outside) == before
+
+
+# --- an export that fails half-way ------------------------------------------------------------
+
+
+def _signing_key(fleet: Fleet) -> Path:
+    return fleet.keys.directory / "signing.key"
+
+
+def _two_more_bundles(fleet: Fleet, config: ManagerConfig) -> tuple[int, Path]:
+    """Deploy audio and then kws to the canary: the next export copies audio, then kws.
+    Returns the size of audio and the store file of kws."""
+    audio = fleet.bundle("1.0.0", 1, name="audio")
+    fleet.deploy("audio:1.0.0", device_classes=["edge-box"], waves="1,100%")
+    kws = fleet.bundle("1.0.0", 1, name="kws")
+    fleet.deploy("kws:1.0.0", device_classes=["edge-box"], waves="1,100%")
+    store_file = BundleStore(config.store_dir).path_for(hashlib.sha256(kws.data).hexdigest())
+    return len(audio.data), store_file
+
+
+def _break_missing(store_file: Path) -> str:
+    store_file.unlink()
+    return "is not in the store"
+
+
+def _break_unreadable(store_file: Path) -> str:
+    store_file.unlink()
+    store_file.symlink_to("/proc/self/mem")  # a regular file whose first read fails: EIO
+    return "Input/output error"
+
+
+@pytest.mark.parametrize("breaks", [_break_missing, _break_unreadable],
+                         ids=["bundle missing from the store", "bundle unreadable (EIO)"])
+def test_export_failing_half_way_leaves_the_stick_as_it_was(
+    fleet: Fleet, config: ManagerConfig, exported, breaks: Callable[[Path], str]
+) -> None:
+    devices, _, _, usb = exported
+    write_report(usb, devices[0], [event("downloaded")], None)  # brought back, not imported
+    reason = breaks(_two_more_bundles(fleet, config)[1])
+    before = _tree(usb)
+
+    r = _satchel(config, "usb", "export", str(usb), "--key", str(_signing_key(fleet)))
+
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and reason in r.stderr, r.output
+    assert _tree(usb) == before  # the old plan, its bundle and the report; no audio bundle
+
+
+def test_export_filling_the_stick_half_way_leaves_it_as_it_was(
+    fleet: Fleet, config: ManagerConfig, exported, tmp_path: Path
+) -> None:
+    *_, usb = exported
+    audio_size, kws = _two_more_bundles(fleet, config)
+    with tmpfs(tmp_path / "mnt", "1m") as stick:
+        shutil.copytree(usb, stick, dirs_exist_ok=True)
+        page = os.statvfs(stick).f_bsize
+        room = -(-audio_size // page) + 1  # pages: audio fits, and a trust root rewritten
+        assert -(-kws.stat().st_size // page) > 1  # ...but not kws after it
+        filler = fill(stick)
+        os.truncate(filler, filler.stat().st_size - room * page)
+        assert os.statvfs(stick).f_bavail == room
+        before = _tree(stick)
+
+        r = _satchel(config, "usb", "export", str(stick), "--key", str(_signing_key(fleet)))
+
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.output
+        assert "No space left on device" in r.stderr
+        assert _tree(stick) == before  # no audio bundle: the plan on it still holds
+        filler.unlink()
+        again = _satchel(config, "usb", "export", str(stick), "--key", str(_signing_key(fleet)))
+        assert again.exit_code == 0, again.output
+        assert "2 bundle(s) written, 1 already there" in again.stdout
+        assert sorted(p.name for p in stick.iterdir()) == ["bundles", "plan.json", "reports",
+                                                           "trust"]

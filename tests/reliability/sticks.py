@@ -3,6 +3,7 @@ or the way an attacker with the stick in hand would rewrite them."""
 
 from __future__ import annotations
 
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,19 @@ class Stick:
 
     def reports(self) -> list[Path]:
         return sorted((self.path / layout.REPORTS_DIR).rglob("*.json"))
+
+    def link(self, rel: str, target: Path | str, *, keep_at: Path | None = None) -> None:
+        """Make `rel` a symbolic link to `target`; what was at `rel` moves to `keep_at` first
+        (the attacker keeps the genuine file or directory where the link points)."""
+        path = self.file(rel)
+        if keep_at is not None:
+            keep_at.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, keep_at)
+        elif path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        path.symlink_to(target)
 
 
 def assignment(version: str, sequence: int, sha256: str, size: int, *,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,18 @@ from bundles.errors import (
 )
 from bundles.keys import SigningKey
 from bundles.plan import verify_report
+from bundles.stickfs import StickLinkError
 from bundles.timeutil import utcnow
 from bundles.trust import make_root, sign_root
-from tests.factory import Keyring, assert_one_line, flip_byte, make_keys, pack_members, read_members
+from tests.factory import (
+    Keyring,
+    assert_one_line,
+    flip_byte,
+    make_keys,
+    pack_members,
+    read_members,
+    tree_snapshot,
+)
 from tests.reliability.conftest import Models
 from tests.reliability.figures import Recorder
 from tests.reliability.kit import (
@@ -314,24 +324,6 @@ def test_bundle_bigger_than_the_plan_says_is_cut_at_the_declared_size(
                  "refused: copy stops at size + 1 byte")
 
 
-def test_endless_file_on_the_stick_is_not_read_to_its_end(
-    usb: Usb, models: Models, measured: Recorder
-) -> None:
-    data = usb.site.bundle(models.other, "2.0.0", 20).read_bytes()
-    entry = assign_file(usb.stick, data, "2.0.0", 20)
-    target = usb.stick.path / entry.file
-    target.unlink()
-    target.symlink_to("/dev/zero")  # as long as anyone reads
-    usb.stick.plan([entry], usb.site.keys.signing_keys)
-
-    refusal = usb.attack()
-
-    assert refusal["kind"] == "install_failed"
-    assert "not a regular file" in refusal["reason"]
-    measured.row(AREA, "endless data: a bundle file that never ends (/dev/zero)", 1,
-                 "refused: not a regular file")
-
-
 # --- slow retrieval -----------------------------------------------------------------------
 
 
@@ -456,6 +448,73 @@ def test_bundle_for_another_device_class_is_refused(usb: Usb, models: Models,
     assert refusal["reason"] == installer_refusal(usb.site, other, DeviceClassError)
     measured.row(AREA, "wrong software: bundle for another device class", 1,
                  "refused: DeviceClassError")
+
+
+# --- links out of the stick ------------------------------------------------------------------
+
+
+def _genuine_stick(usb: Usb, models: Models) -> str:
+    """A stick that would install 2.0.0 and leave a report; returns the bundle's path on it."""
+    entry = assign_file(usb.stick, usb.site.bundle(models.other, "2.0.0", 20).read_bytes(),
+                        "2.0.0", 20)
+    usb.stick.plan([entry], usb.site.keys.signing_keys)
+    return entry.file
+
+
+def _link(usb: Usb, rel: str, target: Path | str, *, keep: bool = False) -> str:
+    """Make `rel` on the stick a link to `target` (where the genuine file goes if `keep`)."""
+    usb.stick.link(rel, target, keep_at=Path(target) if keep else None)
+    return rel
+
+
+# case -> (usb, the bundle's path on the stick, a directory outside it) -> the path linked
+LINKS: dict[str, Callable[[Usb, str, Path], str]] = {
+    "reports/ linked to a directory outside the stick":
+        lambda usb, bundle, out: _link(usb, "reports", out),
+    "reports/dev-1 linked to the device's own state directory":
+        lambda usb, bundle, out: _link(usb, "reports/dev-1", usb.site.state),
+    "bundle file linked to the genuine bundle outside the stick":
+        lambda usb, bundle, out: _link(usb, bundle, out / "2.0.0.satchel", keep=True),
+    "endless data: bundle file linked to /dev/zero":
+        lambda usb, bundle, out: _link(usb, bundle, "/dev/zero"),
+    "plan.json linked to the genuine plan outside the stick":
+        lambda usb, bundle, out: _link(usb, "plan.json", out / "plan.json", keep=True),
+    "trust/roots/ linked to the genuine roots outside the stick":
+        lambda usb, bundle, out: _link(usb, "trust/roots", out / "roots", keep=True),
+    "reports/ linked inside the stick (to bundles/)":
+        lambda usb, bundle, out: _link(usb, "reports", "bundles"),
+    "bundle file linked to the genuine bundle elsewhere on the stick":
+        lambda usb, bundle, out: _link(usb, bundle, usb.stick.path / "stash.satchel",
+                                       keep=True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LINKS))
+def test_link_on_the_stick_is_refused_and_nothing_read_or_written_through_it(
+    usb: Usb, models: Models, tmp_path: Path, case: str, measured: Recorder
+) -> None:
+    bundle = _genuine_stick(usb, models)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "notes.txt").write_text("the technician's own files")
+    linked = LINKS[case](usb, bundle, outside)
+    before = _everything(usb, outside)
+
+    with pytest.raises(StickLinkError) as info:
+        _process(usb.site, usb.stick)
+
+    assert str(info.value) == (f"stick path {linked} is a link; refusing to follow it out of "
+                               "the stick")
+    assert_one_line(info.value)
+    assert _everything(usb, outside) == before  # the device, the stick, what is outside
+    assert usb.site.active() == ("1.0.0", 10)
+    measured.row(AREA, f"stick links: {case}", 1, "refused: StickLinkError, nothing written")
+
+
+def _everything(usb: Usb, outside: Path) -> tuple[object, ...]:
+    """The whole state dir (queues and history too), the stick and the directory outside."""
+    return (tree_snapshot(usb.site.state), tree_snapshot(usb.stick.path),
+            tree_snapshot(outside))
 
 
 # --- key compromise -----------------------------------------------------------------------

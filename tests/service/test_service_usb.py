@@ -5,6 +5,7 @@ all leave the device as it was. The watcher of `run` processes each plan once.""
 from __future__ import annotations
 
 import hashlib
+import logging
 import shutil
 import threading
 from datetime import timedelta
@@ -27,7 +28,7 @@ from bundles.keys import SigningKey
 from bundles.plan import Assignment, Plan, Report, sign_plan, verify_report
 from bundles.timeutil import utcnow
 from bundles.trust import load_root
-from tests.factory import Keyring, next_root
+from tests.factory import Keyring, next_root, tree_snapshot
 from tests.service.conftest import FAST, Device, Models, make_device
 
 
@@ -351,3 +352,47 @@ def test_usb_report_carries_events_of_an_enrolled_device_but_keeps_them_queued(
     report = _report_of(outcome, device)
     assert [e["id"] for e in queued] == [e["id"] for e in report.checkin["events"]]
     assert AgentConfig().usb_plans_remembered > 0
+
+
+def test_usb_command_refuses_a_stick_whose_reports_link_into_the_state_dir(
+    tmp_path: Path, keys: Keyring, models: Models
+) -> None:
+    device = make_device(tmp_path, keys, "dev-1")
+    stick = tmp_path / "stick"
+    make_stick(stick, keys, [(device.bundle(models.good, "1.0.0", 10), "1.0.0", 10)])
+    _mk(stick / "reports" / "dev-1").symlink_to(device.state_dir)
+    before = _state_files(device), tree_snapshot(stick)
+
+    refused = device.cli("usb", str(stick), check=False)
+
+    assert refused.returncode == 1
+    assert refused.stderr == ("error: stick path reports/dev-1 is a link; refusing to follow "
+                              "it out of the stick\n")
+    assert (_state_files(device), tree_snapshot(stick)) == before
+
+
+def _state_files(device: Device) -> dict[str, object]:
+    """Every path of the state dir but the (empty) lock file that every command takes."""
+    return {k: v for k, v in tree_snapshot(device.state_dir).items() if k != "lock"}
+
+
+def test_the_watcher_refuses_a_stick_with_a_link_once_and_leaves_it(
+    tmp_path: Path, device: Device, models: Models, caplog: pytest.LogCaptureFixture
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    stick = tmp_path / "media" / "STICK"
+    make_stick(stick, device.keys, [(device.bundle(models.good, "1.0.0", 10), "1.0.0", 10)])
+    (stick / "reports").symlink_to(outside)
+    watcher = UsbWatcher(device.state_dir, [tmp_path / "media"],
+                         EventQueue(device.state_dir, FAST), _no_health, threading.Event(),
+                         config=FAST)
+    before = tree_snapshot(device.state_dir)
+
+    with caplog.at_level(logging.ERROR, logger="agent.usb"):
+        assert watcher.scan_once() == [] and watcher.scan_once() == []
+
+    assert [r.getMessage() for r in caplog.records] == [
+        "stick path reports is a link; refusing to follow it out of the stick"
+    ]  # refused once, not tried again every scan
+    assert tree_snapshot(device.state_dir) == before and list(outside.iterdir()) == []
