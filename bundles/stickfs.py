@@ -6,7 +6,7 @@ stick's root one component at a time, each opened relative to its parent's descr
 O_NOFOLLOW (openat style): nothing read from or written to a stick leaves it. The rule is
 simply "no links", even one that points inside the stick, and a refusal names the path.
 
-Writes follow `bundles.durable` on descriptors: a temp file created with O_CREAT | O_EXCL |
+Writes go through `bundles.durable.atomic_writer_at`: a temp file created with O_CREAT | O_EXCL |
 O_NOFOLLOW in the target's directory, written, fsynced, renamed within that directory, and
 the directory fsynced.
 """
@@ -18,19 +18,18 @@ import errno
 import os
 import shutil
 import stat
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO
 
+from bundles.durable import atomic_writer_at
 from bundles.errors import StickLinkError
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading would wait for a writer that may never come
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -189,20 +188,8 @@ class StickDir:
         directories are made). On an exception the temp file is removed and `rel` is as it
         was. Raises StickLinkError, OSError."""
         parts = _parts(rel)
-        with self._directory(parts[:-1], create=True) as d:
-            tmp = f".{parts[-1]}.{uuid.uuid4().hex[:12]}.tmp"
-            fd = os.open(tmp, _CREATE, 0o644, dir_fd=d)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    yield f
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, parts[-1], src_dir_fd=d, dst_dir_fd=d)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp, dir_fd=d)
-                raise
-            os.fsync(d)
+        with self._directory(parts[:-1], create=True) as d, atomic_writer_at(d, parts[-1]) as f:
+            yield f
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Replace `rel` with `data`, atomically and durably. Raises StickLinkError, OSError."""
