@@ -1,9 +1,9 @@
 """Credentials: admin passwords and tokens, device enrollment tokens, device credentials.
 
 Secrets never reach the database: tokens are stored as their sha256, passwords as scrypt
-hashes. A token's prefix says what it is, so a leaked one is easy to recognise.
-`requires(...)` guards the API views: no or unknown credentials answer 401, a credential of
-the wrong kind or for another device answers 403.
+hashes made by werkzeug.security. A token's prefix says what it is, so a leaked one is easy to
+recognise. `requires(...)` guards the API views: no, unknown or expired credentials answer
+401, a credential of the wrong kind or for another device answers 403.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import hmac
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from flask import g, request
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from manager.errors import AuthError, ForbiddenError
 from manager.models import AdminToken, Device
@@ -31,8 +33,9 @@ DEVICE = "device"
 ENROLL = "enroll"
 TOKEN_PREFIXES = {ADMIN: "sat_admin_", DEVICE: "sat_dev_", ENROLL: "sat_enroll_"}
 TOKEN_BYTES = 32  # bytes of randomness in every token
-SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # scrypt cost: 16 MiB of memory per check
-SCRYPT_SALT_BYTES = 16
+# werkzeug's scrypt (its default): N=2**15, r=8, p=1, so 32 MiB of memory per check
+PASSWORD_METHOD = "scrypt:32768:8:1"
+LEGACY_SCHEME = "scrypt"  # hashes made before werkzeug: `scrypt$n$r$p$salt$hash`, base64
 
 
 def new_token(kind: str) -> str:
@@ -52,19 +55,30 @@ def token_kind(token: str) -> str | None:
 
 
 def hash_password(password: str) -> str:
-    """An scrypt hash of `password`, with its parameters and salt: `scrypt$n$r$p$salt$hash`."""
-    salt = secrets.token_bytes(SCRYPT_SALT_BYTES)
-    digest = hashlib.scrypt(password.encode(), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
-    b64 = base64.b64encode
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${b64(salt).decode()}${b64(digest).decode()}"
+    """A salted hash of `password` in werkzeug's format: `scrypt:32768:8:1$salt$hash`."""
+    return generate_password_hash(password, method=PASSWORD_METHOD)
 
 
 def check_password(password: str, stored: str) -> bool:
-    """True if `password` matches the hash `stored`; False for any malformed hash."""
+    """True if `password` matches the hash `stored` (werkzeug's, or the legacy format);
+    False for any malformed hash."""
+    if stored.startswith(LEGACY_SCHEME + "$"):
+        return _check_legacy(password, stored)
     try:
-        scheme, n, r, p, salt, digest = stored.split("$")
-        if scheme != "scrypt":
-            return False
+        return check_password_hash(stored, password)
+    except (ValueError, TypeError):  # an unknown method or malformed parameters
+        return False
+
+
+def needs_rehash(stored: str) -> bool:
+    """True when `stored` was made another way than `hash_password` makes hashes now: it is
+    replaced at the next successful log-in, when the password is at hand."""
+    return not stored.startswith(PASSWORD_METHOD + "$")
+
+
+def _check_legacy(password: str, stored: str) -> bool:
+    try:
+        _, n, r, p, salt, digest = stored.split("$")
         want = base64.b64decode(digest)
         got = hashlib.scrypt(
             password.encode(),
@@ -108,23 +122,42 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
-def authenticate(session: so.Session, token: str) -> Principal:
-    """Resolve an admin or device token. Raises AuthError for anything else."""
+def authenticate(session: so.Session, token: str, now: datetime, touch_s: float) -> Principal:
+    """Resolve an admin or device token. Raises AuthError for anything else, and for an
+    expired admin token. An admin token's last use is written when the recorded one is older
+    than `touch_s` seconds, so a busy script does not write on every call."""
     kind = token_kind(token)
     digest = hash_token(token)
     if kind == ADMIN:
         row = session.execute(
-            sa.select(AdminToken.id, AdminToken.name).where(
-                AdminToken.token_hash == digest, AdminToken.revoked_at.is_(None)
-            )
+            sa.select(
+                AdminToken.id, AdminToken.name, AdminToken.expires_at, AdminToken.last_used_at
+            ).where(AdminToken.token_hash == digest, AdminToken.revoked_at.is_(None))
         ).first()
         if row is not None:
+            if row.expires_at is not None and row.expires_at <= now:
+                raise AuthError(f"admin token {row.id} expired at {row.expires_at.isoformat()}")
+            stale = now - timedelta(seconds=touch_s)
+            if row.last_used_at is None or row.last_used_at <= stale:
+                _touch(session, row.id, now, stale)
             return Principal(ADMIN, name=row.name or f"token {row.id}")
     elif kind == DEVICE:
         device_id = session.scalar(sa.select(Device.id).where(Device.token_hash == digest))
         if device_id is not None:
             return Principal(DEVICE, device_id=device_id)
     raise AuthError("invalid or revoked credentials")
+
+
+def _touch(session: so.Session, token_id: int, now: datetime, stale: datetime) -> None:
+    # conditional, so that of the processes racing to record a use, one writes
+    session.execute(
+        sa.update(AdminToken)
+        .where(
+            AdminToken.id == token_id,
+            sa.or_(AdminToken.last_used_at.is_(None), AdminToken.last_used_at <= stale),
+        )
+        .values(last_used_at=now)
+    )
 
 
 def current_principal() -> Principal:
@@ -148,7 +181,10 @@ def requires(*kinds: str) -> Callable[[F], F]:
 
             if g.get("principal") is None:
                 token = bearer_token(request.headers.get("Authorization"))
-                g.principal = state().db.run(lambda s: authenticate(s, token))
+                manager = state()
+                now = datetime.now(timezone.utc)
+                touch_s = manager.config.admin_token_touch_s
+                g.principal = manager.db.run(lambda s: authenticate(s, token, now, touch_s))
             if g.principal.kind not in kinds:
                 needed = " or ".join(kinds)
                 raise ForbiddenError(f"this resource needs {needed} credentials")

@@ -7,8 +7,9 @@ about as much CPU as recording such a check-in. This WSGI middleware answers
 function, the same JSON answer, the same metrics and request log line as the Flask view.
 
 Everything else goes to Flask untouched (with the body already read handed on): other routes,
-a missing or wrong credential, a malformed body, events, a changed state. So every refusal and
-the full check-in have one implementation, in `api/devices.py`.
+a missing or wrong credential, a malformed body, events, a changed state, a database out of
+space (refused there with 503 and Retry-After). So every refusal and the full check-in have one
+implementation, in `api/devices.py`.
 """
 
 from __future__ import annotations

@@ -51,6 +51,10 @@ class ManagerConfig:
     deploy_success_ratio: float = 0.95  # default fraction of a wave that must be healthy
     deploy_max_failure_ratio: float = 0.10  # default failed/released fraction that halts
     deploy_default_waves: str = "1,10%,50%,100%"  # waves when `deploy create` names none
+    login_user_failures: int = 5  # failed log-ins for one user name per window, then refused
+    login_address_failures: int = 20  # failed log-ins from one client address per window
+    login_window_s: float = 15 * 60.0  # seconds a failed log-in counts against name and address
+    admin_token_touch_s: float = 60.0  # seconds between two writes of a token's last use
     log_requests: bool = True  # one JSON log line per HTTP request
     check_schema: bool = True  # refuse to start unless the database is at the head revision
 
@@ -147,6 +151,10 @@ def _check(config: ManagerConfig) -> None:
         raise UsageError("workers and threads must be at least 1")
     if config.server not in ("auto", "granian", "waitress"):
         raise UsageError("server must be granian, waitress or auto")
+    if config.login_user_failures < 1 or config.login_address_failures < 1:
+        raise UsageError("login_user_failures and login_address_failures must be at least 1")
+    if config.login_window_s <= 0 or config.admin_token_touch_s < 0:
+        raise UsageError("login_window_s must be > 0 and admin_token_touch_s >= 0")
     if not 0 < config.deploy_success_ratio <= 1 or not 0 <= config.deploy_max_failure_ratio < 1:
         raise UsageError(
             "deploy_success_ratio must be in (0, 1], deploy_max_failure_ratio in [0, 1)"

@@ -23,11 +23,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from manager.config import ManagerConfig
-from manager.errors import DatabaseNotReadyError
+from manager.errors import DatabaseNotReadyError, DiskFullError
 
 T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
+_DISK_FULL_SQLSTATE = "53100"  # PostgreSQL disk_full (psycopg.errors.DiskFull)
+_SQLITE_FULL = 13  # SQLite's primary result code for "database or disk is full"
+_SQLITE_FULL_TEXT = "database or disk is full"  # its message: Python 3.10 has no error codes
 
 
 def normalize_url(url: str) -> str:
@@ -83,6 +86,32 @@ def _is_retryable(err: sa.exc.DBAPIError) -> bool:
     return code in _RETRY_SQLSTATES
 
 
+def is_disk_full(err: sa.exc.DBAPIError) -> bool:
+    """Whether the database refused a write for want of space: SQLITE_FULL (a full disk, or
+    `PRAGMA max_page_count` reached) or PostgreSQL's disk_full."""
+    orig = err.orig
+    if getattr(orig, "sqlstate", None) == _DISK_FULL_SQLSTATE:
+        return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF == _SQLITE_FULL
+    return str(orig) == _SQLITE_FULL_TEXT and type(orig).__module__ == "sqlite3"
+
+
+@contextlib.contextmanager
+def _disk_full_refused() -> Iterator[None]:
+    """Translate a database out of space into DiskFullError (the rest passes untouched)."""
+    try:
+        yield
+    except sa.exc.DBAPIError as e:
+        if not is_disk_full(e):
+            raise
+        reason = str(e.orig).splitlines()[0] if str(e.orig) else "no space left"
+        raise DiskFullError(
+            f"the manager's database is full ({reason}); nothing was recorded, retry later"
+        ) from e
+
+
 class Database:
     """An engine and its session factory; `transaction()` is the one way to change data."""
 
@@ -98,28 +127,30 @@ class Database:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[so.Session]:
-        """A session committed at the end of the block, rolled back on any exception."""
-        with self.sessions() as session, session.begin():
+        """A session committed at the end of the block, rolled back on any exception.
+        Raises DiskFullError when the database has no space left for it."""
+        with _disk_full_refused(), self.sessions() as session, session.begin():
             yield session
 
     @contextlib.contextmanager
     def autocommit(self) -> Iterator[sa.Connection]:
         """A Core connection for a short unit of work without the ORM: on PostgreSQL in
         autocommit (each statement its own transaction: one round trip), on SQLite one
-        `BEGIN IMMEDIATE` transaction, committed at the end of the block."""
+        `BEGIN IMMEDIATE` transaction, committed at the end of the block. Raises
+        DiskFullError when the database has no space left for a statement or the commit."""
         if self.is_sqlite:
-            with self.engine.begin() as conn:
+            with _disk_full_refused(), self.engine.begin() as conn:
                 yield conn
             return
         if self._autocommit_engine is None:  # a race here makes a spare engine, no harm
             self._autocommit_engine = make_engine(self.config, autocommit=True)
-        with self._autocommit_engine.connect() as conn:
+        with _disk_full_refused(), self._autocommit_engine.connect() as conn:
             yield conn
 
     def run(self, work: Callable[[so.Session], T]) -> T:
         """Run `work(session)` in a transaction, retrying it on deadlock, serialization
         failure (PostgreSQL) or a dropped connection up to `config.db_retries` times.
-        Raises what `work` raises."""
+        Raises what `work` raises, DiskFullError when the database has no space left."""
         attempt = 0
         while True:
             try:

@@ -32,6 +32,15 @@ class AuthError(ManagerError):
     """Missing, wrong, expired or already-used credentials."""
 
 
+class TooManyAttemptsError(ManagerError):
+    """Too many failed log-ins for a user name or from an address lately: refused before the
+    password is looked at, until `retry_after_s` seconds have passed (HTTP 429)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class ForbiddenError(ManagerError):
     """Authenticated, but not allowed to see or change this resource."""
 
@@ -58,3 +67,17 @@ class NoTrustRootError(ManagerError):
 
 class ReportRefusedError(ManagerError):
     """A device report from a USB stick is unsigned, tampered, or from an unknown device."""
+
+
+class StorageError(ManagerError):
+    """The manager's own disk refused a write (full, read-only, not a directory): nothing was
+    recorded, and the same request succeeds once an operator has made room."""
+
+
+class DiskFullError(StorageError):
+    """The manager's database has no space left (SQLite: database or disk is full;
+    PostgreSQL: SQLSTATE 53100); the transaction was rolled back."""
+
+
+class StoreWriteError(StorageError):
+    """The bundle store cannot be written; no file was left in it."""

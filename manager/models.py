@@ -59,6 +59,33 @@ class User(Base):
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
 
 
+class WebSession(Base):
+    """A dashboard login. The signed cookie holds a random secret, this row its sha256: deleting
+    the row (log-out, password change, user removed) ends the login on every manager process."""
+
+    __tablename__ = "web_sessions"
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    token_hash: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN), unique=True)
+    user_id: so.Mapped[int] = so.mapped_column(
+        sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    expires_at: so.Mapped[datetime] = so.mapped_column(index=True)
+
+
+class LoginAttempts(Base):
+    """Log-in attempts counted against one user name or one client address in the current
+    window: counted before the password is checked, refunded when it was right."""
+
+    __tablename__ = "login_attempts"
+
+    scope: so.Mapped[str] = so.mapped_column(sa.String(8), primary_key=True)  # user | address
+    subject: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), primary_key=True)
+    failures: so.Mapped[int]
+    window_started_at: so.Mapped[datetime] = so.mapped_column(index=True)
+
+
 class AdminToken(Base):
     """A bearer token for the admin API, stored as the sha256 of the secret."""
 
@@ -72,6 +99,9 @@ class AdminToken(Base):
     )
     created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
     revoked_at: so.Mapped[datetime | None]
+    expires_at: so.Mapped[datetime | None]  # None: until revoked
+    # written at most once per `admin_token_touch_s`, so using a token is not a write each time
+    last_used_at: so.Mapped[datetime | None]
 
 
 class EnrollmentToken(Base):

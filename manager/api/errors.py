@@ -1,11 +1,14 @@
 """The API's one JSON error shape: `{"error": {"code": ..., "message": ...}}`.
 
-Refusals raised by services map to HTTP statuses here, and nowhere else.
+Refusals raised by services map to HTTP statuses here, and nowhere else. The manager's own
+disk refusing a write is a 503 with `Retry-After`: nothing was recorded, and the client (a
+device at its next check-in) sends the same request again once there is room.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 from flask import Response, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -13,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from bundles.errors import BundleError
 from manager import errors as e
 from manager.api import bp
+from manager.app import state
 
 log = logging.getLogger("satchel.api")
 
@@ -27,6 +31,8 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (e.BundleRefusedError, 422, "bundle_refused"),
     (e.ReportRefusedError, 422, "report_refused"),
     (e.DatabaseNotReadyError, 503, "database_not_ready"),
+    (e.DiskFullError, 503, "disk_full"),
+    (e.StoreWriteError, 503, "store_unwritable"),
     (e.InvalidRequestError, 400, "invalid_request"),
     (e.UsageError, 400, "invalid_request"),
     (BundleError, 400, "invalid_request"),
@@ -43,13 +49,25 @@ def error_response(status: int, code: str, message: str) -> Response:
     return response
 
 
+def status_of(err: Exception) -> tuple[int, str]:
+    """The HTTP status and error code of a refusal."""
+    for kind, status, code in STATUS:
+        if isinstance(err, kind):
+            return status, code
+    return 400, "refused"
+
+
 @bp.errorhandler(e.ManagerError)
 @bp.errorhandler(BundleError)
 def _refusal(err: Exception) -> Response:
-    for kind, status, code in STATUS:
-        if isinstance(err, kind):
-            return error_response(status, code, str(err))
-    return error_response(400, "refused", str(err))
+    status, code = status_of(err)
+    response = error_response(status, code, str(err))
+    if isinstance(err, e.StorageError):
+        # the operator must make room: one line, no traceback (the refusal is expected)
+        log.error("%s %s refused: %s", request.method, request.path, err)
+        # a device retries at its next check-in anyway; telling it sooner gains nothing
+        response.headers["Retry-After"] = str(math.ceil(state().config.poll_interval_s))
+    return response
 
 
 @bp.app_errorhandler(HTTPException)

@@ -212,9 +212,35 @@ SCHEMAS: dict[str, Any] = {
         "required": ["kind"],
         "properties": {
             "kind": {"enum": ["admin", "enroll"]},
-            "name": {"type": "string"},
+            "name": {"type": "string", "maxLength": 100},
             "device_class": {"type": "string"},
-            "ttl_s": {"type": "number"},
+            "ttl_s": {
+                "type": "number",
+                "description": "seconds the token stays valid; an admin token without it "
+                "lasts until revoked",
+            },
+        },
+    },
+    "AdminTokens": {
+        "type": "object",
+        "required": ["admin_tokens"],
+        "properties": {
+            "admin_tokens": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "name": {"type": "string"},
+                        "owner": {"type": ["string", "null"]},
+                        "status": {"enum": ["valid", "expired", "revoked"]},
+                        "created_at": {"type": "string"},
+                        "expires_at": {"type": ["string", "null"]},
+                        "last_used_at": {"type": ["string", "null"]},
+                        "revoked_at": {"type": ["string", "null"]},
+                    },
+                },
+            }
         },
     },
 }
@@ -403,6 +429,18 @@ PATHS: dict[str, Any] = {
         ),
     },
     "/tokens": {
+        "get": _op(
+            "List admin tokens: name, owner, expiry, last use (never the secret)",
+            ADMIN_ONLY,
+            {"200": _json(_ref("AdminTokens"))},
+            parameters=[
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 10_000},
+                }
+            ],
+        ),
         "post": _op(
             "Issue an enrollment or admin token",
             ADMIN_ONLY,

@@ -1,4 +1,5 @@
-"""Tokens: an admin issues enrollment tokens for devices, or further admin tokens."""
+"""Tokens: an admin issues enrollment tokens for devices, or further admin tokens, and lists
+the admin tokens with their expiry and last use."""
 
 from __future__ import annotations
 
@@ -7,18 +8,31 @@ from typing import Any
 from flask import Response, jsonify
 
 from manager.api import bp
-from manager.api.common import json_body, now
+from manager.api.common import int_arg, json_body, now
 from manager.app import state
 from manager.auth import ADMIN, ENROLL, requires
 from manager.errors import InvalidRequestError
 from manager.services import tokens
+
+MAX_LISTED = 10_000  # admin tokens in one answer
+
+
+@bp.get("/tokens")
+@requires(ADMIN)
+def list_tokens() -> Response:
+    """Admin tokens (never their secrets), valid ones first, newest first."""
+    limit = int_arg("limit", 1000, 1, MAX_LISTED)
+    t = now()
+    found = state().db.run(lambda s: tokens.list_admin_tokens(s, t, limit))
+    return jsonify({"admin_tokens": [v.to_dict() for v in found]})
 
 
 @bp.post("/tokens")
 @requires(ADMIN)
 def create_token() -> Response:
     """Body: {"kind": "enroll", "device_class": C?, "ttl_s": S?} or {"kind": "admin",
-    "name": N?}. The token is in the answer only."""
+    "name": N?, "ttl_s": S?} (an admin token without ttl_s lasts until revoked). The token
+    is in the answer only."""
     body = json_body()
     if not isinstance(body, dict) or body.get("kind") not in (ADMIN, ENROLL):
         raise InvalidRequestError('\'kind\' must be "admin" or "enroll"')
@@ -30,12 +44,26 @@ def create_token() -> Response:
             name = body.get("name") or ""
             if not isinstance(name, str):
                 raise InvalidRequestError("'name' must be a string")
-            return tokens.create_admin_token(s, name).to_dict()
-        ttl = body.get("ttl_s", cfg.enroll_token_ttl_s)
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+            ttl = _seconds(body.get("ttl_s"))
+            return tokens.create_admin_token(s, name, now=t, ttl_s=ttl).to_dict()
+        lifetime = _seconds(body.get("ttl_s", cfg.enroll_token_ttl_s))
+        if lifetime is None:
             raise InvalidRequestError("'ttl_s' must be a number of seconds")
-        return tokens.create_enrollment_token(s, t, float(ttl), body.get("device_class")).to_dict()
+        device_class = body.get("device_class")
+        return tokens.create_enrollment_token(s, t, lifetime, device_class).to_dict()
 
     response = jsonify(state().db.run(work))
     response.status_code = 201
     return response
+
+
+def _seconds(value: Any) -> float | None:
+    """`ttl_s` of the body: a number, or absent. Raises InvalidRequestError."""
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise InvalidRequestError("'ttl_s' must be a number of seconds")
+    try:
+        return float(value)
+    except OverflowError as e:  # an integer beyond any float: far beyond any lifetime
+        raise InvalidRequestError("'ttl_s' is out of range") from e

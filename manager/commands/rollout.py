@@ -35,8 +35,8 @@ def bundle_add(ctx: click.Context, file: Path, as_json: bool) -> None:
 
     try:
         info, created = run_service(ctx, work)
-    except OSError as e:
-        raise UsageError(f"cannot read {file}: {e.strerror}") from e
+    except OSError as e:  # the store's own writes raise StoreWriteError, not this
+        raise UsageError(f"cannot read {file}: {e.strerror or e}") from e
     if as_json:
         echo_json({**info, "created": created})
         return

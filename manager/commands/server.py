@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from manager import db as database
-from manager.commands import admin, rollout, usb
+from manager.commands import admin, rollout, usb, users
 from manager.commands.common import refusals_exit_1
 from manager.commands.context import config_of
 
@@ -109,7 +109,7 @@ def register(main: click.Group) -> None:
     for group in (
         admin.trust_group,
         admin.token,
-        admin.user,
+        users.user,
         admin.device,
         rollout.deploy,
         usb.usb,

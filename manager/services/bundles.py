@@ -44,8 +44,9 @@ def add(
     """Receive a bundle from `source`, verify it against the trust root, store it.
 
     Raises NoTrustRootError, RequestTooLargeError, BundleRefusedError (verification failed),
-    ConflictError (another bundle already has this channel's version or sequence).
-    Nothing is stored when it raises.
+    ConflictError (another bundle already has this channel's version or sequence),
+    StoreWriteError (the store cannot be written), DiskFullError (nor the database), OSError
+    (reading `source` failed). Nothing is stored when it raises.
     """
     root = trust.current_root(session)
     spooled = store.receive(source, max_bytes)
@@ -76,7 +77,6 @@ def add(
             f"channel {m.name} already has a bundle with this {same} "
             f"({clash.version}, sequence {clash.sequence}, {clash.sha256[:12]})"
         )
-    _, newly = store.commit(spooled)
     bundle = Bundle(
         sha256=spooled.sha256,
         name=m.name,
@@ -87,13 +87,18 @@ def add(
         uploaded_at=now,
         manifest=m.to_dict(),
     )
+    # the row first: when the database refuses it, no file has reached the store yet; when
+    # the store refuses the file, the caller's rollback takes the row away
     try:
         with session.begin_nested():
             session.add(bundle)
     except sa.exc.IntegrityError as e:
-        if newly:
-            store.remove(spooled.sha256)
+        store.discard(spooled)
         raise ConflictError(f"bundle {m.name} {m.version} was added at the same time") from e
+    except BaseException:
+        store.discard(spooled)
+        raise
+    store.commit(spooled)
     return Added(bundle, True)
 
 

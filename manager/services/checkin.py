@@ -23,7 +23,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from bundles.manifest import CHANNEL_RE, SHA256_RE, VERSION_RE
 from manager.auth import DEVICE, hash_token, token_kind
 from manager.db import Database
-from manager.errors import AuthError, ForbiddenError, InvalidRequestError, NotFoundError
+from manager.errors import (
+    AuthError,
+    DiskFullError,
+    ForbiddenError,
+    InvalidRequestError,
+    NotFoundError,
+)
 from manager.models import Device, DeviceChannel, Event
 from manager.services import checkin_fast, deployments, trust
 from manager.services.bundles import download_url
@@ -424,7 +430,8 @@ def checkin_lan(
     when only health and the clock moved (see checkin_fast), else in one full transaction.
 
     Raises AuthError, ForbiddenError, then InvalidRequestError for a malformed body (a
-    stranger learns nothing about what the manager accepts).
+    stranger learns nothing about what the manager accepts); DiskFullError when the database
+    has no space left (nothing of the check-in is recorded then: the device sends it again).
     """
     try:
         report = parse_report(body, device_id, max_events)
@@ -442,8 +449,8 @@ def try_fast_checkin(
     db: Database, token: str, device_id: str, body: Any, now: datetime, max_events: int
 ) -> CheckinResult | None:
     """Record a LAN check-in on the fast path if it applies; None when it needs the full path
-    (`checkin_lan`), which then also gives every refusal its answer. Raises only on a
-    database failure."""
+    (`checkin_lan`), which then also gives every refusal its answer, a database out of space
+    included. Raises only on another database failure."""
     try:
         report = parse_report(body, device_id, max_events)
     except InvalidRequestError:
@@ -456,7 +463,9 @@ def _record_unchanged(
 ) -> CheckinResult | None:
     """The fast path; None when the check-in needs the full one (nothing but last_seen,
     state_at and health may have been written then). Events that no deployment acts on
-    (health samples, ...) ride along; any other needs the full path."""
+    (health samples, ...) ride along; any other needs the full path. A database out of
+    space gives way to the full path too, which refuses it with DiskFullError; the events
+    are one INSERT, so none of them was recorded."""
     if token_kind(token) != DEVICE:
         return None
     if any(checkin_fast.may_move_a_target(e.reported()) for e in report.events):
@@ -483,6 +492,8 @@ def _record_unchanged(
         if e.connection_invalidated:  # a dropped connection: the full path retries
             return None
         raise
+    except DiskFullError:
+        return None
     return CheckinResult(
         device_id=device_id,
         offers=offers(targets, report.channels),

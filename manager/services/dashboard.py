@@ -30,7 +30,6 @@ from bundles.errors import BundleError
 from bundles.reader import read_unverified
 from manager.errors import NotFoundError, NoTrustRootError
 from manager.models import (
-    AdminToken,
     Bundle,
     Deployment,
     DeploymentTarget,
@@ -40,10 +39,9 @@ from manager.models import (
     EnrollmentToken,
     Event,
     UsbReport,
-    User,
 )
 from manager.services import bundles as bundle_service
-from manager.services import deployments, devices, trust
+from manager.services import deployments, devices, tokens, trust
 
 # device states, worst first
 ROLLED_BACK, FAILING, NOT_SEEN = "rolled_back", "failing", "not_seen"
@@ -803,20 +801,7 @@ def bundle_deployment_counts(session: so.Session) -> dict[str, int]:
 
 # --- tokens ------------------------------------------------------------------------------------
 
-UNUSED, USED, EXPIRED, REVOKED, VALID = "unused", "used", "expired", "revoked", "valid"
-
-
-@dataclass(frozen=True)
-class AdminTokenRow:
-    id: int
-    name: str
-    owner: str | None
-    created_at: datetime
-    revoked_at: datetime | None
-
-    @property
-    def status(self) -> str:
-        return REVOKED if self.revoked_at else VALID
+UNUSED, USED, EXPIRED = "unused", "used", "expired"
 
 
 @dataclass(frozen=True)
@@ -828,19 +813,6 @@ class EnrollmentTokenRow:
     used_at: datetime | None
     device_id: str | None
     status: str  # UNUSED | USED | EXPIRED
-
-
-def admin_tokens(session: so.Session, limit: int) -> list[AdminTokenRow]:
-    """Admin API tokens, valid ones first, newest first."""
-    rows = session.execute(
-        sa.select(AdminToken, User.username)
-        .outerjoin(User, User.id == AdminToken.user_id)
-        .order_by(AdminToken.revoked_at.is_not(None), AdminToken.id.desc())
-        .limit(limit)
-    )
-    return [
-        AdminTokenRow(t.id, t.name, username, t.created_at, t.revoked_at) for t, username in rows
-    ]
 
 
 def enrollment_tokens(session: so.Session, now: datetime, limit: int) -> list[EnrollmentTokenRow]:
@@ -861,23 +833,10 @@ def enrollment_tokens(session: so.Session, now: datetime, limit: int) -> list[En
 
 def token_counts(session: so.Session, now: datetime) -> dict[str, int]:
     """How many admin tokens are valid and enrollment tokens still usable."""
-    valid_admin = session.scalar(
-        sa.select(sa.func.count()).select_from(AdminToken).where(AdminToken.revoked_at.is_(None))
-    )
+    valid_admin = tokens.count_valid_admin_tokens(session, now)
     usable = session.scalar(
         sa.select(sa.func.count())
         .select_from(EnrollmentToken)
         .where(EnrollmentToken.used_at.is_(None), EnrollmentToken.expires_at > now)
     )
-    return {"admin_valid": valid_admin or 0, "enroll_usable": usable or 0}
-
-
-# --- logins ------------------------------------------------------------------------------------
-
-
-def login_record(session: so.Session, user_id: int) -> tuple[str, str] | None:
-    """(user name, password hash) of the admin user `user_id`, None if there is none."""
-    row = session.execute(
-        sa.select(User.username, User.password_hash).where(User.id == user_id)
-    ).first()
-    return None if row is None else (row.username, row.password_hash)
+    return {"admin_valid": valid_admin, "enroll_usable": usable or 0}

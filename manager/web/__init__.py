@@ -71,4 +71,5 @@ from manager.web import (  # noqa: E402,F401  (views and hooks register themselv
     guard,
     login,
     tokens,
+    users,
 )

@@ -16,6 +16,7 @@ from manager.web.errors import FormError
 
 MAX_NAMES = 1000  # device ids, classes or tags in one form field
 MAX_TEXT_CHARS = 200  # characters of a free-text field (token name, abort reason)
+MAX_DAYS = 3650  # days of a lifetime given in days (an admin token's)
 _SPLIT = re.compile(r"[\s,]+")
 
 
@@ -70,6 +71,23 @@ def hours(form: Mapping[str, str], key: str, default_s: float) -> float:
     if not 0 < value <= 24 * 366:
         raise FormError(f"{key.replace('_', ' ')} must be more than 0 and at most a year")
     return value * 3600
+
+
+def days(form: Mapping[str, str], key: str) -> float | None:
+    """An optional positive number of days, as seconds; None when left empty.
+
+    Raises FormError.
+    """
+    raw = (form.get(key) or "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError as e:
+        raise FormError(f"{key.replace('_', ' ')} must be a number of days") from e
+    if not 0 < value <= MAX_DAYS:
+        raise FormError(f"{key.replace('_', ' ')} must be more than 0 and at most {MAX_DAYS} days")
+    return value * 86400
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,21 @@
-"""Who is logged in to the dashboard: the admin user held by the signed session cookie.
+"""Who is logged in to the dashboard: the login whose secret the signed session cookie holds.
 
-The session keeps the user's id and a tag of their password hash, so changing a password
-(`users.set_password`) ends the sessions opened with the old one.
+The login itself lives in the database (`manager.services.web_sessions`), so logging out, a
+password change or removing the user ends it on the server: a copy of the cookie saved
+before then opens nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-from flask import session
+from flask import g, session
 
-from manager.services import dashboard
+from manager.services import web_sessions
 from manager.web import csrf
-from manager.web.common import run
+from manager.web.common import now, run
 
-USER_ID, PASSWORD_TAG = "user_id", "password_tag"
+SESSION_ID = "sid"  # where the login's secret is kept in the cookie
 
 
 @dataclass(frozen=True)
@@ -24,31 +24,30 @@ class WebUser:
     username: str
 
 
-def password_tag(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:32]
-
-
 def current_user() -> WebUser | None:
-    """The logged-in admin, or None (no session, unknown user, password changed since)."""
-    user_id = session.get(USER_ID)
-    tag = session.get(PASSWORD_TAG)
-    if not isinstance(user_id, int) or not isinstance(tag, str):
+    """The logged-in admin, or None (no login, or one that was ended or has expired)."""
+    if "web_user" in g:
+        return g.web_user
+    secret = session.get(SESSION_ID)
+    if not isinstance(secret, str) or not secret:
         return None
-    found = run(lambda s: dashboard.login_record(s, user_id))
-    if found is None or password_tag(found[1]) != tag:
-        return None
-    return WebUser(user_id, found[0])
+    t = now()
+    found = run(lambda s: web_sessions.resolve(s, secret, t))
+    return None if found is None else WebUser(found.user_id, found.username)
 
 
-def log_in(user_id: int, password_hash: str) -> None:
-    """Start a fresh session for the user (nothing of the anonymous session is kept)."""
+def log_in(secret: str) -> None:
+    """Hold the login `secret` in a fresh cookie (nothing of the anonymous session is kept)."""
     session.clear()
     session.permanent = True
-    session[USER_ID] = user_id
-    session[PASSWORD_TAG] = password_tag(password_hash)
+    session[SESSION_ID] = secret
     csrf.rotate()
 
 
 def log_out() -> None:
+    """End this browser's login on the server, then forget it here."""
+    secret = session.get(SESSION_ID)
+    if isinstance(secret, str) and secret:
+        run(lambda s: web_sessions.end_session(s, secret))
     session.clear()
     csrf.rotate()

@@ -1,7 +1,8 @@
 """Tokens: create and revoke admin API tokens and device enrollment tokens.
 
 A new token's secret is shown once, in the answer to the form that made it (never stored,
-never put in the session cookie, never cached).
+never put in the session cookie, never cached). Admin tokens are listed with their expiry and
+when they were last used.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from manager.services.tokens import IssuedToken
 from manager.web import bp, forms
 from manager.web.common import done, now, refused, run
 from manager.web.config import web_config
+from manager.web.errors import FormError
 
 
 def _page(
@@ -28,7 +30,7 @@ def _page(
 
     def read(s: Any) -> dict[str, Any]:
         return {
-            "admin_tokens": dashboard.admin_tokens(s, limit),
+            "admin_tokens": tokens.list_admin_tokens(s, t, limit),
             "enrollment_tokens": dashboard.enrollment_tokens(s, t, limit),
             "counts": dashboard.token_counts(s, t),
         }
@@ -50,11 +52,16 @@ def token_list() -> Response:
 
 @bp.post("/tokens/admin")
 def admin_token_create() -> Response:
-    """Issue an admin API token owned by the logged-in admin; show its secret once."""
+    """Issue an admin API token owned by the logged-in admin, named after what will use it
+    and expiring after the days given (never when left empty); show its secret once."""
+    t = now()
     try:
-        name = forms.text(request.form, "name", 100)
+        name = forms.text(request.form, "name", tokens.MAX_NAME_CHARS)
+        if not name:
+            raise FormError("name the token after what will use it")
+        ttl_s = forms.days(request.form, "ttl_days")
         username = g.web_user.username
-        issued = run(lambda s: tokens.create_admin_token(s, name, username))
+        issued = run(lambda s: tokens.create_admin_token(s, name, username, now=t, ttl_s=ttl_s))
     except ManagerError as e:
         return _page(error=str(e), status=400)
     return _page(issued=issued, status=201)

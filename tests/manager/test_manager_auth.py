@@ -61,6 +61,7 @@ def _rows(fleet: Fleet, device: SimDevice, sha: str, dep: int) -> list[tuple[str
         ("GET", "/api/v1/trust/roots/1.json", None, "any"),
         ("POST", "/api/v1/trust", fleet.keys.root_json, "admin"),
         ("POST", "/api/v1/tokens", {"kind": "enroll"}, "admin"),
+        ("GET", "/api/v1/tokens", None, "admin"),
         ("DELETE", f"/api/v1/devices/{d}", None, "admin"),
     ]
 

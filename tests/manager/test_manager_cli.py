@@ -151,13 +151,13 @@ def test_device_tag_and_usb_registration(cli: Cli, fleet: Fleet, tmp_path: Path)
 
 def test_user_add_hashes_the_password(cli: Cli, app) -> None:
     cli.ok("user", "add", "alice", "--password-stdin", input="correct horse battery\n")
+    from manager.auth import check_password
     from manager.models import User
-    from manager.services.users import authenticate_user
 
     db = app.extensions["satchel"].db
     stored = db.run(lambda s: s.query(User).one().password_hash)
-    assert "correct horse" not in stored and stored.startswith("scrypt$")
-    assert db.run(lambda s: authenticate_user(s, "alice", "correct horse battery").username)
+    assert "correct horse" not in stored and stored.startswith("scrypt:32768:8:1$")
+    assert check_password("correct horse battery", stored)
     assert "already exists" in cli.refused(
         "user", "add", "alice", "--password-stdin", input="another long one\n"
     )

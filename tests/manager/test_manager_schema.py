@@ -18,6 +18,8 @@ from manager.models import Base
 
 TABLES = {
     "users",
+    "web_sessions",
+    "login_attempts",
     "admin_tokens",
     "enrollment_tokens",
     "devices",

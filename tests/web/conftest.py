@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from manager import db as database
 from manager.app import create_app
@@ -100,6 +101,23 @@ def log_in(client: FlaskClient, username: str = ADMIN_USER, password: str = ADMI
     return client.post(
         "/login", data={"username": username, "password": password, "csrf_token": token}
     )
+
+
+class LoginForm:
+    """The login form driven as a browser (or a password guesser) at `address` would: one
+    CSRF token per session, each submission from that client address."""
+
+    def __init__(self, client: FlaskClient, address: str = "192.0.2.10") -> None:
+        self.client = client
+        self.address = address
+
+    def submit(self, username: str, password: str) -> TestResponse:
+        with self.client.session_transaction() as s:
+            token = s.get("csrf")
+        if not token:
+            token = csrf_from(self.client.get("/login").get_data(as_text=True))
+        form = {"username": username, "password": password, "csrf_token": token}
+        return self.client.post("/login", data=form, environ_base={"REMOTE_ADDR": self.address})
 
 
 @pytest.fixture

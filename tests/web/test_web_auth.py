@@ -4,15 +4,17 @@ and a refused request changes nothing."""
 from __future__ import annotations
 
 import shutil
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
 from manager.app import create_app
-from manager.models import AdminToken, Deployment, EnrollmentToken
+from manager.models import AdminToken, Deployment, EnrollmentToken, User, WebSession
 from manager.services import users
 from tests.manager.helpers import Fleet
 from tests.web.conftest import ADMIN_PASSWORD, ADMIN_USER, csrf_from, csrf_of, log_in
@@ -26,6 +28,7 @@ PAGES = [
     "/deployments",
     "/deployments/1",
     "/tokens",
+    "/users",
 ]
 
 
@@ -38,6 +41,7 @@ def _snapshot(app: Flask) -> dict[str, Any]:
             "deployments": sorted((d.id, d.state, d.reason) for d in s.query(Deployment)),
             "admin_tokens": sorted((t.id, t.revoked_at) for t in s.query(AdminToken)),
             "enroll_tokens": sorted((t.id, t.expires_at) for t in s.query(EnrollmentToken)),
+            "users": sorted((u.username, u.password_hash) for u in s.query(User)),
         }
 
     return db.run(read)
@@ -96,6 +100,38 @@ def test_logout_ends_the_session(admin: FlaskClient) -> None:
     assert admin.get("/").status_code == 302
 
 
+def test_saved_cookie_replayed_after_logout_is_refused(app: Flask, admin: FlaskClient) -> None:
+    """Logging out ends the login on the server: a copy of the cookie taken before (a shared
+    computer, a proxy log, malware) opens nothing afterwards."""
+    saved = admin.get_cookie("satchel_session")
+    assert saved is not None
+    admin.post("/logout", data={"csrf_token": csrf_of(admin)})
+    replay = app.test_client()
+    replay.set_cookie("satchel_session", saved.value)
+    r = replay.get("/tokens")
+    assert r.status_code == 302 and r.headers["Location"].startswith("/login")
+    r = replay.post("/tokens/admin", data={"name": "replayed", "csrf_token": csrf_of(replay)})
+    assert r.status_code == 302
+    assert app.extensions["satchel"].db.run(lambda s: s.query(AdminToken).count()) == 0
+
+
+def test_login_past_its_lifetime_is_refused_by_the_server(app: Flask, admin: FlaskClient) -> None:
+    """The cookie's own expiry is the browser's to honour; the server keeps its own."""
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    app.extensions["satchel"].db.run(
+        lambda s: s.execute(sa.update(WebSession).values(expires_at=past))
+    )
+    assert admin.get("/").status_code == 302
+
+
+def test_cookie_naming_a_user_id_opens_nothing(app: Flask, client: FlaskClient) -> None:
+    """What a login cookie held before logins lived on the server: a user id and a tag."""
+    with client.session_transaction() as s:
+        s["user_id"] = 1
+        s["password_tag"] = "0" * 32
+    assert client.get("/").status_code == 302
+
+
 def test_changing_the_password_ends_open_sessions(app: Flask, admin: FlaskClient) -> None:
     assert admin.get("/").status_code == 200
     app.extensions["satchel"].db.run(
@@ -120,6 +156,19 @@ def _forms(seeded: Seeded) -> list[tuple[str, dict[str, str]]]:
         ("/tokens/enroll", {"ttl_hours": "1"}),
         ("/tokens/admin/1/revoke", {}),
         ("/tokens/enroll/1/revoke", {}),
+        (
+            "/users",
+            {"username": "mallory", "new_password": "x" * 12, "new_password_again": "x" * 12},
+        ),
+        (
+            "/users/password",
+            {
+                "current_password": ADMIN_PASSWORD,
+                "new_password": "y" * 12,
+                "new_password_again": "y" * 12,
+            },
+        ),
+        (f"/users/{ADMIN_USER}/remove", {}),
     ]
 
 

@@ -345,3 +345,39 @@ def test_forged_form_from_another_page_is_refused_and_changes_nothing(
         page.evaluate("document.getElementById('f').submit()")
     assert "Form refused" in page.content()
     assert deployment_state(served, int(dep["id"])) == "active"
+
+
+def test_admin_adds_a_user_and_removing_them_ends_their_login(
+    browser: Any, page: Any, served: Served
+) -> None:
+    name, password = "grace", "another long password"
+    log_in(page, served)
+    page.click("nav >> text=Users")
+    page.fill("#user-form input[name=username]", name)
+    page.fill("#user-form input[name=new_password]", password)
+    page.fill("#user-form input[name=new_password_again]", password)
+    page.click("button:has-text('Add user')")
+    page.wait_for_selector(f"text=User {name} added.")
+    shoot(page, "users")
+
+    # she logs in in her own browser, on whichever worker answers
+    hers = browser.new_context(viewport=LAPTOP)
+    other = hers.new_page()
+    other.set_default_timeout(WAIT_MS)
+    other.goto(served.url + "/login")
+    other.fill("input[name=username]", name)
+    other.fill("input[name=password]", password)
+    other.click("button:has-text('Log in')")
+    other.wait_for_selector("header nav")
+
+    page.reload()
+    row = page.locator(f"tr[data-user={name}]")
+    assert row.locator("td").nth(1).inner_text() == "1"  # one login open
+    page.once("dialog", lambda dialog: dialog.accept())  # the "remove?" confirmation
+    row.locator("button:has-text('Remove')").click()
+    page.wait_for_selector(f"text=User {name} removed")
+    assert page.locator(f"tr[data-user={name}]").count() == 0
+
+    other.goto(served.url + "/tokens")
+    assert "/login" in other.url
+    hers.close()
