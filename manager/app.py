@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, current_app
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
 from manager.config import ManagerConfig, load_config
@@ -86,4 +87,9 @@ def create_app(test_config: dict[str, Any] | None = None, config_file: Path | No
     app.register_blueprint(metrics.bp)
     metrics.instrument(app, log_requests=config.log_requests)
     app.wsgi_app = CheckinRoute(app, app.wsgi_app)  # type: ignore[method-assign]
+    if config.trusted_proxies:
+        hops = config.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops
+        )
     return app

@@ -55,6 +55,8 @@ class ManagerConfig:
     login_address_failures: int = 20  # failed log-ins from one client address per window
     login_window_s: float = 15 * 60.0  # seconds a failed log-in counts against name and address
     admin_token_touch_s: float = 60.0  # seconds between two writes of a token's last use
+    trusted_proxies: int = 0  # reverse proxies in front of the manager whose X-Forwarded-For
+    # (and -Proto, -Host) to believe: the client address log-ins are throttled by
     log_requests: bool = True  # one JSON log line per HTTP request
     check_schema: bool = True  # refuse to start unless the database is at the head revision
 

@@ -24,6 +24,7 @@ log = logging.getLogger("satchel.api")
 STATUS: list[tuple[type[Exception], int, str]] = [
     (e.AuthError, 401, "unauthorized"),
     (e.ForbiddenError, 403, "forbidden"),
+    (e.TooManyAttemptsError, 429, "too_many_attempts"),
     (e.NotFoundError, 404, "not_found"),
     (e.ConflictError, 409, "conflict"),
     (e.NoTrustRootError, 409, "no_trust_root"),
@@ -67,6 +68,8 @@ def _refusal(err: Exception) -> Response:
         log.error("%s %s refused: %s", request.method, request.path, err)
         # a device retries at its next check-in anyway; telling it sooner gains nothing
         response.headers["Retry-After"] = str(math.ceil(state().config.poll_interval_s))
+    if isinstance(err, e.TooManyAttemptsError):
+        response.headers["Retry-After"] = str(max(1, err.retry_after_s))
     return response
 
 

@@ -18,7 +18,7 @@ from manager.app import create_app
 from manager.config import ManagerConfig
 from manager.models import LoginAttempts
 from manager.services import users
-from tests.web.conftest import LoginForm
+from tests.web.conftest import LoginForm, csrf_from
 
 USER, PASSWORD = "ada", "correct horse battery staple"
 WRONG = "not the password at all"
@@ -146,3 +146,29 @@ def test_counts_of_past_windows_are_cleaned_up(config: ManagerConfig, user: str)
 def test_logged_in_client_is_not_asked_again(form: LoginForm) -> None:
     assert form.submit(USER, PASSWORD).status_code == 303
     assert form.client.get("/login").status_code == 302
+
+
+def _guess_from(client: Any, forwarded_for: str, name: str) -> int:
+    """A wrong password through a reverse proxy that names the client in X-Forwarded-For."""
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    form = {"username": name, "password": WRONG, "csrf_token": token}
+    r = client.post("/login", data=form, headers={"X-Forwarded-For": forwarded_for},
+                    environ_base={"REMOTE_ADDR": "10.0.0.1"})  # the proxy's own address
+    return r.status_code
+
+
+@pytest.mark.parametrize("proxies", [0, 1])
+def test_behind_a_trusted_proxy_each_client_address_has_its_own_budget(
+    config: ManagerConfig, proxies: int
+) -> None:
+    app = create_app({**_settings(config, trusted_proxies=proxies), "TESTING": True})
+    try:
+        client = app.test_client()
+        first = [_guess_from(client, "198.51.100.7", f"user{i}") for i in range(21)]
+        other = _guess_from(client, "203.0.113.9", "someone")
+    finally:
+        app.extensions["satchel"].db.dispose()
+    assert first[:20] == [401] * 20 and first[20] == 429
+    # Trusted: another client behind the proxy still gets its turn; not trusted: the header
+    # is the client's own claim, so every guess counts against the proxy's address.
+    assert other == (401 if proxies else 429)
