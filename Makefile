@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m manager.demo $(DEMO_ARGS)
+	$(PY) -m satchel.manager.demo $(DEMO_ARGS)
 
 # The full suite, as CI runs it (slow cases included).
 test: $(STAMP)
@@ -34,6 +34,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bundles agent manager tests bench
 	$(VENV)/bin/mypy bundles agent manager
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

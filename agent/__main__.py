@@ -1,7 +1,7 @@
-"""`python -m agent`: the satchel-agent command line."""
+"""`python -m satchel.agent`: the satchel-agent command line."""
 
 from __future__ import annotations
 
-from agent.cli import main
+from satchel.agent.cli import main
 
 main()

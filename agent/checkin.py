@@ -16,10 +16,10 @@ import logging
 import threading
 from pathlib import Path
 
-from agent.client import Backoff, CheckinAnswer, ManagerClient, Offer, TrustInfo
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.credentials import Credentials, require_credentials
-from agent.errors import (
+from satchel.agent.client import Backoff, CheckinAnswer, ManagerClient, Offer, TrustInfo
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.credentials import Credentials, require_credentials
+from satchel.agent.errors import (
     AgentError,
     CredentialRejectedError,
     DownloadError,
@@ -27,9 +27,9 @@ from agent.errors import (
     NotEnrolledError,
     TransportError,
 )
-from agent.events import EventQueue
-from agent.state import DeviceState
-from agent.updates import (
+from satchel.agent.events import EventQueue
+from satchel.agent.state import DeviceState
+from satchel.agent.updates import (
     LAN,
     BundleOrigin,
     TotalsSource,
@@ -40,7 +40,7 @@ from agent.updates import (
     install_offered,
     trusted_root,
 )
-from bundles.errors import BundleError
+from satchel.bundles.errors import BundleError
 
 log = logging.getLogger(__name__)
 

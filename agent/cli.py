@@ -19,25 +19,25 @@ from urllib.parse import urlsplit
 
 import click
 
-from agent import history
-from agent.config import (
+from satchel.agent import history
+from satchel.agent.config import (
     DEFAULT_CONFIG,
     DEFAULT_STATE_DIR,
     STATE_DIR_ENV,
     AgentConfig,
     config_from_env,
 )
-from agent.enroll import enroll_device
-from agent.errors import AgentError, SmokeTestFailedError, UsbInstallFailedError
-from agent.events import EventQueue
-from agent.installer import InstallResult, install, recover, rollback
-from agent.provision import init_device
-from agent.server import DEFAULT_LISTEN
-from agent.service import AgentService, socket_for
-from agent.state import DeviceState
-from agent.updates import CLI, BundleOrigin, origin_of_file, queue_install_events, stored_totals
-from agent.usb import process_stick
-from bundles.errors import BundleError
+from satchel.agent.enroll import enroll_device
+from satchel.agent.errors import AgentError, SmokeTestFailedError, UsbInstallFailedError
+from satchel.agent.events import EventQueue
+from satchel.agent.installer import InstallResult, install, recover, rollback
+from satchel.agent.provision import init_device
+from satchel.agent.server import DEFAULT_LISTEN
+from satchel.agent.service import AgentService, socket_for
+from satchel.agent.state import DeviceState
+from satchel.agent.updates import CLI, BundleOrigin, origin_of_file, queue_install_events, stored_totals
+from satchel.agent.usb import process_stick
+from satchel.bundles.errors import BundleError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

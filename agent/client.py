@@ -33,14 +33,14 @@ from urllib.parse import urljoin, urlsplit
 import requests
 import urllib3
 
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.errors import (
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.errors import (
     CredentialRejectedError,
     DownloadError,
     ManagerRefusedError,
     ManagerUnreachableError,
 )
-from bundles.durable import fsync_dir
+from satchel.bundles.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from agent.errors import (
+from satchel.agent.errors import (
     AgentTooOldError,
     ArchitectureError,
     DeviceClassError,
@@ -18,9 +18,9 @@ from agent.errors import (
     RuntimeMissingError,
     SequenceRollbackError,
 )
-from bundles.manifest import Manifest
-from bundles.reader import check_expiry
-from bundles.versions import at_least
+from satchel.bundles.manifest import Manifest
+from satchel.bundles.reader import check_expiry
+from satchel.bundles.versions import at_least
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import NotEnrolledError, StateCorruptError
-from agent.state import Layout, read_json, write_json
-from bundles.durable import fsync_dir
-from bundles.errors import BundleError
-from bundles.keys import SigningKey
-from bundles.timeutil import format_time, utcnow
+from satchel.agent.errors import NotEnrolledError, StateCorruptError
+from satchel.agent.state import Layout, read_json, write_json
+from satchel.bundles.durable import fsync_dir
+from satchel.bundles.errors import BundleError
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.timeutil import format_time, utcnow
 
 CREDENTIALS_FILE = "credentials.json"
 CREDENTIALS_MODE = 0o600  # readable by the agent's user only

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.client import ManagerClient, with_retries
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.credentials import device_key, load_credentials, new_credentials, save_credentials
-from agent.errors import AlreadyEnrolledError, TransportError
-from agent.facts import agent_version
-from agent.state import DeviceState
-from agent.updates import accept_roots, trusted_root
-from bundles.errors import BundleError
+from satchel.agent.client import ManagerClient, with_retries
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.credentials import device_key, load_credentials, new_credentials, save_credentials
+from satchel.agent.errors import AlreadyEnrolledError, TransportError
+from satchel.agent.facts import agent_version
+from satchel.agent.state import DeviceState
+from satchel.agent.updates import accept_roots, trusted_root
+from satchel.bundles.errors import BundleError
 
 log = logging.getLogger(__name__)
 

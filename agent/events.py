@@ -34,9 +34,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from bundles.durable import atomic_write_bytes, fsync_dir
-from bundles.timeutil import format_time, utcnow
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.bundles.durable import atomic_write_bytes, fsync_dir
+from satchel.bundles.timeutil import format_time, utcnow
 
 log = logging.getLogger(__name__)
 

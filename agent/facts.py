@@ -5,10 +5,10 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 
-from agent.compat import DeviceFacts
-from agent.runtimes import installed_runtimes
-from agent.state import DeviceState
-from bundles.timeutil import utcnow
+from satchel.agent.compat import DeviceFacts
+from satchel.agent.runtimes import installed_runtimes
+from satchel.agent.state import DeviceState
+from satchel.bundles.timeutil import utcnow
 
 AGENT_DISTRIBUTION = "satchel"
 

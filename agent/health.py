@@ -19,8 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bundles.health import P95_DECIMALS, HealthFigures
-from bundles.manifest import HealthPolicy
+from satchel.bundles.health import P95_DECIMALS, HealthFigures
+from satchel.bundles.manifest import HealthPolicy
 
 # Upper bounds of the latency histogram buckets, in milliseconds; one more bucket above the
 # last bound catches everything slower. Fixed, so stored buckets from any release add up.

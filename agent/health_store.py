@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.health import Deltas, HealthStats, ReleaseKey
-from bundles.durable import atomic_write_bytes, fsync_dir
+from satchel.agent.health import Deltas, HealthStats, ReleaseKey
+from satchel.bundles.durable import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.state import Layout, read_json, write_json
-from bundles.timeutil import format_time, utcnow
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.state import Layout, read_json, write_json
+from satchel.bundles.timeutil import format_time, utcnow
 
 ACTIVATED = "activated"
 REFUSED = "refused"

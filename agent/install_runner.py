@@ -14,10 +14,10 @@ import signal
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.config import CRASH_AT_ENV
-from agent.install_states import stale_releases
-from agent.smoketest import SmokeReport
-from agent.state import (
+from satchel.agent.config import CRASH_AT_ENV
+from satchel.agent.install_states import stale_releases
+from satchel.agent.smoketest import SmokeReport
+from satchel.agent.state import (
     FILES_DIR,
     MANIFEST_FILE,
     REPORT_FILE,
@@ -27,9 +27,9 @@ from agent.state import (
     write_json,
     write_record,
 )
-from bundles.canonical import encode_canonical
-from bundles.durable import atomic_write_bytes, fsync_dir
-from bundles.reader import VerifiedBundle, unpack_bundle
+from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.durable import atomic_write_bytes, fsync_dir
+from satchel.bundles.reader import VerifiedBundle, unpack_bundle
 
 _TEMP_SUFFIX = ".tmp"  # bundles.durable's temp files: ".NAME.XXXX.tmp"
 

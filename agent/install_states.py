@@ -22,10 +22,10 @@ import enum
 from collections.abc import Iterable
 from datetime import datetime
 
-from agent.errors import NoPreviousReleaseError
-from agent.journal import OP_INSTALL, Journal
-from agent.state import STATE_ACTIVE, STATE_ROLLED_BACK, ChannelRecord, KeptRelease
-from bundles.manifest import Manifest
+from satchel.agent.errors import NoPreviousReleaseError
+from satchel.agent.journal import OP_INSTALL, Journal
+from satchel.agent.state import STATE_ACTIVE, STATE_ROLLED_BACK, ChannelRecord, KeptRelease
+from satchel.bundles.manifest import Manifest
 
 JOURNALED = "journaled"
 UNPACKED = "unpacked"

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from agent import history
-from agent.compat import DeviceFacts, check_compatible, expiry_clock
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.errors import (
+from satchel.agent import history
+from satchel.agent.compat import DeviceFacts, check_compatible, expiry_clock
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.errors import (
     AgentError,
     BundleFileError,
     RollbackSupersededError,
@@ -25,9 +25,9 @@ from agent.errors import (
     StateCorruptError,
     UnknownChannelError,
 )
-from agent.facts import gather_facts
-from agent.install_runner import ChannelStore, crash_point, remove_temp_files
-from agent.install_states import (
+from satchel.agent.facts import gather_facts
+from satchel.agent.install_runner import ChannelStore, crash_point, remove_temp_files
+from satchel.agent.install_states import (
     FINISHED,
     GENERATION,
     JOURNALED,
@@ -42,7 +42,7 @@ from agent.install_states import (
     recovery_for,
     release_name,
 )
-from agent.journal import (
+from satchel.agent.journal import (
     OP_INSTALL,
     OP_ROLLBACK,
     Journal,
@@ -51,9 +51,9 @@ from agent.journal import (
     read_journal,
     write_journal,
 )
-from agent.lock import device_lock, try_device_lock
-from agent.smoketest import SmokeReport, SmokeRunner, default_runner
-from agent.state import (
+from satchel.agent.lock import device_lock, try_device_lock
+from satchel.agent.smoketest import SmokeReport, SmokeRunner, default_runner
+from satchel.agent.state import (
     ChannelRecord,
     DeviceState,
     Layout,
@@ -63,10 +63,10 @@ from agent.state import (
     load_release,
     read_record,
 )
-from bundles.errors import BundleError
-from bundles.reader import VerifiedBundle, verify_bundle
-from bundles.timeutil import format_time, parse_time, utcnow
-from bundles.trust import Root, check_root_expiry, load_root
+from satchel.bundles.errors import BundleError
+from satchel.bundles.reader import VerifiedBundle, verify_bundle
+from satchel.bundles.timeutil import format_time, parse_time, utcnow
+from satchel.bundles.trust import Root, check_root_expiry, load_root
 
 FactsSource = Callable[[DeviceState], DeviceFacts]
 

@@ -12,9 +12,9 @@ import secrets
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from agent.errors import StateCorruptError
-from agent.state import Layout, read_json, write_json
-from bundles.durable import fsync_dir
+from satchel.agent.errors import StateCorruptError
+from satchel.agent.state import Layout, read_json, write_json
+from satchel.bundles.durable import fsync_dir
 
 OP_INSTALL = "install"
 OP_ROLLBACK = "rollback"

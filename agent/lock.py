@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.errors import LockBusyError
+from satchel.agent.errors import LockBusyError
 
 
 def _open(path: Path) -> int:

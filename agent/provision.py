@@ -5,13 +5,13 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-from agent.errors import AlreadyInitializedError, InvalidIdentityError, StateCorruptError
-from agent.state import DeviceIdentity, Layout, read_json, write_json
-from bundles.durable import atomic_write_bytes, fsync_dir
-from bundles.keys import SigningKey
-from bundles.manifest import LABEL_RE
-from bundles.timeutil import utcnow
-from bundles.trust import check_root_expiry, load_root
+from satchel.agent.errors import AlreadyInitializedError, InvalidIdentityError, StateCorruptError
+from satchel.agent.state import DeviceIdentity, Layout, read_json, write_json
+from satchel.bundles.durable import atomic_write_bytes, fsync_dir
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.manifest import LABEL_RE
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import check_root_expiry, load_root
 
 KEY_MODE = 0o600  # the device's private key is readable by the agent's user only
 

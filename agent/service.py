@@ -19,22 +19,22 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from agent import sdnotify
-from agent.checkin import CheckinLoop
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.events import EventQueue
-from agent.health_samples import HealthSampler
-from agent.installer import recover
-from agent.server import DEFAULT_CONFIG as DEFAULT_SERVER_CONFIG
-from agent.server import (
+from satchel.agent import sdnotify
+from satchel.agent.checkin import CheckinLoop
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.events import EventQueue
+from satchel.agent.health_samples import HealthSampler
+from satchel.agent.installer import recover
+from satchel.agent.server import DEFAULT_CONFIG as DEFAULT_SERVER_CONFIG
+from satchel.agent.server import (
     DEFAULT_LISTEN,
     AgentServer,
     ServerConfig,
     check_crash_loop,
     default_socket_path,
 )
-from agent.state import DeviceState
-from agent.usb import UsbWatcher
+from satchel.agent.state import DeviceState
+from satchel.agent.usb import UsbWatcher
 
 log = logging.getLogger(__name__)
 

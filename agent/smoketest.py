@@ -12,7 +12,7 @@ where it cannot be reset the figure is the peak since process start, an upper bo
 
 In-process, memory the allocator kept from earlier work (a model loaded before, in a
 long-running agent) is reused without showing as growth, so the figure can be too low.
-A budget is therefore judged only in a fresh child process (`python -m agent.smoketest`):
+A budget is therefore judged only in a fresh child process (`python -m satchel.agent.smoketest`):
 the default runner tests in-process (fast) unless a smoke test of the bundle sets
 `max_memory_mb`. Each report says how its memory figure was taken.
 """
@@ -29,11 +29,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
-from agent.runtimes.samples import encoded_feeds, run_feeds, time_runs
-from bundles.manifest import Manifest, ModelEntry, SmokeTest, parse_manifest
-from bundles.smoke import accuracy_failures, compare_outputs, percentile, smoke_kinds
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
+from satchel.agent.runtimes.samples import encoded_feeds, run_feeds, time_runs
+from satchel.bundles.manifest import Manifest, ModelEntry, SmokeTest, parse_manifest
+from satchel.bundles.smoke import accuracy_failures, compare_outputs, percentile, smoke_kinds
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
@@ -257,13 +257,13 @@ class InProcessSmokeRunner:
 
 
 class ChildSmokeRunner:
-    """Runs smoke tests in a fresh `python -m agent.smoketest` process."""
+    """Runs smoke tests in a fresh `python -m satchel.agent.smoketest` process."""
 
     def __init__(self, config: AgentConfig = DEFAULT_CONFIG) -> None:
         self.config = config
 
     def run(self, manifest: Manifest, files: Path) -> SmokeReport:
-        command = [sys.executable, "-m", "agent.smoketest", str(files)]
+        command = [sys.executable, "-m", "satchel.agent.smoketest", str(files)]
         if self.config.smoke_threads is not None:
             command += ["--threads", str(self.config.smoke_threads)]
         try:
@@ -304,7 +304,7 @@ def default_runner(config: AgentConfig = DEFAULT_CONFIG) -> SmokeRunner:
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m agent.smoketest FILES [--threads N]`, manifest on stdin, report on stdout."""
+    """`python -m satchel.agent.smoketest FILES [--threads N]`, manifest on stdin, report on stdout."""
     threads = int(argv[2]) if len(argv) > 2 and argv[1] == "--threads" else None
     manifest = parse_manifest(sys.stdin.buffer.read())
     report = run_all(manifest, Path(argv[0]), threads)

@@ -29,11 +29,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.errors import NotInitializedError, StateCorruptError
-from bundles.durable import atomic_write_bytes
-from bundles.errors import BundleError
-from bundles.manifest import Manifest, parse_manifest
-from bundles.timeutil import format_time, parse_time, utcnow
+from satchel.agent.errors import NotInitializedError, StateCorruptError
+from satchel.bundles.durable import atomic_write_bytes
+from satchel.bundles.errors import BundleError
+from satchel.bundles.manifest import Manifest, parse_manifest
+from satchel.bundles.timeutil import format_time, parse_time, utcnow
 
 STATE_ACTIVE = "active"
 STATE_ROLLED_BACK = "rolled-back"

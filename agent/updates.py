@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.errors import (
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.errors import (
     AgentError,
     BundleFileError,
     IncompatibleError,
@@ -31,17 +31,17 @@ from agent.errors import (
     SmokeTestFailedError,
     StateCorruptError,
 )
-from agent.events import EventQueue, json_safe
-from agent.facts import agent_version
-from agent.health import HealthStats, ReleaseKey
-from agent.installer import InstallResult, install
-from agent.lock import device_lock
-from agent.state import DeviceState
-from bundles.durable import atomic_write_bytes
-from bundles.errors import BundleError
-from bundles.reader import read_unverified
-from bundles.timeutil import format_time, utcnow
-from bundles.trust import Root, load_root, update_root
+from satchel.agent.events import EventQueue, json_safe
+from satchel.agent.facts import agent_version
+from satchel.agent.health import HealthStats, ReleaseKey
+from satchel.agent.installer import InstallResult, install
+from satchel.agent.lock import device_lock
+from satchel.agent.state import DeviceState
+from satchel.bundles.durable import atomic_write_bytes
+from satchel.bundles.errors import BundleError
+from satchel.bundles.reader import read_unverified
+from satchel.bundles.timeutil import format_time, utcnow
+from satchel.bundles.trust import Root, load_root, update_root
 
 log = logging.getLogger(__name__)
 
@@ -276,8 +276,8 @@ def origin_of_file(bundle: Path, via: str) -> BundleOrigin | None:
 def stored_totals(state_dir: Path) -> TotalsSource:
     """Health counters from the durable health history (when the service is not the one
     asking: `satchel-agent usb` run by a technician)."""
-    from agent.health_store import HealthStore
-    from agent.server.crashloop import HEALTH_DIR
+    from satchel.agent.health_store import HealthStore
+    from satchel.agent.server.crashloop import HEALTH_DIR
 
     return HealthStore(Path(state_dir) / HEALTH_DIR).totals
 

@@ -36,13 +36,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.compat import EPOCH
-from agent.config import DEFAULT_CONFIG, AgentConfig
-from agent.credentials import device_key, load_credentials
-from agent.errors import PlanRefusedError, StickBundleMismatchError, StickError
-from agent.events import EventQueue
-from agent.state import DeviceIdentity, DeviceState, read_json, write_json
-from agent.updates import (
+from satchel.agent.compat import EPOCH
+from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.credentials import device_key, load_credentials
+from satchel.agent.errors import PlanRefusedError, StickBundleMismatchError, StickError
+from satchel.agent.events import EventQueue
+from satchel.agent.state import DeviceIdentity, DeviceState, read_json, write_json
+from satchel.agent.updates import (
     USB,
     BundleOrigin,
     TotalsSource,
@@ -53,13 +53,13 @@ from agent.updates import (
     install_offered,
     trusted_root,
 )
-from bundles import plan as stick_layout
-from bundles.durable import fsync_dir
-from bundles.envelope import open_envelope
-from bundles.errors import BundleError, FormatError, TrustError
-from bundles.plan import MAX_PLAN_BYTES, Assignment, Plan, Report, sign_report, verify_plan
-from bundles.stickfs import StickDir, StickLinkError
-from bundles.timeutil import utcnow
+from satchel.bundles import plan as stick_layout
+from satchel.bundles.durable import fsync_dir
+from satchel.bundles.envelope import open_envelope
+from satchel.bundles.errors import BundleError, FormatError, TrustError
+from satchel.bundles.plan import MAX_PLAN_BYTES, Assignment, Plan, Report, sign_report, verify_plan
+from satchel.bundles.stickfs import StickDir, StickLinkError
+from satchel.bundles.timeutil import utcnow
 
 log = logging.getLogger(__name__)
 

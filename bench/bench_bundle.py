@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from bundles.keys import SigningKey
-from bundles.manifest import Manifest, ModelEntry, TensorInfo
-from bundles.pack import Payload, write_bundle
-from bundles.reader import unpack_bundle, verify_bundle
-from bundles.timeutil import utcnow
-from bundles.trust import load_root, make_root, sign_root
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.manifest import Manifest, ModelEntry, TensorInfo
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.reader import unpack_bundle, verify_bundle
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import load_root, make_root, sign_root
 
 MODEL_PATH = "model.onnx"
 
@@ -141,9 +141,9 @@ _HWM = (
 _CHILD = """
 import sys
 from pathlib import Path
-from bundles.reader import verify_bundle, unpack_bundle
-from bundles.trust import load_root
-from bundles.timeutil import utcnow
+from satchel.bundles.reader import verify_bundle, unpack_bundle
+from satchel.bundles.trust import load_root
+from satchel.bundles.timeutil import utcnow
 root = load_root(Path(sys.argv[1]).read_bytes())
 with open(sys.argv[2], "rb") as f:
     v = verify_bundle(f, root, utcnow())

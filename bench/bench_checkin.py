@@ -85,8 +85,8 @@ def _pg_cluster(tmp: Path, synchronous_commit: str) -> tuple[str, list[str]]:
 
 
 def _bundle(path: Path, key: Any) -> None:
-    from bundles.manifest import Compatibility, Manifest, ModelEntry, TensorInfo
-    from bundles.pack import Payload, write_bundle
+    from satchel.bundles.manifest import Compatibility, Manifest, ModelEntry, TensorInfo
+    from satchel.bundles.pack import Payload, write_bundle
 
     manifest = Manifest(
         name="vision",
@@ -115,15 +115,15 @@ def setup(data_dir: Path, url: str, devices: int) -> list[tuple[str, str]]:
     [(device_id, token)]."""
     import sqlalchemy as sa
 
-    from bundles.keys import SigningKey
-    from bundles.trust import make_root, sign_root
-    from manager import db as database
-    from manager.auth import DEVICE, hash_token, new_token
-    from manager.config import load_config
-    from manager.models import Device, DeviceChannel
-    from manager.services import bundles, checkin, deployments, trust
-    from manager.services.deployments import Selectors
-    from manager.store import BundleStore
+    from satchel.bundles.keys import SigningKey
+    from satchel.bundles.trust import make_root, sign_root
+    from satchel.manager import db as database
+    from satchel.manager.auth import DEVICE, hash_token, new_token
+    from satchel.manager.config import load_config
+    from satchel.manager.models import Device, DeviceChannel
+    from satchel.manager.services import bundles, checkin, deployments, trust
+    from satchel.manager.services.deployments import Selectors
+    from satchel.manager.store import BundleStore
 
     config = load_config(data_dir=data_dir, database_url=url)
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -38,13 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from agent.installer import install
-from agent.provision import init_device
-from agent.runtimes import get_runtime
-from agent.server import AgentServer, MemoryEventSink, ServerConfig
-from agent.server.events import SERVING
-from bundles.keys import SigningKey
-from bundles.manifest import (
+from satchel.agent.installer import install
+from satchel.agent.provision import init_device
+from satchel.agent.runtimes import get_runtime
+from satchel.agent.server import AgentServer, MemoryEventSink, ServerConfig
+from satchel.agent.server.events import SERVING
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.manifest import (
     Compatibility,
     HealthPolicy,
     Manifest,
@@ -52,10 +52,10 @@ from bundles.manifest import (
     SmokeTest,
     TensorInfo,
 )
-from bundles.pack import Payload, write_bundle
-from bundles.timeutil import utcnow
-from bundles.trust import make_root, sign_root
-from manager.modelgen import INPUT_NAME, make_mlp_weights, onnx_mlp, sample_inputs
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import make_root, sign_root
+from satchel.manager.modelgen import INPUT_NAME, make_mlp_weights, onnx_mlp, sample_inputs
 
 CHANNEL = "bench"
 AROUND_SWAP_S = 0.1  # seconds either side of a swap looked at on their own
@@ -114,7 +114,7 @@ class BenchDevice:
             install(self.state_dir, bundle)
             return
         subprocess.run(
-            [sys.executable, "-m", "agent", "--state-dir", str(self.state_dir), "install",
+            [sys.executable, "-m", "satchel.agent", "--state-dir", str(self.state_dir), "install",
              str(bundle)],
             check=True, capture_output=True,
         )

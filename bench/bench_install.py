@@ -28,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.installer import install
-from agent.provision import init_device
-from agent.smoketest import InProcessSmokeRunner, SmokeReport
-from bundles.keys import SigningKey
-from bundles.manifest import Manifest, ModelEntry, SmokeTest, TensorInfo
-from bundles.pack import Payload, write_bundle
-from bundles.timeutil import utcnow
-from bundles.trust import make_root, sign_root
-from manager.modelgen import INPUT_NAME, OUTPUT_NAME, mlp_forward, onnx_mlp, sample_inputs
+from satchel.agent.installer import install
+from satchel.agent.provision import init_device
+from satchel.agent.smoketest import InProcessSmokeRunner, SmokeReport
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.manifest import Manifest, ModelEntry, SmokeTest, TensorInfo
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import make_root, sign_root
+from satchel.manager.modelgen import INPUT_NAME, OUTPUT_NAME, mlp_forward, onnx_mlp, sample_inputs
 
 IN_DIM, OUT_DIM = 256, 10
 SAMPLES = 8

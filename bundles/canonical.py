@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bundles.errors import MalformedJSONError
+from satchel.bundles.errors import MalformedJSONError
 
 
 def encode_canonical(obj: Any) -> bytes:

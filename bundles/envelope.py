@@ -10,15 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bundles.canonical import decode_json, encode_canonical
-from bundles.errors import (
+from satchel.bundles.canonical import decode_json, encode_canonical
+from satchel.bundles.errors import (
     MalformedJSONError,
     SignatureError,
     ThresholdError,
     TooLargeError,
     UnknownKeyError,
 )
-from bundles.keys import PublicKey, Signature, SigningKey, parse_signatures, sign_all
+from satchel.bundles.keys import PublicKey, Signature, SigningKey, parse_signatures, sign_all
 
 
 @dataclass(frozen=True)

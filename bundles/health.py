@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bundles.manifest import HealthPolicy
+from satchel.bundles.manifest import HealthPolicy
 
 P95_DECIMALS = 3  # p95 latency is reported and judged rounded to this many decimals of a ms
 

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from bundles.errors import KeyFileError, SignatureError
+from satchel.bundles.errors import KeyFileError, SignatureError
 
 _KEYID_RE = re.compile(r"[0-9a-f]{64}")
 _RAW = serialization.Encoding.Raw

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from bundles import FORMAT_VERSION
-from bundles.canonical import decode_canonical, encode_canonical
-from bundles.config import DEFAULT_LIMITS, Limits
-from bundles.errors import MissingFieldError, UnknownFormatVersionError, WrongTypeError
-from bundles.schema import check_keys, get, get_float, get_int, get_str, get_str_list
-from bundles.timeutil import format_time, parse_time
+from satchel.bundles import FORMAT_VERSION
+from satchel.bundles.canonical import decode_canonical, encode_canonical
+from satchel.bundles.config import DEFAULT_LIMITS, Limits
+from satchel.bundles.errors import MissingFieldError, UnknownFormatVersionError, WrongTypeError
+from satchel.bundles.schema import check_keys, get, get_float, get_int, get_str, get_str_list
+from satchel.bundles.timeutil import format_time, parse_time
 
 CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_~-]{0,63}")

@@ -18,11 +18,11 @@ from typing import BinaryIO
 
 import zstandard
 
-from bundles.canonical import encode_canonical
-from bundles.config import DEFAULT_LIMITS, DEFAULT_PACK, PackOptions
-from bundles.keys import SigningKey, sign_all
-from bundles.manifest import FileEntry, Manifest, check_payload_path, member_name
-from bundles.tarformat import BLOCK, END_OF_ARCHIVE, encode_header, padding
+from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.config import DEFAULT_LIMITS, DEFAULT_PACK, PackOptions
+from satchel.bundles.keys import SigningKey, sign_all
+from satchel.bundles.manifest import FileEntry, Manifest, check_payload_path, member_name
+from satchel.bundles.tarformat import BLOCK, END_OF_ARCHIVE, encode_header, padding
 
 Progress = Callable[[int], None]
 

@@ -16,14 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bundles.canonical import encode_canonical
-from bundles.envelope import Role, check_threshold, open_envelope, sign_envelope
-from bundles.errors import ExpiredError, WrongTypeError
-from bundles.keys import PublicKey, SigningKey
-from bundles.manifest import CHANNEL_RE, LABEL_RE, SHA256_RE, VERSION_RE
-from bundles.schema import check_keys, get, get_int, get_str
-from bundles.timeutil import format_time, parse_time
-from bundles.trust import Root
+from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.envelope import Role, check_threshold, open_envelope, sign_envelope
+from satchel.bundles.errors import ExpiredError, WrongTypeError
+from satchel.bundles.keys import PublicKey, SigningKey
+from satchel.bundles.manifest import CHANNEL_RE, LABEL_RE, SHA256_RE, VERSION_RE
+from satchel.bundles.schema import check_keys, get, get_int, get_str
+from satchel.bundles.timeutil import format_time, parse_time
+from satchel.bundles.trust import Root
 
 PLAN_TYPE = "satchel-usb-plan"
 REPORT_TYPE = "satchel-device-report"

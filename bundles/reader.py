@@ -22,10 +22,10 @@ from typing import BinaryIO
 
 import zstandard
 
-from bundles.canonical import decode_json
-from bundles.config import DEFAULT_LIMITS, Limits
-from bundles.envelope import check_threshold
-from bundles.errors import (
+from satchel.bundles.canonical import decode_json
+from satchel.bundles.config import DEFAULT_LIMITS, Limits
+from satchel.bundles.envelope import check_threshold
+from satchel.bundles.errors import (
     ExpiredError,
     MemberLayoutError,
     PayloadHashError,
@@ -34,11 +34,11 @@ from bundles.errors import (
     TooLargeError,
     TruncatedBundleError,
 )
-from bundles.keys import Signature, parse_signatures
-from bundles.manifest import FileEntry, Manifest, member_name, parse_manifest
-from bundles.tarformat import BLOCK, MemberHeader, decode_header, padding
-from bundles.timeutil import format_time
-from bundles.trust import Root
+from satchel.bundles.keys import Signature, parse_signatures
+from satchel.bundles.manifest import FileEntry, Manifest, member_name, parse_manifest
+from satchel.bundles.tarformat import BLOCK, MemberHeader, decode_header, padding
+from satchel.bundles.timeutil import format_time
+from satchel.bundles.trust import Root
 
 Progress = Callable[[int], None]
 _MAX_TRAILING_ZEROS = 1024 * 1024  # bytes of zero record padding tolerated after the end

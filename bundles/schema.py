@@ -9,7 +9,7 @@ import re
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from bundles.errors import MissingFieldError, UnexpectedFieldError, WrongTypeError
+from satchel.bundles.errors import MissingFieldError, UnexpectedFieldError, WrongTypeError
 
 _TYPE_NAMES = {
     str: "a string",

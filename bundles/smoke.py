@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bundles.manifest import OUTPUT_KINDS, OutputCheck, SmokeTest
+from satchel.bundles.manifest import OUTPUT_KINDS, OutputCheck, SmokeTest
 
 SQNR_CAP_DB = 200.0  # reported for outputs equal to their reference (no noise at all)
 _NEAR_ZERO = 1e-6  # reference values, norms and RMS below this are "zero"

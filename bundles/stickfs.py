@@ -24,8 +24,8 @@ from pathlib import Path, PurePosixPath
 from types import TracebackType
 from typing import BinaryIO
 
-from bundles.durable import atomic_writer_at
-from bundles.errors import StickLinkError
+from satchel.bundles.durable import atomic_writer_at
+from satchel.bundles.errors import StickLinkError
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO for reading would wait for a writer that may never come

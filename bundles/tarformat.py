@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bundles.errors import MemberLayoutError, TruncatedBundleError, UnsafeMemberError
+from satchel.bundles.errors import MemberLayoutError, TruncatedBundleError, UnsafeMemberError
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)

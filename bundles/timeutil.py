@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from bundles.errors import WrongTypeError
+from satchel.bundles.errors import WrongTypeError
 
 _FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 

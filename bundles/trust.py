@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from bundles.canonical import encode_canonical
-from bundles.config import DEFAULT_LIMITS
-from bundles.envelope import Role, check_threshold, open_envelope, sign_envelope
-from bundles.errors import (
+from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.config import DEFAULT_LIMITS
+from satchel.bundles.envelope import Role, check_threshold, open_envelope, sign_envelope
+from satchel.bundles.errors import (
     ExpiredError,
     KeyFileError,
     ManifestError,
@@ -24,8 +24,8 @@ from bundles.errors import (
     TrustError,
     WrongTypeError,
 )
-from bundles.keys import PublicKey, SigningKey
-from bundles.timeutil import format_time, parse_time
+from satchel.bundles.keys import PublicKey, SigningKey
+from satchel.bundles.timeutil import format_time, parse_time
 
 ROOT_TYPE = "root"
 ROOT_SPEC_VERSION = 1

@@ -1,5 +1,5 @@
-"""`python -m manager`: the `satchel` command."""
+"""`python -m satchel.manager`: the `satchel` command."""
 
-from manager.cli import main
+from satchel.manager.cli import main
 
 main()

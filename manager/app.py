@@ -16,10 +16,10 @@ from flask import Flask, current_app
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
-from manager.config import ManagerConfig, load_config
-from manager.db import Database, open_database
-from manager.metrics import Metrics
-from manager.store import BundleStore
+from satchel.manager.config import ManagerConfig, load_config
+from satchel.manager.db import Database, open_database
+from satchel.manager.metrics import Metrics
+from satchel.manager.store import BundleStore
 
 EXTENSION = "satchel"
 MAX_ROW_ID = 2**31 - 1  # the largest id or version an INTEGER column holds on every database
@@ -78,9 +78,9 @@ def create_app(test_config: dict[str, Any] | None = None, config_file: Path | No
         metrics=Metrics(),
     )
 
-    from manager import metrics, web
-    from manager.api import bp as api_bp
-    from manager.checkin_route import CheckinRoute
+    from satchel.manager import metrics, web
+    from satchel.manager.api import bp as api_bp
+    from satchel.manager.checkin_route import CheckinRoute
 
     app.register_blueprint(api_bp)
     app.register_blueprint(web.bp)

@@ -23,8 +23,8 @@ import sqlalchemy.orm as so
 from flask import g, request
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from manager.errors import AuthError, ForbiddenError
-from manager.models import AdminToken, Device
+from satchel.manager.errors import AuthError, ForbiddenError
+from satchel.manager.models import AdminToken, Device
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -177,7 +177,7 @@ def requires(*kinds: str) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from manager.app import state
+            from satchel.manager.app import state
 
             if g.get("principal") is None:
                 token = bearer_token(request.headers.get("Authorization"))

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes import (
+from satchel.agent.runtimes import (
     LoadedModel,
     ModelRuntimeError,
     TensorSpec,
@@ -30,7 +30,7 @@ from agent.runtimes import (
     installed_runtimes,
     runtime_for_file,
 )
-from agent.runtimes.samples import (
+from satchel.agent.runtimes.samples import (
     encode,
     encoded_feeds,
     generate_samples,
@@ -40,9 +40,9 @@ from agent.runtimes.samples import (
     stored_samples,
     time_runs,
 )
-from bundles.durable import atomic_writer
-from bundles.keys import SigningKey
-from bundles.manifest import (
+from satchel.bundles.durable import atomic_writer
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.manifest import (
     CHANNEL_RE,
     VERSION_RE,
     Compatibility,
@@ -53,8 +53,8 @@ from bundles.manifest import (
     SmokeTest,
     TensorInfo,
 )
-from bundles.pack import Payload, write_bundle
-from bundles.smoke import (
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.smoke import (
     DEFAULT_CHECKS,
     Agreement,
     CheckDefaults,
@@ -66,9 +66,9 @@ from bundles.smoke import (
     useless_thresholds,
     with_overrides,
 )
-from bundles.timeutil import utcnow
-from manager.errors import BuildError
-from manager.model_files import model_files
+from satchel.bundles.timeutil import utcnow
+from satchel.manager.errors import BuildError
+from satchel.manager.model_files import model_files
 
 INPUTS_PATH = "smoke/inputs.npz"
 REFERENCE_PATH = "smoke/reference.npz"

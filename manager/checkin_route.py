@@ -23,10 +23,10 @@ from typing import Any
 
 from flask import Flask
 
-from bundles.canonical import decode_json
-from bundles.errors import MalformedJSONError
-from manager.errors import AuthError
-from manager.metrics import access_logger, new_request_id, record_request
+from satchel.bundles.canonical import decode_json
+from satchel.bundles.errors import MalformedJSONError
+from satchel.manager.errors import AuthError
+from satchel.manager.metrics import access_logger, new_request_id, record_request
 
 CHECKIN_PATH = re.compile(r"/api/v1/devices/([^/]+)/checkin")
 ENDPOINT = "/api/v1/devices/<device_id>/checkin"  # the Flask rule, as metrics name it
@@ -40,7 +40,7 @@ class CheckinRoute:
     """WSGI middleware (`app.wsgi_app = CheckinRoute(app, app.wsgi_app)`)."""
 
     def __init__(self, app: Flask, next_app: WSGIApp) -> None:
-        from manager.app import EXTENSION
+        from satchel.manager.app import EXTENSION
 
         self.app = app
         self.next_app = next_app
@@ -93,9 +93,9 @@ class CheckinRoute:
         self, environ: dict[str, Any], device_id: str, body: bytes
     ) -> tuple[str, bytes] | None:
         """(device id, JSON answer) of a check-in recorded on the fast path, or None."""
-        from manager.api.devices import checkin_answer, count_checkin
-        from manager.auth import bearer_token
-        from manager.services import checkin
+        from satchel.manager.api.devices import checkin_answer, count_checkin
+        from satchel.manager.auth import bearer_token
+        from satchel.manager.services import checkin
 
         try:
             token = bearer_token(environ.get("HTTP_AUTHORIZATION"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from manager.commands.common import CliContext, refusals_exit_1
+from satchel.manager.commands.common import CliContext, refusals_exit_1
 
 __all__ = ["CliContext", "main", "refusals_exit_1"]
 
@@ -32,7 +32,7 @@ def main(ctx: click.Context, data_dir: Path) -> None:
 
 
 def _register() -> None:
-    from manager.commands import bundle, keys, model
+    from satchel.manager.commands import bundle, keys, model
 
     main.add_command(keys.keys)
     main.add_command(model.model)
@@ -42,9 +42,9 @@ def _register() -> None:
     # The server commands need the `manager` extra (Flask, SQLAlchemy).
     if importlib.util.find_spec("flask") is None:
         return
-    if importlib.util.find_spec("manager.commands.server") is None:
+    if importlib.util.find_spec("satchel.manager.commands.server") is None:
         return
-    from manager.commands import server
+    from satchel.manager.commands import server
 
     server.register(main)
 

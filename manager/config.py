@@ -16,7 +16,7 @@ from typing import Any
 
 import tomllib
 
-from manager.errors import UsageError
+from satchel.manager.errors import UsageError
 
 ENV_PREFIX = "SATCHEL_"
 CONFIG_ENV = "SATCHEL_CONFIG"  # path of a TOML file read by every `satchel` command

@@ -22,8 +22,8 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from manager.config import ManagerConfig
-from manager.errors import DatabaseNotReadyError, DiskFullError
+from satchel.manager.config import ManagerConfig
+from satchel.manager.errors import DatabaseNotReadyError, DiskFullError
 
 T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bundles.durable import atomic_write_bytes
-from bundles.errors import KeyFileError
-from bundles.keys import PublicKey, SigningKey
-from bundles.trust import Root, load_root, make_root, sign_root, update_root
-from manager.errors import KeyDirError, UsageError
+from satchel.bundles.durable import atomic_write_bytes
+from satchel.bundles.errors import KeyFileError
+from satchel.bundles.keys import PublicKey, SigningKey
+from satchel.bundles.trust import Root, load_root, make_root, sign_root, update_root
+from satchel.manager.errors import KeyDirError, UsageError
 
 ROOT_JSON = "root.json"
 ROOT_KEY = "root.key"

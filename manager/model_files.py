@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from bundles.errors import WrongTypeError
-from bundles.manifest import check_payload_path
-from manager.errors import BuildError
+from satchel.bundles.errors import WrongTypeError
+from satchel.bundles.manifest import check_payload_path
+from satchel.manager.errors import BuildError
 
 _RESERVED = ("smoke",)  # top-level payload folders the build itself writes
 

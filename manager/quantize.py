@@ -23,15 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes import LoadedModel, ModelRuntimeError, TensorSpec, get_runtime
-from agent.runtimes.base import first_line
-from agent.runtimes.samples import encoded_feeds, generate_samples, run_feeds
-from bundles.durable import atomic_writer
-from bundles.manifest import OutputCheck
-from bundles.smoke import DEFAULT_CHECKS, Agreement, CheckDefaults, compare_outputs, judge
-from manager.build import BuildRequest, detect_quantization, resolve_checks
-from manager.errors import BuildError
-from manager.model_files import model_files
+from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, TensorSpec, get_runtime
+from satchel.agent.runtimes.base import first_line
+from satchel.agent.runtimes.samples import encoded_feeds, generate_samples, run_feeds
+from satchel.bundles.durable import atomic_writer
+from satchel.bundles.manifest import OutputCheck
+from satchel.bundles.smoke import DEFAULT_CHECKS, Agreement, CheckDefaults, compare_outputs, judge
+from satchel.manager.build import BuildRequest, detect_quantization, resolve_checks
+from satchel.manager.errors import BuildError
+from satchel.manager.model_files import model_files
 
 FLOAT_MODELS = ("none", "float16")  # what detect_quantization calls a model not yet quantized
 _ORT_LOG_WARNING, _ORT_LOG_ERROR = 2, 3  # onnxruntime's default native log severity, and ours

@@ -20,8 +20,8 @@ from typing import BinaryIO
 
 from flask import Response, send_file
 
-from bundles.durable import fsync_dir
-from manager.errors import NotFoundError, RequestTooLargeError, StoreWriteError
+from satchel.bundles.durable import fsync_dir
+from satchel.manager.errors import NotFoundError, RequestTooLargeError, StoreWriteError
 
 SUFFIX = ".satchel"
 

@@ -27,20 +27,20 @@ from pathlib import Path
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from bundles import plan as stick
-from bundles.errors import BundleError
-from bundles.keys import PublicKey, SigningKey
-from bundles.stickfs import StickDir, StickLinkError
-from manager.db import Database
-from manager.errors import (
+from satchel.bundles import plan as stick
+from satchel.bundles.errors import BundleError
+from satchel.bundles.keys import PublicKey, SigningKey
+from satchel.bundles.stickfs import StickDir, StickLinkError
+from satchel.manager.db import Database
+from satchel.manager.errors import (
     ConflictError,
     InvalidRequestError,
     ReportRefusedError,
     UsageError,
 )
-from manager.models import DeploymentTarget, Device, UsbReport
-from manager.services import checkin, deployments, trust
-from manager.store import BundleStore
+from satchel.manager.models import DeploymentTarget, Device, UsbReport
+from satchel.manager.services import checkin, deployments, trust
+from satchel.manager.store import BundleStore
 
 COPY_CHUNK_BYTES = 4 * 1024 * 1024  # bytes copied per step onto the stick
 EXPORT_TEMP = ".satchel-export.tmp"  # where an export is written on the stick before its rename

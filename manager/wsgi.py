@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from manager.config import ManagerConfig
-from manager.db import make_engine, require_head
+from satchel.manager.config import ManagerConfig
+from satchel.manager.db import make_engine, require_head
 
 RESTART_DELAY_S = 1.0  # seconds before a dead worker is replaced
 STOP_GRACE_S = 10.0  # seconds workers get to finish after SIGTERM
@@ -36,7 +36,7 @@ GRANIAN, WAITRESS = "granian", "waitress"
 
 def __getattr__(name: str) -> Any:
     if name == "app":  # built on first use so that importing this module is cheap
-        from manager.app import create_app
+        from satchel.manager.app import create_app
 
         globals()["app"] = create_app()
         return globals()["app"]
@@ -58,7 +58,7 @@ def _run_worker(config: ManagerConfig, sock: socket.socket) -> None:
 
     import waitress
 
-    from manager.app import create_app
+    from satchel.manager.app import create_app
 
     # "Task queue depth" warnings only say that all threads are busy, which under load they are
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
@@ -151,7 +151,7 @@ _GRANIAN_LOGS_TO_STDERR = {
 
 
 def _create_app(config: ManagerConfig) -> Any:
-    from manager.app import create_app
+    from satchel.manager.app import create_app
 
     return create_app(_as_overrides(config))
 

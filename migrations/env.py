@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from manager.models import Base
+from satchel.manager.models import Base
 
 config = context.config
 target_metadata = Base.metadata

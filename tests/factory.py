@@ -23,12 +23,12 @@ from typing import Any
 import pytest
 import zstandard
 
-from bundles.canonical import encode_canonical
-from bundles.config import PackOptions
-from bundles.durable import atomic_write_bytes
-from bundles.errors import BundleError
-from bundles.keys import SigningKey, sign_all
-from bundles.manifest import (
+from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.config import PackOptions
+from satchel.bundles.durable import atomic_write_bytes
+from satchel.bundles.errors import BundleError
+from satchel.bundles.keys import SigningKey, sign_all
+from satchel.bundles.manifest import (
     Compatibility,
     HealthPolicy,
     Manifest,
@@ -37,10 +37,10 @@ from bundles.manifest import (
     TensorInfo,
     member_name,
 )
-from bundles.pack import Payload, write_bundle
-from bundles.reader import VerifiedBundle, verify_and_unpack
-from bundles.timeutil import utcnow
-from bundles.trust import Root, load_root, make_root, sign_root
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.reader import VerifiedBundle, verify_and_unpack
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import Root, load_root, make_root, sign_root
 
 CREATED = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)  # build time of test bundles
 NOW = datetime(2026, 3, 2, 12, 0, 0, tzinfo=timezone.utc)  # the device clock in tests
@@ -665,7 +665,7 @@ def smoke_tested_bundle(
     """A signed bundle of the real model `model_file` whose smoke test runs `inputs` (an array
     for its first input) against the model's own outputs, so it passes on the device; with
     `wrong_reference` the references are off by 5, so the smoke test fails on accuracy."""
-    from agent.runtimes import get_runtime, runtime_for_file
+    from satchel.agent.runtimes import get_runtime, runtime_for_file
 
     runtime = runtime_for_file(model_file)
     model = get_runtime(runtime).load(model_file)

@@ -6,7 +6,7 @@ themselves live in the manager, where the admin-side demo uses them too.
 
 from __future__ import annotations
 
-from manager.modelgen import (
+from satchel.manager.modelgen import (
     INPUT_NAME,
     OUTPUT_NAME,
     Weights,
@@ -17,7 +17,7 @@ from manager.modelgen import (
     tflite_mlp,
     train_mlp,
 )
-from manager.quantize import QuantizeError, QuantizeReport, quantize_onnx
+from satchel.manager.quantize import QuantizeError, QuantizeReport, quantize_onnx
 
 __all__ = [
     "INPUT_NAME",

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 
-from agent.runtimes import TensorSpec, get_runtime
+from satchel.agent.runtimes import TensorSpec, get_runtime
 from tests.catalogue.kinds import (
     ACTIVATE,
     BOXES,

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.runtimes import TensorSpec, dequantize, get_runtime
-from agent.runtimes.samples import encode
-from bundles.keys import SigningKey
-from manager.build import BuildRequest, build_bundle, detect_quantization
-from manager.errors import BuildError
+from satchel.agent.runtimes import TensorSpec, dequantize, get_runtime
+from satchel.agent.runtimes.samples import encode
+from satchel.bundles.keys import SigningKey
+from satchel.manager.build import BuildRequest, build_bundle, detect_quantization
+from satchel.manager.errors import BuildError
 from tests.catalogue.kinds import (
     ACTIVATE,
     CLASS_SCORES,

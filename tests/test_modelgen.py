@@ -10,7 +10,7 @@ import onnx
 import pytest
 import tflite
 
-from agent.runtimes import dequantize, get_runtime, quantize
+from satchel.agent.runtimes import dequantize, get_runtime, quantize
 from tests.models import (
     QuantizeError,
     make_mlp_weights,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.runtimes import (
+from satchel.agent.runtimes import (
     InferenceError,
     LoadedModel,
     ModelLoadError,
@@ -22,7 +22,7 @@ from agent.runtimes import (
     quantize,
     runtime_for_file,
 )
-from agent.runtimes.tflite import TFLiteAdapter
+from satchel.agent.runtimes.tflite import TFLiteAdapter
 from tests.models import make_mlp_weights, mlp_forward, onnx_mlp, sample_inputs, tflite_mlp
 
 IN_DIM, HIDDEN, OUT_DIM = 8, 16, 3

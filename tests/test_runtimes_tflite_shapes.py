@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.runtimes import (
+from satchel.agent.runtimes import (
     InferenceError,
     ModelLoadError,
     TensorSpec,
@@ -21,7 +21,7 @@ from agent.runtimes import (
     get_runtime,
     quantize,
 )
-from agent.runtimes.tflite import TFLiteAdapter, TFLiteModel
+from satchel.agent.runtimes.tflite import TFLiteAdapter, TFLiteModel
 from tests.catalogue import tflite_kinds as kinds
 from tests.models import onnx_mlp
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.runtimes.base import (
+from satchel.agent.runtimes.base import (
     DATATYPE_TO_NUMPY,
     LoadedModel,
     RuntimeAdapter,
@@ -17,15 +17,15 @@ from agent.runtimes.base import (
     dequantize,
     quantize,
 )
-from agent.runtimes.errors import (
+from satchel.agent.runtimes.errors import (
     InferenceError,
     ModelLoadError,
     ModelRuntimeError,
     RuntimeUnavailableError,
     UnsupportedModelError,
 )
-from agent.runtimes.onnx import OnnxRuntimeAdapter
-from agent.runtimes.tflite import TFLiteAdapter
+from satchel.agent.runtimes.onnx import OnnxRuntimeAdapter
+from satchel.agent.runtimes.tflite import TFLiteAdapter
 
 __all__ = [
     "DATATYPE_TO_NUMPY",

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.runtimes.errors import InferenceError
+from satchel.agent.runtimes.errors import InferenceError
 
 # KServe v2 / Open Inference Protocol datatype names and their numpy dtypes.
 DATATYPE_TO_NUMPY: dict[str, np.dtype[Any]] = {

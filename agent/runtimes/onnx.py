@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes.base import TensorSpec, check_feeds, first_line
-from agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
+from satchel.agent.runtimes.base import TensorSpec, check_feeds, first_line
+from satchel.agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
 
 RUNTIME_NAME = "onnxruntime"
 _LOG_SEVERITY_ERROR = 3  # 0 verbose .. 4 fatal; warnings about unused initializers are noise

@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes.base import LoadedModel, TensorSpec, dequantize, quantize
-from agent.runtimes.errors import InferenceError
+from satchel.agent.runtimes.base import LoadedModel, TensorSpec, dequantize, quantize
+from satchel.agent.runtimes.errors import InferenceError
 
 ONE, STACKED, ROWS = "one", "stacked", "rows"  # how an input's array makes feeds
 

@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from agent.runtimes.base import NUMPY_TO_DATATYPE, TensorSpec, check_feeds, first_line
-from agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
+from satchel.agent.runtimes.base import NUMPY_TO_DATATYPE, TensorSpec, check_feeds, first_line
+from satchel.agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
 
 RUNTIME_NAME = "tflite"
 SERVING_DEFAULT = "serving_default"  # the signature converters name a model's main entry

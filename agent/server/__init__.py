@@ -7,11 +7,11 @@ socket, hot swap of releases, and health-gated rollback during probation.
 
 from __future__ import annotations
 
-from agent.server.app import AgentServer, default_socket_path, serve
-from agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, ServerConfig
-from agent.server.crashloop import check_crash_loop, record_clean_stop, record_start
-from agent.server.errors import ListenAddressError, ReleaseLoadError, ServerError
-from agent.server.events import Event, EventSink, MemoryEventSink
+from satchel.agent.server.app import AgentServer, default_socket_path, serve
+from satchel.agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, ServerConfig
+from satchel.agent.server.crashloop import check_crash_loop, record_clean_stop, record_start
+from satchel.agent.server.errors import ListenAddressError, ReleaseLoadError, ServerError
+from satchel.agent.server.events import Event, EventSink, MemoryEventSink
 
 __all__ = [
     "DEFAULT_CONFIG",

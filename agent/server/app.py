@@ -14,17 +14,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent import sdnotify
-from agent.health import HealthBook
-from agent.health_store import HealthStore
-from agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, SOCKET_NAME, ServerConfig
-from agent.server.connections import ConnectionSlots
-from agent.server.crashloop import HEALTH_DIR, record_clean_stop
-from agent.server.events import EventSink, MemoryEventSink
-from agent.server.http import TcpServer, UnixServer
-from agent.server.inference import InferenceService
-from agent.server.monitor import HealthMonitor, RollbackFn
-from agent.server.registry import ModelLoader, ModelRegistry, StateView, load_model
+from satchel.agent import sdnotify
+from satchel.agent.health import HealthBook
+from satchel.agent.health_store import HealthStore
+from satchel.agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, SOCKET_NAME, ServerConfig
+from satchel.agent.server.connections import ConnectionSlots
+from satchel.agent.server.crashloop import HEALTH_DIR, record_clean_stop
+from satchel.agent.server.events import EventSink, MemoryEventSink
+from satchel.agent.server.http import TcpServer, UnixServer
+from satchel.agent.server.inference import InferenceService
+from satchel.agent.server.monitor import HealthMonitor, RollbackFn
+from satchel.agent.server.registry import ModelLoader, ModelRegistry, StateView, load_model
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,13 @@ def default_socket_path(state_dir: Path) -> Path:
 
 
 def _default_state(state_dir: Path) -> StateView:
-    from agent.state import DeviceState
+    from satchel.agent.state import DeviceState
 
     return DeviceState(state_dir)
 
 
 def _default_rollback() -> RollbackFn:
-    from agent.installer import rollback
+    from satchel.agent.installer import rollback
 
     return rollback
 

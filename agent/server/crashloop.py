@@ -18,13 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent.health_store import HealthStore
-from agent.server.config import DEFAULT_CONFIG, ServerConfig
-from agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
-from agent.server.monitor import RollbackFn
-from agent.server.registry import StateView, epoch_seconds
-from bundles.durable import atomic_write_bytes
-from bundles.health import HealthFigures, judge
+from satchel.agent.health_store import HealthStore
+from satchel.agent.server.config import DEFAULT_CONFIG, ServerConfig
+from satchel.agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
+from satchel.agent.server.monitor import RollbackFn
+from satchel.agent.server.registry import StateView, epoch_seconds
+from satchel.bundles.durable import atomic_write_bytes
+from satchel.bundles.health import HealthFigures, judge
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,11 @@ def check_crash_loop(
     state_dir = Path(state_dir)
     now_s = time.time() if now is None else epoch_seconds(now)
     if state is None:
-        from agent.state import DeviceState
+        from satchel.agent.state import DeviceState
 
         state = DeviceState(state_dir)
     if rollback is None:
-        from agent.installer import rollback as installer_rollback
+        from satchel.agent.installer import rollback as installer_rollback
 
         rollback = installer_rollback
     record_start(state_dir, now_s, config)

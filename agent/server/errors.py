@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.errors import AgentError
+from satchel.agent.errors import AgentError
 
 
 class ServerError(AgentError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from bundles.timeutil import format_time
+from satchel.bundles.timeutil import format_time
 
 # Event kinds the server emits.
 SERVING = "serving"  # a release was swapped in and serves

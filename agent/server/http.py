@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from agent.server.config import ServerConfig
-from agent.server.connections import ConnectionSlots
-from agent.server.errors import (
+from satchel.agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from satchel.agent.server.config import ServerConfig
+from satchel.agent.server.connections import ConnectionSlots
+from satchel.agent.server.errors import (
     BadRequestError,
     ListenAddressError,
     MethodNotAllowedError,
@@ -37,8 +37,8 @@ from agent.server.errors import (
     RequestError,
     ServerError,
 )
-from agent.server.inference import InferenceService
-from agent.server.protocol import HEADER_LENGTH
+from satchel.agent.server.inference import InferenceService
+from satchel.agent.server.protocol import HEADER_LENGTH
 
 log = logging.getLogger(__name__)
 

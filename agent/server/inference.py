@@ -9,18 +9,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.health import HealthBook, has_nonfinite
-from agent.metrics import MetricsSnapshot, render
-from agent.runtimes import InferenceError, check_feeds
-from agent.server import protocol
-from agent.server.config import ServerConfig
-from agent.server.errors import (
+from satchel.agent.health import HealthBook, has_nonfinite
+from satchel.agent.metrics import MetricsSnapshot, render
+from satchel.agent.runtimes import InferenceError, check_feeds
+from satchel.agent.server import protocol
+from satchel.agent.server.config import ServerConfig
+from satchel.agent.server.errors import (
     BadRequestError,
     InferenceFailedError,
     NotFoundError,
     NotReadyError,
 )
-from agent.server.registry import ModelRegistry, ServingModel
+from satchel.agent.server.registry import ModelRegistry, ServingModel
 
 
 def agent_version() -> str:

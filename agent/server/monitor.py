@@ -17,12 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from agent.health import HealthBook
-from agent.health_store import HealthStore
-from agent.server.config import ServerConfig
-from agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
-from agent.server.registry import ModelRegistry, Release, ServingModel
-from bundles.health import judge
+from satchel.agent.health import HealthBook
+from satchel.agent.health_store import HealthStore
+from satchel.agent.server.config import ServerConfig
+from satchel.agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
+from satchel.agent.server.registry import ModelRegistry, Release, ServingModel
+from satchel.bundles.health import judge
 
 log = logging.getLogger(__name__)
 

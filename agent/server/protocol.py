@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from agent.runtimes.base import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, TensorSpec
-from agent.server.errors import BadRequestError
+from satchel.agent.runtimes.base import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, TensorSpec
+from satchel.agent.server.errors import BadRequestError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 EXTENSIONS = ("binary_tensor_data",)

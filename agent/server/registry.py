@@ -20,15 +20,15 @@ from typing import Protocol
 
 import numpy as np
 
-from agent.errors import AgentError
-from agent.health import HealthBook, ReleaseKey, probation_end
-from agent.health_store import HealthStore
-from agent.metrics import ChannelInfo
-from agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
-from agent.server.config import ServerConfig
-from agent.server.errors import ReleaseLoadError
-from agent.server.events import LOAD_FAILED, SERVING, Event, EventSink
-from bundles.manifest import HealthPolicy, Manifest
+from satchel.agent.errors import AgentError
+from satchel.agent.health import HealthBook, ReleaseKey, probation_end
+from satchel.agent.health_store import HealthStore
+from satchel.agent.metrics import ChannelInfo
+from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
+from satchel.agent.server.config import ServerConfig
+from satchel.agent.server.errors import ReleaseLoadError
+from satchel.agent.server.events import LOAD_FAILED, SERVING, Event, EventSink
+from satchel.bundles.manifest import HealthPolicy, Manifest
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-from manager.api import (  # noqa: E402,F401  (routes register themselves on `bp`)
+from satchel.manager.api import (  # noqa: E402,F401  (routes register themselves on `bp`)
     bundles,
     deployments,
     devices,

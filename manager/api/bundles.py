@@ -6,13 +6,13 @@ from typing import Any, BinaryIO, cast
 
 from flask import Response, jsonify, request
 
-from manager.api import bp
-from manager.api.common import now
-from manager.app import state
-from manager.auth import ADMIN, DEVICE, current_principal, requires
-from manager.errors import InvalidRequestError, RequestTooLargeError
-from manager.services import bundles
-from manager.store import download_response
+from satchel.manager.api import bp
+from satchel.manager.api.common import now
+from satchel.manager.app import state
+from satchel.manager.auth import ADMIN, DEVICE, current_principal, requires
+from satchel.manager.errors import InvalidRequestError, RequestTooLargeError
+from satchel.manager.services import bundles
+from satchel.manager.store import download_response
 
 
 def _upload_stream() -> BinaryIO:

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask import request
 
-from bundles.canonical import decode_json
-from bundles.errors import MalformedJSONError
-from manager.app import MAX_ROW_ID, state
-from manager.errors import InvalidRequestError, NotFoundError, RequestTooLargeError
+from satchel.bundles.canonical import decode_json
+from satchel.bundles.errors import MalformedJSONError
+from satchel.manager.app import MAX_ROW_ID, state
+from satchel.manager.errors import InvalidRequestError, NotFoundError, RequestTooLargeError
 
 
 def now() -> datetime:

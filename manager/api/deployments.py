@@ -6,13 +6,13 @@ from typing import Any
 
 from flask import Response, jsonify, request
 
-from manager.api import bp
-from manager.api.common import json_body, now, row_id
-from manager.app import state
-from manager.auth import ADMIN, requires
-from manager.errors import InvalidRequestError
-from manager.services import deployments
-from manager.services.deployments import Selectors
+from satchel.manager.api import bp
+from satchel.manager.api.common import json_body, now, row_id
+from satchel.manager.app import state
+from satchel.manager.auth import ADMIN, requires
+from satchel.manager.errors import InvalidRequestError
+from satchel.manager.services import deployments
+from satchel.manager.services.deployments import Selectors
 
 
 def _ratio(body: dict[str, Any], key: str, default: float) -> float:

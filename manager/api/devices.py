@@ -7,15 +7,15 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
-from manager.api import bp
-from manager.api.common import int_arg, json_body, now
-from manager.app import state
-from manager.auth import ADMIN, DEVICE, Principal, bearer_token, current_principal, requires
-from manager.checkin_route import FAST_PATH_TRIED
-from manager.config import ManagerConfig
-from manager.metrics import Metrics
-from manager.services import checkin, devices
-from manager.services.devices import Identity
+from satchel.manager.api import bp
+from satchel.manager.api.common import int_arg, json_body, now
+from satchel.manager.app import state
+from satchel.manager.auth import ADMIN, DEVICE, Principal, bearer_token, current_principal, requires
+from satchel.manager.checkin_route import FAST_PATH_TRIED
+from satchel.manager.config import ManagerConfig
+from satchel.manager.metrics import Metrics
+from satchel.manager.services import checkin, devices
+from satchel.manager.services.devices import Identity
 
 
 def _created(payload: dict[str, Any]) -> Response:
@@ -146,7 +146,7 @@ def device_tags(device_id: str) -> Response:
     add = body.get("add", []) if isinstance(body, dict) else None
     remove = body.get("remove", []) if isinstance(body, dict) else None
     if not isinstance(add, list) or not isinstance(remove, list):
-        from manager.errors import InvalidRequestError
+        from satchel.manager.errors import InvalidRequestError
 
         raise InvalidRequestError('body must be {"add": [TAG...], "remove": [TAG...]}')
     tags = state().db.run(lambda s: devices.set_tags(s, device_id, add, remove))

@@ -13,10 +13,10 @@ import math
 from flask import Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from bundles.errors import BundleError
-from manager import errors as e
-from manager.api import bp
-from manager.app import state
+from satchel.bundles.errors import BundleError
+from satchel.manager import errors as e
+from satchel.manager.api import bp
+from satchel.manager.app import state
 
 log = logging.getLogger("satchel.api")
 

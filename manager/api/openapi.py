@@ -9,8 +9,8 @@ from typing import Any
 
 from flask import Response, jsonify
 
-from manager.api import bp
-from manager.auth import ADMIN, DEVICE, requires
+from satchel.manager.api import bp
+from satchel.manager.auth import ADMIN, DEVICE, requires
 
 Security = list[dict[str, list[str]]]
 ADMIN_ONLY: Security = [{"adminToken": []}]

@@ -7,12 +7,12 @@ from typing import Any
 
 from flask import Response, jsonify
 
-from manager.api import bp
-from manager.api.common import int_arg, json_body, now
-from manager.app import state
-from manager.auth import ADMIN, ENROLL, requires
-from manager.errors import InvalidRequestError
-from manager.services import tokens
+from satchel.manager.api import bp
+from satchel.manager.api.common import int_arg, json_body, now
+from satchel.manager.app import state
+from satchel.manager.auth import ADMIN, ENROLL, requires
+from satchel.manager.errors import InvalidRequestError
+from satchel.manager.services import tokens
 
 MAX_LISTED = 10_000  # admin tokens in one answer
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from flask import Response, jsonify, request
 
-from manager.api import bp
-from manager.api.common import row_id
-from manager.app import state
-from manager.auth import ADMIN, DEVICE, requires
-from manager.errors import InvalidRequestError, NoTrustRootError
-from manager.services import trust
+from satchel.manager.api import bp
+from satchel.manager.api.common import row_id
+from satchel.manager.app import state
+from satchel.manager.auth import ADMIN, DEVICE, requires
+from satchel.manager.errors import InvalidRequestError, NoTrustRootError
+from satchel.manager.services import trust
 
 JSON = "application/json"
 

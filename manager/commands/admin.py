@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from manager.commands.common import echo_json, refusals_exit_1
-from manager.commands.context import config_of, now, run_service
-from manager.errors import UsageError
-from manager.services import devices, tokens
-from manager.services import trust as trust_service
-from manager.services.devices import Identity
+from satchel.manager.commands.common import echo_json, refusals_exit_1
+from satchel.manager.commands.context import config_of, now, run_service
+from satchel.manager.errors import UsageError
+from satchel.manager.services import devices, tokens
+from satchel.manager.services import trust as trust_service
+from satchel.manager.services.devices import Identity
 
 # --- trust --------------------------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import click
 
-from bundles.manifest import HealthPolicy, Manifest
-from bundles.reader import check_payloads, read_unverified, verify_bundle
-from bundles.timeutil import format_time, utcnow
-from manager.commands.common import (
+from satchel.bundles.manifest import HealthPolicy, Manifest
+from satchel.bundles.reader import check_payloads, read_unverified, verify_bundle
+from satchel.bundles.timeutil import format_time, utcnow
+from satchel.manager.commands.common import (
     echo_json,
     human_bytes,
     load_keys,
@@ -19,8 +19,8 @@ from manager.commands.common import (
     passphrase_from,
     refusals_exit_1,
 )
-from manager.errors import KeyDirError
-from manager.keydir import key_names, read_root
+from satchel.manager.errors import KeyDirError
+from satchel.manager.keydir import key_names, read_root
 
 
 @click.group()
@@ -148,7 +148,7 @@ def build_cmd(**opts: Any) -> None:
     reference outputs and thresholds as the smoke test, and refuses to build when the
     shipped model disagrees with its reference beyond the thresholds.
     """
-    from manager.build import BuildDefaults, BuildRequest, build_bundle
+    from satchel.manager.build import BuildDefaults, BuildRequest, build_bundle
 
     keys = load_keys(opts["key_paths"], passphrase_from(opts["passphrase_file"]))
     expires = utcnow() + timedelta(days=opts["expires_days"]) if opts["expires_days"] else None

@@ -13,10 +13,10 @@ from typing import Any, TypeVar
 
 import click
 
-from bundles.errors import BundleError, KeyFileError
-from bundles.keys import SigningKey
-from manager.errors import ManagerError, UsageError
-from manager.keydir import load_key
+from satchel.bundles.errors import BundleError, KeyFileError
+from satchel.bundles.keys import SigningKey
+from satchel.manager.errors import ManagerError, UsageError
+from satchel.manager.keydir import load_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 

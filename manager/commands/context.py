@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 import click
 import sqlalchemy.orm as so
 
-from manager.config import ManagerConfig, load_config
-from manager.db import open_database
+from satchel.manager.config import ManagerConfig, load_config
+from satchel.manager.db import open_database
 
 T = TypeVar("T")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from bundles.timeutil import format_time, utcnow
-from manager.commands.common import (
+from satchel.bundles.timeutil import format_time, utcnow
+from satchel.manager.commands.common import (
     PASSPHRASE_ENV,
     echo_json,
     load_keys,
@@ -17,8 +17,8 @@ from manager.commands.common import (
     passphrase_from,
     refusals_exit_1,
 )
-from manager.errors import UsageError
-from manager.keydir import RotationRequest, init_keydir, key_names, read_root, rotate
+from satchel.manager.errors import UsageError
+from satchel.manager.keydir import RotationRequest, init_keydir, key_names, read_root, rotate
 
 
 def _root_summary(keydir: Path) -> dict[str, object]:

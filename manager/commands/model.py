@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from manager.commands.bundle import output_line
-from manager.commands.common import echo_json, human_bytes, refusals_exit_1
-from manager.errors import UsageError
+from satchel.manager.commands.bundle import output_line
+from satchel.manager.commands.common import echo_json, human_bytes, refusals_exit_1
+from satchel.manager.errors import UsageError
 
 
 @click.group()
@@ -42,8 +42,8 @@ def quantize_cmd(model_path: Path, output: Path, calibration: Path | None, as_js
     float one, and warns when `bundle build --reference` would refuse it by default.
     """
     # Imported here: numpy, onnx and the runtimes load only when a model is quantized.
-    from manager.build import _load_samples
-    from manager.quantize import QuantizeError, quantize_onnx
+    from satchel.manager.build import _load_samples
+    from satchel.manager.quantize import QuantizeError, quantize_onnx
 
     samples = _load_samples(calibration) if calibration else None
     try:

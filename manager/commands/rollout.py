@@ -7,12 +7,12 @@ from typing import Any
 
 import click
 
-from manager.commands.common import echo_json, human_bytes, refusals_exit_1
-from manager.commands.context import config_of, now, run_service
-from manager.errors import UsageError
-from manager.services import bundles, deployments
-from manager.services.deployments import Selectors
-from manager.store import BundleStore
+from satchel.manager.commands.common import echo_json, human_bytes, refusals_exit_1
+from satchel.manager.commands.context import config_of, now, run_service
+from satchel.manager.errors import UsageError
+from satchel.manager.services import bundles, deployments
+from satchel.manager.services.deployments import Selectors
+from satchel.manager.store import BundleStore
 
 # --- bundles ------------------------------------------------------------------------------------
 

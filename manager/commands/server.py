@@ -10,10 +10,10 @@ from pathlib import Path
 
 import click
 
-from manager import db as database
-from manager.commands import admin, rollout, usb, users
-from manager.commands.common import refusals_exit_1
-from manager.commands.context import config_of
+from satchel.manager import db as database
+from satchel.manager.commands import admin, rollout, usb, users
+from satchel.manager.commands.common import refusals_exit_1
+from satchel.manager.commands.context import config_of
 
 
 @click.command()
@@ -51,7 +51,7 @@ def serve(
     from --config, then SATCHEL_* environment variables (SATCHEL_DATABASE_URL selects
     PostgreSQL), then these options.
     """
-    from manager.wsgi import serve as run
+    from satchel.manager.wsgi import serve as run
 
     config = config_of(
         ctx, config_file, host=host, port=port, workers=workers, threads=threads, server=server

@@ -6,18 +6,18 @@ from pathlib import Path
 
 import click
 
-from manager.commands.common import (
+from satchel.manager.commands.common import (
     echo_json,
     load_keys,
     passphrase_file_option,
     passphrase_from,
     refusals_exit_1,
 )
-from manager.commands.context import config_of, now
-from manager.db import open_database
-from manager.errors import ReportRefusedError
-from manager.store import BundleStore
-from manager.usb import export_stick, import_stick
+from satchel.manager.commands.context import config_of, now
+from satchel.manager.db import open_database
+from satchel.manager.errors import ReportRefusedError
+from satchel.manager.store import BundleStore
+from satchel.manager.usb import export_stick, import_stick
 
 
 @click.group()

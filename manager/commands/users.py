@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from manager.commands.common import echo_json, refusals_exit_1
-from manager.commands.context import now, run_service
-from manager.services import users
+from satchel.manager.commands.common import echo_json, refusals_exit_1
+from satchel.manager.commands.context import now, run_service
+from satchel.manager.services import users
 
 password_stdin_option = click.option(
     "--password-stdin", is_flag=True, help="Read the password from standard input."

@@ -1,9 +1,9 @@
-"""`python -m manager.demo` (what `make demo` runs)."""
+"""`python -m satchel.manager.demo` (what `make demo` runs)."""
 
 from __future__ import annotations
 
 import sys
 
-from manager.demo.story import main
+from satchel.manager.demo.story import main
 
 sys.exit(main())

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import requests
 
-from manager.demo.model import make_models
-from manager.demo.procs import DemoError, Runner, free_port, wait_for, wait_http
+from satchel.manager.demo.model import make_models
+from satchel.manager.demo.procs import DemoError, Runner, free_port, wait_for, wait_http
 
 CHANNEL, CLASS = "classifier", "cam-v2"
 AGENT_ENV = {  # for the demo: check in every half second, a health sample every second
@@ -286,7 +286,7 @@ class Story:
 
     def device_lines(self, dev: Device) -> list[str]:
         """What happened on one device, with the figures it measured itself."""
-        from agent.state import DeviceState
+        from satchel.agent.state import DeviceState
 
         state = DeviceState(dev.state_dir)
         release = state.active_release(CHANNEL)

@@ -13,19 +13,19 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from bundles.errors import BundleError
-from bundles.manifest import SHA256_RE
-from bundles.reader import verify_bundle
-from manager.errors import (
+from satchel.bundles.errors import BundleError
+from satchel.bundles.manifest import SHA256_RE
+from satchel.bundles.reader import verify_bundle
+from satchel.manager.errors import (
     BundleRefusedError,
     ConflictError,
     ForbiddenError,
     InvalidRequestError,
     NotFoundError,
 )
-from manager.models import Bundle, Deployment, DeploymentTarget
-from manager.services import trust
-from manager.store import BundleStore
+from satchel.manager.models import Bundle, Deployment, DeploymentTarget
+from satchel.manager.services import trust
+from satchel.manager.store import BundleStore
 
 # deployment states and target states under which a device may fetch a bundle
 FETCHABLE_DEPLOYMENT_STATES = ("active", "paused", "halted", "completed")

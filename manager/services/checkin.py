@@ -20,20 +20,20 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects import postgresql, sqlite
 
-from bundles.manifest import CHANNEL_RE, SHA256_RE, VERSION_RE
-from manager.auth import DEVICE, hash_token, token_kind
-from manager.db import Database
-from manager.errors import (
+from satchel.bundles.manifest import CHANNEL_RE, SHA256_RE, VERSION_RE
+from satchel.manager.auth import DEVICE, hash_token, token_kind
+from satchel.manager.db import Database
+from satchel.manager.errors import (
     AuthError,
     DiskFullError,
     ForbiddenError,
     InvalidRequestError,
     NotFoundError,
 )
-from manager.models import Device, DeviceChannel, Event
-from manager.services import checkin_fast, deployments, trust
-from manager.services.bundles import download_url
-from manager.services.deployments import ChannelReport, ReportedEvent
+from satchel.manager.models import Device, DeviceChannel, Event
+from satchel.manager.services import checkin_fast, deployments, trust
+from satchel.manager.services.bundles import download_url
+from satchel.manager.services.deployments import ChannelReport, ReportedEvent
 
 EVENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 EVENT_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 import sqlalchemy as sa
 
-from manager.models import (
+from satchel.manager.models import (
     Bundle,
     Deployment,
     DeploymentTarget,
@@ -32,8 +32,8 @@ from manager.models import (
     TrustRoot,
     UTCDateTime,
 )
-from manager.services import deployments
-from manager.services.deployments import BundleRef, DeviceTarget
+from satchel.manager.services import deployments
+from satchel.manager.services.deployments import BundleRef, DeviceTarget
 
 _DEVICES = cast(sa.Table, Device.__table__)
 _TARGETS = cast(sa.Table, DeploymentTarget.__table__)

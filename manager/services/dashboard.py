@@ -26,10 +26,10 @@ from typing import Any, BinaryIO
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from bundles.errors import BundleError
-from bundles.reader import read_unverified
-from manager.errors import NotFoundError, NoTrustRootError
-from manager.models import (
+from satchel.bundles.errors import BundleError
+from satchel.bundles.reader import read_unverified
+from satchel.manager.errors import NotFoundError, NoTrustRootError
+from satchel.manager.models import (
     Bundle,
     Deployment,
     DeploymentTarget,
@@ -40,8 +40,8 @@ from manager.models import (
     Event,
     UsbReport,
 )
-from manager.services import bundles as bundle_service
-from manager.services import deployments, devices, tokens, trust
+from satchel.manager.services import bundles as bundle_service
+from satchel.manager.services import deployments, devices, tokens, trust
 
 # device states, worst first
 ROLLED_BACK, FAILING, NOT_SEEN = "rolled_back", "failing", "not_seen"

@@ -28,13 +28,13 @@ from typing import Any
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from bundles.errors import BundleError
-from bundles.health import HealthFigures, judge
-from bundles.manifest import HealthPolicy
-from manager.errors import ConflictError, InvalidRequestError, NotFoundError
-from manager.models import Bundle, Deployment, DeploymentTarget, Device, DeviceChannel, DeviceTag
-from manager.services import bundles as bundle_service
-from manager.services.devices import check_label
+from satchel.bundles.errors import BundleError
+from satchel.bundles.health import HealthFigures, judge
+from satchel.bundles.manifest import HealthPolicy
+from satchel.manager.errors import ConflictError, InvalidRequestError, NotFoundError
+from satchel.manager.models import Bundle, Deployment, DeploymentTarget, Device, DeviceChannel, DeviceTag
+from satchel.manager.services import bundles as bundle_service
+from satchel.manager.services.devices import check_label
 
 log = logging.getLogger(__name__)
 

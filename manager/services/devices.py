@@ -9,18 +9,18 @@ from typing import Any, cast
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from bundles.errors import KeyFileError
-from bundles.keys import PublicKey
-from bundles.manifest import LABEL_RE, VERSION_RE
-from manager.auth import DEVICE, hash_token, new_token
-from manager.errors import (
+from satchel.bundles.errors import KeyFileError
+from satchel.bundles.keys import PublicKey
+from satchel.bundles.manifest import LABEL_RE, VERSION_RE
+from satchel.manager.auth import DEVICE, hash_token, new_token
+from satchel.manager.errors import (
     AuthError,
     ConflictError,
     ForbiddenError,
     InvalidRequestError,
     NotFoundError,
 )
-from manager.models import Device, DeviceChannel, DeviceTag, EnrollmentToken, Event
+from satchel.manager.models import Device, DeviceChannel, DeviceTag, EnrollmentToken, Event
 
 MAX_TAGS = 64  # tags on one device
 

@@ -12,10 +12,10 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from bundles.manifest import LABEL_RE
-from manager.auth import ADMIN, ENROLL, hash_token, new_token
-from manager.errors import ConflictError, InvalidRequestError, NotFoundError
-from manager.models import AdminToken, EnrollmentToken, User, utcnow
+from satchel.bundles.manifest import LABEL_RE
+from satchel.manager.auth import ADMIN, ENROLL, hash_token, new_token
+from satchel.manager.errors import ConflictError, InvalidRequestError, NotFoundError
+from satchel.manager.models import AdminToken, EnrollmentToken, User, utcnow
 
 MAX_TTL_S = 10 * 366 * 86400.0  # seconds a token may live: ten years (a date holds that)
 MAX_NAME_CHARS = 100  # characters of an admin token's name

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from bundles.errors import BundleError
-from bundles.trust import Root, load_root, update_root_chain
-from manager.errors import InvalidRequestError, NotFoundError, NoTrustRootError
-from manager.models import TrustRoot
+from satchel.bundles.errors import BundleError
+from satchel.bundles.trust import Root, load_root, update_root_chain
+from satchel.manager.errors import InvalidRequestError, NotFoundError, NoTrustRootError
+from satchel.manager.models import TrustRoot
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,11 @@ from datetime import datetime
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from bundles.manifest import LABEL_RE
-from manager.auth import hash_password
-from manager.errors import ConflictError, InvalidRequestError, NotFoundError
-from manager.models import AdminToken, User
-from manager.services import tokens, web_sessions
+from satchel.bundles.manifest import LABEL_RE
+from satchel.manager.auth import hash_password
+from satchel.manager.errors import ConflictError, InvalidRequestError, NotFoundError
+from satchel.manager.models import AdminToken, User
+from satchel.manager.services import tokens, web_sessions
 
 MIN_PASSWORD_CHARS = 10  # characters of a new admin password
 MAX_PASSWORD_CHARS = 1024  # characters of a password (longer ones are someone's paste error)

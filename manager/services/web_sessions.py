@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from manager.auth import hash_token
-from manager.models import User, WebSession
+from satchel.manager.auth import hash_token
+from satchel.manager.models import User, WebSession
 
 SECRET_BYTES = 32  # bytes of randomness in a session secret
 

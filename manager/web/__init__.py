@@ -17,9 +17,9 @@ from flask import Blueprint
 from flask.blueprints import BlueprintSetupState
 from flask.sansio.app import App
 
-from manager.web import secret
-from manager.web.config import CONFIG_KEY, WebConfig
-from manager.web.errors import SessionKeyError
+from satchel.manager.web import secret
+from satchel.manager.web.config import CONFIG_KEY, WebConfig
+from satchel.manager.web.errors import SessionKeyError
 
 log = logging.getLogger("satchel.web")
 MANAGER_DIR = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ bp = Blueprint(
 
 def configure(app: App) -> None:
     """Session cookie settings and the session key for `app` (called once, on register)."""
-    from manager.app import EXTENSION
+    from satchel.manager.app import EXTENSION
 
     web = app.config.get(CONFIG_KEY)
     if not isinstance(web, WebConfig):
@@ -63,7 +63,7 @@ def _on_register(setup: BlueprintSetupState) -> None:
     configure(setup.app)
 
 
-from manager.web import (  # noqa: E402,F401  (views and hooks register themselves on `bp`)
+from satchel.manager.web import (  # noqa: E402,F401  (views and hooks register themselves on `bp`)
     bundles,
     deployments,
     filters,

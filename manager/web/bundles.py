@@ -7,10 +7,10 @@ from typing import Any, BinaryIO
 
 from flask import render_template
 
-from manager.app import state
-from manager.services import bundles, dashboard
-from manager.web import bp
-from manager.web.common import run
+from satchel.manager.app import state
+from satchel.manager.services import bundles, dashboard
+from satchel.manager.web import bp
+from satchel.manager.web.common import run
 
 
 @bp.get("/bundles")

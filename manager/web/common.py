@@ -11,10 +11,10 @@ import sqlalchemy.orm as so
 from flask import flash, redirect, request, url_for
 from werkzeug.wrappers import Response
 
-from manager.app import state
-from manager.errors import ManagerError
-from manager.services.dashboard import Thresholds
-from manager.web.config import web_config
+from satchel.manager.app import state
+from satchel.manager.errors import ManagerError
+from satchel.manager.services.dashboard import Thresholds
+from satchel.manager.web.config import web_config
 
 T = TypeVar("T")
 

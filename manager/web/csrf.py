@@ -12,7 +12,7 @@ import secrets
 
 from flask import request, session
 
-from manager.web.errors import CsrfError
+from satchel.manager.web.errors import CsrfError
 
 FIELD = "csrf_token"  # name of the hidden form field
 SESSION_KEY = "csrf"  # where the token is kept in the session

@@ -8,12 +8,12 @@ from typing import Any
 from flask import abort, render_template, request
 from werkzeug.wrappers import Response
 
-from manager.app import state
-from manager.errors import ManagerError
-from manager.services import bundles, dashboard, deployments
-from manager.web import bp, forms
-from manager.web.common import done, now, page_arg, refused, run
-from manager.web.config import web_config
+from satchel.manager.app import state
+from satchel.manager.errors import ManagerError
+from satchel.manager.services import bundles, dashboard, deployments
+from satchel.manager.web import bp, forms
+from satchel.manager.web.common import done, now, page_arg, refused, run
+from satchel.manager.web.config import web_config
 
 ACTIONS = ("pause", "resume", "abort")
 IN_PROGRESS = (

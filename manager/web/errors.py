@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from manager.errors import ManagerError
+from satchel.manager.errors import ManagerError
 
 
 class WebError(ManagerError):

@@ -7,9 +7,9 @@ from typing import Any
 
 from flask.blueprints import BlueprintSetupState
 
-from manager.services.dashboard import STATE_LABELS, flatten_figures
-from manager.web import bp, csrf
-from manager.web.common import now
+from satchel.manager.services.dashboard import STATE_LABELS, flatten_figures
+from satchel.manager.web import bp, csrf
+from satchel.manager.web.common import now
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 

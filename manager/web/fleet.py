@@ -5,12 +5,12 @@ from __future__ import annotations
 from flask import abort, render_template, request
 from markupsafe import Markup
 
-from manager import charts
-from manager.services import dashboard
-from manager.services.dashboard import ChannelView
-from manager.web import bp
-from manager.web.common import now, page_arg, run, thresholds
-from manager.web.config import web_config
+from satchel.manager import charts
+from satchel.manager.services import dashboard
+from satchel.manager.services.dashboard import ChannelView
+from satchel.manager.web import bp
+from satchel.manager.web.common import now, page_arg, run, thresholds
+from satchel.manager.web.config import web_config
 
 
 @bp.get("/")

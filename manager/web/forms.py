@@ -10,9 +10,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from manager.config import ManagerConfig
-from manager.services.deployments import Selectors
-from manager.web.errors import FormError
+from satchel.manager.config import ManagerConfig
+from satchel.manager.services.deployments import Selectors
+from satchel.manager.web.errors import FormError
 
 MAX_NAMES = 1000  # device ids, classes or tags in one form field
 MAX_TEXT_CHARS = 200  # characters of a free-text field (token name, abort reason)

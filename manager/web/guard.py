@@ -10,11 +10,11 @@ from __future__ import annotations
 from flask import g, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from manager.errors import InvalidRequestError, NotFoundError
-from manager.web import bp, csrf
-from manager.web.config import web_config
-from manager.web.errors import CsrfError
-from manager.web.session import current_user
+from satchel.manager.errors import InvalidRequestError, NotFoundError
+from satchel.manager.web import bp, csrf
+from satchel.manager.web.config import web_config
+from satchel.manager.web.errors import CsrfError
+from satchel.manager.web.session import current_user
 
 PUBLIC_ENDPOINTS = ("web.login", "web.static")
 CSP = (

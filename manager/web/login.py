@@ -12,13 +12,13 @@ import sqlalchemy.orm as so
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from manager.app import state
-from manager.errors import AuthError, TooManyAttemptsError
-from manager.services import logins, web_sessions
-from manager.web import bp
-from manager.web.common import now, run, safe_path
-from manager.web.config import web_config
-from manager.web.session import current_user, log_in, log_out
+from satchel.manager.app import state
+from satchel.manager.errors import AuthError, TooManyAttemptsError
+from satchel.manager.services import logins, web_sessions
+from satchel.manager.web import bp
+from satchel.manager.web.common import now, run, safe_path
+from satchel.manager.web.config import web_config
+from satchel.manager.web.session import current_user, log_in, log_out
 
 MAX_NAME_CHARS = 64  # characters of a user name read from the form
 MAX_PASSWORD_CHARS = 1024  # characters of a password read from the form

@@ -13,8 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
-from bundles.durable import atomic_write_bytes, fsync_dir
-from manager.web.errors import SessionKeyError
+from satchel.bundles.durable import atomic_write_bytes, fsync_dir
+from satchel.manager.web.errors import SessionKeyError
 
 
 def load_or_create(path: Path, size: int) -> bytes:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 from flask import g, session
 
-from manager.services import web_sessions
-from manager.web import csrf
-from manager.web.common import now, run
+from satchel.manager.services import web_sessions
+from satchel.manager.web import csrf
+from satchel.manager.web.common import now, run
 
 SESSION_ID = "sid"  # where the login's secret is kept in the cookie
 

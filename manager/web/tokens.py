@@ -12,14 +12,14 @@ from typing import Any
 from flask import g, render_template, request
 from werkzeug.wrappers import Response
 
-from manager.app import state
-from manager.errors import ManagerError
-from manager.services import dashboard, tokens
-from manager.services.tokens import IssuedToken
-from manager.web import bp, forms
-from manager.web.common import done, now, refused, run
-from manager.web.config import web_config
-from manager.web.errors import FormError
+from satchel.manager.app import state
+from satchel.manager.errors import ManagerError
+from satchel.manager.services import dashboard, tokens
+from satchel.manager.services.tokens import IssuedToken
+from satchel.manager.web import bp, forms
+from satchel.manager.web.common import done, now, refused, run
+from satchel.manager.web.config import web_config
+from satchel.manager.web.errors import FormError
 
 
 def _page(

@@ -11,14 +11,14 @@ from typing import Any
 from flask import g, render_template, request
 from werkzeug.wrappers import Response
 
-from manager.errors import AuthError, ManagerError, TooManyAttemptsError
-from manager.services import logins, users, web_sessions
-from manager.web import bp
-from manager.web.common import done, now, refused, run
-from manager.web.config import web_config
-from manager.web.errors import FormError
-from manager.web.login import MAX_NAME_CHARS, MAX_PASSWORD_CHARS, checked, throttled
-from manager.web.session import log_in
+from satchel.manager.errors import AuthError, ManagerError, TooManyAttemptsError
+from satchel.manager.services import logins, users, web_sessions
+from satchel.manager.web import bp
+from satchel.manager.web.common import done, now, refused, run
+from satchel.manager.web.config import web_config
+from satchel.manager.web.errors import FormError
+from satchel.manager.web.login import MAX_NAME_CHARS, MAX_PASSWORD_CHARS, checked, throttled
+from satchel.manager.web.session import log_in
 
 
 def _page(

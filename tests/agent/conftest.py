@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from agent.config import CRASH_AT_ENV, STATE_DIR_ENV
-from agent.provision import init_device
-from agent.state import FILES_DIR, MANIFEST_FILE, SIGNATURES_FILE, DeviceState
-from bundles.config import PackOptions
-from bundles.envelope import check_threshold
-from bundles.keys import SigningKey, parse_signatures
-from bundles.manifest import (
+from satchel.agent.cli import main
+from satchel.agent.config import CRASH_AT_ENV, STATE_DIR_ENV
+from satchel.agent.provision import init_device
+from satchel.agent.state import FILES_DIR, MANIFEST_FILE, SIGNATURES_FILE, DeviceState
+from satchel.bundles.config import PackOptions
+from satchel.bundles.envelope import check_threshold
+from satchel.bundles.keys import SigningKey, parse_signatures
+from satchel.bundles.manifest import (
     Compatibility,
     Manifest,
     ModelEntry,
@@ -38,9 +38,9 @@ from bundles.manifest import (
     TensorInfo,
     parse_manifest,
 )
-from bundles.pack import Payload, write_bundle
-from bundles.timeutil import utcnow
-from bundles.trust import load_root, make_root, sign_root
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import load_root, make_root, sign_root
 from tests.factory import Outcome
 from tests.models import (
     INPUT_NAME,

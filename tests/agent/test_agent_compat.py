@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from agent.compat import DeviceFacts, check_compatible, check_device, check_disk, expiry_clock
-from agent.errors import (
+from satchel.agent.compat import DeviceFacts, check_compatible, check_device, check_disk, expiry_clock
+from satchel.agent.errors import (
     AgentTooOldError,
     ArchitectureError,
     DeviceClassError,
@@ -16,8 +16,8 @@ from agent.errors import (
     RuntimeMissingError,
     SequenceRollbackError,
 )
-from bundles.errors import ExpiredError
-from bundles.manifest import Compatibility, FileEntry, Manifest, ModelEntry, TensorInfo
+from satchel.bundles.errors import ExpiredError
+from satchel.bundles.manifest import Compatibility, FileEntry, Manifest, ModelEntry, TensorInfo
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 MiB = 1024 * 1024

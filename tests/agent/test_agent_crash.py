@@ -13,8 +13,8 @@ import signal
 
 import pytest
 
-from agent.install_states import INSTALL_STEPS, ROLLBACK_STEPS, SWITCHED
-from agent.installer import install
+from satchel.agent.install_states import INSTALL_STEPS, ROLLBACK_STEPS, SWITCHED
+from satchel.agent.installer import install
 
 SWITCH_AT = INSTALL_STEPS.index(SWITCHED)
 

@@ -9,10 +9,10 @@ import threading
 
 import pytest
 
-from agent.errors import LockBusyError
-from agent.installer import install, rollback
-from agent.lock import device_lock
-from agent.state import DeviceState
+from satchel.agent.errors import LockBusyError
+from satchel.agent.installer import install, rollback
+from satchel.agent.lock import device_lock
+from satchel.agent.state import DeviceState
 
 
 def test_install_activates_a_verified_smoke_tested_release(device, make_bundle):
@@ -189,8 +189,8 @@ def test_history_records_activations_and_refusals(device, make_bundle):
 
 
 def test_history_is_bounded(device, make_bundle, tmp_path):
-    from agent import history
-    from agent.config import AgentConfig
+    from satchel.agent import history
+    from satchel.agent.config import AgentConfig
 
     config = AgentConfig(history_entries=5)
     for i in range(12):
@@ -265,7 +265,7 @@ def test_missing_bundle_file_is_one_line(device, tmp_path):
 
 
 def test_installs_and_rollbacks_are_serialized_by_the_device_lock(device, make_bundle):
-    from agent.config import AgentConfig
+    from satchel.agent.config import AgentConfig
 
     bundle = make_bundle()
     quick = AgentConfig(lock_wait_s=0.2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 
-from agent.config import CONFIG_ENV_PREFIX, AgentConfig
+from satchel.agent.config import CONFIG_ENV_PREFIX, AgentConfig
 
 DISK_MARGIN_ENV = f"{CONFIG_ENV_PREFIX}DISK_MARGIN_BYTES"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.installer import install, recover
-from agent.state import DeviceState
+from satchel.agent.installer import install, recover
+from satchel.agent.state import DeviceState
 from tests.agent.conftest import verify_active_release
 from tests.agent.powercut import Disk, power_cuts, trace_env
 

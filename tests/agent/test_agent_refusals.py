@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import InsufficientDiskError, RuntimeMissingError
-from agent.facts import gather_facts
-from agent.installer import install
-from agent.provision import init_device
-from bundles.keys import SigningKey
-from bundles.manifest import Compatibility
-from bundles.reader import verify_bundle
-from bundles.timeutil import format_time, utcnow
-from bundles.trust import load_root
+from satchel.agent.errors import InsufficientDiskError, RuntimeMissingError
+from satchel.agent.facts import gather_facts
+from satchel.agent.installer import install
+from satchel.agent.provision import init_device
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.manifest import Compatibility
+from satchel.bundles.reader import verify_bundle
+from satchel.bundles.timeutil import format_time, utcnow
+from satchel.bundles.trust import load_root
 
 
 @pytest.fixture

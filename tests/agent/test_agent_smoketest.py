@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.config import AgentConfig
-from agent.smoketest import (
+from satchel.agent.config import AgentConfig
+from satchel.agent.smoketest import (
     AutoSmokeRunner,
     ChildSmokeRunner,
     InProcessSmokeRunner,
     PeakMemory,
     run_all,
 )
-from bundles.manifest import FileEntry, Manifest, ModelEntry, SmokeTest, TensorInfo
+from satchel.bundles.manifest import FileEntry, Manifest, ModelEntry, SmokeTest, TensorInfo
 from tests.models import INPUT_NAME, OUTPUT_NAME
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)

@@ -8,20 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from agent import history
-from agent.errors import NoPreviousReleaseError, SmokeTestFailedError
-from agent.install_states import (
+from satchel.agent import history
+from satchel.agent.errors import NoPreviousReleaseError, SmokeTestFailedError
+from satchel.agent.install_states import (
     Recovery,
     record_after_install,
     record_after_rollback,
     recovery_for,
     stale_releases,
 )
-from agent.installer import install, recover
-from agent.journal import OP_INSTALL, OP_ROLLBACK, Journal, read_journal, write_journal
-from agent.smoketest import SmokeReport
-from agent.state import STATE_ROLLED_BACK, ChannelRecord, KeptRelease
-from bundles.manifest import Manifest, ModelEntry, TensorInfo
+from satchel.agent.installer import install, recover
+from satchel.agent.journal import OP_INSTALL, OP_ROLLBACK, Journal, read_journal, write_journal
+from satchel.agent.smoketest import SmokeReport
+from satchel.agent.state import STATE_ROLLED_BACK, ChannelRecord, KeptRelease
+from satchel.bundles.manifest import Manifest, ModelEntry, TensorInfo
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bundles.canonical import encode_canonical
-from bundles.envelope import sign_envelope
-from bundles.errors import (
+from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.envelope import sign_envelope
+from satchel.bundles.errors import (
     BundleError,
     MalformedJSONError,
     MemberLayoutError,
@@ -31,9 +31,9 @@ from bundles.errors import (
     TruncatedBundleError,
     UnknownKeyError,
 )
-from bundles.manifest import parse_manifest
-from bundles.reader import unpack_bundle, verify_bundle
-from bundles.trust import load_root, update_root
+from satchel.bundles.manifest import parse_manifest
+from satchel.bundles.reader import unpack_bundle, verify_bundle
+from satchel.bundles.trust import load_root, update_root
 from tests.factory import (
     NOW,
     BuiltBundle,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bundles.errors import (
+from satchel.bundles.errors import (
     MemberLayoutError,
     PayloadHashError,
     PayloadSizeError,

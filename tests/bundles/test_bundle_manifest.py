@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from bundles.canonical import decode_canonical, decode_json, encode_canonical
-from bundles.errors import (
+from satchel.bundles.canonical import decode_canonical, decode_json, encode_canonical
+from satchel.bundles.errors import (
     ExpiredError,
     MalformedJSONError,
     MissingFieldError,
@@ -25,7 +25,7 @@ from bundles.errors import (
     UnknownFormatVersionError,
     WrongTypeError,
 )
-from bundles.manifest import parse_manifest
+from satchel.bundles.manifest import parse_manifest
 from tests.factory import (
     CREATED,
     NOW,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bundles.config import Limits
-from bundles.errors import PayloadHashError, PayloadSizeError, StagingError
-from bundles.reader import unpack_bundle, verify_bundle
+from satchel.bundles.config import Limits
+from satchel.bundles.errors import PayloadHashError, PayloadSizeError, StagingError
+from satchel.bundles.reader import unpack_bundle, verify_bundle
 from tests.factory import (
     NOW,
     BuiltBundle,
@@ -73,9 +73,9 @@ def test_decompression_bomb_is_refused_with_bounded_memory(tmp_path: Path, keys:
 import json, resource, sys
 from datetime import datetime
 from pathlib import Path
-from bundles.errors import PayloadSizeError
-from bundles.reader import unpack_bundle, verify_bundle
-from bundles.trust import load_root
+from satchel.bundles.errors import PayloadSizeError
+from satchel.bundles.reader import unpack_bundle, verify_bundle
+from satchel.bundles.trust import load_root
 
 root = load_root(Path(sys.argv[1]).read_bytes())
 written = []

@@ -12,11 +12,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bundles.config import DEFAULT_PACK
-from bundles.errors import KeyFileError, WrongTypeError
-from bundles.keys import PublicKey, SigningKey
-from bundles.pack import Payload, write_bundle
-from bundles.reader import read_unverified, verify_bundle
+from satchel.bundles.config import DEFAULT_PACK
+from satchel.bundles.errors import KeyFileError, WrongTypeError
+from satchel.bundles.keys import PublicKey, SigningKey
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.reader import read_unverified, verify_bundle
 from tests.factory import (
     NOW,
     BuiltBundle,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bundles.errors import (
+from satchel.bundles.errors import (
     BundleError,
     MalformedJSONError,
     PayloadHashError,
@@ -17,7 +17,7 @@ from bundles.errors import (
     TooLargeError,
     UnknownKeyError,
 )
-from bundles.keys import SigningKey
+from satchel.bundles.keys import SigningKey
 from tests.factory import (
     BuiltBundle,
     Device,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bundles.keys import SigningKey
+from satchel.bundles.keys import SigningKey
 from tests.factory import (
     BuiltBundle,
     Keyring,

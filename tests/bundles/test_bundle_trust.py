@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from bundles.canonical import encode_canonical
-from bundles.envelope import sign_envelope
-from bundles.errors import (
+from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.envelope import sign_envelope
+from satchel.bundles.errors import (
     BundleError,
     ExpiredError,
     MalformedJSONError,
@@ -24,8 +24,8 @@ from bundles.errors import (
     UnknownKeyError,
     WrongTypeError,
 )
-from bundles.keys import SigningKey
-from bundles.trust import Root, check_root_expiry, load_root, update_root, update_root_chain
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.trust import Root, check_root_expiry, load_root, update_root, update_root_chain
 from tests.factory import NOW, Device, Keyring, build_test_bundle, make_keys, next_root
 
 

@@ -22,17 +22,17 @@ from typing import Any
 
 from click.testing import CliRunner
 
-from agent.cli import main as agent_main
-from agent.provision import init_device
-from bundles.config import PackOptions
-from bundles.keys import SigningKey
-from bundles.pack import Payload, write_bundle
-from bundles.reader import verify_and_unpack
-from bundles.timeutil import utcnow
-from bundles.trust import load_root
-from manager.build import BuildRequest, BuildResult, build_bundle
-from manager.errors import BuildError
-from manager.model_files import model_files
+from satchel.agent.cli import main as agent_main
+from satchel.agent.provision import init_device
+from satchel.bundles.config import PackOptions
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.reader import verify_and_unpack
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import load_root
+from satchel.manager.build import BuildRequest, BuildResult, build_bundle
+from satchel.manager.errors import BuildError
+from satchel.manager.model_files import model_files
 from tests.catalogue.kinds import ACTIVATE, CatalogueModel
 
 DEVICE_CLASS = "catalogue-board"

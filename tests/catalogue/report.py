@@ -12,8 +12,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bundles.keys import SigningKey
-from bundles.trust import make_root, sign_root
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.trust import make_root, sign_root
 from tests.catalogue.gates import GateResult, run_gates
 from tests.catalogue.kinds import ACTIVATE, catalogue
 

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from manager.cli import main
-from manager.keydir import init_keydir
+from satchel.manager.cli import main
+from satchel.manager.keydir import init_keydir
 from tests.factory import Outcome
 from tests.models import make_mlp_weights, onnx_mlp, quantize_onnx, sample_inputs, tflite_mlp
 

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pytest
 
-from agent.runtimes import get_runtime
-from bundles.manifest import Manifest
-from bundles.reader import verify_and_unpack
-from bundles.timeutil import utcnow
-from manager.keydir import read_root
+from satchel.agent.runtimes import get_runtime
+from satchel.bundles.manifest import Manifest
+from satchel.bundles.reader import verify_and_unpack
+from satchel.bundles.timeutil import utcnow
+from satchel.manager.keydir import read_root
 
 if TYPE_CHECKING:
     from tests.cli.conftest import Cli, Models

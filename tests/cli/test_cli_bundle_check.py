@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from bundles.keys import PublicKey
-from manager.keydir import init_keydir
+from satchel.bundles.keys import PublicKey
+from satchel.manager.keydir import init_keydir
 
 if TYPE_CHECKING:
     from tests.cli.conftest import Cli, Models

@@ -13,9 +13,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bundles.reader import verify_and_unpack
-from bundles.timeutil import utcnow
-from manager.keydir import read_root
+from satchel.bundles.reader import verify_and_unpack
+from satchel.bundles.timeutil import utcnow
+from satchel.manager.keydir import read_root
 
 if TYPE_CHECKING:
     from tests.cli.conftest import Cli, Models

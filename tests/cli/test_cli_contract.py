@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 import pytest
 
-from manager.cli import main
+from satchel.manager.cli import main
 
 if TYPE_CHECKING:
     from tests.cli.conftest import Cli, Models

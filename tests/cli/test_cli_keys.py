@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from bundles.errors import RootRotationError
-from bundles.keys import PublicKey, SigningKey
-from bundles.trust import load_root, make_root, sign_root, update_root, update_root_chain
+from satchel.bundles.errors import RootRotationError
+from satchel.bundles.keys import PublicKey, SigningKey
+from satchel.bundles.trust import load_root, make_root, sign_root, update_root, update_root_chain
 
 if TYPE_CHECKING:
     from tests.cli.conftest import Cli, Models, Outcome

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from agent.runtimes import get_runtime
-from manager.build import detect_quantization
+from satchel.agent.runtimes import get_runtime
+from satchel.manager.build import detect_quantization
 from tests.models import sample_inputs
 
 if TYPE_CHECKING:

@@ -10,10 +10,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from agent.runtimes import get_runtime
-from manager.build import detect_quantization
-from manager.model_files import model_files
-from manager.quantize import QuantizeDefaults
+from satchel.agent.runtimes import get_runtime
+from satchel.manager.build import detect_quantization
+from satchel.manager.model_files import model_files
+from satchel.manager.quantize import QuantizeDefaults
 from tests.models import make_mlp_weights, onnx_mlp, quantize_onnx
 
 if TYPE_CHECKING:

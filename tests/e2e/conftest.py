@@ -136,7 +136,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
 
 def expected_outputs(model: Path, x: np.ndarray) -> np.ndarray:
     """What the model itself predicts, run in this process."""
-    from agent.runtimes import get_runtime
+    from satchel.agent.runtimes import get_runtime
 
     loaded = get_runtime("onnxruntime").load(model)
     (out,) = loaded.run({loaded.inputs[0].name: x.astype(np.float32)}).values()

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_demo(out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "manager.demo", "--out", str(out)],
+        [sys.executable, "-m", "satchel.manager.demo", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
 

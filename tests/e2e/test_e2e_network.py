@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from agent.events import EventQueue
+from satchel.agent.events import EventQueue
 from tests.e2e.conftest import (
     Kit,
     ManagerProcess,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 
-from bundles.envelope import open_envelope
-from bundles.keys import SigningKey
-from bundles.plan import PLAN_FILE, Plan, sign_plan
+from satchel.bundles.envelope import open_envelope
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.plan import PLAN_FILE, Plan, sign_plan
 from tests.e2e.conftest import DEVICE_CLASS, Kit, ManagerProcess, Site
 
 

@@ -27,9 +27,9 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from manager import db as database
-from manager.app import create_app
-from manager.config import ManagerConfig, load_config
+from satchel.manager import db as database
+from satchel.manager.app import create_app
+from satchel.manager.config import ManagerConfig, load_config
 from tests.factory import Keyring, make_keys
 from tests.manager.helpers import Fleet
 

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bundles.keys import SigningKey
+from satchel.bundles.keys import SigningKey
 from tests.factory import BuiltBundle, Keyring, build_test_bundle
 
 DEVICE_CLASS = "edge-box"  # the class the factory's bundles are built for
@@ -97,7 +97,7 @@ class Fleet:
     @classmethod
     def start(cls, app: Flask, client: FlaskClient, keys: Keyring, tmp: Path) -> Fleet:
         """Import the trust root and issue an admin token through the service layer."""
-        from manager.services import tokens, trust
+        from satchel.manager.services import tokens, trust
 
         db = app.extensions["satchel"].db
         db.run(lambda s: trust.import_roots(s, [keys.root_json]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bundles.keys import SigningKey
+from satchel.bundles.keys import SigningKey
 from tests.manager.helpers import Fleet, SimDevice, bearer
 
 OK = "ok"  # anything but 401/403
@@ -148,7 +148,7 @@ def test_revoked_admin_token_is_refused(fleet: Fleet) -> None:
     assert fleet.client.get("/api/v1/devices", headers=bearer(token)).status_code == 200
     from datetime import datetime, timezone
 
-    from manager.services import tokens
+    from satchel.manager.services import tokens
 
     db = fleet.app.extensions["satchel"].db
     db.run(lambda s: tokens.revoke_admin_token(s, token_id, datetime.now(timezone.utc)))

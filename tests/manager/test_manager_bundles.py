@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from bundles.keys import SigningKey
-from manager.models import Bundle
+from satchel.bundles.keys import SigningKey
+from satchel.manager.models import Bundle
 from tests.factory import build_test_bundle, make_keys
 from tests.manager.conftest import LiveServer
 from tests.manager.helpers import Fleet
@@ -117,7 +117,7 @@ def test_refused_upload_leaves_no_row_and_no_file(fleet: Fleet, attack) -> None:
 
 
 def test_upload_without_trust_root_is_refused(app, client, keys, tmp_path) -> None:
-    from manager.services import tokens
+    from satchel.manager.services import tokens
 
     db = app.extensions["satchel"].db
     token = db.run(lambda s: tokens.create_admin_token(s)).token

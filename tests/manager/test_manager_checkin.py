@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from manager.models import Event
+from satchel.manager.models import Event
 from tests.manager.helpers import Fleet, event
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import requests
 
-from manager.models import Device, Event
+from satchel.manager.models import Device, Event
 from tests.manager.conftest import LiveServer
 from tests.manager.helpers import Fleet, SimDevice, bearer, event, utc
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from manager.cli import main
-from manager.config import ManagerConfig
-from manager.models import Bundle
+from satchel.manager.cli import main
+from satchel.manager.config import ManagerConfig
+from satchel.manager.models import Bundle
 from tests.factory import Keyring, build_test_bundle, make_keys
 from tests.manager.helpers import Fleet, bearer
 
@@ -58,7 +58,7 @@ def test_admin_workflow_from_trust_import_to_deployment(
     assert admin.startswith("sat_admin_")
     enroll = _last_line(cli.ok("token", "create", "--enroll", "--device-class", "edge-box"))
     assert enroll.startswith("sat_enroll_")
-    from bundles.keys import SigningKey
+    from satchel.bundles.keys import SigningKey
 
     r = client.post(
         "/api/v1/enroll",
@@ -134,7 +134,7 @@ def test_deploy_refusals_are_one_line(cli: Cli, fleet: Fleet) -> None:
 
 
 def test_device_tag_and_usb_registration(cli: Cli, fleet: Fleet, tmp_path: Path) -> None:
-    from bundles.keys import SigningKey
+    from satchel.bundles.keys import SigningKey
 
     fleet.enroll("cam-1")
     assert "north" in cli.ok("device", "tag", "cam-1", "north", "lab")
@@ -151,8 +151,8 @@ def test_device_tag_and_usb_registration(cli: Cli, fleet: Fleet, tmp_path: Path)
 
 def test_user_add_hashes_the_password(cli: Cli, app) -> None:
     cli.ok("user", "add", "alice", "--password-stdin", input="correct horse battery\n")
-    from manager.auth import check_password
-    from manager.models import User
+    from satchel.manager.auth import check_password
+    from satchel.manager.models import User
 
     db = app.extensions["satchel"].db
     stored = db.run(lambda s: s.query(User).one().password_hash)

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from manager.models import Event
+from satchel.manager.models import Event
 from tests.manager.conftest import LiveServer
 from tests.manager.helpers import Fleet, SimDevice, event
 

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from agent.health import HealthStats
-from bundles.health import HealthFigures, judge
-from bundles.manifest import HealthPolicy
-from manager.services.deployments import health_breach
+from satchel.agent.health import HealthStats
+from satchel.bundles.health import HealthFigures, judge
+from satchel.bundles.manifest import HealthPolicy
+from satchel.manager.services.deployments import health_breach
 from tests.factory import build_test_bundle
 from tests.manager.helpers import Fleet, SimDevice, event
 

@@ -26,10 +26,10 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from flask import Flask
 
-from manager.cli import main
-from manager.config import ManagerConfig
-from manager.db import Database, normalize_url
-from manager.models import Bundle, Device, Event
+from satchel.manager.cli import main
+from satchel.manager.config import ManagerConfig
+from satchel.manager.db import Database, normalize_url
+from satchel.manager.models import Bundle, Device, Event
 from tests.factory import Keyring, build_test_bundle
 from tests.manager.conftest import PG_ENV
 from tests.manager.helpers import Fleet, SimDevice, event

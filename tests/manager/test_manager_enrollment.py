@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
-from bundles.keys import SigningKey
-from manager.models import Device, EnrollmentToken
+from satchel.bundles.keys import SigningKey
+from satchel.manager.models import Device, EnrollmentToken
 from tests.manager.helpers import Fleet, bearer
 
 

@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from manager.app import create_app
-from manager.config import ManagerConfig
-from manager.models import LoginAttempts
-from manager.services import users
+from satchel.manager.app import create_app
+from satchel.manager.config import ManagerConfig
+from satchel.manager.models import LoginAttempts
+from satchel.manager.services import users
 from tests.web.conftest import LoginForm, csrf_from
 
 USER, PASSWORD = "ada", "correct horse battery staple"

@@ -9,12 +9,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 
-from manager import db as database
-from manager.app import create_app
-from manager.cli import main
-from manager.config import ManagerConfig
-from manager.errors import DatabaseNotReadyError
-from manager.models import Base
+from satchel.manager import db as database
+from satchel.manager.app import create_app
+from satchel.manager.cli import main
+from satchel.manager.config import ManagerConfig
+from satchel.manager.errors import DatabaseNotReadyError
+from satchel.manager.models import Base
 
 TABLES = {
     "users",

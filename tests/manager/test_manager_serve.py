@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from bundles.keys import SigningKey
-from manager.config import ManagerConfig
-from manager.services import tokens, trust
+from satchel.bundles.keys import SigningKey
+from satchel.manager.config import ManagerConfig
+from satchel.manager.services import tokens, trust
 from tests.factory import Keyring, build_test_bundle
 
 SATCHEL = Path(sys.executable).with_name("satchel")

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from bundles import plan as stick
-from bundles.errors import SignatureError
-from bundles.keys import SigningKey
-from bundles.trust import load_root
-from manager.cli import main
-from manager.config import ManagerConfig
-from manager.models import Event, UsbReport
-from manager.store import BundleStore
+from satchel.bundles import plan as stick
+from satchel.bundles.errors import SignatureError
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.trust import load_root
+from satchel.manager.cli import main
+from satchel.manager.config import ManagerConfig
+from satchel.manager.models import Event, UsbReport
+from satchel.manager.store import BundleStore
 from tests.factory import tree_snapshot
 from tests.manager.helpers import Fleet, SimDevice, event
 from tests.manager.test_manager_disk_full import fill, tmpfs

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from manager.models import Base, Event
+from satchel.manager.models import Base, Event
 
 
 def dump(app: Flask) -> dict[str, list[tuple[Any, ...]]]:

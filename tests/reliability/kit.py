@@ -15,16 +15,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.checkin import CheckinLoop
-from agent.config import AgentConfig
-from agent.events import EventQueue
-from agent.health import HealthStats
-from agent.installer import install
-from agent.provision import init_device
-from agent.runtimes import get_runtime
-from agent.state import DeviceState
-from bundles.keys import SigningKey
-from bundles.manifest import (
+from satchel.agent.checkin import CheckinLoop
+from satchel.agent.config import AgentConfig
+from satchel.agent.events import EventQueue
+from satchel.agent.health import HealthStats
+from satchel.agent.installer import install
+from satchel.agent.provision import init_device
+from satchel.agent.runtimes import get_runtime
+from satchel.agent.state import DeviceState
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.manifest import (
     Compatibility,
     HealthPolicy,
     Manifest,
@@ -32,9 +32,9 @@ from bundles.manifest import (
     SmokeTest,
     TensorInfo,
 )
-from bundles.pack import Payload, write_bundle
-from bundles.timeutil import utcnow
-from bundles.trust import make_root, sign_root
+from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import make_root, sign_root
 from tests.factory import TEST_PACK, Keyring, assert_one_line, tree_snapshot
 from tests.models import sample_inputs
 
@@ -147,7 +147,7 @@ class Site:
                 if k.split("/")[0] not in VOLATILE}
 
     def root_version(self) -> int:
-        from agent.updates import trusted_root
+        from satchel.agent.updates import trusted_root
 
         return trusted_root(self.state).version
 

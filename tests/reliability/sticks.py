@@ -8,12 +8,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bundles import plan as layout
-from bundles.durable import atomic_write_bytes
-from bundles.keys import SigningKey
-from bundles.plan import Assignment, Plan, sign_plan
-from bundles.timeutil import utcnow
-from bundles.trust import load_root
+from satchel.bundles import plan as layout
+from satchel.bundles.durable import atomic_write_bytes
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.plan import Assignment, Plan, sign_plan
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import load_root
 from tests.reliability.kit import CHANNEL, sha256_of
 
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from agent.credentials import device_key
-from agent.enroll import enroll_device
-from agent.errors import OfferMismatchError, StickBundleMismatchError, StickError
-from agent.updates import LAN, BundleOrigin, check_offered
-from agent.usb import copy_from_stick, process_stick
-from bundles.keys import SigningKey
-from bundles.plan import verify_report
-from bundles.trust import make_root, sign_root
+from satchel.agent.credentials import device_key
+from satchel.agent.enroll import enroll_device
+from satchel.agent.errors import OfferMismatchError, StickBundleMismatchError, StickError
+from satchel.agent.updates import LAN, BundleOrigin, check_offered
+from satchel.agent.usb import copy_from_stick, process_stick
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.plan import verify_report
+from satchel.bundles.trust import make_root, sign_root
 from tests.factory import assert_one_line
 from tests.reliability.conftest import Models
 from tests.reliability.kit import (

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import requests
 
-from agent.health import ReleaseKey
-from agent.server import AgentServer, MemoryEventSink
-from agent.server.events import ROLLED_BACK
-from bundles.manifest import HealthPolicy
+from satchel.agent.health import ReleaseKey
+from satchel.agent.server import AgentServer, MemoryEventSink
+from satchel.agent.server.events import ROLLED_BACK
+from satchel.bundles.manifest import HealthPolicy
 from tests.factory import tree_snapshot
 from tests.models import make_mlp_weights, onnx_mlp
 from tests.reliability.figures import Recorder

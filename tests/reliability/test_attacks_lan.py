@@ -16,26 +16,26 @@ from typing import Any
 
 import pytest
 
-from agent.checkin import CheckinLoop
-from agent.client import ManagerClient, Offer
-from agent.credentials import require_credentials
-from agent.enroll import enroll_device
-from agent.errors import (
+from satchel.agent.checkin import CheckinLoop
+from satchel.agent.client import ManagerClient, Offer
+from satchel.agent.credentials import require_credentials
+from satchel.agent.enroll import enroll_device
+from satchel.agent.errors import (
     DeviceClassError,
     DownloadError,
     ManagerUnreachableError,
     SequenceRollbackError,
 )
-from bundles.errors import (
+from satchel.bundles.errors import (
     ExpiredError,
     PayloadHashError,
     PayloadSizeError,
     ThresholdError,
     UnknownKeyError,
 )
-from bundles.keys import SigningKey
-from bundles.timeutil import utcnow
-from bundles.trust import load_root
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import load_root
 from tests.factory import (
     Keyring,
     flip_byte,

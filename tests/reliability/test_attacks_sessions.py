@@ -19,8 +19,8 @@ from typing import Any
 import requests
 from flask import Flask
 
-from manager.models import WebSession
-from manager.services import tokens, users
+from satchel.manager.models import WebSession
+from satchel.manager.services import tokens, users
 from tests.manager.conftest import LiveServer
 from tests.manager.helpers import Fleet, bearer
 from tests.reliability.dbstate import dump

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from agent.credentials import device_key
-from agent.errors import (
+from satchel.agent.credentials import device_key
+from satchel.agent.errors import (
     DeviceClassError,
     PlanRefusedError,
     SequenceRollbackError,
 )
-from agent.usb import StickOutcome, process_stick
-from bundles.errors import (
+from satchel.agent.usb import StickOutcome, process_stick
+from satchel.bundles.errors import (
     ExpiredError,
     PayloadHashError,
     PayloadSizeError,
@@ -33,11 +33,11 @@ from bundles.errors import (
     ThresholdError,
     UnknownKeyError,
 )
-from bundles.keys import SigningKey
-from bundles.plan import verify_report
-from bundles.stickfs import StickLinkError
-from bundles.timeutil import utcnow
-from bundles.trust import make_root, sign_root
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.plan import verify_report
+from satchel.bundles.stickfs import StickLinkError
+from satchel.bundles.timeutil import utcnow
+from satchel.bundles.trust import make_root, sign_root
 from tests.factory import (
     Keyring,
     assert_one_line,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bundles.keys import SigningKey
+from satchel.bundles.keys import SigningKey
 from tests.manager.helpers import Fleet
 from tests.reliability.dbstate import dump
 from tests.reliability.figures import Recorder

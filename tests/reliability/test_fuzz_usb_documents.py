@@ -19,14 +19,14 @@ import sqlalchemy as sa
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from agent.errors import AgentError
-from agent.events import EventQueue
-from agent.provision import init_device
-from agent.usb import process_stick
-from bundles.envelope import sign_envelope
-from bundles.errors import BundleError, MalformedJSONError
-from bundles.keys import SigningKey
-from bundles.plan import (
+from satchel.agent.errors import AgentError
+from satchel.agent.events import EventQueue
+from satchel.agent.provision import init_device
+from satchel.agent.usb import process_stick
+from satchel.bundles.envelope import sign_envelope
+from satchel.bundles.errors import BundleError, MalformedJSONError
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.plan import (
     Assignment,
     Plan,
     Report,
@@ -38,10 +38,10 @@ from bundles.plan import (
     verify_plan,
     verify_report,
 )
-from bundles.trust import load_root
-from manager.errors import ReportRefusedError
-from manager.models import Event, UsbReport
-from manager.usb import record_report
+from satchel.bundles.trust import load_root
+from satchel.manager.errors import ReportRefusedError
+from satchel.manager.models import Event, UsbReport
+from satchel.manager.usb import record_report
 from tests.factory import Keyring, assert_one_line, make_keys
 from tests.manager.helpers import Fleet, SimDevice
 from tests.reliability.figures import Recorder

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.enroll import enroll_device
-from agent.errors import ManagerUnreachableError
-from agent.events import EventQueue
+from satchel.agent.enroll import enroll_device
+from satchel.agent.errors import ManagerUnreachableError
+from satchel.agent.events import EventQueue
 from tests.models import sample_inputs
 from tests.reliability.conftest import Models
 from tests.reliability.figures import Recorder

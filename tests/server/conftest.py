@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from agent.installer import install
-from agent.provision import init_device
-from agent.server import AgentServer, Event, MemoryEventSink, ServerConfig
-from agent.state import DeviceState, Release
-from bundles.manifest import (
+from satchel.agent.installer import install
+from satchel.agent.provision import init_device
+from satchel.agent.server import AgentServer, Event, MemoryEventSink, ServerConfig
+from satchel.agent.state import DeviceState, Release
+from satchel.bundles.manifest import (
     HealthPolicy,
 )
 from tests.factory import Keyring, make_keys, smoke_tested_bundle

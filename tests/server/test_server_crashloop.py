@@ -13,11 +13,11 @@ from pathlib import Path
 
 import requests
 
-from agent.server import MemoryEventSink, check_crash_loop, record_clean_stop, record_start
-from agent.server.config import ServerConfig
-from agent.server.crashloop import STARTS_FILE
-from agent.server.events import ROLLED_BACK
-from bundles.manifest import HealthPolicy
+from satchel.agent.server import MemoryEventSink, check_crash_loop, record_clean_stop, record_start
+from satchel.agent.server.config import ServerConfig
+from satchel.agent.server.crashloop import STARTS_FILE
+from satchel.agent.server.events import ROLLED_BACK
+from satchel.bundles.manifest import HealthPolicy
 from tests.server.conftest import CHANNEL, Device, Models
 
 LOOPY = HealthPolicy(probation_s=600.0, min_samples=16, max_error_rate=0.0, max_nan_rate=0.0,
@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 SERVICE = """
 import json, sys, time
 from pathlib import Path
-from agent.server import AgentServer, check_crash_loop
+from satchel.agent.server import AgentServer, check_crash_loop
 state_dir = Path(sys.argv[1])
 print(json.dumps(check_crash_loop(state_dir)), flush=True)
 server = AgentServer(state_dir, listen="127.0.0.1:0").start()

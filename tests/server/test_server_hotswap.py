@@ -10,8 +10,8 @@ from functools import partial
 
 import requests
 
-from agent.installer import rollback
-from agent.server.events import LOAD_FAILED, ROLLED_BACK, SERVING
+from satchel.agent.installer import rollback
+from satchel.agent.server.events import LOAD_FAILED, ROLLED_BACK, SERVING
 from tests.server.conftest import (
     CHANNEL,
     FAST,

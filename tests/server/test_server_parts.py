@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from agent import sdnotify
-from agent.health import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
-from agent.health_store import HealthStore
-from agent.metrics import ChannelInfo, MetricsSnapshot, render
-from agent.server import ListenAddressError, ServerError, serve
-from agent.server.http import parse_listen
-from bundles.health import judge
-from bundles.manifest import HealthPolicy
+from satchel.agent import sdnotify
+from satchel.agent.health import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
+from satchel.agent.health_store import HealthStore
+from satchel.agent.metrics import ChannelInfo, MetricsSnapshot, render
+from satchel.agent.server import ListenAddressError, ServerError, serve
+from satchel.agent.server.http import parse_listen
+from satchel.bundles.health import judge
+from satchel.bundles.manifest import HealthPolicy
 from tests.server.conftest import (
     CHANNEL,
     FAST,

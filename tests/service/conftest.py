@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 import requests
 
-from agent.config import AgentConfig
-from agent.provision import init_device
-from bundles.keys import SigningKey
-from bundles.manifest import (
+from satchel.agent.config import AgentConfig
+from satchel.agent.provision import init_device
+from satchel.bundles.keys import SigningKey
+from satchel.bundles.manifest import (
     HealthPolicy,
 )
 from tests.factory import Keyring, make_keys, smoke_tested_bundle
@@ -144,8 +144,8 @@ def device(tmp_path: Path, keys: Keyring) -> Device:
 
 @pytest.fixture(scope="session")
 def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from manager import db as database
-    from manager.config import load_config
+    from satchel.manager import db as database
+    from satchel.manager.config import load_config
 
     data_dir = tmp_path_factory.mktemp("service-db")
     database.upgrade(load_config(data_dir=data_dir, database_url=""))
@@ -158,8 +158,8 @@ class Manager:
     def __init__(self, data_dir: Path, keys: Keyring) -> None:
         from werkzeug.serving import make_server
 
-        from manager.app import create_app
-        from manager.services import tokens, trust
+        from satchel.manager.app import create_app
+        from satchel.manager.services import tokens, trust
 
         self.app = create_app({"data_dir": data_dir, "database_url": "",
                                "log_requests": False, "poll_interval_s": 0.2,

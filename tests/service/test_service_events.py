@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.config import AgentConfig
-from agent.events import DROPPED, EventQueue
-from agent.server import Event
+from satchel.agent.config import AgentConfig
+from satchel.agent.events import DROPPED, EventQueue
+from satchel.agent.server import Event
 
 
 def test_event_survives_a_restart_with_its_id(tmp_path: Path) -> None:
@@ -132,7 +132,7 @@ def test_a_bad_event_from_the_server_is_logged_not_raised(tmp_path: Path) -> Non
 _APPENDER = """
 import sys
 from pathlib import Path
-from agent.events import EventQueue
+from satchel.agent.events import EventQueue
 queue = EventQueue(Path(sys.argv[1]))
 for i in range(int(sys.argv[2])):
     queue.append("serving", channel="vision", sequence=i)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.events import EventQueue
-from agent.health import HealthStats, ReleaseKey
-from agent.health_samples import HealthSampler
+from satchel.agent.events import EventQueue
+from satchel.agent.health import HealthStats, ReleaseKey
+from satchel.agent.health_samples import HealthSampler
 
 V1 = ReleaseKey("vision", "1.0", 1)
 V2 = ReleaseKey("vision", "1.1", 2)

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.checkin import CheckinLoop
-from agent.client import ManagerClient, Offer, with_retries
-from agent.config import AgentConfig
-from agent.credentials import credentials_path, load_credentials, require_credentials
-from agent.enroll import enroll_device
-from agent.errors import (
+from satchel.agent.checkin import CheckinLoop
+from satchel.agent.client import ManagerClient, Offer, with_retries
+from satchel.agent.config import AgentConfig
+from satchel.agent.credentials import credentials_path, load_credentials, require_credentials
+from satchel.agent.enroll import enroll_device
+from satchel.agent.errors import (
     AlreadyEnrolledError,
     CredentialRejectedError,
     DownloadError,
@@ -26,12 +26,12 @@ from agent.errors import (
     ManagerUnreachableError,
     StateCorruptError,
 )
-from agent.events import EventQueue
-from agent.health import HealthStats
-from agent.state import DeviceState
-from agent.updates import accept_roots, trusted_root
-from bundles.errors import RootRotationError
-from bundles.keys import SigningKey
+from satchel.agent.events import EventQueue
+from satchel.agent.health import HealthStats
+from satchel.agent.state import DeviceState
+from satchel.agent.updates import accept_roots, trusted_root
+from satchel.bundles.errors import RootRotationError
+from satchel.bundles.keys import SigningKey
 from tests.factory import next_root
 from tests.service.conftest import FAST, Device, DropProxy, Manager, Models
 
@@ -203,7 +203,7 @@ def test_the_trust_root_walks_forward_one_version_at_a_time(
     new_signing = SigningKey.generate()
     v2 = next_root(keys.root, root_keys=keys.root_keys, signing_keys=[new_signing],
                    signed_by=keys.root_keys)
-    from bundles.trust import load_root
+    from satchel.bundles.trust import load_root
 
     v3 = next_root(load_root(v2), root_keys=keys.root_keys, signing_keys=[new_signing],
                    signed_by=keys.root_keys)
@@ -235,7 +235,7 @@ def test_a_gap_in_the_root_chain_is_refused(device: Device) -> None:
     keys = device.keys
     v2 = next_root(keys.root, root_keys=keys.root_keys, signing_keys=keys.signing_keys,
                    signed_by=keys.root_keys)
-    from bundles.trust import load_root
+    from satchel.bundles.trust import load_root
 
     v3 = next_root(load_root(v2), root_keys=keys.root_keys, signing_keys=keys.signing_keys,
                    signed_by=keys.root_keys)
@@ -366,7 +366,7 @@ def test_the_loop_backs_off_while_the_manager_is_away_and_recovers(
 
 
 def test_backoff_doubles_up_to_its_cap_with_jitter_around_it() -> None:
-    from agent.client import Backoff
+    from satchel.agent.client import Backoff
 
     exact = Backoff(AgentConfig(backoff_base_s=1, backoff_max_s=10, backoff_jitter=0))
     assert [exact.next_delay() for _ in range(6)] == [1, 2, 4, 8, 10, 10]

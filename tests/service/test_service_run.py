@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from agent.events import EventQueue
-from agent.state import STATE_PROBATION, DeviceState
-from bundles.manifest import HealthPolicy
-from bundles.timeutil import utcnow
+from satchel.agent.events import EventQueue
+from satchel.agent.state import STATE_PROBATION, DeviceState
+from satchel.bundles.manifest import HealthPolicy
+from satchel.bundles.timeutil import utcnow
 from tests.models import OUTPUT_NAME
 from tests.service.conftest import AGENT, Device, Manager, Models, positive_inputs, wait_for
 from tests.service.procs import AgentProcess
@@ -36,7 +36,7 @@ def _unix_get(path: Path, target: str) -> tuple[int, bytes]:
 
 
 def _expected(model: Path, x: np.ndarray) -> np.ndarray:
-    from agent.runtimes import get_runtime
+    from satchel.agent.runtimes import get_runtime
 
     loaded = get_runtime("onnxruntime").load(model)
     return np.asarray(loaded.run({loaded.inputs[0].name: x.astype(np.float32)})[OUTPUT_NAME])

@@ -17,11 +17,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from manager import db as database
-from manager.app import create_app
-from manager.config import load_config
-from manager.services import users
-from manager.usb import import_stick
+from satchel.manager import db as database
+from satchel.manager.app import create_app
+from satchel.manager.config import load_config
+from satchel.manager.services import users
+from satchel.manager.usb import import_stick
 from tests.factory import Keyring, make_keys
 from tests.manager.helpers import Fleet
 from tests.web.seed import Seeded, seed

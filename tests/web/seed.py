@@ -22,8 +22,8 @@ from typing import Any
 
 import requests
 
-from bundles import plan as stick
-from bundles.keys import SigningKey
+from satchel.bundles import plan as stick
+from satchel.bundles.keys import SigningKey
 from tests.manager.helpers import Fleet, SimDevice, event, utc
 
 CHANNEL = "vision"

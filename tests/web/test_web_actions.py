@@ -10,8 +10,8 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
-from bundles.keys import SigningKey
-from manager.models import Deployment
+from satchel.bundles.keys import SigningKey
+from satchel.manager.models import Deployment
 from tests.manager.helpers import Fleet, bearer
 from tests.web.conftest import csrf_of
 from tests.web.seed import Seeded

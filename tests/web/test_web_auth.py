@@ -13,9 +13,9 @@ import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 
-from manager.app import create_app
-from manager.models import AdminToken, Deployment, EnrollmentToken, User, WebSession
-from manager.services import users
+from satchel.manager.app import create_app
+from satchel.manager.models import AdminToken, Deployment, EnrollmentToken, User, WebSession
+from satchel.manager.services import users
 from tests.manager.helpers import Fleet
 from tests.web.conftest import ADMIN_PASSWORD, ADMIN_USER, csrf_from, csrf_of, log_in
 from tests.web.seed import Seeded

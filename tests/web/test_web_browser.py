@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from manager import db as database
-from manager.config import load_config
-from manager.services import tokens, trust, users
-from manager.usb import import_stick
+from satchel.manager import db as database
+from satchel.manager.config import load_config
+from satchel.manager.services import tokens, trust, users
+from satchel.manager.usb import import_stick
 from tests.factory import make_keys
 from tests.manager.helpers import Fleet
 from tests.web.conftest import ADMIN_PASSWORD, ADMIN_USER

@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from datetime import datetime, timedelta, timezone
 
-from manager import charts
-from manager.charts import Marker, Point
+from satchel.manager import charts
+from satchel.manager.charts import Marker, Point
 
 T0 = datetime(2026, 3, 2, 0, 0, tzinfo=timezone.utc)
 NS = "{http://www.w3.org/2000/svg}"

@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from manager.app import create_app
-from manager.config import ManagerConfig
-from manager.services import dashboard
-from manager.services.dashboard import Thresholds
-from manager.usb import import_stick
+from satchel.manager.app import create_app
+from satchel.manager.config import ManagerConfig
+from satchel.manager.services import dashboard
+from satchel.manager.services.dashboard import Thresholds
+from satchel.manager.usb import import_stick
 from tests.factory import Keyring
 from tests.manager.conftest import (  # noqa: F401  (fixtures: both database backends)
     backend,
@@ -113,7 +113,7 @@ def test_a_newer_activation_clears_a_rollback(seeded_db: tuple[Any, Fleet, Seede
 
 
 def test_unknown_device_page_is_refused(seeded_db: tuple[Any, Fleet, Seeded]) -> None:
-    from manager.errors import NotFoundError
+    from satchel.manager.errors import NotFoundError
 
     db, _fleet, _seeded = seeded_db
     now = datetime.now(timezone.utc)

@@ -86,7 +86,7 @@ def test_fleet_filters_by_state_and_refuses_unknown_states(
 
 
 def test_fleet_pages_through_devices(app: Flask, admin: FlaskClient, seeded: Seeded) -> None:
-    from manager.web.config import CONFIG_KEY, WebConfig
+    from satchel.manager.web.config import CONFIG_KEY, WebConfig
 
     app.config[CONFIG_KEY] = WebConfig(page_size=3)
     first = _rows(text(admin.get("/")), "fleet-table")
