@@ -33,7 +33,10 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bundles agent manager tests bench
-	$(VENV)/bin/mypy bundles agent manager
+	rm -rf build/typecheck && mkdir -p build/typecheck/satchel
+	for p in bundles agent manager migrations; do ln -s ../../../$$p build/typecheck/satchel/$$p; done
+	MYPYPATH=build/typecheck $(VENV)/bin/mypy --namespace-packages --explicit-package-bases \
+		-p satchel.bundles -p satchel.agent -p satchel.manager
 	$(VENV)/bin/lint-imports
 
 clean:

@@ -35,7 +35,13 @@ from satchel.agent.provision import init_device
 from satchel.agent.server import DEFAULT_LISTEN
 from satchel.agent.service import AgentService, socket_for
 from satchel.agent.state import DeviceState
-from satchel.agent.updates import CLI, BundleOrigin, origin_of_file, queue_install_events, stored_totals
+from satchel.agent.updates import (
+    CLI,
+    BundleOrigin,
+    origin_of_file,
+    queue_install_events,
+    stored_totals,
+)
 from satchel.agent.usb import process_stick
 from satchel.bundles.errors import BundleError
 

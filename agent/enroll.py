@@ -16,7 +16,12 @@ from typing import Any
 
 from satchel.agent.client import ManagerClient, with_retries
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
-from satchel.agent.credentials import device_key, load_credentials, new_credentials, save_credentials
+from satchel.agent.credentials import (
+    device_key,
+    load_credentials,
+    new_credentials,
+    save_credentials,
+)
 from satchel.agent.errors import AlreadyEnrolledError, TransportError
 from satchel.agent.facts import agent_version
 from satchel.agent.state import DeviceState

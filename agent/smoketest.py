@@ -304,7 +304,8 @@ def default_runner(config: AgentConfig = DEFAULT_CONFIG) -> SmokeRunner:
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m satchel.agent.smoketest FILES [--threads N]`, manifest on stdin, report on stdout."""
+    """`python -m satchel.agent.smoketest FILES [--threads N]`: manifest on stdin, report on
+    stdout."""
     threads = int(argv[2]) if len(argv) > 2 and argv[1] == "--threads" else None
     manifest = parse_manifest(sys.stdin.buffer.read())
     report = run_all(manifest, Path(argv[0]), threads)

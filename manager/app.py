@@ -8,21 +8,18 @@ and the request log. Views reach the database, the bundle store and the configur
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
-from satchel.manager.config import ManagerConfig, load_config
-from satchel.manager.db import Database, open_database
+from satchel.manager.config import load_config
+from satchel.manager.context import EXTENSION, MAX_ROW_ID, ManagerState
+from satchel.manager.db import open_database
 from satchel.manager.metrics import Metrics
 from satchel.manager.store import BundleStore
-
-EXTENSION = "satchel"
-MAX_ROW_ID = 2**31 - 1  # the largest id or version an INTEGER column holds on every database
 
 
 class RowIdConverter(IntegerConverter):
@@ -38,19 +35,6 @@ class RowIdConverter(IntegerConverter):
         signed: bool = False,
     ) -> None:
         super().__init__(map, fixed_digits, min, max, signed)
-
-
-@dataclass
-class ManagerState:
-    config: ManagerConfig
-    db: Database
-    store: BundleStore
-    metrics: Metrics
-
-
-def state() -> ManagerState:
-    """The manager state of the current Flask app."""
-    return current_app.extensions[EXTENSION]
 
 
 def create_app(test_config: dict[str, Any] | None = None, config_file: Path | None = None) -> Flask:

@@ -177,7 +177,7 @@ def requires(*kinds: str) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from satchel.manager.app import state
+            from satchel.manager.context import state
 
             if g.get("principal") is None:
                 token = bearer_token(request.headers.get("Authorization"))

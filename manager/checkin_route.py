@@ -40,7 +40,7 @@ class CheckinRoute:
     """WSGI middleware (`app.wsgi_app = CheckinRoute(app, app.wsgi_app)`)."""
 
     def __init__(self, app: Flask, next_app: WSGIApp) -> None:
-        from satchel.manager.app import EXTENSION
+        from satchel.manager.context import EXTENSION
 
         self.app = app
         self.next_app = next_app

@@ -93,7 +93,7 @@ def _num(value: float) -> str:
 
 
 def _fleet_gauges() -> dict[str, list[tuple[Labels, float]]]:
-    from satchel.manager.app import state
+    from satchel.manager.context import state
     from satchel.manager.models import Bundle, Deployment, Device
 
     def read(session: sa.orm.Session) -> dict[str, list[tuple[Labels, float]]]:
@@ -113,7 +113,7 @@ def _fleet_gauges() -> dict[str, list[tuple[Labels, float]]]:
 
 @bp.get("/metrics")
 def metrics_view() -> Response:
-    from satchel.manager.app import state
+    from satchel.manager.context import state
 
     text = state().metrics.render(_fleet_gauges())
     return Response(text, mimetype="text/plain; version=0.0.4; charset=utf-8")
@@ -194,7 +194,7 @@ def record_request(
 
 def instrument(app: Flask, log_requests: bool) -> None:
     """Count and time every request; log one JSON line per request when `log_requests`."""
-    from satchel.manager.app import state
+    from satchel.manager.context import state
 
     logger = access_logger() if log_requests else None
 

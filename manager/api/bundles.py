@@ -8,8 +8,8 @@ from flask import Response, jsonify, request
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import now
-from satchel.manager.app import state
 from satchel.manager.auth import ADMIN, DEVICE, current_principal, requires
+from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError, RequestTooLargeError
 from satchel.manager.services import bundles
 from satchel.manager.store import download_response

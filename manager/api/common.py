@@ -9,7 +9,7 @@ from flask import request
 
 from satchel.bundles.canonical import decode_json
 from satchel.bundles.errors import MalformedJSONError
-from satchel.manager.app import MAX_ROW_ID, state
+from satchel.manager.context import MAX_ROW_ID, state
 from satchel.manager.errors import InvalidRequestError, NotFoundError, RequestTooLargeError
 
 

@@ -8,8 +8,8 @@ from flask import Response, jsonify, request
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import json_body, now, row_id
-from satchel.manager.app import state
 from satchel.manager.auth import ADMIN, requires
+from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError
 from satchel.manager.services import deployments
 from satchel.manager.services.deployments import Selectors

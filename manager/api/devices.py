@@ -9,10 +9,10 @@ from flask import Response, g, jsonify, request
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import int_arg, json_body, now
-from satchel.manager.app import state
 from satchel.manager.auth import ADMIN, DEVICE, Principal, bearer_token, current_principal, requires
 from satchel.manager.checkin_route import FAST_PATH_TRIED
 from satchel.manager.config import ManagerConfig
+from satchel.manager.context import state
 from satchel.manager.metrics import Metrics
 from satchel.manager.services import checkin, devices
 from satchel.manager.services.devices import Identity

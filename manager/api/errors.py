@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 from satchel.bundles.errors import BundleError
 from satchel.manager import errors as e
 from satchel.manager.api import bp
-from satchel.manager.app import state
+from satchel.manager.context import state
 
 log = logging.getLogger("satchel.api")
 

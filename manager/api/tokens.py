@@ -9,8 +9,8 @@ from flask import Response, jsonify
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import int_arg, json_body, now
-from satchel.manager.app import state
 from satchel.manager.auth import ADMIN, ENROLL, requires
+from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError
 from satchel.manager.services import tokens
 

@@ -32,7 +32,14 @@ from satchel.bundles.errors import BundleError
 from satchel.bundles.health import HealthFigures, judge
 from satchel.bundles.manifest import HealthPolicy
 from satchel.manager.errors import ConflictError, InvalidRequestError, NotFoundError
-from satchel.manager.models import Bundle, Deployment, DeploymentTarget, Device, DeviceChannel, DeviceTag
+from satchel.manager.models import (
+    Bundle,
+    Deployment,
+    DeploymentTarget,
+    Device,
+    DeviceChannel,
+    DeviceTag,
+)
 from satchel.manager.services import bundles as bundle_service
 from satchel.manager.services.devices import check_label
 

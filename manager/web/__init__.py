@@ -35,7 +35,7 @@ bp = Blueprint(
 
 def configure(app: App) -> None:
     """Session cookie settings and the session key for `app` (called once, on register)."""
-    from satchel.manager.app import EXTENSION
+    from satchel.manager.context import EXTENSION
 
     web = app.config.get(CONFIG_KEY)
     if not isinstance(web, WebConfig):

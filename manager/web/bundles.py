@@ -7,7 +7,7 @@ from typing import Any, BinaryIO
 
 from flask import render_template
 
-from satchel.manager.app import state
+from satchel.manager.context import state
 from satchel.manager.services import bundles, dashboard
 from satchel.manager.web import bp
 from satchel.manager.web.common import run

@@ -11,7 +11,7 @@ import sqlalchemy.orm as so
 from flask import flash, redirect, request, url_for
 from werkzeug.wrappers import Response
 
-from satchel.manager.app import state
+from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
 from satchel.manager.services.dashboard import Thresholds
 from satchel.manager.web.config import web_config

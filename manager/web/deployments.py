@@ -8,7 +8,7 @@ from typing import Any
 from flask import abort, render_template, request
 from werkzeug.wrappers import Response
 
-from satchel.manager.app import state
+from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
 from satchel.manager.services import bundles, dashboard, deployments
 from satchel.manager.web import bp, forms

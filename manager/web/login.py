@@ -12,7 +12,7 @@ import sqlalchemy.orm as so
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
-from satchel.manager.app import state
+from satchel.manager.context import state
 from satchel.manager.errors import AuthError, TooManyAttemptsError
 from satchel.manager.services import logins, web_sessions
 from satchel.manager.web import bp

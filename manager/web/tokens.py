@@ -12,7 +12,7 @@ from typing import Any
 from flask import g, render_template, request
 from werkzeug.wrappers import Response
 
-from satchel.manager.app import state
+from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
 from satchel.manager.services import dashboard, tokens
 from satchel.manager.services.tokens import IssuedToken

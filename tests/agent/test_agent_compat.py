@@ -7,7 +7,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from satchel.agent.compat import DeviceFacts, check_compatible, check_device, check_disk, expiry_clock
+from satchel.agent.compat import (
+    DeviceFacts,
+    check_compatible,
+    check_device,
+    check_disk,
+    expiry_clock,
+)
 from satchel.agent.errors import (
     AgentTooOldError,
     ArchitectureError,
