@@ -432,7 +432,8 @@ def build_bundle(
     failures = accuracy_failures(agreement, smoke)
     if failures:
         raise BuildError(
-            f"model disagrees with its reference on {agreement.samples} samples: "
+            f"model disagrees with its reference on {agreement.samples} sample "
+            f"feed{'' if agreement.samples == 1 else 's'}: "
             + "; ".join(failures)
         )
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)

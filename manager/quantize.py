@@ -110,11 +110,13 @@ def quantize_onnx(
     dst: Path,
     calibration: Mapping[str, np.ndarray] | None = None,
     *,
+    samples: Mapping[str, np.ndarray] | None = None,
     defaults: QuantizeDefaults = QuantizeDefaults(),
 ) -> QuantizeReport:
     """Quantize the ONNX model `src` to INT8 and write it to `dst`.
 
-    Without `calibration`: dynamic quantization (int8 weights), compared on generated feeds.
+    Without `calibration`: dynamic quantization (int8 weights), compared on `samples` (real
+    inputs, as `bundle build --samples` takes them) or else on generated feeds.
     With it (samples as `bundle build --samples` takes them: per input one feed, or several
     stacked on a new first axis): static QDQ quantization, per tensor, each feed one
     calibration batch. `dst` (one file below 2 GB, else with its `.data` file) is written
@@ -131,9 +133,11 @@ def quantize_onnx(
         float_model = _load(src)
         try:
             _refuse_quantized(src, float_model)
-            samples = _samples(float_model.inputs, calibration, defaults)
+            given = calibration if calibration is not None else samples
+            samples = _samples(float_model.inputs, given, defaults)
             feeds = _feeds(float_model, samples)
-            expected = _run(float_model, feeds, "the float model")
+            hint = "" if given is not None else "; give real inputs with --samples"
+            expected = _run(float_model, feeds, "the float model", hint)
             rows = _rows(float_model.inputs, feeds)
         finally:
             float_model.close()
@@ -213,12 +217,43 @@ def _refuse_quantized(src: Path, model: LoadedModel) -> None:
         raise QuantizeError(f"{src.name} is already quantized ({found}); nothing to do")
 
 
+_WEIGHTED = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+
+
 def _refuse_unchanged(src: Path, quantized: Path, model: LoadedModel, mode: str) -> None:
     if detect_quantization(quantized, model) in FLOAT_MODELS:
-        raise QuantizeError(
-            f"{mode} quantization left {src.name} as it was: "
-            "it has no MatMul/Gemm/Conv weights to quantize"
-        )
+        why = "it has no MatMul/Gemm/Conv weights to quantize"
+        if _weights_only_in_subgraphs(src):
+            why = (
+                "its MatMul/Gemm/Conv layers are inside If/Loop/Scan branches, which "
+                "onnxruntime's quantizer does not reach"
+            )
+        raise QuantizeError(f"{mode} quantization left {src.name} as it was: {why}")
+
+
+def _weights_only_in_subgraphs(path: Path) -> bool:
+    """True when the model's weighted layers all sit inside control-flow subgraphs."""
+    import onnx  # the manager extra carries onnx; imported only to explain a refusal
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if any(n.op_type in _WEIGHTED for n in graph.node):
+        return False
+    return any(_has_weighted(sub) for n in graph.node for sub in _subgraphs(n))
+
+
+def _subgraphs(node: Any) -> list[Any]:
+    """The graphs held in a node's attributes (If branches, Loop and Scan bodies)."""
+    found: list[Any] = []
+    for attr in node.attribute:
+        found += [attr.g] if attr.HasField("g") else list(attr.graphs)
+    return found
+
+
+def _has_weighted(graph: Any) -> bool:
+    return any(
+        n.op_type in _WEIGHTED or any(_has_weighted(sub) for sub in _subgraphs(n))
+        for n in graph.node
+    )
 
 
 def _samples(
@@ -246,12 +281,12 @@ def _feeds(model: LoadedModel, samples: Mapping[str, np.ndarray]) -> list[dict[s
 
 
 def _run(
-    model: LoadedModel, feeds: list[dict[str, np.ndarray]], which: str
+    model: LoadedModel, feeds: list[dict[str, np.ndarray]], which: str, hint: str = ""
 ) -> dict[str, np.ndarray]:
     try:
         return run_feeds(model, feeds)[0]
     except ModelRuntimeError as e:
-        raise QuantizeError(f"running {which} on the samples failed: {e}") from e
+        raise QuantizeError(f"running {which} on the samples failed: {e}{hint}") from e
 
 
 def _rows(specs: Sequence[TensorSpec], feeds: list[dict[str, np.ndarray]]) -> int:

@@ -17,7 +17,9 @@ from satchel.agent.runtimes.base import TensorSpec, check_feeds, first_line
 from satchel.agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
 
 RUNTIME_NAME = "onnxruntime"
-_LOG_SEVERITY_ERROR = 3  # 0 verbose .. 4 fatal; warnings about unused initializers are noise
+# 0 verbose .. 4 fatal. Only fatal: a failing run is reported in one line by us, and ERROR
+# lines (ExecuteKernel ...) would reach a technician's terminal before it.
+_LOG_SEVERITY_FATAL = 4
 _ORT_STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 # onnxruntime's tensor type strings -> KServe v2 datatype names.
@@ -121,7 +123,7 @@ class OnnxRuntimeAdapter:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         options = ort.SessionOptions()
-        options.log_severity_level = _LOG_SEVERITY_ERROR
+        options.log_severity_level = _LOG_SEVERITY_FATAL
         if threads is not None:
             options.intra_op_num_threads = threads
         try:

@@ -226,17 +226,20 @@ def generate_samples(
 ) -> dict[str, np.ndarray]:
     """`count` feeds of made-up inputs that respect each input's declared shape and dtype:
     standard normal floats, integers 0..7 (0..255 for uint8), random booleans, the full range
-    of a quantized tensor. A dynamic dimension is 1 (a batch, a sequence, a state's batch),
-    but `dynamic_size` where an input of rank 3 or more has two or more dynamic dimensions
-    past the first (an image's height and width). Stored in the model's own input dtype,
-    stacked on a new first axis."""
+    of a quantized tensor. The first dynamic dimension of an input is its batch: 1 (also a
+    state's batch, as in [2, -1, 128]); later ones are lengths: `dynamic_size` (a sequence, an
+    audio window); so are an image's height and width (two or more dynamic dimensions past
+    the first in an input of rank 3 or more, as in [-1, 3, -1, -1] or [1, -1, -1, 3]).
+    Stored in the model's own input dtype, stacked on a new first axis."""
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for spec in specs:
-        inner = [axis for axis, d in enumerate(spec.shape) if d < 0 and axis > 0]
+        dynamic = [axis for axis, d in enumerate(spec.shape) if d < 0]
+        inner = [axis for axis in dynamic if axis > 0]
         spatial = len(spec.shape) >= 3 and len(inner) >= 2
+        batch = None if spatial and 0 not in dynamic else (dynamic[0] if dynamic else None)
         dims = [
-            d if d >= 0 else (dynamic_size if spatial and axis in inner else 1)
+            d if d >= 0 else (1 if axis == batch else dynamic_size)
             for axis, d in enumerate(spec.shape)
         ]
         out[spec.name] = _random(spec, (count, *dims), rng)

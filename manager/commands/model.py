@@ -33,9 +33,18 @@ def model() -> None:
     help="SAMPLES.npz, as `bundle build --samples` takes it, for static INT8 (each feed one "
     "calibration batch); dynamic without it.",
 )
+@click.option(
+    "--samples",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="SAMPLES.npz of real inputs to compare the INT8 model with the float one on "
+    "(dynamic quantization; static compares on --calibration). Default: generated inputs.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @refusals_exit_1
-def quantize_cmd(model_path: Path, output: Path, calibration: Path | None, as_json: bool) -> None:
+def quantize_cmd(
+    model_path: Path, output: Path, calibration: Path | None, samples: Path | None,
+    as_json: bool,
+) -> None:
     """Quantize an ONNX model to INT8: dynamic, or static with calibration samples.
 
     Prints float and INT8 sizes, how closely every output of the INT8 model agrees with the
@@ -45,9 +54,12 @@ def quantize_cmd(model_path: Path, output: Path, calibration: Path | None, as_js
     from satchel.manager.build import _load_samples
     from satchel.manager.quantize import QuantizeError, quantize_onnx
 
-    samples = _load_samples(calibration) if calibration else None
+    if calibration and samples:
+        raise click.UsageError("give --calibration (static) or --samples (dynamic), not both")
+    calibrated = _load_samples(calibration) if calibration else None
+    compared = _load_samples(samples) if samples else None
     try:
-        report = quantize_onnx(model_path, output, samples)
+        report = quantize_onnx(model_path, output, calibrated, samples=compared)
     except QuantizeError as e:
         raise UsageError(str(e)) from e
     if not report.passed:

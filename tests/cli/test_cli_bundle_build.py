@@ -247,7 +247,7 @@ def test_reference_that_disagrees_refuses_the_build_and_leaves_nothing(
     line = cli.spawn(*_build_args(models.float_onnx, out, shared_keydir / "signing.key",
                                   "--reference", models.other_onnx)).refusal()
 
-    assert "disagrees with its reference on 32 samples" in line
+    assert "disagrees with its reference on 32 sample feeds" in line
     assert "output 'logits' (classes)" in line
     assert "SQNR" in line and "dB < required 10.0 dB" in line
     assert "top-1 agreement" in line

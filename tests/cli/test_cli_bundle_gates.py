@@ -286,3 +286,35 @@ def test_reference_with_external_data_is_loaded_beside_its_weights(
                              "--reference", reference, "--json")).json()
 
     assert report["agreement"]["max_abs_error"] == 0.0
+
+
+def test_a_model_failing_on_generated_inputs_is_one_line_without_a_native_log(
+    cli: Cli, shared_keydir: Path, tmp_path: Path
+) -> None:
+    """onnxruntime logs failing kernels at ERROR on fd 2; the technician sees only our line."""
+    w = numpy_helper.from_array(np.ones((64, 4), np.float32), "w")
+    shape = numpy_helper.from_array(np.array([-1, 64], np.int64), "shape")
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "shape"], ["rows"]),
+         helper.make_node("MatMul", ["rows", "w"], ["logits"])],
+        "needs64",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4])],
+        initializer=[w, shape],
+    )
+    model = _save(graph, tmp_path / "needs64.onnx")
+
+    out = cli.spawn(*_build(model, tmp_path / "b.satchel", shared_keydir / "signing.key"))
+    line = out.refusal()
+
+    assert "running the models on the samples failed" in line
+    assert line.endswith("give real inputs with --samples")
+
+
+def test_quantize_compares_on_the_users_samples_when_asked(
+    cli: Cli, models: Models, tmp_path: Path
+) -> None:
+    report = cli.run("model", "quantize", models.float_onnx, "-o", tmp_path / "q.onnx",
+                     "--samples", models.samples, "--json").json()
+
+    assert report["mode"] == "dynamic" and report["feeds"] == 1 and report["samples"] == 16
