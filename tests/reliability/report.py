@@ -27,7 +27,8 @@ from tests.reliability.figures import FIGURES_ENV, KNOWN_BUG
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "RELIABILITY.md"
-AREAS = ["TUF attack, LAN", "TUF attack, USB", "fuzzing", "network fault", "manager"]
+AREAS = ["TUF attack, LAN", "TUF attack, USB", "fuzzing", "network fault", "manager",
+         "inference server"]
 # Measured by the bundle-format suite, which this one reuses rather than repeats.
 REFERENCED = [
     ("fuzzing", "bundle reader: every single-byte flip and every truncation of a real bundle",
@@ -59,6 +60,30 @@ FOUND_AND_FIXED = [
     "(OfferMismatchError), before the installer runs",
     "a manager whose trust root endpoint failed (endless, missing, forged) blocked every "
     "install: the failure is reported once (`trust_update_failed`) and offers go on",
+    # the second round (an adversarial trial as a new user would run it)
+    "NaN inputs sent by any local client during probation rolled a good release back for "
+    "good: non-finite inputs are now the client's fault, counted apart "
+    "(`nonfinite_inputs`), and never blamed on the model",
+    "a USB stick whose `reports/` (or `reports/<device>`, a bundle, `plan.json`) was a "
+    "symlink made `satchel-agent usb` write outside the stick, into the device's own state "
+    "directory too, and `satchel usb import` follow it: every path on a stick is now walked "
+    "from its root with O_NOFOLLOW and a link is refused in one line (StickLinkError)",
+    "60 wrong passwords in 12 s, then the right one logged in: log-ins are throttled per "
+    "user name and client address in the database, refused (429) before any hash is run",
+    "a saved session cookie still worked after logout: sessions are rows on the server, "
+    "ended by logout, a password change or the user's removal",
+    "a full manager disk gave a 500 with a traceback on check-in: now a 503 `disk_full` "
+    "with Retry-After, nothing half-recorded; `bundle add` names a store that cannot be "
+    "written instead of saying it cannot read the file",
+    "`satchel-agent install` ignored the SATCHEL_AGENT_* settings `usb` and `run` honour",
+    "the inference server started one thread per connection with no cap (2,000 idle "
+    "connections gave 2,011 threads): 64 connections at most, the longest-idle one closed "
+    "for a newcomer, a request trickled in past 30 s closed when a slot is needed (slow "
+    "loris), idle keep-alive 15 s",
+    "the health policy was judged twice, differently (the manager judged p95 latency with "
+    "fewer inferences than `min_samples`): one pure judge in `bundles/health.py` for both",
+    "a failed `usb export` could leave a half-written stick: it now writes into a temporary "
+    "directory on the stick and renames, and a failure leaves the stick as it was",
 ]
 
 
