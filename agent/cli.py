@@ -1,5 +1,5 @@
 """`satchel-agent`: the device's command line. Commands are thin wrappers over
-`agent.provision`, `agent.installer` and `agent.state`; every refusal is one line on stderr
+`agent.provision`, `agent.install.installer` and `agent.state`; every refusal is one line on stderr
 with exit code 1, usage errors exit 2.
 """
 
@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 import click
 
-from satchel.agent import history
 from satchel.agent.config import (
     DEFAULT_CONFIG,
     DEFAULT_STATE_DIR,
@@ -27,22 +26,23 @@ from satchel.agent.config import (
     AgentConfig,
     config_from_env,
 )
-from satchel.agent.enroll import enroll_device
 from satchel.agent.errors import AgentError, SmokeTestFailedError, UsbInstallFailedError
-from satchel.agent.events import EventQueue
-from satchel.agent.installer import InstallResult, install, recover, rollback
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.install import history
+from satchel.agent.install.installer import InstallResult, install, recover, rollback
 from satchel.agent.provision import init_device
 from satchel.agent.server import DEFAULT_LISTEN
 from satchel.agent.service import AgentService, socket_for
 from satchel.agent.state import DeviceState
-from satchel.agent.updates import (
+from satchel.agent.sync.enroll import enroll_device
+from satchel.agent.sync.install_events import (
     CLI,
     BundleOrigin,
     origin_of_file,
     queue_install_events,
-    stored_totals,
 )
-from satchel.agent.usb import process_stick
+from satchel.agent.sync.report import stored_totals
+from satchel.agent.sync.usb import process_stick
 from satchel.bundles.errors import BundleError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -265,7 +265,7 @@ def history_command(obj: CliContext, channel: str | None, limit: int, as_json: b
         click.echo(" ".join(words) + reason)
 
 
-# --- the manager, sticks and the service (agent.client, agent.usb, agent.service) -----------
+# --- the manager, sticks and the service (agent.sync.client, agent.sync.usb, agent.service) -------
 
 
 def _quiet_logs(verbose: bool) -> None:

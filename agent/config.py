@@ -30,7 +30,7 @@ class AgentConfig:
     # when a smoke test sets a memory budget, since only a fresh process measures it honestly)
     smoke_child_timeout_s: float = 600.0  # seconds a child-process smoke test may take
     smoke_threads: int | None = None  # runtime threads for smoke tests; None = runtime default
-    # --- talking to the manager (agent.client) ---
+    # --- talking to the manager (agent.sync.client) ---
     connect_timeout_s: float = 5.0  # seconds to open a connection to the manager
     read_timeout_s: float = 30.0  # seconds the manager may stay silent during one call
     retry_attempts: int = 4  # tries of one enroll or trust-root call before giving up
@@ -54,10 +54,10 @@ class AgentConfig:
     download_grace_s: float = 60.0  # seconds a download may take whatever its size
     answer_deadline_s: float = 120.0  # seconds to read a whole JSON answer or trust root
     progress_log_s: float = 5.0  # seconds between progress lines of a download in the log
-    # --- the durable event queue (agent.events) ---
+    # --- the durable event queue (agent.event_queue) ---
     event_queue_max_events: int = 10_000  # events kept while undelivered; oldest dropped first
     event_queue_max_bytes: int = 8 * 1024 * 1024  # bytes of the queue file
-    # --- USB sticks (agent.usb) ---
+    # --- USB sticks (agent.sync.usb) ---
     usb_scan_interval_s: float = 2.0  # seconds between looks for a stick under the mount roots
     usb_scan_depth: int = 2  # directory levels under a mount root searched for plan.json
     usb_plans_remembered: int = 256  # plan ids kept as done, so a stick is processed once

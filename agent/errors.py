@@ -104,7 +104,7 @@ class RollbackSupersededError(AgentError):
     """A rollback of one release was asked for, but another release is active by now."""
 
 
-# --- the manager, the network and USB sticks (agent.client, agent.usb) ----------------------
+# --- the manager, the network and USB sticks (agent.sync.client, agent.sync.usb) ------------------
 
 
 class NotEnrolledError(AgentError):

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from satchel.agent import sdnotify
-from satchel.agent.checkin import CheckinLoop
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
-from satchel.agent.events import EventQueue
-from satchel.agent.health_samples import HealthSampler
-from satchel.agent.installer import recover
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.health.samples import HealthSampler
+from satchel.agent.install.installer import recover
 from satchel.agent.server import DEFAULT_CONFIG as DEFAULT_SERVER_CONFIG
 from satchel.agent.server import (
     DEFAULT_LISTEN,
@@ -34,7 +33,8 @@ from satchel.agent.server import (
     default_socket_path,
 )
 from satchel.agent.state import DeviceState
-from satchel.agent.usb import UsbWatcher
+from satchel.agent.sync.checkin import CheckinLoop
+from satchel.agent.sync.usb import UsbWatcher
 
 log = logging.getLogger(__name__)
 

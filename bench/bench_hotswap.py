@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from satchel.agent.installer import install
+from satchel.agent.install.installer import install
 from satchel.agent.provision import init_device
 from satchel.agent.runtimes import get_runtime
 from satchel.agent.server import AgentServer, MemoryEventSink, ServerConfig

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from satchel.agent.installer import install
+from satchel.agent.install.installer import install
+from satchel.agent.install.smoketest import InProcessSmokeRunner, SmokeReport
 from satchel.agent.provision import init_device
-from satchel.agent.smoketest import InProcessSmokeRunner, SmokeReport
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.manifest import Manifest, ModelEntry, SmokeTest, TensorInfo
 from satchel.bundles.pack import Payload, write_bundle

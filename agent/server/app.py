@@ -15,11 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from satchel.agent import sdnotify
-from satchel.agent.health import HealthBook
-from satchel.agent.health_store import HealthStore
+from satchel.agent.health.stats import HealthBook
+from satchel.agent.health.store import HEALTH_DIR, HealthStore
 from satchel.agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, SOCKET_NAME, ServerConfig
 from satchel.agent.server.connections import ConnectionSlots
-from satchel.agent.server.crashloop import HEALTH_DIR, record_clean_stop
+from satchel.agent.server.crashloop import record_clean_stop
 from satchel.agent.server.events import EventSink, MemoryEventSink
 from satchel.agent.server.http import TcpServer, UnixServer
 from satchel.agent.server.inference import InferenceService
@@ -40,7 +40,7 @@ def _default_state(state_dir: Path) -> StateView:
 
 
 def _default_rollback() -> RollbackFn:
-    from satchel.agent.installer import rollback
+    from satchel.agent.install.installer import rollback
 
     return rollback
 
@@ -50,7 +50,7 @@ class AgentServer:
     active release and serves in background threads; `stop()` ends it all.
 
     `state` and `rollback` default to `agent.state.DeviceState(state_dir)` and
-    `agent.installer.rollback`.
+    `agent.install.installer.rollback`.
     """
 
     def __init__(

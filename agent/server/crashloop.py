@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from satchel.agent.health_store import HealthStore
+from satchel.agent.health.store import HEALTH_DIR, HealthStore
 from satchel.agent.server.config import DEFAULT_CONFIG, ServerConfig
 from satchel.agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
 from satchel.agent.server.monitor import RollbackFn
@@ -29,7 +29,6 @@ from satchel.bundles.health import HealthFigures, judge
 log = logging.getLogger(__name__)
 
 STARTS_FILE = "service-starts.json"
-HEALTH_DIR = "health"
 _FORMAT = 1
 
 
@@ -96,7 +95,7 @@ def check_crash_loop(
     probation has crash-looped. Returns the rollback reasons (empty when none).
 
     `state` and `rollback` default to `agent.state.DeviceState(state_dir)` and
-    `agent.installer.rollback`. Raises OSError when the start cannot be recorded; a failed
+    `agent.install.installer.rollback`. Raises OSError when the start cannot be recorded; a failed
     rollback is logged and reported as an event, not raised.
     """
     state_dir = Path(state_dir)
@@ -106,7 +105,7 @@ def check_crash_loop(
 
         state = DeviceState(state_dir)
     if rollback is None:
-        from satchel.agent.installer import rollback as installer_rollback
+        from satchel.agent.install.installer import rollback as installer_rollback
 
         rollback = installer_rollback
     record_start(state_dir, now_s, config)

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from satchel.agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from satchel.agent.server.config import ServerConfig
 from satchel.agent.server.connections import ConnectionSlots
 from satchel.agent.server.errors import (
@@ -38,6 +37,7 @@ from satchel.agent.server.errors import (
     ServerError,
 )
 from satchel.agent.server.inference import InferenceService
+from satchel.agent.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from satchel.agent.server.protocol import HEADER_LENGTH
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from satchel.agent.health import HealthBook, has_nonfinite
-from satchel.agent.metrics import MetricsSnapshot, render
+from satchel.agent.health.stats import HealthBook, has_nonfinite
 from satchel.agent.runtimes import InferenceError, check_feeds
 from satchel.agent.server import protocol
 from satchel.agent.server.config import ServerConfig
@@ -20,6 +19,7 @@ from satchel.agent.server.errors import (
     NotFoundError,
     NotReadyError,
 )
+from satchel.agent.server.metrics import MetricsSnapshot, render
 from satchel.agent.server.registry import ModelRegistry, ServingModel
 
 

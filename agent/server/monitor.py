@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from satchel.agent.health import HealthBook
-from satchel.agent.health_store import HealthStore
+from satchel.agent.health.stats import HealthBook
+from satchel.agent.health.store import HealthStore
 from satchel.agent.server.config import ServerConfig
 from satchel.agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
 from satchel.agent.server.registry import ModelRegistry, Release, ServingModel

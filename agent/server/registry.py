@@ -21,13 +21,13 @@ from typing import Protocol
 import numpy as np
 
 from satchel.agent.errors import AgentError
-from satchel.agent.health import HealthBook, ReleaseKey, probation_end
-from satchel.agent.health_store import HealthStore
-from satchel.agent.metrics import ChannelInfo
+from satchel.agent.health.stats import HealthBook, ReleaseKey, probation_end
+from satchel.agent.health.store import HealthStore
 from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
 from satchel.agent.server.config import ServerConfig
 from satchel.agent.server.errors import ReleaseLoadError
 from satchel.agent.server.events import LOAD_FAILED, SERVING, Event, EventSink
+from satchel.agent.server.metrics import ChannelInfo
 from satchel.bundles.manifest import HealthPolicy, Manifest
 
 log = logging.getLogger(__name__)

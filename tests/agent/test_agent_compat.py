@@ -7,13 +7,6 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from satchel.agent.compat import (
-    DeviceFacts,
-    check_compatible,
-    check_device,
-    check_disk,
-    expiry_clock,
-)
 from satchel.agent.errors import (
     AgentTooOldError,
     ArchitectureError,
@@ -21,6 +14,13 @@ from satchel.agent.errors import (
     InsufficientDiskError,
     RuntimeMissingError,
     SequenceRollbackError,
+)
+from satchel.agent.install.compat import (
+    DeviceFacts,
+    check_compatible,
+    check_device,
+    check_disk,
+    expiry_clock,
 )
 from satchel.bundles.errors import ExpiredError
 from satchel.bundles.manifest import Compatibility, FileEntry, Manifest, ModelEntry, TensorInfo

@@ -13,8 +13,8 @@ import signal
 
 import pytest
 
-from satchel.agent.install_states import INSTALL_STEPS, ROLLBACK_STEPS, SWITCHED
-from satchel.agent.installer import install
+from satchel.agent.install.installer import install
+from satchel.agent.install.states import INSTALL_STEPS, ROLLBACK_STEPS, SWITCHED
 
 SWITCH_AT = INSTALL_STEPS.index(SWITCHED)
 

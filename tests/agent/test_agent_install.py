@@ -10,8 +10,8 @@ import threading
 import pytest
 
 from satchel.agent.errors import LockBusyError
-from satchel.agent.installer import install, rollback
-from satchel.agent.lock import device_lock
+from satchel.agent.install.installer import install, rollback
+from satchel.agent.install.lock import device_lock
 from satchel.agent.state import DeviceState
 
 
@@ -189,8 +189,8 @@ def test_history_records_activations_and_refusals(device, make_bundle):
 
 
 def test_history_is_bounded(device, make_bundle, tmp_path):
-    from satchel.agent import history
     from satchel.agent.config import AgentConfig
+    from satchel.agent.install import history
 
     config = AgentConfig(history_entries=5)
     for i in range(12):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from satchel.agent.installer import install, recover
+from satchel.agent.install.installer import install, recover
 from satchel.agent.state import DeviceState
 from tests.agent.conftest import verify_active_release
 from tests.agent.powercut import Disk, power_cuts, trace_env

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from satchel.agent.errors import InsufficientDiskError, RuntimeMissingError
-from satchel.agent.facts import gather_facts
-from satchel.agent.installer import install
+from satchel.agent.install.facts import gather_facts
+from satchel.agent.install.installer import install
 from satchel.agent.provision import init_device
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.manifest import Compatibility

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from satchel.agent.config import AgentConfig
-from satchel.agent.smoketest import (
+from satchel.agent.install.smoketest import (
     AutoSmokeRunner,
     ChildSmokeRunner,
     InProcessSmokeRunner,

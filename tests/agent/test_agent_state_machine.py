@@ -8,18 +8,24 @@ from pathlib import Path
 
 import pytest
 
-from satchel.agent import history
 from satchel.agent.errors import NoPreviousReleaseError, SmokeTestFailedError
-from satchel.agent.install_states import (
+from satchel.agent.install import history
+from satchel.agent.install.installer import install, recover
+from satchel.agent.install.journal import (
+    OP_INSTALL,
+    OP_ROLLBACK,
+    Journal,
+    read_journal,
+    write_journal,
+)
+from satchel.agent.install.smoketest import SmokeReport
+from satchel.agent.install.states import (
     Recovery,
     record_after_install,
     record_after_rollback,
     recovery_for,
     stale_releases,
 )
-from satchel.agent.installer import install, recover
-from satchel.agent.journal import OP_INSTALL, OP_ROLLBACK, Journal, read_journal, write_journal
-from satchel.agent.smoketest import SmokeReport
 from satchel.agent.state import STATE_ROLLED_BACK, ChannelRecord, KeptRelease
 from satchel.bundles.manifest import Manifest, ModelEntry, TensorInfo
 

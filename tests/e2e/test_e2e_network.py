@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 
-from satchel.agent.events import EventQueue
+from satchel.agent.event_queue import EventQueue
 from tests.e2e.conftest import (
     Kit,
     ManagerProcess,

@@ -15,14 +15,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from satchel.agent.checkin import CheckinLoop
 from satchel.agent.config import AgentConfig
-from satchel.agent.events import EventQueue
-from satchel.agent.health import HealthStats
-from satchel.agent.installer import install
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.health.stats import HealthStats
+from satchel.agent.install.installer import install
 from satchel.agent.provision import init_device
 from satchel.agent.runtimes import get_runtime
 from satchel.agent.state import DeviceState
+from satchel.agent.sync.checkin import CheckinLoop
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.manifest import (
     Compatibility,
@@ -147,7 +147,7 @@ class Site:
                 if k.split("/")[0] not in VOLATILE}
 
     def root_version(self) -> int:
-        from satchel.agent.updates import trusted_root
+        from satchel.agent.sync.trust_roots import trusted_root
 
         return trusted_root(self.state).version
 

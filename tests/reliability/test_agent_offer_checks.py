@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from satchel.agent.credentials import device_key
-from satchel.agent.enroll import enroll_device
 from satchel.agent.errors import OfferMismatchError, StickBundleMismatchError, StickError
-from satchel.agent.updates import LAN, BundleOrigin, check_offered
-from satchel.agent.usb import copy_from_stick, process_stick
+from satchel.agent.sync.credentials import device_key
+from satchel.agent.sync.enroll import enroll_device
+from satchel.agent.sync.install_events import LAN, BundleOrigin, check_offered
+from satchel.agent.sync.usb import copy_from_stick, process_stick
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.plan import verify_report
 from satchel.bundles.trust import make_root, sign_root

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import requests
 
-from satchel.agent.health import ReleaseKey
+from satchel.agent.health.stats import ReleaseKey
 from satchel.agent.server import AgentServer, MemoryEventSink
 from satchel.agent.server.events import ROLLED_BACK
 from satchel.bundles.manifest import HealthPolicy

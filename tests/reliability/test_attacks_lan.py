@@ -16,16 +16,16 @@ from typing import Any
 
 import pytest
 
-from satchel.agent.checkin import CheckinLoop
-from satchel.agent.client import ManagerClient, Offer
-from satchel.agent.credentials import require_credentials
-from satchel.agent.enroll import enroll_device
 from satchel.agent.errors import (
     DeviceClassError,
     DownloadError,
     ManagerUnreachableError,
     SequenceRollbackError,
 )
+from satchel.agent.sync.checkin import CheckinLoop
+from satchel.agent.sync.client import ManagerClient, Offer
+from satchel.agent.sync.credentials import require_credentials
+from satchel.agent.sync.enroll import enroll_device
 from satchel.bundles.errors import (
     ExpiredError,
     PayloadHashError,

@@ -1,5 +1,5 @@
 """The TUF attack catalogue over USB: a device running the real `satchel-agent usb` code
-(`agent.usb.process_stick`) on a stick an attacker crafted or rewrote.
+(`agent.sync.usb.process_stick`) on a stick an attacker crafted or rewrote.
 
 Each test installs release 1.0.0 (sequence 10) first. A refused stick changes nothing on the
 device; a refused bundle changes nothing either, and the signed report the device leaves on
@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from satchel.agent.credentials import device_key
 from satchel.agent.errors import (
     DeviceClassError,
     PlanRefusedError,
     SequenceRollbackError,
 )
-from satchel.agent.usb import StickOutcome, process_stick
+from satchel.agent.sync.credentials import device_key
+from satchel.agent.sync.usb import StickOutcome, process_stick
 from satchel.bundles.errors import (
     ExpiredError,
     PayloadHashError,

@@ -20,9 +20,9 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from satchel.agent.errors import AgentError
-from satchel.agent.events import EventQueue
+from satchel.agent.event_queue import EventQueue
 from satchel.agent.provision import init_device
-from satchel.agent.usb import process_stick
+from satchel.agent.sync.usb import process_stick
 from satchel.bundles.envelope import sign_envelope
 from satchel.bundles.errors import BundleError, MalformedJSONError
 from satchel.bundles.keys import SigningKey

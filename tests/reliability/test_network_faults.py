@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from satchel.agent.enroll import enroll_device
 from satchel.agent.errors import ManagerUnreachableError
-from satchel.agent.events import EventQueue
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.sync.enroll import enroll_device
 from tests.models import sample_inputs
 from tests.reliability.conftest import Models
 from tests.reliability.figures import Recorder

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from satchel.agent.installer import install
+from satchel.agent.install.installer import install
 from satchel.agent.provision import init_device
 from satchel.agent.server import AgentServer, Event, MemoryEventSink, ServerConfig
 from satchel.agent.state import DeviceState, Release

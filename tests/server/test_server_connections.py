@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from satchel.agent.health import HealthStats
+from satchel.agent.health.stats import HealthStats
 from tests.server.conftest import FAST, Device, ServerFactory, unix_request, wait_for
 
 

@@ -130,7 +130,7 @@ def test_breach_without_a_previous_release_keeps_serving_and_reports(
 def test_release_restored_by_rollback_is_not_judged_again(
     device: Device, models: Models, start_server: ServerFactory, events: MemoryEventSink
 ) -> None:
-    from satchel.agent.installer import rollback
+    from satchel.agent.install.installer import rollback
 
     device.install(models.nan, version="1.0.0", sequence=1, policy=STRICT)
     device.install(models.good, version="2.0.0", sequence=2, policy=STRICT)

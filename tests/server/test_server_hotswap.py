@@ -10,7 +10,7 @@ from functools import partial
 
 import requests
 
-from satchel.agent.installer import rollback
+from satchel.agent.install.installer import rollback
 from satchel.agent.server.events import LOAD_FAILED, ROLLED_BACK, SERVING
 from tests.server.conftest import (
     CHANNEL,

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from satchel.agent import sdnotify
-from satchel.agent.health import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
-from satchel.agent.health_store import HealthStore
-from satchel.agent.metrics import ChannelInfo, MetricsSnapshot, render
+from satchel.agent.health.stats import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
+from satchel.agent.health.store import HealthStore
 from satchel.agent.server import ListenAddressError, ServerError, serve
 from satchel.agent.server.http import parse_listen
+from satchel.agent.server.metrics import ChannelInfo, MetricsSnapshot, render
 from satchel.bundles.health import judge
 from satchel.bundles.manifest import HealthPolicy
 from tests.server.conftest import (

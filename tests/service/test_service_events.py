@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from satchel.agent.config import AgentConfig
-from satchel.agent.events import DROPPED, EventQueue
+from satchel.agent.event_queue import DROPPED, EventQueue
 from satchel.agent.server import Event
 
 
@@ -132,7 +132,7 @@ def test_a_bad_event_from_the_server_is_logged_not_raised(tmp_path: Path) -> Non
 _APPENDER = """
 import sys
 from pathlib import Path
-from satchel.agent.events import EventQueue
+from satchel.agent.event_queue import EventQueue
 queue = EventQueue(Path(sys.argv[1]))
 for i in range(int(sys.argv[2])):
     queue.append("serving", channel="vision", sequence=i)

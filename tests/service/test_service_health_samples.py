@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from satchel.agent.events import EventQueue
-from satchel.agent.health import HealthStats, ReleaseKey
-from satchel.agent.health_samples import HealthSampler
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.health.samples import HealthSampler
+from satchel.agent.health.stats import HealthStats, ReleaseKey
 
 V1 = ReleaseKey("vision", "1.0", 1)
 V2 = ReleaseKey("vision", "1.1", 2)

@@ -13,11 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from satchel.agent.checkin import CheckinLoop
-from satchel.agent.client import ManagerClient, Offer, with_retries
 from satchel.agent.config import AgentConfig
-from satchel.agent.credentials import credentials_path, load_credentials, require_credentials
-from satchel.agent.enroll import enroll_device
 from satchel.agent.errors import (
     AlreadyEnrolledError,
     CredentialRejectedError,
@@ -26,10 +22,14 @@ from satchel.agent.errors import (
     ManagerUnreachableError,
     StateCorruptError,
 )
-from satchel.agent.events import EventQueue
-from satchel.agent.health import HealthStats
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.health.stats import HealthStats
 from satchel.agent.state import DeviceState
-from satchel.agent.updates import accept_roots, trusted_root
+from satchel.agent.sync.checkin import CheckinLoop
+from satchel.agent.sync.client import ManagerClient, Offer, with_retries
+from satchel.agent.sync.credentials import credentials_path, load_credentials, require_credentials
+from satchel.agent.sync.enroll import enroll_device
+from satchel.agent.sync.trust_roots import accept_roots, trusted_root
 from satchel.bundles.errors import RootRotationError
 from satchel.bundles.keys import SigningKey
 from tests.factory import next_root
@@ -366,7 +366,7 @@ def test_the_loop_backs_off_while_the_manager_is_away_and_recovers(
 
 
 def test_backoff_doubles_up_to_its_cap_with_jitter_around_it() -> None:
-    from satchel.agent.client import Backoff
+    from satchel.agent.sync.client import Backoff
 
     exact = Backoff(AgentConfig(backoff_base_s=1, backoff_max_s=10, backoff_jitter=0))
     assert [exact.next_delay() for _ in range(6)] == [1, 2, 4, 8, 10, 10]

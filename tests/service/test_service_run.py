@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from satchel.agent.events import EventQueue
+from satchel.agent.event_queue import EventQueue
 from satchel.agent.state import STATE_PROBATION, DeviceState
 from satchel.bundles.manifest import HealthPolicy
 from satchel.bundles.timeutil import utcnow

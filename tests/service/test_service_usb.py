@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from satchel.agent.config import AgentConfig
-from satchel.agent.credentials import device_key
 from satchel.agent.errors import PlanRefusedError, StickError
-from satchel.agent.events import EventQueue
-from satchel.agent.health import HealthStats
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.health.stats import HealthStats
 from satchel.agent.state import DeviceState
-from satchel.agent.updates import trusted_root
-from satchel.agent.usb import StickOutcome, UsbWatcher, done_plans, find_sticks, process_stick
+from satchel.agent.sync.credentials import device_key
+from satchel.agent.sync.trust_roots import trusted_root
+from satchel.agent.sync.usb import StickOutcome, UsbWatcher, done_plans, find_sticks, process_stick
 from satchel.bundles import plan as layout
 from satchel.bundles.durable import atomic_write_bytes
 from satchel.bundles.errors import RootRotationError
@@ -339,7 +339,7 @@ def test_usb_command_exit_codes_and_one_line_refusal(
 def test_usb_report_carries_events_of_an_enrolled_device_but_keeps_them_queued(
     tmp_path: Path, device: Device, models: Models
 ) -> None:
-    from satchel.agent.credentials import new_credentials, save_credentials
+    from satchel.agent.sync.credentials import new_credentials, save_credentials
 
     save_credentials(device.state_dir, new_credentials("http://127.0.0.1:9", "dev-1",
                                                        "sat_dev_x", "/c"))
@@ -389,7 +389,7 @@ def test_the_watcher_refuses_a_stick_with_a_link_once_and_leaves_it(
                          config=FAST)
     before = tree_snapshot(device.state_dir)
 
-    with caplog.at_level(logging.ERROR, logger="satchel.agent.usb"):
+    with caplog.at_level(logging.ERROR, logger="satchel.agent.sync.usb"):
         assert watcher.scan_once() == [] and watcher.scan_once() == []
 
     assert [r.getMessage() for r in caplog.records] == [

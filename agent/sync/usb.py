@@ -36,23 +36,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from satchel.agent.compat import EPOCH
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
-from satchel.agent.credentials import device_key, load_credentials
 from satchel.agent.errors import PlanRefusedError, StickBundleMismatchError, StickError
-from satchel.agent.events import EventQueue
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.install.compat import EPOCH
 from satchel.agent.state import DeviceIdentity, DeviceState, read_json, write_json
-from satchel.agent.updates import (
-    USB,
-    BundleOrigin,
-    TotalsSource,
-    accept_roots,
-    active_sequence,
-    checkin_body,
-    health_summary,
-    install_offered,
-    trusted_root,
-)
+from satchel.agent.sync.credentials import device_key, load_credentials
+from satchel.agent.sync.install_events import USB, BundleOrigin, active_sequence, install_offered
+from satchel.agent.sync.report import TotalsSource, checkin_body, health_summary
+from satchel.agent.sync.trust_roots import accept_roots, trusted_root
 from satchel.bundles import plan as stick_layout
 from satchel.bundles.durable import fsync_dir
 from satchel.bundles.envelope import open_envelope

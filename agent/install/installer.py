@@ -1,8 +1,8 @@
 """Install, roll back and recover: the installer's steps in order, under the device lock.
 
-The decisions (which record comes next, finish or undo) are `agent.install_states`; the disk
-work is `agent.install_runner.ChannelStore`; the smoke test is a `SmokeRunner` passed in.
-Each step is durable and journaled before the next begins (see `agent.install_states`),
+The decisions (which record comes next, finish or undo) are `agent.install.states`; the disk
+work is `agent.install.channel_store.ChannelStore`; the smoke test is a `SmokeRunner` passed in.
+Each step is durable and journaled before the next begins (see `agent.install.states`),
 so `recover()`, run first by every command, finishes or undoes an interrupted operation.
 """
 
@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from satchel.agent import history
-from satchel.agent.compat import DeviceFacts, check_compatible, expiry_clock
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.errors import (
     AgentError,
@@ -25,9 +23,22 @@ from satchel.agent.errors import (
     StateCorruptError,
     UnknownChannelError,
 )
-from satchel.agent.facts import gather_facts
-from satchel.agent.install_runner import ChannelStore, crash_point, remove_temp_files
-from satchel.agent.install_states import (
+from satchel.agent.install import history
+from satchel.agent.install.channel_store import ChannelStore, crash_point, remove_temp_files
+from satchel.agent.install.compat import DeviceFacts, check_compatible, expiry_clock
+from satchel.agent.install.facts import gather_facts
+from satchel.agent.install.journal import (
+    OP_INSTALL,
+    OP_ROLLBACK,
+    Journal,
+    clear_journal,
+    new_id,
+    read_journal,
+    write_journal,
+)
+from satchel.agent.install.lock import device_lock, try_device_lock
+from satchel.agent.install.smoketest import SmokeReport, SmokeRunner, default_runner
+from satchel.agent.install.states import (
     FINISHED,
     GENERATION,
     JOURNALED,
@@ -42,17 +53,6 @@ from satchel.agent.install_states import (
     recovery_for,
     release_name,
 )
-from satchel.agent.journal import (
-    OP_INSTALL,
-    OP_ROLLBACK,
-    Journal,
-    clear_journal,
-    new_id,
-    read_journal,
-    write_journal,
-)
-from satchel.agent.lock import device_lock, try_device_lock
-from satchel.agent.smoketest import SmokeReport, SmokeRunner, default_runner
 from satchel.agent.state import (
     ChannelRecord,
     DeviceState,

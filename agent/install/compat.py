@@ -1,6 +1,6 @@
 """Does a verified bundle fit this device? Pure functions over `DeviceFacts`.
 
-The facts are gathered elsewhere (`agent.facts.gather_facts`) and passed in, so these checks
+The facts are gathered elsewhere (`agent.install.facts.gather_facts`) and passed in, so these checks
 can be exercised with any device one cares to describe.
 """
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import shutil
 
-from satchel.agent.compat import DeviceFacts
+from satchel.agent.install.compat import DeviceFacts
 from satchel.agent.runtimes import installed_runtimes
 from satchel.agent.state import DeviceState
 from satchel.bundles.timeutil import utcnow

@@ -1,7 +1,7 @@
 """The installer's I/O on one channel's directory: staging, promoting, switching, pruning.
 
 Every step is durable before it returns (files and the directories that name them are
-fsynced), so the decisions in `agent.install_states` can rely on the order of the steps.
+fsynced), so the decisions in `agent.install.states` can rely on the order of the steps.
 `crash_point` is the test-only hook that kills the process between two steps.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from satchel.agent.config import CRASH_AT_ENV
-from satchel.agent.install_states import stale_releases
-from satchel.agent.smoketest import SmokeReport
+from satchel.agent.install.smoketest import SmokeReport
+from satchel.agent.install.states import stale_releases
 from satchel.agent.state import (
     FILES_DIR,
     MANIFEST_FILE,

@@ -16,9 +16,7 @@ import logging
 import threading
 from pathlib import Path
 
-from satchel.agent.client import Backoff, CheckinAnswer, ManagerClient, Offer, TrustInfo
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
-from satchel.agent.credentials import Credentials, require_credentials
 from satchel.agent.errors import (
     AgentError,
     CredentialRejectedError,
@@ -27,19 +25,13 @@ from satchel.agent.errors import (
     NotEnrolledError,
     TransportError,
 )
-from satchel.agent.events import EventQueue
+from satchel.agent.event_queue import EventQueue
 from satchel.agent.state import DeviceState
-from satchel.agent.updates import (
-    LAN,
-    BundleOrigin,
-    TotalsSource,
-    accept_roots,
-    active_sequence,
-    checkin_body,
-    health_summary,
-    install_offered,
-    trusted_root,
-)
+from satchel.agent.sync.client import Backoff, CheckinAnswer, ManagerClient, Offer, TrustInfo
+from satchel.agent.sync.credentials import Credentials, require_credentials
+from satchel.agent.sync.install_events import LAN, BundleOrigin, active_sequence, install_offered
+from satchel.agent.sync.report import TotalsSource, checkin_body, health_summary
+from satchel.agent.sync.trust_roots import accept_roots, trusted_root
 from satchel.bundles.errors import BundleError
 
 log = logging.getLogger(__name__)

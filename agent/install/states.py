@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from satchel.agent.errors import NoPreviousReleaseError
-from satchel.agent.journal import OP_INSTALL, Journal
+from satchel.agent.install.journal import OP_INSTALL, Journal
 from satchel.agent.state import STATE_ACTIVE, STATE_ROLLED_BACK, ChannelRecord, KeptRelease
 from satchel.bundles.manifest import Manifest
 

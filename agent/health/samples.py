@@ -14,8 +14,8 @@ import logging
 import threading
 from collections.abc import Callable, Mapping
 
-from satchel.agent.events import EventQueue
-from satchel.agent.health import HealthStats, ReleaseKey
+from satchel.agent.event_queue import EventQueue
+from satchel.agent.health.stats import HealthStats, ReleaseKey
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Written durably before an operation changes anything, advanced after each durable step,
 removed when the operation is finished or undone. At start-up, a journal that is still
-there means the process died mid-way; `agent.installer.recover` reads it to finish or undo.
+there means the process died mid-way; `agent.install.installer.recover` reads it to finish or undo.
 """
 
 from __future__ import annotations

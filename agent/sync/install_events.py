@@ -1,6 +1,5 @@
-"""What the LAN client and the USB stick have in common: apply trust roots, install a bundle
-through the installer while queueing the events the manager acts on, and describe the device
-(status, health, events) in the check-in body that both transports carry.
+"""Install a bundle a transport brought (LAN, USB stick, or a technician's CLI) through the
+installer, queueing the events the manager acts on.
 
 A transport checks first that the bundle it received is the release it was offered (the
 manifest's channel, version and sequence), and refuses a mix-and-match before the installer
@@ -29,61 +28,16 @@ from satchel.agent.errors import (
     OfferMismatchError,
     SequenceRollbackError,
     SmokeTestFailedError,
-    StateCorruptError,
 )
-from satchel.agent.events import EventQueue, json_safe
-from satchel.agent.facts import agent_version
-from satchel.agent.health import HealthStats, ReleaseKey
-from satchel.agent.installer import InstallResult, install
-from satchel.agent.lock import device_lock
+from satchel.agent.event_queue import EventQueue, json_safe
+from satchel.agent.install.installer import InstallResult, install
 from satchel.agent.state import DeviceState
-from satchel.bundles.durable import atomic_write_bytes
 from satchel.bundles.errors import BundleError
 from satchel.bundles.reader import read_unverified
-from satchel.bundles.timeutil import format_time, utcnow
-from satchel.bundles.trust import Root, load_root, update_root
 
 log = logging.getLogger(__name__)
 
 LAN, USB, CLI = "lan", "usb", "cli"  # how a bundle reached the device
-TotalsSource = Callable[[ReleaseKey], HealthStats]  # health counters of one release
-
-
-# --- trust roots ----------------------------------------------------------------------------
-
-
-def trusted_root(state_dir: Path) -> Root:
-    """The trust root the device verifies against. Raises StateCorruptError."""
-    layout = DeviceState(state_dir).layout
-    try:
-        return load_root(layout.trust.read_bytes())
-    except (OSError, BundleError) as e:
-        raise StateCorruptError(f"trust root {layout.trust} cannot be loaded: {e}") from e
-
-
-def accept_roots(
-    state_dir: Path, documents: Mapping[int, bytes], config: AgentConfig = DEFAULT_CONFIG
-) -> tuple[int, int]:
-    """Walk the trust root forward through `documents` (version -> root.json), one version
-    at a time by the rotation rule, saving each accepted root durably before the next.
-    Versions not above the trusted one are ignored. Returns (old version, new version).
-
-    Raises bundles' RootRotationError (a version is missing from the chain, or not signed
-    by a threshold of the old and of its own root keys), FormatError; LockBusyError,
-    StateCorruptError; OSError. A refused version leaves the last accepted root in place.
-    """
-    layout = DeviceState(state_dir).layout
-    with device_lock(layout.lock, config.lock_wait_s, config.lock_poll_s):
-        current = trusted_root(state_dir)
-        old = current.version
-        for version in sorted(v for v in documents if v > old):
-            current = update_root(current, documents[version])
-            atomic_write_bytes(layout.trust, documents[version])
-            log.info("trust root updated to version %d", current.version)
-        return old, current.version
-
-
-# --- installing with events -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -268,52 +222,3 @@ def origin_of_file(bundle: Path, via: str) -> BundleOrigin | None:
         return None
     return BundleOrigin(manifest.name, manifest.version, manifest.sequence,
                         digest.hexdigest(), None, via)
-
-
-# --- what the device reports ----------------------------------------------------------------
-
-
-def stored_totals(state_dir: Path) -> TotalsSource:
-    """Health counters from the durable health history (when the service is not the one
-    asking: `satchel-agent usb` run by a technician)."""
-    from satchel.agent.health_store import HealthStore
-    from satchel.agent.server.crashloop import HEALTH_DIR
-
-    return HealthStore(Path(state_dir) / HEALTH_DIR).totals
-
-
-def health_summary(state: DeviceState, totals: TotalsSource) -> dict[str, dict[str, Any]]:
-    """Per channel, the health counters of its active release (the API's `health`):
-    count, errors, nan, p95_ms. Raises StateCorruptError."""
-    summary: dict[str, dict[str, Any]] = {}
-    for channel in state.channels():
-        record = state.record(channel)
-        if record is None:
-            continue
-        stats = totals(ReleaseKey(channel, record.active.version, record.active.sequence))
-        p95 = stats.latency_quantile_ms(0.95)
-        summary[channel] = {
-            "count": stats.count,
-            "errors": stats.errors,
-            "nan": stats.nonfinite,
-            "p95_ms": None if p95 is None else round(p95, 3),
-        }
-    return summary
-
-
-def checkin_body(
-    state: DeviceState,
-    events: list[dict[str, Any]],
-    health: Mapping[str, Any],
-    trust_root_version: int,
-) -> dict[str, Any]:
-    """The check-in body (also the `checkin` of a USB report). Raises NotInitializedError,
-    StateCorruptError."""
-    return {
-        "agent_version": agent_version(),
-        "sent_at": format_time(utcnow()),
-        "trust_root_version": trust_root_version,
-        "status": state.status(),
-        "health": dict(health),
-        "events": events,
-    }

@@ -12,9 +12,10 @@ where it cannot be reset the figure is the peak since process start, an upper bo
 
 In-process, memory the allocator kept from earlier work (a model loaded before, in a
 long-running agent) is reused without showing as growth, so the figure can be too low.
-A budget is therefore judged only in a fresh child process (`python -m satchel.agent.smoketest`):
-the default runner tests in-process (fast) unless a smoke test of the bundle sets
-`max_memory_mb`. Each report says how its memory figure was taken.
+A budget is therefore judged only in a fresh child process
+(`python -m satchel.agent.install.smoketest`): the default runner tests in-process (fast)
+unless a smoke test of the bundle sets `max_memory_mb`. Each report says how its memory
+figure was taken.
 """
 
 from __future__ import annotations
@@ -257,13 +258,13 @@ class InProcessSmokeRunner:
 
 
 class ChildSmokeRunner:
-    """Runs smoke tests in a fresh `python -m satchel.agent.smoketest` process."""
+    """Runs smoke tests in a fresh `python -m satchel.agent.install.smoketest` process."""
 
     def __init__(self, config: AgentConfig = DEFAULT_CONFIG) -> None:
         self.config = config
 
     def run(self, manifest: Manifest, files: Path) -> SmokeReport:
-        command = [sys.executable, "-m", "satchel.agent.smoketest", str(files)]
+        command = [sys.executable, "-m", "satchel.agent.install.smoketest", str(files)]
         if self.config.smoke_threads is not None:
             command += ["--threads", str(self.config.smoke_threads)]
         try:
@@ -304,8 +305,8 @@ def default_runner(config: AgentConfig = DEFAULT_CONFIG) -> SmokeRunner:
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m satchel.agent.smoketest FILES [--threads N]`: manifest on stdin, report on
-    stdout."""
+    """`python -m satchel.agent.install.smoketest FILES [--threads N]`: manifest on stdin,
+    report on stdout."""
     threads = int(argv[2]) if len(argv) > 2 and argv[1] == "--threads" else None
     manifest = parse_manifest(sys.stdin.buffer.read())
     report = run_all(manifest, Path(argv[0]), threads)

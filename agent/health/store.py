@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from satchel.agent.health import Deltas, HealthStats, ReleaseKey
+from satchel.agent.health.stats import Deltas, HealthStats, ReleaseKey
 from satchel.bundles.durable import atomic_write_bytes, fsync_dir
 
 log = logging.getLogger(__name__)
 
+HEALTH_DIR = "health"  # STATE/health/: the segment files below
 FORMAT = 1
 _NAME = "%Y%m%dT%H%M"  # segment file stem, UTC
 _CACHED_SEGMENTS = 2  # segment files kept parsed in memory, as deltas arrive for these

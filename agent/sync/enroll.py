@@ -14,18 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from satchel.agent.client import ManagerClient, with_retries
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
-from satchel.agent.credentials import (
+from satchel.agent.errors import AlreadyEnrolledError, TransportError
+from satchel.agent.install.facts import agent_version
+from satchel.agent.state import DeviceState
+from satchel.agent.sync.client import ManagerClient, with_retries
+from satchel.agent.sync.credentials import (
     device_key,
     load_credentials,
     new_credentials,
     save_credentials,
 )
-from satchel.agent.errors import AlreadyEnrolledError, TransportError
-from satchel.agent.facts import agent_version
-from satchel.agent.state import DeviceState
-from satchel.agent.updates import accept_roots, trusted_root
+from satchel.agent.sync.trust_roots import accept_roots, trusted_root
 from satchel.bundles.errors import BundleError
 
 log = logging.getLogger(__name__)

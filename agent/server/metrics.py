@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from satchel.agent.health import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
+from satchel.agent.health.stats import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
