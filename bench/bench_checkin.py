@@ -118,10 +118,11 @@ def setup(data_dir: Path, url: str, devices: int) -> list[tuple[str, str]]:
     from satchel.bundles.keys import SigningKey
     from satchel.bundles.trust import make_root, sign_root
     from satchel.manager import db as database
-    from satchel.manager.auth import DEVICE, hash_token, new_token
+    from satchel.manager.checkin.parse import parse_report
     from satchel.manager.config import load_config
     from satchel.manager.models import Device, DeviceChannel
-    from satchel.manager.services import bundles, checkin, deployments, trust
+    from satchel.manager.services import bundles, deployments, trust
+    from satchel.manager.services.credentials import DEVICE, hash_token, new_token
     from satchel.manager.services.deployments import Selectors
     from satchel.manager.store import BundleStore
 
@@ -138,7 +139,7 @@ def setup(data_dir: Path, url: str, devices: int) -> list[tuple[str, str]]:
     rows, channels = [], []
     for d, t in creds:
         # a settled fleet: each device has checked in before with the state it sends now
-        report = checkin.parse_report(checkin_body(d), d, 1)
+        report = parse_report(checkin_body(d), d, 1)
         rows.append(
             {
                 "id": d,

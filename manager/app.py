@@ -1,9 +1,9 @@
 """The manager's Flask application factory.
 
 `create_app()` reads the configuration (TOML file, environment), opens the database (refusing
-one that is not at the Alembic head revision), and registers the API blueprint, `/metrics`
-and the request log. Views reach the database, the bundle store and the configuration through
-`state()`.
+one that is not at the Alembic head revision), and registers the blueprints (the API, the web
+dashboard, `/metrics`), the request log and the check-in fast path. Views reach the database,
+the bundle store and the configuration through `state()` (`manager/context.py`).
 """
 
 from __future__ import annotations
@@ -15,11 +15,16 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter, Map
 
+from satchel.manager.api import bp as api_bp
+from satchel.manager.checkin.route import CheckinRoute
 from satchel.manager.config import load_config
 from satchel.manager.context import EXTENSION, MAX_ROW_ID, ManagerState
 from satchel.manager.db import open_database
-from satchel.manager.metrics import Metrics
+from satchel.manager.metrics.endpoint import bp as metrics_bp
+from satchel.manager.metrics.registry import Metrics
+from satchel.manager.metrics.request_log import instrument
 from satchel.manager.store import BundleStore
+from satchel.manager.web import bp as web_bp
 
 
 class RowIdConverter(IntegerConverter):
@@ -62,14 +67,10 @@ def create_app(test_config: dict[str, Any] | None = None, config_file: Path | No
         metrics=Metrics(),
     )
 
-    from satchel.manager import metrics, web
-    from satchel.manager.api import bp as api_bp
-    from satchel.manager.checkin_route import CheckinRoute
-
     app.register_blueprint(api_bp)
-    app.register_blueprint(web.bp)
-    app.register_blueprint(metrics.bp)
-    metrics.instrument(app, log_requests=config.log_requests)
+    app.register_blueprint(web_bp)
+    app.register_blueprint(metrics_bp)
+    instrument(app, log_requests=config.log_requests)
     app.wsgi_app = CheckinRoute(app, app.wsgi_app)  # type: ignore[method-assign]
     if config.trusted_proxies:
         hops = config.trusted_proxies

@@ -3,11 +3,13 @@ functions; every refusal is one line on stderr and exit code 1, usage errors exi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import click
 
+from satchel.manager.commands import bundle, keys, model
 from satchel.manager.commands.common import CliContext, refusals_exit_1
 
 __all__ = ["CliContext", "main", "refusals_exit_1"]
@@ -32,21 +34,28 @@ def main(ctx: click.Context, data_dir: Path) -> None:
 
 
 def _register() -> None:
-    from satchel.manager.commands import bundle, keys, model
-
     main.add_command(keys.keys)
     main.add_command(model.model)
     main.add_command(bundle.bundle)
-    import importlib.util
-
-    # The server commands need the `manager` extra (Flask, SQLAlchemy).
+    # The manager's commands need the `manager` extra (Flask, SQLAlchemy): imported only when
+    # the extra is installed, so the bundle and key commands work without it.
     if importlib.util.find_spec("flask") is None:
         return
-    if importlib.util.find_spec("satchel.manager.commands.server") is None:
-        return
-    from satchel.manager.commands import server
+    from satchel.manager.commands import db, deploy, device, serve, token, trust, usb, user
 
-    server.register(main)
+    for group in (
+        serve.serve,
+        db.db,
+        trust.trust_group,
+        token.token,
+        user.user,
+        device.device,
+        deploy.deploy,
+        usb.usb,
+    ):
+        main.add_command(group)
+    for command in bundle.STORE_COMMANDS:
+        bundle.bundle.add_command(command)
 
 
 _register()

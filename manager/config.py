@@ -46,7 +46,7 @@ class ManagerConfig:
     db_pool_size: int = 10  # PostgreSQL connections kept per process
     db_max_overflow: int = 10  # extra PostgreSQL connections allowed under load
     db_pool_recycle_s: int = 3600  # seconds before a pooled PostgreSQL connection is renewed
-    checkin_fast_path: bool = True  # unchanged check-ins take one round trip (checkin_fast)
+    checkin_fast_path: bool = True  # unchanged check-ins take one round trip (checkin/fast.py)
     db_retries: int = 3  # attempts of a transaction that hit a deadlock or serialization error
     deploy_success_ratio: float = 0.95  # default fraction of a wave that must be healthy
     deploy_max_failure_ratio: float = 0.10  # default failed/released fraction that halts

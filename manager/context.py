@@ -11,7 +11,7 @@ from flask import current_app
 
 from satchel.manager.config import ManagerConfig
 from satchel.manager.db import Database
-from satchel.manager.metrics import Metrics
+from satchel.manager.metrics.registry import Metrics
 from satchel.manager.store import BundleStore
 
 EXTENSION = "satchel"  # the key of the state in `app.extensions`

@@ -6,7 +6,8 @@ flatbuffer schema builders), float32 or int8. Two deliberately bad ONNX
 variants serve the agent's safety nets: one whose outputs turn NaN for some
 inputs (health rollback), one that is slow on purpose (latency budgets).
 
-onnx, tflite and flatbuffers are imported only by the writers that need them.
+onnx, tflite and flatbuffers are imported only by the writers that need them (each takes
+about half a second to import), so training and the numpy forward pass load numpy alone.
 """
 
 from __future__ import annotations

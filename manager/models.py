@@ -136,7 +136,7 @@ class Device(Base):
     last_via: so.Mapped[str | None] = so.mapped_column(sa.String(8))  # "lan" | "usb"
     state_at: so.Mapped[datetime | None]  # device time of the newest state applied
     # sha256 of the state applied (status, agent and trust root versions): an unchanged
-    # check-in is recognised by it without reading the status (manager/services/checkin_fast.py)
+    # check-in is recognised by it without reading the status (manager/checkin/fast.py)
     state_digest: so.Mapped[str | None] = so.mapped_column(sa.String(HASH_LEN))
     status: so.Mapped[dict[str, Any] | None]  # the agent's `status --json`
     health: so.Mapped[dict[str, Any] | None]  # channel -> health summary

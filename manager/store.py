@@ -3,8 +3,8 @@
 An upload is spooled into `store/incoming/` while its sha256 is computed, verified by the
 caller, then moved into place (fsync, rename, fsync the directory) or discarded. A write the
 store's disk refuses (full, read-only, not a directory) is a StoreWriteError naming the store,
-told apart from a failure to read the upload, and leaves no file behind. Downloads are served
-with ETag (the sha256), If-None-Match, Range and If-Range, so they resume.
+told apart from a failure to read the upload, and leaves no file behind. Serving a stored file
+over HTTP (ETag, Range) is the API's part: `manager/api/bundles.py`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-
-from flask import Response, send_file
 
 from satchel.bundles.durable import fsync_dir
 from satchel.manager.errors import NotFoundError, RequestTooLargeError, StoreWriteError
@@ -127,19 +125,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def download_response(path: Path, sha256: str, max_age_s: int) -> Response:
-    """Serve a stored bundle: strong ETag = its sha256, 304 on a matching If-None-Match,
-    206 for one satisfiable Range (honouring If-Range), 416 for an unsatisfiable one."""
-    response = send_file(
-        path.resolve(),  # Flask resolves a relative path against the app, not the cwd
-        mimetype="application/vnd.satchel.bundle",
-        as_attachment=True,
-        download_name=f"{sha256}{SUFFIX}",
-        conditional=True,
-        etag=sha256,
-        max_age=max_age_s,
-    )
-    response.headers["Accept-Ranges"] = "bytes"
-    return response

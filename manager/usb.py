@@ -31,6 +31,8 @@ from satchel.bundles import plan as stick
 from satchel.bundles.errors import BundleError
 from satchel.bundles.keys import PublicKey, SigningKey
 from satchel.bundles.stickfs import StickDir, StickLinkError
+from satchel.manager.checkin.parse import parse_report
+from satchel.manager.checkin.record import USB, record
 from satchel.manager.db import Database
 from satchel.manager.errors import (
     ConflictError,
@@ -39,7 +41,7 @@ from satchel.manager.errors import (
     UsageError,
 )
 from satchel.manager.models import DeploymentTarget, Device, UsbReport
-from satchel.manager.services import checkin, deployments, trust
+from satchel.manager.services import deployments, trust
 from satchel.manager.store import BundleStore
 
 COPY_CHUNK_BYTES = 4 * 1024 * 1024  # bytes copied per step onto the stick
@@ -305,11 +307,11 @@ def record_report(
     if session.get(UsbReport, (device.id, report.report_id)) is not None:
         return False
     try:
-        parsed = checkin.parse_report(report.checkin, device.id, max_events)
+        parsed = parse_report(report.checkin, device.id, max_events)
     except InvalidRequestError as e:
         raise ReportRefusedError(str(e)) from e
     parsed = dataclasses.replace(parsed, sent_at=parsed.sent_at or report.created)
-    checkin.record(session, device.id, parsed, checkin.USB, now)
+    record(session, device.id, parsed, USB, now)
     session.add(
         UsbReport(
             device_id=device.id,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -36,7 +37,7 @@ GRANIAN, WAITRESS = "granian", "waitress"
 
 def __getattr__(name: str) -> Any:
     if name == "app":  # built on first use so that importing this module is cheap
-        from satchel.manager.app import create_app
+        from satchel.manager.app import create_app  # Flask and every blueprint: see _create_app
 
         globals()["app"] = create_app()
         return globals()["app"]
@@ -54,16 +55,12 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _run_worker(config: ManagerConfig, sock: socket.socket) -> None:
-    import logging
-
-    import waitress
-
-    from satchel.manager.app import create_app
+    import waitress  # only the server in use is loaded (every `satchel` command imports this)
 
     # "Task queue depth" warnings only say that all threads are busy, which under load they are
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)
 
-    app = create_app(_as_overrides(config))
+    app = _create_app(config)
     waitress.serve(
         app,
         sockets=[sock],
@@ -117,6 +114,7 @@ def serve(config: ManagerConfig, announce: Callable[[str], None] = print) -> Non
 
 
 def _serve_granian(config: ManagerConfig, ready: Callable[[str, int], None]) -> None:
+    # granian is optional (`server = "auto"` falls back to waitress without it)
     from granian.constants import Interfaces
     from granian.log import LogLevels
     from granian.server import Server
@@ -151,6 +149,8 @@ _GRANIAN_LOGS_TO_STDERR = {
 
 
 def _create_app(config: ManagerConfig) -> Any:
+    # Imported by the serving processes only: `satchel` imports this module for every command
+    # (through `manager.commands.serve`), and Flask with every blueprint would slow them all.
     from satchel.manager.app import create_app
 
     return create_app(_as_overrides(config))

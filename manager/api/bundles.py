@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from flask import Response, jsonify, request
+from flask import Response, jsonify, request, send_file
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import now
-from satchel.manager.auth import ADMIN, DEVICE, current_principal, requires
+from satchel.manager.api.guard import current_principal, requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError, RequestTooLargeError
 from satchel.manager.services import bundles
-from satchel.manager.store import download_response
+from satchel.manager.services.credentials import ADMIN, DEVICE
+from satchel.manager.store import SUFFIX
 
 
 def _upload_stream() -> BinaryIO:
@@ -78,4 +80,20 @@ def download_bundle(sha256: str) -> Response:
     st.db.run(lambda s: _visible(s, sha256))
     path = st.store.require(sha256)
     st.metrics.inc("satchel_bundle_downloads_total")
-    return download_response(path, sha256, st.config.download_max_age_s)
+    return _download_response(path, sha256, st.config.download_max_age_s)
+
+
+def _download_response(path: Path, sha256: str, max_age_s: int) -> Response:
+    """Serve a stored bundle: strong ETag = its sha256, 304 on a matching If-None-Match,
+    206 for one satisfiable Range (honouring If-Range), 416 for an unsatisfiable one."""
+    response = send_file(
+        path.resolve(),  # Flask resolves a relative path against the app, not the cwd
+        mimetype="application/vnd.satchel.bundle",
+        as_attachment=True,
+        download_name=f"{sha256}{SUFFIX}",
+        conditional=True,
+        etag=sha256,
+        max_age=max_age_s,
+    )
+    response.headers["Accept-Ranges"] = "bytes"
+    return response

@@ -8,10 +8,11 @@ from flask import Response, jsonify, request
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import json_body, now, row_id
-from satchel.manager.auth import ADMIN, requires
+from satchel.manager.api.guard import requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError
 from satchel.manager.services import deployments
+from satchel.manager.services.credentials import ADMIN
 from satchel.manager.services.deployments import Selectors
 
 
@@ -75,7 +76,7 @@ def deployment_status(deployment_id: int) -> Response:
     return jsonify(state().db.run(lambda s: deployments.status(s, deployment_id, t)))
 
 
-def _transition(deployment_id: int, action: str) -> Response:
+def _act(deployment_id: int, action: str) -> Response:
     row_id(deployment_id, "deployment")
     t = now()
     reason = ""
@@ -84,13 +85,7 @@ def _transition(deployment_id: int, action: str) -> Response:
         reason = str(body.get("reason", "")) if isinstance(body, dict) else ""
 
     def work(s: Any) -> dict[str, Any]:
-        if action == "pause":
-            dep = deployments.pause(s, deployment_id, t)
-        elif action == "resume":
-            dep = deployments.resume(s, deployment_id, t)
-        else:
-            dep = deployments.abort(s, deployment_id, t, reason)
-        return deployments.summary(s, dep)
+        return deployments.summary(s, deployments.act(s, deployment_id, action, t, reason))
 
     return jsonify(state().db.run(work))
 
@@ -98,16 +93,16 @@ def _transition(deployment_id: int, action: str) -> Response:
 @bp.post("/deployments/<int:deployment_id>/pause")
 @requires(ADMIN)
 def pause_deployment(deployment_id: int) -> Response:
-    return _transition(deployment_id, "pause")
+    return _act(deployment_id, "pause")
 
 
 @bp.post("/deployments/<int:deployment_id>/resume")
 @requires(ADMIN)
 def resume_deployment(deployment_id: int) -> Response:
-    return _transition(deployment_id, "resume")
+    return _act(deployment_id, "resume")
 
 
 @bp.post("/deployments/<int:deployment_id>/abort")
 @requires(ADMIN)
 def abort_deployment(deployment_id: int) -> Response:
-    return _transition(deployment_id, "abort")
+    return _act(deployment_id, "abort")

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from flask import Response, g, jsonify, request
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import int_arg, json_body, now
-from satchel.manager.auth import ADMIN, DEVICE, Principal, bearer_token, current_principal, requires
-from satchel.manager.checkin_route import FAST_PATH_TRIED
-from satchel.manager.config import ManagerConfig
+from satchel.manager.api.guard import current_principal, requires
+from satchel.manager.checkin import framing
+from satchel.manager.checkin.lan import checkin_lan
 from satchel.manager.context import state
-from satchel.manager.metrics import Metrics
-from satchel.manager.services import checkin, devices
+from satchel.manager.errors import InvalidRequestError
+from satchel.manager.services import devices, trust
+from satchel.manager.services.credentials import ADMIN, DEVICE, Principal, bearer_token
 from satchel.manager.services.devices import Identity
 
 
@@ -32,7 +32,7 @@ def enroll() -> Response:
     st = state()
     t = now()
     result = st.db.run(lambda s: devices.enroll(s, token, ident, t))
-    trust_version = st.db.run(lambda s: checkin.trust.current_version(s))
+    trust_version = st.db.run(lambda s: trust.current_version(s))
     st.metrics.inc("satchel_enrollments_total")
     return _created(
         {
@@ -49,40 +49,23 @@ def enroll() -> Response:
     )
 
 
-@bp.post("/devices/<device_id>/checkin")
+@bp.post(framing.RULE)
 def device_checkin(device_id: str) -> Response:
     """Report state, health and events; learn what to install and when to call again.
 
-    The hot path: unchanged check-ins are mostly answered before Flask (`checkin_route`);
+    The hot path: unchanged check-ins are mostly answered before Flask (`checkin/route.py`);
     the credential is checked by the same statement or transaction that records the
-    check-in (device credentials only; see `checkin.checkin_lan`)."""
+    check-in (device credentials only; see `checkin_lan`)."""
     token = bearer_token(request.headers.get("Authorization"))
     st = state()
     body = json_body()
     t = now()
     cfg = st.config
-    fast = cfg.checkin_fast_path and not request.environ.get(FAST_PATH_TRIED)
-    result = checkin.checkin_lan(st.db, token, device_id, body, t, cfg.max_events_per_checkin, fast)
+    fast = cfg.checkin_fast_path and not request.environ.get(framing.FAST_PATH_TRIED)
+    result = checkin_lan(st.db, token, device_id, body, t, cfg.max_events_per_checkin, fast)
     g.principal = Principal(DEVICE, device_id=device_id)
-    count_checkin(st.metrics, result)
-    return jsonify(checkin_answer(cfg, result, t))
-
-
-def count_checkin(metrics: Metrics, result: checkin.CheckinResult) -> None:
-    """Count a recorded LAN check-in and its new events."""
-    metrics.inc("satchel_checkins_total", via=checkin.LAN)
-    if result.fast:
-        metrics.inc("satchel_checkins_fast_total")
-    if result.events_recorded:
-        metrics.inc("satchel_events_recorded_total", result.events_recorded)
-
-
-def checkin_answer(
-    config: ManagerConfig, result: checkin.CheckinResult, t: datetime
-) -> dict[str, Any]:
-    """The JSON answer to a check-in, with a freshly jittered poll interval."""
-    interval = checkin.jittered(config.poll_interval_s, config.poll_jitter)
-    return result.to_dict(interval, t)
+    framing.count(st.metrics, result)
+    return jsonify(framing.answer(cfg, result, t))
 
 
 @bp.get("/devices")
@@ -146,8 +129,6 @@ def device_tags(device_id: str) -> Response:
     add = body.get("add", []) if isinstance(body, dict) else None
     remove = body.get("remove", []) if isinstance(body, dict) else None
     if not isinstance(add, list) or not isinstance(remove, list):
-        from satchel.manager.errors import InvalidRequestError
-
         raise InvalidRequestError('body must be {"add": [TAG...], "remove": [TAG...]}')
     tags = state().db.run(lambda s: devices.set_tags(s, device_id, add, remove))
     return jsonify({"device_id": device_id, "tags": tags})

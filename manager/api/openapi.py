@@ -10,7 +10,8 @@ from typing import Any
 from flask import Response, jsonify
 
 from satchel.manager.api import bp
-from satchel.manager.auth import ADMIN, DEVICE, requires
+from satchel.manager.api.guard import requires
+from satchel.manager.services.credentials import ADMIN, DEVICE
 
 Security = list[dict[str, list[str]]]
 ADMIN_ONLY: Security = [{"adminToken": []}]

@@ -9,10 +9,11 @@ from flask import Response, jsonify
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import int_arg, json_body, now
-from satchel.manager.auth import ADMIN, ENROLL, requires
+from satchel.manager.api.guard import requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError
 from satchel.manager.services import tokens
+from satchel.manager.services.credentials import ADMIN, ENROLL
 
 MAX_LISTED = 10_000  # admin tokens in one answer
 

@@ -6,10 +6,11 @@ from flask import Response, jsonify, request
 
 from satchel.manager.api import bp
 from satchel.manager.api.common import row_id
-from satchel.manager.auth import ADMIN, DEVICE, requires
+from satchel.manager.api.guard import requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError, NoTrustRootError
 from satchel.manager.services import trust
+from satchel.manager.services.credentials import ADMIN, DEVICE
 
 JSON = "application/json"
 

@@ -1,4 +1,9 @@
-"""`satchel bundle build | inspect | verify`: make and check signed model bundles."""
+"""`satchel bundle build|inspect|verify|add|list`: make and check signed model bundles, and
+store them in the manager.
+
+`add` and `list` work on the manager's database and store: `manager.cli` adds them to the
+group only when the manager extra (SQLAlchemy, Flask) is installed, and they import it when
+they run, so the other commands work on the bundle core alone."""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ from typing import Any
 
 import click
 
-from satchel.bundles.manifest import HealthPolicy, Manifest
+from satchel.bundles.manifest import HealthPolicy
 from satchel.bundles.reader import check_payloads, read_unverified, verify_bundle
-from satchel.bundles.timeutil import format_time, utcnow
+from satchel.bundles.timeutil import utcnow
 from satchel.manager.commands.common import (
     echo_json,
     human_bytes,
@@ -19,7 +24,8 @@ from satchel.manager.commands.common import (
     passphrase_from,
     refusals_exit_1,
 )
-from satchel.manager.errors import KeyDirError
+from satchel.manager.commands.reports import describe, output_line
+from satchel.manager.errors import KeyDirError, UsageError
 from satchel.manager.keydir import key_names, read_root
 
 
@@ -29,7 +35,7 @@ def bundle() -> None:
 
 
 def _progress_bar(total: int, label: str) -> Any:
-    from tqdm import tqdm
+    from tqdm import tqdm  # a quarter second to import: only when a bar is drawn
 
     return tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=None, leave=False)
 
@@ -148,6 +154,7 @@ def build_cmd(**opts: Any) -> None:
     reference outputs and thresholds as the smoke test, and refuses to build when the
     shipped model disagrees with its reference beyond the thresholds.
     """
+    # Imported here: numpy, onnx and the runtimes load only when a bundle is built.
     from satchel.manager.build import BuildDefaults, BuildRequest, build_bundle
 
     keys = load_keys(opts["key_paths"], passphrase_from(opts["passphrase_file"]))
@@ -233,90 +240,6 @@ def parse_output_checks(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return checks
 
 
-def _measured_line(o: dict[str, Any]) -> str:
-    figures = [
-        f"{label} {o[key]:.4g}" for key, label in (
-            ("max_abs_error", "max abs error"), ("rel_error", "rel error"), ("sqnr_db", "SQNR dB"),
-            ("min_cosine", "min cosine"), ("top1_agreement", "top-1"),
-        ) if isinstance(o.get(key), int | float)
-    ]
-    return f"{o.get('name')} ({o.get('kind')}): " + ", ".join(figures)
-
-
-def output_line(o: Any) -> str:
-    """One output's figures, e.g. "logits (classes): max abs 0.03, SQNR 31.2 dB, top-1 100%"."""
-    parts = [f"max abs error {o.max_abs_error:.4g} ({o.rel_error:.3g} of range {o.range:.4g})"]
-    if o.sqnr_db is not None:
-        parts.append(f"SQNR {o.sqnr_db:.1f} dB")
-    if o.min_cosine is not None:
-        parts.append(f"min cosine {o.min_cosine:.5f}")
-    if o.top1_agreement is not None:
-        parts.append(("agreement " if o.kind == "labels" else "top-1 ") + f"{o.top1_agreement:.1%}")
-    if o.top5_agreement is not None:
-        parts.append(f"top-5 {o.top5_agreement:.1%}")
-    if o.nonfinite:
-        parts.append(f"{o.nonfinite} NaN/Inf")
-    return f"{o.name} ({o.kind}): " + ", ".join(parts)
-
-
-def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, str]) -> list[str]:
-    """Human-readable lines describing a manifest and its signatures."""
-    m = manifest
-    lines = [
-        f"bundle {m.name} {m.version} (sequence {m.sequence})",
-        f"  created {format_time(m.created)}, expires "
-        f"{format_time(m.expires) if m.expires else 'never'}",
-    ]
-    if m.description:
-        lines.append(f"  {m.description}")
-    c = m.compatibility
-    lines.append(
-        f"  devices: classes {', '.join(c.device_classes) or 'any'}; arch "
-        f"{', '.join(c.architectures) or 'any'}; agent >= {c.min_agent_version}; runtimes "
-        + ", ".join(f"{k} >= {v}" for k, v in c.runtimes.items())
-    )
-    for model in m.models:
-        lines.append(
-            f"  model {model.name}: {model.file} on {model.runtime}, "
-            f"quantization {model.quantization}"
-            + (f", signature {model.signature}" if model.signature else "")
-        )
-        for data in model.data_paths():
-            lines.append(f"    data   {data}")
-        for t in model.inputs:
-            lines.append(f"    input  {t.name} {t.datatype} {list(t.shape)}")
-        for t in model.outputs:
-            lines.append(f"    output {t.name} {t.datatype} {list(t.shape)}")
-    for s in m.smoke_tests:
-        limits = [
-            f"{k}={v}"
-            for k, v in s.to_dict().items()
-            if k not in ("model", "inputs", "reference", "outputs")
-        ]
-        lines.append(f"  smoke test on {s.model}: {', '.join(limits)}")
-        for check in s.outputs:
-            rules = ", ".join(f"{k}={v}" for k, v in check.to_dict().items() if k != "name")
-            lines.append(f"    output {check.name}: {rules}")
-    measured = m.build.get("agreement") if isinstance(m.build, dict) else None
-    if isinstance(measured, dict) and isinstance(measured.get("outputs"), list):
-        n = measured.get("samples")
-        lines.append(f"  measured at build on {n} sample feed{'' if n == 1 else 's'}:")
-        for o in measured["outputs"]:
-            lines.append(f"    {_measured_line(o)}")
-    hp = m.health_policy.to_dict()
-    lines.append("  health policy: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
-    lines.append(f"  files ({human_bytes(m.unpacked_size)} unpacked):")
-    for f in m.files:
-        lines.append(
-            f"    {f.path:<24} {human_bytes(f.size):>10} -> "
-            f"{human_bytes(f.compressed_size):>10}  sha256 {f.sha256[:16]}"
-        )
-    for sig in sigs:
-        name = names.get(sig["keyid"])
-        lines.append(f"  signed by {sig['keyid'][:16]}" + (f" ({name})" if name else ""))
-    return lines
-
-
 @bundle.command("inspect")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option(
@@ -391,3 +314,68 @@ def verify_cmd(file: Path, trust: Path, as_json: bool) -> None:
         f"v{root.version}: {len(verified.signers)} of {root.signing_role.threshold} "
         f"required signature(s), {len(m.files)} payload(s) match"
     )
+
+
+@click.command("add")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the stored bundle as JSON.")
+@click.pass_context
+@refusals_exit_1
+def bundle_add(ctx: click.Context, file: Path, as_json: bool) -> None:
+    """Verify FILE against the trust root and store it; a refused bundle leaves nothing."""
+    # the manager extra, imported here: see the module's docstring
+    from satchel.manager.commands.context import config_of, now, run_service
+    from satchel.manager.services import bundles
+    from satchel.manager.store import BundleStore
+
+    config = config_of(ctx)
+    store = BundleStore(config.store_dir, config.upload_chunk_bytes)
+    t = now()
+
+    def work(s: Any) -> tuple[dict[str, Any], bool]:
+        with open(file, "rb") as f:
+            added = bundles.add(s, store, f, t, config.max_bundle_bytes)
+        return bundles.summary(added.bundle), added.created
+
+    try:
+        info, created = run_service(ctx, work)
+    except OSError as e:  # the store's own writes raise StoreWriteError, not this
+        raise UsageError(f"cannot read {file}: {e.strerror or e}") from e
+    if as_json:
+        echo_json({**info, "created": created})
+        return
+    what = "stored" if created else "already stored"
+    click.echo(
+        f"{what}: {info['name']} {info['version']} (sequence {info['sequence']}, "
+        f"{human_bytes(info['size'])})"
+    )
+    click.echo(info["sha256"])
+
+
+@click.command("list")
+@click.option("--name", default=None, help="Only this channel.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.pass_context
+@refusals_exit_1
+def bundle_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """List the bundles in the manager's store."""
+    # the manager extra, imported here: see the module's docstring
+    from satchel.manager.commands.context import run_service
+    from satchel.manager.services import bundles
+
+    found = run_service(ctx, lambda s: [bundles.summary(b) for b in bundles.list_bundles(s, name)])
+    if as_json:
+        echo_json({"bundles": found})
+        return
+    if not found:
+        click.echo("no bundles")
+        return
+    click.echo(f"{'CHANNEL':<20} {'VERSION':<16} {'SEQUENCE':>12} {'SIZE':>10}  SHA256")
+    for b in found:
+        click.echo(
+            f"{b['name']:<20} {b['version']:<16} {b['sequence']:>12} "
+            f"{human_bytes(b['size']):>10}  {b['sha256'][:16]}"
+        )
+
+
+STORE_COMMANDS = (bundle_add, bundle_list)  # added by `manager.cli` with the manager extra

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from satchel.manager.commands.bundle import output_line
 from satchel.manager.commands.common import echo_json, human_bytes, refusals_exit_1
+from satchel.manager.commands.reports import output_line
 from satchel.manager.errors import UsageError
 
 

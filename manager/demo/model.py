@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from satchel.manager.modelgen import onnx_mlp, train_mlp
+from satchel.manager.modelgen import mlp_forward, onnx_mlp, train_mlp
 
 IN_DIM, HIDDEN, CLASSES = 64, 256, 10
 
@@ -33,7 +33,5 @@ def make_models(out: Path) -> DemoData:
     onnx_mlp(weights, out / "nan.onnx", nan_for_negative_first_feature=True)
     lab = x[x[:, 0] >= 0][:64]
     np.savez(out / "lab-samples.npz", input=lab)
-    from satchel.manager.modelgen import mlp_forward
-
     accuracy = float(np.mean(mlp_forward(weights, x[train]).argmax(axis=1) == y[train]))
     return DemoData(accuracy, x[holdout], y[holdout])

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import requests
 
+from satchel.agent.state import DeviceState
 from satchel.manager.demo.model import make_models
 from satchel.manager.demo.procs import DemoError, Runner, free_port, wait_for, wait_http
 
@@ -286,8 +287,6 @@ class Story:
 
     def device_lines(self, dev: Device) -> list[str]:
         """What happened on one device, with the figures it measured itself."""
-        from satchel.agent.state import DeviceState
-
         state = DeviceState(dev.state_dir)
         release = state.active_release(CHANNEL)
         lines = [f"{dev.device_id} [{dev.via}] serves {CHANNEL} "

@@ -15,7 +15,7 @@ import sqlalchemy.orm as so
 
 from satchel.bundles.errors import BundleError
 from satchel.bundles.manifest import SHA256_RE
-from satchel.bundles.reader import verify_bundle
+from satchel.bundles.reader import read_unverified, verify_bundle
 from satchel.manager.errors import (
     BundleRefusedError,
     ConflictError,
@@ -100,6 +100,12 @@ def add(
         raise
     store.commit(spooled)
     return Added(bundle, True)
+
+
+def read_signatures(f: BinaryIO) -> list[str]:
+    """The key ids that signed the bundle file `f` (no trust check). Raises BundleError."""
+    _manifest, sigs = read_unverified(f)
+    return [s.keyid for s in sigs]
 
 
 def get_by_sha(session: so.Session, sha256: str) -> Bundle:

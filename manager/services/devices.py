@@ -12,7 +12,6 @@ import sqlalchemy.orm as so
 from satchel.bundles.errors import KeyFileError
 from satchel.bundles.keys import PublicKey
 from satchel.bundles.manifest import LABEL_RE, VERSION_RE
-from satchel.manager.auth import DEVICE, hash_token, new_token
 from satchel.manager.errors import (
     AuthError,
     ConflictError,
@@ -21,6 +20,7 @@ from satchel.manager.errors import (
     NotFoundError,
 )
 from satchel.manager.models import Device, DeviceChannel, DeviceTag, EnrollmentToken, Event
+from satchel.manager.services.credentials import DEVICE, hash_token, new_token
 
 MAX_TAGS = 64  # tags on one device
 

@@ -26,10 +26,10 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects import postgresql, sqlite
 
-from satchel.manager.auth import check_password, hash_password, needs_rehash
 from satchel.manager.config import ManagerConfig
 from satchel.manager.errors import AuthError, TooManyAttemptsError
 from satchel.manager.models import ID_LEN, LoginAttempts, User
+from satchel.manager.services.credentials import check_password, hash_password, needs_rehash
 
 USER, ADDRESS = "user", "address"  # the scopes an attempt is counted in
 WRONG = "wrong user name or password"  # the same whichever of the two was wrong

@@ -1,7 +1,7 @@
 """Issuing credentials: admin API tokens and one-time device enrollment tokens.
 
 The secret is returned once, to be shown to the admin; only its sha256 is stored. An admin
-token has a name, may expire, and records when it was last used (`manager.auth`).
+token has a name, may expire, and records when it was last used (`services.credentials`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from satchel.bundles.manifest import LABEL_RE
-from satchel.manager.auth import ADMIN, ENROLL, hash_token, new_token
 from satchel.manager.errors import ConflictError, InvalidRequestError, NotFoundError
 from satchel.manager.models import AdminToken, EnrollmentToken, User, utcnow
+from satchel.manager.services.credentials import ADMIN, ENROLL, hash_token, new_token
 
 MAX_TTL_S = 10 * 366 * 86400.0  # seconds a token may live: ten years (a date holds that)
 MAX_NAME_CHARS = 100  # characters of an admin token's name

@@ -1,8 +1,8 @@
 """Admin users of the web dashboard: add, list, change a password, remove.
 
-Passwords are stored as werkzeug scrypt hashes (`manager.auth`). Changing a password or
-removing a user ends their dashboard logins at once; removing a user also deletes the admin
-API tokens they own. Logging in is `manager.services.logins`.
+Passwords are stored as scrypt hashes in werkzeug's format (`services.credentials`). Changing
+a password or removing a user ends their dashboard logins at once; removing a user also
+deletes the admin API tokens they own. Logging in is `manager.services.logins`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from satchel.bundles.manifest import LABEL_RE
-from satchel.manager.auth import hash_password
 from satchel.manager.errors import ConflictError, InvalidRequestError, NotFoundError
 from satchel.manager.models import AdminToken, User
 from satchel.manager.services import tokens, web_sessions
+from satchel.manager.services.credentials import hash_password
 
 MIN_PASSWORD_CHARS = 10  # characters of a new admin password
 MAX_PASSWORD_CHARS = 1024  # characters of a password (longer ones are someone's paste error)

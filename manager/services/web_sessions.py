@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from satchel.manager.auth import hash_token
 from satchel.manager.models import User, WebSession
+from satchel.manager.services.credentials import hash_token
 
 SECRET_BYTES = 32  # bytes of randomness in a session secret
 

@@ -17,6 +17,7 @@ from flask import Blueprint
 from flask.blueprints import BlueprintSetupState
 from flask.sansio.app import App
 
+from satchel.manager.context import EXTENSION
 from satchel.manager.web import secret
 from satchel.manager.web.config import CONFIG_KEY, WebConfig
 from satchel.manager.web.errors import SessionKeyError
@@ -35,8 +36,6 @@ bp = Blueprint(
 
 def configure(app: App) -> None:
     """Session cookie settings and the session key for `app` (called once, on register)."""
-    from satchel.manager.context import EXTENSION
-
     web = app.config.get(CONFIG_KEY)
     if not isinstance(web, WebConfig):
         web = app.config[CONFIG_KEY] = WebConfig()

@@ -8,7 +8,8 @@ from typing import Any, BinaryIO
 from flask import render_template
 
 from satchel.manager.context import state
-from satchel.manager.services import bundles, dashboard
+from satchel.manager.services import bundles
+from satchel.manager.services.dashboard.bundles import bundle_deployment_counts, bundle_page
 from satchel.manager.web import bp
 from satchel.manager.web.common import run
 
@@ -17,7 +18,7 @@ from satchel.manager.web.common import run
 def bundle_list() -> str:
     def read(s: Any) -> tuple[list[dict[str, Any]], dict[str, int]]:
         found = [bundles.summary(b) for b in bundles.list_bundles(s)]
-        return found, dashboard.bundle_deployment_counts(s)
+        return found, bundle_deployment_counts(s)
 
     found, uses = run(read)
     return render_template("bundles.html", bundles=found, uses=uses)
@@ -30,5 +31,5 @@ def _open_stored(sha256: str) -> BinaryIO:
 
 @bp.get("/bundles/<sha256>")
 def bundle(sha256: str) -> str:
-    page = run(lambda s: dashboard.bundle_page(s, sha256, _open_stored))
+    page = run(lambda s: bundle_page(s, sha256, _open_stored))
     return render_template("bundle.html", page=page, b=page.detail, m=page.detail["manifest"])

@@ -13,7 +13,7 @@ from werkzeug.wrappers import Response
 
 from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
-from satchel.manager.services.dashboard import Thresholds
+from satchel.manager.services.dashboard.states import Thresholds
 from satchel.manager.web.config import web_config
 
 T = TypeVar("T")

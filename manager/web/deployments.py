@@ -3,19 +3,17 @@ and pause / resume / abort, all through `manager.services.deployments`."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import abort, render_template, request
 from werkzeug.wrappers import Response
 
 from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
-from satchel.manager.services import bundles, dashboard, deployments
+from satchel.manager.services import deployments
+from satchel.manager.services.dashboard.deployments import deployments_page
 from satchel.manager.web import bp, forms
 from satchel.manager.web.common import done, now, page_arg, refused, run
 from satchel.manager.web.config import web_config
 
-ACTIONS = ("pause", "resume", "abort")
 IN_PROGRESS = (
     deployments.ASSIGNED,
     deployments.DOWNLOADED,
@@ -28,18 +26,7 @@ def _list_page(
     form: dict[str, str] | None = None, error: str | None = None, status: int = 200
 ) -> Response:
     limit = web_config().deployments_shown
-
-    def read(s: Any) -> dict[str, Any]:
-        found = deployments.list_deployments(s)
-        classes, tags = dashboard.fleet_labels(s)
-        return {
-            "deployments": [deployments.summary(s, d) for d in found[:limit]],
-            "total": len(found),
-            "bundles": [bundles.summary(b) for b in bundles.list_bundles(s)],
-            "classes": classes,
-            "tags": tags,
-        }
-
+    page = run(lambda s: deployments_page(s, limit))
     cfg = state().config
     defaults = {
         "bundle": request.args.get("bundle", ""),
@@ -48,7 +35,14 @@ def _list_page(
         "max_failure_percent": f"{cfg.deploy_max_failure_ratio * 100:g}",
     }
     html = render_template(
-        "deployments.html", form={**defaults, **(form or {})}, error=error, **run(read)
+        "deployments.html",
+        form={**defaults, **(form or {})},
+        error=error,
+        deployments=page.deployments,
+        total=page.total,
+        bundles=page.bundles,
+        classes=page.classes,
+        tags=page.tags,
     )
     return Response(html, status=status, mimetype="text/html")
 
@@ -104,20 +98,12 @@ def deployment(deployment_id: int) -> str:
 @bp.post("/deployments/<int:deployment_id>/<action>")
 def deployment_action(deployment_id: int, action: str) -> Response:
     """Pause, resume or abort (with an optional reason)."""
-    if action not in ACTIONS:
+    if action not in deployments.ACTIONS:
         abort(404)
     t = now()
     try:
         reason = forms.text(request.form, "reason")
-
-        def work(s: Any) -> str:
-            if action == "pause":
-                return deployments.pause(s, deployment_id, t).state
-            if action == "resume":
-                return deployments.resume(s, deployment_id, t).state
-            return deployments.abort(s, deployment_id, t, reason).state
-
-        new_state = run(work)
+        new_state = run(lambda s: deployments.act(s, deployment_id, action, t, reason).state)
     except ManagerError as e:
         return refused(e, "web.deployment", deployment_id=deployment_id)
     return done(

@@ -7,7 +7,8 @@ from typing import Any
 
 from flask.blueprints import BlueprintSetupState
 
-from satchel.manager.services.dashboard import STATE_LABELS, flatten_figures
+from satchel.manager.services.dashboard.figures import flatten_figures
+from satchel.manager.services.dashboard.states import STATE_LABELS
 from satchel.manager.web import bp, csrf
 from satchel.manager.web.common import now
 

@@ -6,8 +6,9 @@ from flask import abort, render_template, request
 from markupsafe import Markup
 
 from satchel.manager import charts
-from satchel.manager.services import dashboard
-from satchel.manager.services.dashboard import ChannelView
+from satchel.manager.services.dashboard.device import ChannelView, device_page
+from satchel.manager.services.dashboard.fleet import fleet_overview
+from satchel.manager.services.dashboard.states import ATTENTION, DEVICE_STATES
 from satchel.manager.web import bp
 from satchel.manager.web.common import now, page_arg, run, thresholds
 from satchel.manager.web.config import web_config
@@ -18,11 +19,11 @@ def fleet() -> str:
     """Counts by state, the devices that need attention, and the fleet, worst first."""
     web = web_config()
     wanted = request.args.get("state") or None
-    if wanted is not None and wanted not in dashboard.DEVICE_STATES:
+    if wanted is not None and wanted not in DEVICE_STATES:
         abort(400, f"unknown device state {wanted[:40]!r}")
     t, th, page = now(), thresholds(), page_arg()
     overview = run(
-        lambda s: dashboard.fleet_overview(
+        lambda s: fleet_overview(
             s,
             t,
             th,
@@ -35,8 +36,8 @@ def fleet() -> str:
     return render_template(
         "fleet.html",
         overview=overview,
-        states=dashboard.DEVICE_STATES,
-        attention_states=dashboard.ATTENTION,
+        states=DEVICE_STATES,
+        attention_states=ATTENTION,
         thresholds=th,
     )
 
@@ -48,7 +49,7 @@ def device(device_id: str) -> str:
     web = web_config()
     t, th = now(), thresholds()
     page = run(
-        lambda s: dashboard.device_page(
+        lambda s: device_page(
             s,
             device_id,
             t,

@@ -14,7 +14,8 @@ from werkzeug.wrappers import Response
 
 from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
-from satchel.manager.services import dashboard, tokens
+from satchel.manager.services import tokens
+from satchel.manager.services.dashboard.tokens import enrollment_tokens, token_counts
 from satchel.manager.services.tokens import IssuedToken
 from satchel.manager.web import bp, forms
 from satchel.manager.web.common import done, now, refused, run
@@ -31,8 +32,8 @@ def _page(
     def read(s: Any) -> dict[str, Any]:
         return {
             "admin_tokens": tokens.list_admin_tokens(s, t, limit),
-            "enrollment_tokens": dashboard.enrollment_tokens(s, t, limit),
-            "counts": dashboard.token_counts(s, t),
+            "enrollment_tokens": enrollment_tokens(s, t, limit),
+            "counts": token_counts(s, t),
         }
 
     html = render_template(

@@ -1,4 +1,4 @@
-"""The check-in fast path (services/checkin_fast.py, checkin_route.py): an unchanged check-in
+"""The check-in fast path (manager/checkin/fast.py, route.py): an unchanged check-in
 costs one statement, answers exactly what the full path answers, and gives way to the full path
 whenever something changes, on SQLite and PostgreSQL."""
 

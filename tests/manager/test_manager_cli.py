@@ -151,8 +151,8 @@ def test_device_tag_and_usb_registration(cli: Cli, fleet: Fleet, tmp_path: Path)
 
 def test_user_add_hashes_the_password(cli: Cli, app) -> None:
     cli.ok("user", "add", "alice", "--password-stdin", input="correct horse battery\n")
-    from satchel.manager.auth import check_password
     from satchel.manager.models import User
+    from satchel.manager.services.credentials import check_password
 
     db = app.extensions["satchel"].db
     stored = db.run(lambda s: s.query(User).one().password_hash)

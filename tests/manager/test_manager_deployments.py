@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from satchel.agent.health import HealthStats
+from satchel.agent.health.stats import HealthStats
 from satchel.bundles.health import HealthFigures, judge
 from satchel.bundles.manifest import HealthPolicy
 from satchel.manager.services.deployments import health_breach

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import requests
 
-from satchel.agent.credentials import require_credentials
-from satchel.agent.enroll import enroll_device
 from satchel.agent.errors import ManagerUnreachableError
+from satchel.agent.sync.credentials import require_credentials
+from satchel.agent.sync.enroll import enroll_device
 from tests.factory import Keyring
 from tests.manager.test_manager_disk_full import fill, tmpfs
 from tests.reliability.conftest import Models

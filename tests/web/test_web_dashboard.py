@@ -13,8 +13,10 @@ from flask import Flask
 
 from satchel.manager.app import create_app
 from satchel.manager.config import ManagerConfig
-from satchel.manager.services import dashboard
-from satchel.manager.services.dashboard import Thresholds
+from satchel.manager.services.dashboard.device import device_page
+from satchel.manager.services.dashboard.figures import flatten_figures
+from satchel.manager.services.dashboard.fleet import fleet_overview
+from satchel.manager.services.dashboard.states import Thresholds
 from satchel.manager.usb import import_stick
 from tests.factory import Keyring
 from tests.manager.conftest import (  # noqa: F401  (fixtures: both database backends)
@@ -51,7 +53,7 @@ def seeded_db(db_app: Flask, keys: Keyring, tmp_path: Path) -> tuple[Any, Fleet,
 def test_device_states_and_attention_order(seeded_db: tuple[Any, Fleet, Seeded]) -> None:
     db, _fleet, _seeded = seeded_db
     now = datetime.now(timezone.utc)
-    overview = db.run(lambda s: dashboard.fleet_overview(s, now, THRESHOLDS))
+    overview = db.run(lambda s: fleet_overview(s, now, THRESHOLDS))
     assert overview.total == 8
     assert overview.counts == {
         "rolled_back": 1,
@@ -76,7 +78,7 @@ def test_device_page_gathers_releases_smoke_tests_health_and_rollbacks(
 ) -> None:
     db, _fleet, _seeded = seeded_db
     now = datetime.now(timezone.utc)
-    page = db.run(lambda s: dashboard.device_page(s, "cam-05", now, THRESHOLDS))
+    page = db.run(lambda s: device_page(s, "cam-05", now, THRESHOLDS))
     (channel,) = page.channels
     assert (channel.name, channel.active_version, channel.active_sequence) == ("vision", "1.0.0", 1)
     assert [(r.version, r.active) for r in channel.releases] == [("1.1.0", False), ("1.0.0", True)]
@@ -98,7 +100,7 @@ def test_a_rollback_older_than_the_attention_window_is_no_longer_flagged(
     patient = Thresholds(
         lan_stale_s=30 * DAY_S, usb_stale_s=30 * DAY_S, attention_window_s=7 * DAY_S
     )
-    overview = db.run(lambda s: dashboard.fleet_overview(s, later, patient))
+    overview = db.run(lambda s: fleet_overview(s, later, patient))
     states = {r.device_id: r.state for r in overview.rows}
     assert states["cam-05"] == "ok"
     assert states["cam-04"] == "failing"  # its health still breaks the policy
@@ -108,7 +110,7 @@ def test_a_newer_activation_clears_a_rollback(seeded_db: tuple[Any, Fleet, Seede
     db, fleet, seeded = seeded_db
     fleet.install(seeded.devices["cam-05"], "1.1.0", 2)
     now = datetime.now(timezone.utc)
-    page = db.run(lambda s: dashboard.device_page(s, "cam-05", now, THRESHOLDS))
+    page = db.run(lambda s: device_page(s, "cam-05", now, THRESHOLDS))
     assert page.row.state == "ok"
 
 
@@ -118,7 +120,7 @@ def test_unknown_device_page_is_refused(seeded_db: tuple[Any, Fleet, Seeded]) ->
     db, _fleet, _seeded = seeded_db
     now = datetime.now(timezone.utc)
     with pytest.raises(NotFoundError):
-        db.run(lambda s: dashboard.device_page(s, "ghost", now, THRESHOLDS))
+        db.run(lambda s: device_page(s, "ghost", now, THRESHOLDS))
 
 
 def test_figures_are_flattened_into_labelled_values() -> None:
@@ -128,10 +130,10 @@ def test_figures_are_flattened_into_labelled_values() -> None:
         "note": "ok",
     }
     # Beside headline figures, the full per-test report is not repeated...
-    assert dashboard.flatten_figures(figures) == [("passed", "yes"), ("note", "ok")]
+    assert flatten_figures(figures) == [("passed", "yes"), ("note", "ok")]
     # ...but alone it is flattened with labels joined from the keys.
-    assert dashboard.flatten_figures({"tests": figures["tests"]}) == [
+    assert flatten_figures({"tests": figures["tests"]}) == [
         ("tests main latency ms p95", "1.235"),
         ("tests main agreement cosine", "1"),
     ]
-    assert dashboard.flatten_figures(None) == []
+    assert flatten_figures(None) == []

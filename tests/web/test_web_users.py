@@ -12,9 +12,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from satchel.manager.auth import check_password
 from satchel.manager.models import AdminToken, User, WebSession
 from satchel.manager.services import tokens, users
+from satchel.manager.services.credentials import check_password
 from tests.manager.helpers import Fleet, bearer
 from tests.web.conftest import ADMIN_PASSWORD, ADMIN_USER, LoginForm, csrf_of
 

@@ -1,10 +1,11 @@
-"""The check-in hot path in front of Flask: unchanged check-ins answered without routing.
+"""The check-in route in front of Flask: unchanged check-ins answered without routing.
 
-Nearly every check-in of a settled fleet is unchanged (see `services/checkin_fast.py`), and
-Flask's request machinery (request context, session, routing, hooks, response object) costs
-about as much CPU as recording such a check-in. This WSGI middleware answers
+Nearly every check-in of a settled fleet is unchanged (see fast.py), and Flask's request
+machinery (request context, session, routing, hooks, response object) costs about as much CPU
+as recording such a check-in. This WSGI middleware answers
 `POST /api/v1/devices/{device_id}/checkin` itself when the fast path applies: the same service
-function, the same JSON answer, the same metrics and request log line as the Flask view.
+function, the same JSON answer, the same metrics and request log line as the Flask view
+(framing.py holds what both say).
 
 Everything else goes to Flask untouched (with the body already read handed on): other routes,
 a missing or wrong credential, a malformed body, events, a changed state, a database out of
@@ -15,7 +16,6 @@ implementation, in `api/devices.py`.
 from __future__ import annotations
 
 import io
-import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
@@ -25,12 +25,12 @@ from flask import Flask
 
 from satchel.bundles.canonical import decode_json
 from satchel.bundles.errors import MalformedJSONError
+from satchel.manager.checkin import framing
+from satchel.manager.checkin.lan import try_fast_checkin
+from satchel.manager.context import EXTENSION
 from satchel.manager.errors import AuthError
-from satchel.manager.metrics import access_logger, new_request_id, record_request
-
-CHECKIN_PATH = re.compile(r"/api/v1/devices/([^/]+)/checkin")
-ENDPOINT = "/api/v1/devices/<device_id>/checkin"  # the Flask rule, as metrics name it
-FAST_PATH_TRIED = "satchel.checkin_fast_path_tried"  # environ key: the view skips it then
+from satchel.manager.metrics.request_log import access_logger, new_request_id, record_request
+from satchel.manager.services.credentials import bearer_token
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -40,15 +40,13 @@ class CheckinRoute:
     """WSGI middleware (`app.wsgi_app = CheckinRoute(app, app.wsgi_app)`)."""
 
     def __init__(self, app: Flask, next_app: WSGIApp) -> None:
-        from satchel.manager.context import EXTENSION
-
         self.app = app
         self.next_app = next_app
         self.state = app.extensions[EXTENSION]
         self.logger = access_logger() if self.state.config.log_requests else None
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        match = CHECKIN_PATH.fullmatch(environ.get("PATH_INFO", ""))
+        match = framing.PATH.fullmatch(environ.get("PATH_INFO", ""))
         if (
             match is None
             or environ.get("REQUEST_METHOD") != "POST"
@@ -62,7 +60,7 @@ class CheckinRoute:
         environ["wsgi.input"] = io.BytesIO(body)  # Flask reads it again if we hand it on
         answer = self._answer(environ, match.group(1), body)
         if answer is None:
-            environ[FAST_PATH_TRIED] = True
+            environ[framing.FAST_PATH_TRIED] = True
             return self.next_app(environ, start_response)
         device_id, payload = answer
         request_id = new_request_id(environ.get("HTTP_X_REQUEST_ID"))
@@ -80,7 +78,7 @@ class CheckinRoute:
             request_id=request_id,
             method="POST",
             path=environ.get("PATH_INFO", ""),
-            endpoint=ENDPOINT,
+            endpoint=framing.ENDPOINT,
             status=200,
             elapsed=time.perf_counter() - started,
             size=len(payload),
@@ -93,10 +91,6 @@ class CheckinRoute:
         self, environ: dict[str, Any], device_id: str, body: bytes
     ) -> tuple[str, bytes] | None:
         """(device id, JSON answer) of a check-in recorded on the fast path, or None."""
-        from satchel.manager.api.devices import checkin_answer, count_checkin
-        from satchel.manager.auth import bearer_token
-        from satchel.manager.services import checkin
-
         try:
             token = bearer_token(environ.get("HTTP_AUTHORIZATION"))
             data = decode_json(body, "request body")
@@ -104,13 +98,14 @@ class CheckinRoute:
             return None
         st = self.state
         now = datetime.now(timezone.utc)
-        result = checkin.try_fast_checkin(
+        result = try_fast_checkin(
             st.db, token, device_id, data, now, st.config.max_events_per_checkin
         )
         if result is None:
             return None
-        count_checkin(st.metrics, result)
-        answer = checkin_answer(st.config, result, now)
+        framing.count(st.metrics, result)
+        answer = framing.answer(st.config, result, now)
+        # the bytes `jsonify` gives outside debug mode: compact, a trailing newline
         return device_id, (self.app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
 
 

@@ -1,32 +1,27 @@
 """Credentials: admin passwords and tokens, device enrollment tokens, device credentials.
 
 Secrets never reach the database: tokens are stored as their sha256, passwords as scrypt
-hashes made by werkzeug.security. A token's prefix says what it is, so a leaked one is easy to
-recognise. `requires(...)` guards the API views: no, unknown or expired credentials answer
-401, a credential of the wrong kind or for another device answers 403.
+hashes made by werkzeug.security (`scrypt:32768:8:1$salt$hash`), the one part of werkzeug a
+service uses (a kept library for security code, no Flask). A token's
+prefix says what it is, so a leaked one is easy to recognise. `authenticate` resolves a token
+to the `Principal` calling; the Flask guard around the API views is `manager.api.guard`.
 """
 
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from flask import g, request
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from satchel.manager.errors import AuthError, ForbiddenError
 from satchel.manager.models import AdminToken, Device
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 ADMIN = "admin"
 DEVICE = "device"
@@ -55,12 +50,12 @@ def token_kind(token: str) -> str | None:
 
 
 def hash_password(password: str) -> str:
-    """A salted hash of `password` in werkzeug's format: `scrypt:32768:8:1$salt$hash`."""
+    """A salted hash of `password` by werkzeug (`scrypt:32768:8:1$salt$hash`)."""
     return generate_password_hash(password, method=PASSWORD_METHOD)
 
 
 def check_password(password: str, stored: str) -> bool:
-    """True if `password` matches the hash `stored` (werkzeug's, or the legacy format);
+    """True if `password` matches the hash `stored` (werkzeug's format, or the legacy one);
     False for any malformed hash."""
     if stored.startswith(LEGACY_SCHEME + "$"):
         return _check_legacy(password, stored)
@@ -158,38 +153,3 @@ def _touch(session: so.Session, token_id: int, now: datetime, stale: datetime) -
         )
         .values(last_used_at=now)
     )
-
-
-def current_principal() -> Principal:
-    """The principal of the current request, set by `requires`. Raises AuthError."""
-    principal = g.get("principal")
-    if principal is None:
-        raise AuthError("authentication required")
-    return principal
-
-
-def requires(*kinds: str) -> Callable[[F], F]:
-    """Guard a view: the caller must present a token of one of `kinds` (ADMIN, DEVICE).
-
-    Raises AuthError (401) without valid credentials, ForbiddenError (403) for another kind.
-    """
-
-    def decorate(view: F) -> F:
-        @functools.wraps(view)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from satchel.manager.context import state
-
-            if g.get("principal") is None:
-                token = bearer_token(request.headers.get("Authorization"))
-                manager = state()
-                now = datetime.now(timezone.utc)
-                touch_s = manager.config.admin_token_touch_s
-                g.principal = manager.db.run(lambda s: authenticate(s, token, now, touch_s))
-            if g.principal.kind not in kinds:
-                needed = " or ".join(kinds)
-                raise ForbiddenError(f"this resource needs {needed} credentials")
-            return view(*args, **kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate

@@ -1,76 +1,15 @@
-"""`satchel bundle add|list` and `satchel deploy ...`: storing bundles and rolling them out."""
+"""`satchel deploy create|list|status|pause|resume|abort`: rolling a bundle out in waves."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
-from satchel.manager.commands.common import echo_json, human_bytes, refusals_exit_1
+from satchel.manager.commands.common import echo_json, refusals_exit_1
 from satchel.manager.commands.context import config_of, now, run_service
-from satchel.manager.errors import UsageError
-from satchel.manager.services import bundles, deployments
+from satchel.manager.services import deployments
 from satchel.manager.services.deployments import Selectors
-from satchel.manager.store import BundleStore
-
-# --- bundles ------------------------------------------------------------------------------------
-
-
-@click.command("add")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the stored bundle as JSON.")
-@click.pass_context
-@refusals_exit_1
-def bundle_add(ctx: click.Context, file: Path, as_json: bool) -> None:
-    """Verify FILE against the trust root and store it; a refused bundle leaves nothing."""
-    config = config_of(ctx)
-    store = BundleStore(config.store_dir, config.upload_chunk_bytes)
-    t = now()
-
-    def work(s: Any) -> tuple[dict[str, Any], bool]:
-        with open(file, "rb") as f:
-            added = bundles.add(s, store, f, t, config.max_bundle_bytes)
-        return bundles.summary(added.bundle), added.created
-
-    try:
-        info, created = run_service(ctx, work)
-    except OSError as e:  # the store's own writes raise StoreWriteError, not this
-        raise UsageError(f"cannot read {file}: {e.strerror or e}") from e
-    if as_json:
-        echo_json({**info, "created": created})
-        return
-    what = "stored" if created else "already stored"
-    click.echo(
-        f"{what}: {info['name']} {info['version']} (sequence {info['sequence']}, "
-        f"{human_bytes(info['size'])})"
-    )
-    click.echo(info["sha256"])
-
-
-@click.command("list")
-@click.option("--name", default=None, help="Only this channel.")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@click.pass_context
-@refusals_exit_1
-def bundle_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
-    """List the bundles in the manager's store."""
-    found = run_service(ctx, lambda s: [bundles.summary(b) for b in bundles.list_bundles(s, name)])
-    if as_json:
-        echo_json({"bundles": found})
-        return
-    if not found:
-        click.echo("no bundles")
-        return
-    click.echo(f"{'CHANNEL':<20} {'VERSION':<16} {'SEQUENCE':>12} {'SIZE':>10}  SHA256")
-    for b in found:
-        click.echo(
-            f"{b['name']:<20} {b['version']:<16} {b['sequence']:>12} "
-            f"{human_bytes(b['size']):>10}  {b['sha256'][:16]}"
-        )
-
-
-# --- deployments --------------------------------------------------------------------------------
 
 
 @click.group()
@@ -206,19 +145,11 @@ def _print_status(info: dict[str, Any]) -> None:
         click.echo(f"    {t['device_id']:<24} wave {t['wave'] + 1}  {t['state']:<10}{reason}")
 
 
-def _transition(ctx: click.Context, deployment_id: int, action: str, reason: str = "") -> None:
+def _act(ctx: click.Context, deployment_id: int, action: str, reason: str = "") -> None:
     t = now()
-
-    def work(s: Any) -> str:
-        if action == "pause":
-            dep = deployments.pause(s, deployment_id, t)
-        elif action == "resume":
-            dep = deployments.resume(s, deployment_id, t)
-        else:
-            dep = deployments.abort(s, deployment_id, t, reason)
-        return dep.state
-
-    new_state = run_service(ctx, work)
+    new_state = run_service(
+        ctx, lambda s: deployments.act(s, deployment_id, action, t, reason).state
+    )
     click.echo(f"deployment {deployment_id} is {new_state}")
 
 
@@ -228,7 +159,7 @@ def _transition(ctx: click.Context, deployment_id: int, action: str, reason: str
 @refusals_exit_1
 def deploy_pause(ctx: click.Context, deployment_id: int) -> None:
     """Stop offering the bundle to more devices until resumed."""
-    _transition(ctx, deployment_id, "pause")
+    _act(ctx, deployment_id, "pause")
 
 
 @deploy.command("resume")
@@ -237,7 +168,7 @@ def deploy_pause(ctx: click.Context, deployment_id: int) -> None:
 @refusals_exit_1
 def deploy_resume(ctx: click.Context, deployment_id: int) -> None:
     """Continue a paused or halted deployment (failures so far are then tolerated)."""
-    _transition(ctx, deployment_id, "resume")
+    _act(ctx, deployment_id, "resume")
 
 
 @deploy.command("abort")
@@ -247,4 +178,4 @@ def deploy_resume(ctx: click.Context, deployment_id: int) -> None:
 @refusals_exit_1
 def deploy_abort(ctx: click.Context, deployment_id: int, reason: str) -> None:
     """End a deployment for good; nothing more is offered for it."""
-    _transition(ctx, deployment_id, "abort", reason)
+    _act(ctx, deployment_id, "abort", reason)
