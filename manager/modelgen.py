@@ -19,6 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from satchel.manager.tflite_writer import (
+    FLOAT32,
+    FULLY_CONNECTED,
+    INT8,
+    INT32,
+    OpDef,
+    Subgraph,
+    TensorDef,
+    write_model,
+)
+
 Weights = dict[str, np.ndarray]  # "w1" [in, hidden], "b1" [hidden], "w2" [hidden, out], "b2" [out]
 
 INPUT_NAME = "input"
@@ -288,54 +299,54 @@ def tflite_mlp(
         tensors = _int8_tensors(weights, calibration)
     else:
         tensors = _float_tensors(weights)
-    path = Path(path)
-    path.write_bytes(_tflite_flatbuffer(tensors))
-    return path
+    ops = [
+        OpDef(FULLY_CONNECTED, (0, 1, 2), (3,), relu=True),
+        OpDef(FULLY_CONNECTED, (3, 4, 5), (6,)),
+    ]
+    graph = Subgraph("main", tensors, (0,), (6,), ops)
+    return write_model(Path(path), [graph], description="satchel.modelgen MLP")
 
 
-# One TFLite tensor: name, shape, TensorType value, constant data or None, (scale, zero_point).
-_TensorDef = tuple[str, list[int], int, np.ndarray | None, tuple[float, int] | None]
-_FLOAT32, _INT32, _INT8 = 0, 2, 9  # tflite.TensorType values
-
-
-def _float_tensors(weights: Weights) -> list[_TensorDef]:
+def _float_tensors(weights: Weights) -> list[TensorDef]:
     in_dim, hidden = weights["w1"].shape
     out_dim = weights["w2"].shape[1]
     f32 = np.float32
     return [
-        (INPUT_NAME, [1, in_dim], _FLOAT32, None, None),
-        ("fc1/weights", [hidden, in_dim], _FLOAT32, weights["w1"].T.astype(f32), None),
-        ("fc1/bias", [hidden], _FLOAT32, weights["b1"].astype(f32), None),
-        ("hidden", [1, hidden], _FLOAT32, None, None),
-        ("fc2/weights", [out_dim, hidden], _FLOAT32, weights["w2"].T.astype(f32), None),
-        ("fc2/bias", [out_dim], _FLOAT32, weights["b2"].astype(f32), None),
-        (OUTPUT_NAME, [1, out_dim], _FLOAT32, None, None),
+        TensorDef(INPUT_NAME, (1, in_dim), FLOAT32),
+        TensorDef("fc1/weights", (hidden, in_dim), FLOAT32, weights["w1"].T.astype(f32)),
+        TensorDef("fc1/bias", (hidden,), FLOAT32, weights["b1"].astype(f32)),
+        TensorDef("hidden", (1, hidden), FLOAT32),
+        TensorDef("fc2/weights", (out_dim, hidden), FLOAT32, weights["w2"].T.astype(f32)),
+        TensorDef("fc2/bias", (out_dim,), FLOAT32, weights["b2"].astype(f32)),
+        TensorDef(OUTPUT_NAME, (1, out_dim), FLOAT32),
     ]
 
 
-def _int8_tensors(weights: Weights, calibration: np.ndarray) -> list[_TensorDef]:
+def _int8_tensors(weights: Weights, calibration: np.ndarray) -> list[TensorDef]:
     in_dim, hidden = weights["w1"].shape
     out_dim = weights["w2"].shape[1]
     x = np.asarray(calibration, np.float64)
     h = np.maximum(x @ weights["w1"] + weights["b1"], 0.0)
     y = h @ weights["w2"] + weights["b2"]
-    q_in, q_hidden, q_out = (_activation_params(a) for a in (x, h, y))
-    w1, s_w1 = _symmetric_int8(weights["w1"].T)
-    w2, s_w2 = _symmetric_int8(weights["w2"].T)
-    b1, s_b1 = _int32_bias(weights["b1"], q_in[0] * s_w1)
-    b2, s_b2 = _int32_bias(weights["b2"], q_hidden[0] * s_w2)
+    q_in, q_hidden, q_out = (activation_params(a) for a in (x, h, y))
+    w1, s_w1 = symmetric_int8(weights["w1"].T)
+    w2, s_w2 = symmetric_int8(weights["w2"].T)
+    s_b1, s_b2 = q_in[0] * s_w1, q_hidden[0] * s_w2
     return [
-        (INPUT_NAME, [1, in_dim], _INT8, None, q_in),
-        ("fc1/weights", [hidden, in_dim], _INT8, w1, (s_w1, 0)),
-        ("fc1/bias", [hidden], _INT32, b1, (s_b1, 0)),
-        ("hidden", [1, hidden], _INT8, None, q_hidden),
-        ("fc2/weights", [out_dim, hidden], _INT8, w2, (s_w2, 0)),
-        ("fc2/bias", [out_dim], _INT32, b2, (s_b2, 0)),
-        (OUTPUT_NAME, [1, out_dim], _INT8, None, q_out),
+        TensorDef(INPUT_NAME, (1, in_dim), INT8, None, q_in),
+        TensorDef("fc1/weights", (hidden, in_dim), INT8, w1, (s_w1, 0)),
+        TensorDef("fc1/bias", (hidden,), INT32, int32_bias(weights["b1"], s_b1), (s_b1, 0)),
+        TensorDef("hidden", (1, hidden), INT8, None, q_hidden),
+        TensorDef("fc2/weights", (out_dim, hidden), INT8, w2, (s_w2, 0)),
+        TensorDef("fc2/bias", (out_dim,), INT32, int32_bias(weights["b2"], s_b2), (s_b2, 0)),
+        TensorDef(OUTPUT_NAME, (1, out_dim), INT8, None, q_out),
     ]
 
 
-def _activation_params(values: np.ndarray) -> tuple[float, int]:
+# --- quantization parameters, shared with the tests' model makers ---------------------
+
+
+def activation_params(values: np.ndarray) -> tuple[float, int]:
     """Affine int8 (scale, zero_point) covering the values' range, which must include 0."""
     low, high = min(float(values.min()), 0.0), max(float(values.max()), 0.0)
     scale = max((high - low) / 255.0, 1e-8)
@@ -343,135 +354,11 @@ def _activation_params(values: np.ndarray) -> tuple[float, int]:
     return scale, zero_point
 
 
-def _symmetric_int8(values: np.ndarray) -> tuple[np.ndarray, float]:
+def symmetric_int8(values: np.ndarray) -> tuple[np.ndarray, float]:
     scale = max(float(np.abs(values).max()) / 127.0, 1e-8)
     return np.clip(np.round(values / scale), -127, 127).astype(np.int8), scale
 
 
-def _int32_bias(values: np.ndarray, scale: float) -> tuple[np.ndarray, float]:
-    return np.round(np.asarray(values, np.float64) / scale).astype(np.int32), scale
-
-
-def _tflite_flatbuffer(tensors: list[_TensorDef]) -> bytes:
-    """Serialise the two-FULLY_CONNECTED graph over `tensors` (ordered as the builders above)."""
-    import flatbuffers
-    import tflite
-
-    builder = flatbuffers.Builder(4096)
-    # Buffer 0 is the empty sentinel that every non-constant tensor points at.
-    buffer_data = [b""] + [const.tobytes() for _, _, _, const, _ in tensors if const is not None]
-    buffers = []
-    for payload in buffer_data:
-        data_vector = _aligned_bytes(builder, payload) if payload else None
-        tflite.BufferStart(builder)
-        if data_vector is not None:
-            tflite.BufferAddData(builder, data_vector)
-        buffers.append(tflite.BufferEnd(builder))
-
-    tensor_offsets = []
-    next_buffer = 1
-    for name, shape, tensor_type, data, quant in tensors:
-        buffer_index = 0
-        if data is not None:
-            buffer_index, next_buffer = next_buffer, next_buffer + 1
-        tensor_offsets.append(_tensor(builder, name, shape, tensor_type, buffer_index, quant))
-
-    fc1 = _fully_connected(builder, [0, 1, 2], [3], relu=True)
-    fc2 = _fully_connected(builder, [3, 4, 5], [6], relu=False)
-
-    subgraph_name = builder.CreateString("main")
-    tensor_vector = _offset_vector(builder, tensor_offsets)
-    inputs = builder.CreateNumpyVector(np.array([0], np.int32))
-    outputs = builder.CreateNumpyVector(np.array([6], np.int32))
-    operators = _offset_vector(builder, [fc1, fc2])
-    tflite.SubGraphStart(builder)
-    tflite.SubGraphAddTensors(builder, tensor_vector)
-    tflite.SubGraphAddInputs(builder, inputs)
-    tflite.SubGraphAddOutputs(builder, outputs)
-    tflite.SubGraphAddOperators(builder, operators)
-    tflite.SubGraphAddName(builder, subgraph_name)
-    subgraph = tflite.SubGraphEnd(builder)
-
-    fully_connected = tflite.BuiltinOperator.FULLY_CONNECTED
-    tflite.OperatorCodeStart(builder)
-    tflite.OperatorCodeAddBuiltinCode(builder, fully_connected)
-    tflite.OperatorCodeAddDeprecatedBuiltinCode(builder, min(fully_connected, 127))
-    tflite.OperatorCodeAddVersion(builder, 1)
-    operator_code = tflite.OperatorCodeEnd(builder)
-
-    description = builder.CreateString("satchel.modelgen MLP")
-    codes_vector = _offset_vector(builder, [operator_code])
-    subgraphs_vector = _offset_vector(builder, [subgraph])
-    buffers_vector = _offset_vector(builder, buffers)
-    tflite.ModelStart(builder)
-    tflite.ModelAddVersion(builder, 3)
-    tflite.ModelAddOperatorCodes(builder, codes_vector)
-    tflite.ModelAddSubgraphs(builder, subgraphs_vector)
-    tflite.ModelAddDescription(builder, description)
-    tflite.ModelAddBuffers(builder, buffers_vector)
-    model = tflite.ModelEnd(builder)
-    builder.Finish(model, file_identifier=b"TFL3")
-    return bytes(builder.Output())
-
-
-def _tensor(
-    builder: Any,
-    name: str,
-    shape: list[int],
-    tensor_type: int,
-    buffer_index: int,
-    quant: tuple[float, int] | None,
-) -> int:
-    import tflite
-
-    name_offset = builder.CreateString(name)
-    shape_vector = builder.CreateNumpyVector(np.array(shape, np.int32))
-    quant_offset = None
-    if quant is not None:
-        scale_vector = builder.CreateNumpyVector(np.array([quant[0]], np.float32))
-        zero_point_vector = builder.CreateNumpyVector(np.array([quant[1]], np.int64))
-        tflite.QuantizationParametersStart(builder)
-        tflite.QuantizationParametersAddScale(builder, scale_vector)
-        tflite.QuantizationParametersAddZeroPoint(builder, zero_point_vector)
-        quant_offset = tflite.QuantizationParametersEnd(builder)
-    tflite.TensorStart(builder)
-    tflite.TensorAddShape(builder, shape_vector)
-    tflite.TensorAddType(builder, tensor_type)
-    tflite.TensorAddBuffer(builder, buffer_index)
-    tflite.TensorAddName(builder, name_offset)
-    if quant_offset is not None:
-        tflite.TensorAddQuantization(builder, quant_offset)
-    return int(tflite.TensorEnd(builder))
-
-
-def _fully_connected(builder: Any, inputs: list[int], outputs: list[int], *, relu: bool) -> int:
-    import tflite
-
-    tflite.FullyConnectedOptionsStart(builder)
-    activation = tflite.ActivationFunctionType.RELU if relu else tflite.ActivationFunctionType.NONE
-    tflite.FullyConnectedOptionsAddFusedActivationFunction(builder, activation)
-    options = tflite.FullyConnectedOptionsEnd(builder)
-    input_vector = builder.CreateNumpyVector(np.array(inputs, np.int32))
-    output_vector = builder.CreateNumpyVector(np.array(outputs, np.int32))
-    tflite.OperatorStart(builder)
-    tflite.OperatorAddOpcodeIndex(builder, 0)
-    tflite.OperatorAddInputs(builder, input_vector)
-    tflite.OperatorAddOutputs(builder, output_vector)
-    tflite.OperatorAddBuiltinOptionsType(builder, tflite.BuiltinOptions.FullyConnectedOptions)
-    tflite.OperatorAddBuiltinOptions(builder, options)
-    return int(tflite.OperatorEnd(builder))
-
-
-def _aligned_bytes(builder: Any, data: bytes, alignment: int = 16) -> int:
-    """A byte vector whose payload starts on `alignment`, as TFLite kernels read it in place."""
-    builder.StartVector(1, len(data), alignment)
-    builder.head -= len(data)
-    builder.Bytes[builder.head : builder.head + len(data)] = data
-    return int(builder.EndVector())
-
-
-def _offset_vector(builder: Any, offsets: list[int]) -> int:
-    builder.StartVector(4, len(offsets), 4)
-    for offset in reversed(offsets):
-        builder.PrependUOffsetTRelative(offset)
-    return int(builder.EndVector())
+def int32_bias(values: np.ndarray, scale: float) -> np.ndarray:
+    """Biases as int32 at `scale` (the input scale times the weights' scale)."""
+    return np.round(np.asarray(values, np.float64) / scale).astype(np.int32)
