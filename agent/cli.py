@@ -44,6 +44,7 @@ from satchel.agent.sync.install_events import (
 from satchel.agent.sync.report import stored_totals
 from satchel.agent.sync.usb import process_stick
 from satchel.bundles.errors import BundleError
+from satchel.bundles.events import ROLLED_BACK
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -230,7 +231,7 @@ def rollback_command(obj: CliContext, channel: str, reason: str, as_json: bool) 
     release = rollback(obj.state_dir, channel, reason)
     if record is not None:
         _queue_events(obj.state_dir, lambda q: q.append(
-            "rolled_back", channel=channel, version=record.active.version,
+            ROLLED_BACK, channel=channel, version=record.active.version,
             sequence=record.active.sequence, reason=f"{reason} (satchel-agent rollback)",
             figures={"to_version": release.version, "to_sequence": release.sequence,
                      "via": CLI},

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
@@ -36,6 +35,7 @@ from typing import Any
 
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.bundles.durable import atomic_write_bytes, fsync_dir
+from satchel.bundles.events import EVENTS_DROPPED, KIND_RE, MAX_REASON_CHARS
 from satchel.bundles.timeutil import format_time, utcnow
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,6 @@ EVENTS_DIR = "events"
 QUEUE_FILE = "queue.jsonl"
 LOCK_FILE = "lock"
 FORMAT = 1
-DROPPED = "events_dropped"
-MAX_REASON_CHARS = 2000  # characters of a reason the manager keeps
-KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")  # the manager's rule for event kinds
 _FIELDS = ("channel", "version", "sequence", "bundle_sha256", "deployment_id", "passed",
            "reason", "figures")
 
@@ -105,7 +102,7 @@ class EventQueue:
         Raises ValueError for a kind the manager would refuse, OSError when the disk fails.
         """
         if not KIND_RE.fullmatch(kind):
-            raise ValueError(f"event kind {kind!r} is not [a-z][a-z0-9_]{{0,31}}")
+            raise ValueError(f"event kind {kind!r} is not {KIND_RE.pattern}")
         unknown = set(fields) - set(_FIELDS)
         if unknown:
             raise ValueError(f"unknown event field {sorted(unknown)[0]!r}")
@@ -278,7 +275,7 @@ class EventQueue:
         `events_dropped` marker fit; the marker counts every event dropped so far."""
         events = list(loaded.events)
         already = 0
-        if events and events[0][1].get("kind") == DROPPED:
+        if events and events[0][1].get("kind") == EVENTS_DROPPED:
             already = int((events[0][1].get("figures") or {}).get("dropped", 0))
             events.pop(0)
         marker_bytes = 400  # more than the marker line takes
@@ -294,7 +291,7 @@ class EventQueue:
         count = already + dropped
         marker = {
             "id": self._id(loaded),
-            "kind": DROPPED,
+            "kind": EVENTS_DROPPED,
             "time": format_time(utcnow()),
             "reason": f"event queue full: the {count} oldest undelivered event(s) were dropped",
             "figures": {"dropped": count},

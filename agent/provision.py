@@ -8,8 +8,8 @@ from pathlib import Path
 from satchel.agent.errors import AlreadyInitializedError, InvalidIdentityError, StateCorruptError
 from satchel.agent.state import DeviceIdentity, Layout, read_json, write_json
 from satchel.bundles.durable import atomic_write_bytes, fsync_dir
+from satchel.bundles.identifiers import IDENTIFIER_WORDS, is_identifier
 from satchel.bundles.keys import SigningKey
-from satchel.bundles.manifest import LABEL_RE
 from satchel.bundles.timeutil import utcnow
 from satchel.bundles.trust import check_root_expiry, load_root
 
@@ -33,10 +33,8 @@ def init_device(
     OSError.
     """
     for what, value in (("device id", device_id), ("device class", device_class)):
-        if not LABEL_RE.fullmatch(value):
-            raise InvalidIdentityError(
-                f"{what} {value[:70]!r} must be 1-64 letters, digits, '.', '_', ':' or '-'"
-            )
+        if not is_identifier(value):
+            raise InvalidIdentityError(f"{what} {value[:70]!r} must be {IDENTIFIER_WORDS}")
     root = load_root(trust)
     if trusted_clock:
         check_root_expiry(root, utcnow())

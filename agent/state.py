@@ -30,16 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from satchel.agent.errors import NotInitializedError, StateCorruptError
+from satchel.bundles.channels import (
+    STATE_ACTIVE,
+    STATE_INSTALLING,
+    STATE_PROBATION,
+    STATE_ROLLING_BACK,
+)
 from satchel.bundles.durable import atomic_write_bytes
 from satchel.bundles.errors import BundleError
 from satchel.bundles.manifest import Manifest, parse_manifest
 from satchel.bundles.timeutil import format_time, parse_time, utcnow
-
-STATE_ACTIVE = "active"
-STATE_ROLLED_BACK = "rolled-back"
-STATE_INSTALLING = "installing"
-STATE_ROLLING_BACK = "rolling-back"
-STATE_PROBATION = "probation"  # reported while an activated release's probation window runs
 
 
 class Layout:

@@ -3,18 +3,20 @@
     python -m bench.bench_checkin --db sqlite|postgres [--devices N] [--seconds S] [--json]
 
 Sets up a throwaway data dir (and, for PostgreSQL, a private cluster with default durability
-unless SATCHEL_BENCH_PG_URL is given), migrates it, registers N devices with credentials in
-bulk as a settled fleet (each has checked in before), stores a bundle and deploys it to every
-device (so each check-in evaluates a deployment target and is offered the bundle), starts
-`satchel serve`, then a separate load generator (wrk when installed: `apt-get install wrk`;
-else Python asyncio) keeps `--concurrency` keep-alive connections busy, each device checking
-in with its status and health, a fraction with a new health event. Prints one JSON object:
-check-ins/s, p50/p90/p99 latency, errors, the CPU each part used per check-in, and the setup.
+by `tests/pgcluster.py`, the suite's, unless SATCHEL_BENCH_PG_URL is given), migrates it,
+registers N devices with credentials in bulk as a settled fleet (each has checked in before),
+stores a bundle and deploys it to every device (so each check-in evaluates a deployment target
+and is offered the bundle), starts `satchel serve`, then a separate load generator (wrk when
+installed: `apt-get install wrk`; else Python asyncio) keeps `--concurrency` keep-alive
+connections busy, each device checking in with its status and health, a fraction with a new
+health event. Prints one JSON object: check-ins/s, p50/p90/p99 latency, errors, the CPU each
+part used per check-in, and the setup.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,59 +31,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import checkin_load as load
+from tests import pgcluster  # the one PostgreSQL bootstrap, shared with the manager's tests
 
 WARMUP_S = 3.0  # seconds of load before measuring
 START_TIMEOUT_S = 60.0  # seconds the manager gets to start listening
-PG_BIN_GLOB = "/usr/lib/postgresql/*/bin"
 
 
-def _pg_cluster(tmp: Path, synchronous_commit: str) -> tuple[str, list[str]]:
-    """Start a private PostgreSQL on a Unix socket in `tmp`; return (url, stop command).
-    Durability is PostgreSQL's default (fsync on) unless `synchronous_commit` is "off"."""
-    import glob
-
-    bindir = Path(sorted(glob.glob(PG_BIN_GLOB))[-1])
-    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if os.geteuid() == 0:
-        shutil.chown(tmp, "postgres", "postgres")
-    data = tmp / "pg"
-    subprocess.run(
-        [
-            *as_pg,
-            str(bindir / "initdb"),
-            "-D",
-            str(data),
-            "-A",
-            "trust",
-            "-U",
-            "postgres",
-            "--no-sync",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    opts = (
-        f"-k {tmp} -c listen_addresses='' -c max_connections=300 -c shared_buffers=256MB "
-        f"-c synchronous_commit={synchronous_commit}"
-    )
-    subprocess.run(
-        [
-            *as_pg,
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(tmp / "pg.log"),
-            "-o",
-            opts,
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    stop = [*as_pg, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"]
-    return f"postgresql+psycopg://postgres@/postgres?host={tmp}", stop
+def _pg_cluster(synchronous_commit: str) -> contextlib.AbstractContextManager[pgcluster.Cluster]:
+    """A private PostgreSQL sized for the load, with its default durability (fsync on) unless
+    `synchronous_commit` is "off"."""
+    bindir = pgcluster.find_bindir()
+    if bindir is None:
+        raise SystemExit("no PostgreSQL binaries found: install PostgreSQL or set "
+                         "SATCHEL_BENCH_PG_URL")
+    settings = {"max_connections": "300", "shared_buffers": "256MB",
+                "synchronous_commit": synchronous_commit}
+    return pgcluster.private_cluster(bindir, settings, prefix="satchel-bench-pg-")
 
 
 def _bundle(path: Path, key: Any) -> None:
@@ -261,17 +226,17 @@ def _drive(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.loadgen == "auto":
         args.loadgen = "wrk" if load.wrk_available() else "python"
-    tmp = Path(tempfile.mkdtemp(prefix="satchel-bench-"))
-    stop_pg: list[str] | None = None
-    pgdir = tmp
-    server: subprocess.Popen[str] | None = None
-    try:
+    with contextlib.ExitStack() as cleanup:
+        # unwound last in, first out: the server stops, then PostgreSQL, then the temp dir goes
+        tmp = Path(tempfile.mkdtemp(prefix="satchel-bench-"))
+        cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
+        cluster: pgcluster.Cluster | None = None
         url = ""
         if args.db == "postgres":
             url = os.environ.get("SATCHEL_BENCH_PG_URL", "")
             if not url:
-                pgdir = Path(tempfile.mkdtemp(prefix="satchel-bench-pg-"))
-                url, stop_pg = _pg_cluster(pgdir, args.pg_synchronous_commit)
+                cluster = cleanup.enter_context(_pg_cluster(args.pg_synchronous_commit))
+                url = cluster.url
         data_dir = tmp / "data"
         creds = setup(data_dir, url, args.devices)
         checkins = [(d, t, checkin_body(d)) for d, t in creds]
@@ -280,8 +245,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # SQLite takes one writer at a time: a second process only queues on its lock
         workers = args.workers or (2 if args.db == "postgres" else 1)
         server, base_url, args.server = _start_server(data_dir, url, args, workers)
+        cleanup.callback(_stop_server, server)
         _drive(base_url, requests_file, checkins, args, WARMUP_S, "warmup")
-        postmaster = int((pgdir / "pg" / "postmaster.pid").read_text().split()[0]) if stop_pg else 0
+        postmaster = cluster.postmaster_pid() if cluster else 0
         cpu0 = (
             load.tree_cpu_s(server.pid),
             load.tree_cpu_s(postmaster) if postmaster else 0.0,
@@ -298,17 +264,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load.machine_cpu_s(),
         )
         return _report(args, workers, result, elapsed, cpu0, cpu1, bool(postmaster))
-    finally:
-        if server is not None:
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-        if stop_pg:
-            subprocess.run(stop_pg, capture_output=True)
-            shutil.rmtree(pgdir, ignore_errors=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _stop_server(server: subprocess.Popen[str]) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
 
 
 def _report(

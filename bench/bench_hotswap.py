@@ -42,7 +42,7 @@ from satchel.agent.install.installer import install
 from satchel.agent.provision import init_device
 from satchel.agent.runtimes import get_runtime
 from satchel.agent.server import AgentServer, MemoryEventSink, ServerConfig
-from satchel.agent.server.events import SERVING
+from satchel.bundles.events import SERVING
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.manifest import (
     Compatibility,

@@ -100,6 +100,13 @@ class PayloadHashError(PayloadError):
     """A payload's sha256 differs from the signed manifest."""
 
 
+# --- what a device is told to install ------------------------------------------------------
+
+
+class OfferError(BundleError):
+    """An install offer (an entry of a check-in answer) is malformed."""
+
+
 # --- keys on the admin side -----------------------------------------------------------------
 
 

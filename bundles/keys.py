@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from satchel.bundles.errors import KeyFileError, SignatureError
+from satchel.bundles.identifiers import SHA256_RE
 
-_KEYID_RE = re.compile(r"[0-9a-f]{64}")
 _RAW = serialization.Encoding.Raw
 _RAW_PUB = serialization.PublicFormat.Raw
 
@@ -139,7 +138,7 @@ class Signature:
         keyid, sig = d["keyid"], d["sig"]
         if not isinstance(keyid, str) or not isinstance(sig, str):
             raise SignatureError("signature 'keyid' and 'sig' must be strings")
-        if not _KEYID_RE.fullmatch(keyid):
+        if not SHA256_RE.fullmatch(keyid):  # a key id is a sha256
             raise SignatureError("signature 'keyid' is not a lowercase hex sha256")
         try:
             raw = base64.b64decode(sig, validate=True)

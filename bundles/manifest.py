@@ -15,13 +15,10 @@ from satchel.bundles import FORMAT_VERSION
 from satchel.bundles.canonical import decode_canonical, encode_canonical
 from satchel.bundles.config import DEFAULT_LIMITS, Limits
 from satchel.bundles.errors import MissingFieldError, UnknownFormatVersionError, WrongTypeError
+from satchel.bundles.identifiers import CHANNEL_RE, IDENTIFIER_RE, SHA256_RE, VERSION_RE
 from satchel.bundles.schema import check_keys, get, get_float, get_int, get_str, get_str_list
 from satchel.bundles.timeutil import format_time, parse_time
 
-CHANNEL_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+_~-]{0,63}")
-LABEL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # 95 characters at most: with ".zst" appended a segment must fit a ustar name field (100).
 SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,94}")
 TENSOR_NAME_RE = re.compile(r"[^\x00-\x1f]{1,256}")
@@ -152,7 +149,7 @@ class ModelEntry:
             {"name", "runtime", "file", "inputs", "outputs", "quantization"},
             {"reference_sha256", "data_files", "signature"},
         )
-        name = get_str(d, "name", w, LABEL_RE)
+        name = get_str(d, "name", w, IDENTIFIER_RE)
         w = f"manifest model {name!r}"
         runtime = get_str(d, "runtime", w)
         if runtime not in RUNTIMES:
@@ -290,7 +287,7 @@ class SmokeTest:
         if len({o.name for o in outputs}) != len(outputs):
             raise WrongTypeError(f"{w}: the same output is checked twice")
         return cls(
-            model=get_str(d, "model", w, LABEL_RE),
+            model=get_str(d, "model", w, IDENTIFIER_RE),
             inputs=get_str(d, "inputs", w),
             reference=get_str(d, "reference", w),
             max_abs_error=get_float(d, "max_abs_error", w, nullable=True),
@@ -393,8 +390,8 @@ class Compatibility:
             ):
                 raise WrongTypeError(f"{w}: invalid runtime requirement {name[:30]!r}")
         return cls(
-            device_classes=tuple(get_str_list(d, "device_classes", w, LABEL_RE)),
-            architectures=tuple(get_str_list(d, "architectures", w, LABEL_RE)),
+            device_classes=tuple(get_str_list(d, "device_classes", w, IDENTIFIER_RE)),
+            architectures=tuple(get_str_list(d, "architectures", w, IDENTIFIER_RE)),
             runtimes=dict(runtimes),
             min_agent_version=get_str(d, "min_agent_version", w, VERSION_RE),
         )

@@ -11,7 +11,6 @@ Stick layout (PATH is the mounted stick or any directory):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -19,8 +18,15 @@ from typing import Any
 from satchel.bundles.canonical import encode_canonical
 from satchel.bundles.envelope import Role, check_threshold, open_envelope, sign_envelope
 from satchel.bundles.errors import ExpiredError, WrongTypeError
+from satchel.bundles.identifiers import (
+    CHANNEL_RE,
+    IDENTIFIER_RE,
+    SHA256_RE,
+    VERSION_RE,
+    is_identifier,
+)
 from satchel.bundles.keys import PublicKey, SigningKey
-from satchel.bundles.manifest import CHANNEL_RE, LABEL_RE, SHA256_RE, VERSION_RE
+from satchel.bundles.offer import Offer
 from satchel.bundles.schema import check_keys, get, get_int, get_str
 from satchel.bundles.timeutil import format_time, parse_time
 from satchel.bundles.trust import Root
@@ -37,7 +43,6 @@ MAX_PLAN_BYTES = 16 * 1024 * 1024  # bytes of plan.json
 MAX_REPORT_BYTES = 4 * 1024 * 1024  # bytes of one device report
 MAX_ASSIGNMENTS = 10_000  # entries in one plan
 MAX_PLAN_DEVICES = 1_000_000  # device ids named across one plan
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")  # plan and report ids
 
 
 def root_file(version: int) -> str:
@@ -54,27 +59,27 @@ def report_file(device_id: str, report_id: str) -> str:
 
 def _labels(d: dict[str, Any], name: str, where: str, limit: int) -> tuple[str, ...]:
     values = get(d, name, list, where)
-    if len(values) > limit or not all(isinstance(v, str) and LABEL_RE.fullmatch(v) for v in values):
+    if len(values) > limit or not all(is_identifier(v) for v in values):
         raise WrongTypeError(f"{where}: '{name}' must be a list of names")
     return tuple(values)
 
 
 @dataclass(frozen=True)
-class Assignment:
-    """One bundle for the devices named, and every device of the classes named."""
+class Assignment(Offer):
+    """An offer to the devices named and to every device of the classes named. Its bundle is a
+    file on the stick named by its sha256, which is its `url`; `to_dict` and `from_dict` are
+    a plan entry's."""
 
-    channel: str
-    version: str
-    sequence: int
-    bundle_sha256: str
-    size: int  # bytes of the bundle file
+    url: str = field(init=False, default="")  # set from the sha256: the file on the stick
     devices: tuple[str, ...] = ()
     device_classes: tuple[str, ...] = ()
-    deployment_id: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "url", bundle_file(self.bundle_sha256))
 
     @property
     def file(self) -> str:
-        return bundle_file(self.bundle_sha256)
+        return self.url
 
     def applies_to(self, device_id: str, device_class: str) -> bool:
         return device_id in self.devices or device_class in self.device_classes
@@ -181,7 +186,7 @@ class Plan:
         if len(raw) > MAX_ASSIGNMENTS:
             raise WrongTypeError(f"USB plan has too many assignments ({len(raw)})")
         return cls(
-            plan_id=get_str(d, "plan_id", w, ID_RE),
+            plan_id=get_str(d, "plan_id", w, IDENTIFIER_RE),
             created=parse_time(d["created"], "USB plan 'created'"),
             expires=parse_time(d["expires"], "USB plan 'expires'"),
             trust_root_version=get_int(d, "trust_root_version", w, 1),
@@ -246,11 +251,11 @@ class Report:
         if get_int(d, "spec_version", w) != SPEC_VERSION:
             raise WrongTypeError(f"device report spec_version {d['spec_version']} is not supported")
         plan_id = d["plan_id"]
-        if plan_id is not None and not (isinstance(plan_id, str) and ID_RE.fullmatch(plan_id)):
+        if plan_id is not None and not is_identifier(plan_id):
             raise WrongTypeError(f"{w}: 'plan_id' must be an id or null")
         return cls(
-            report_id=get_str(d, "report_id", w, ID_RE),
-            device_id=get_str(d, "device_id", w, LABEL_RE),
+            report_id=get_str(d, "report_id", w, IDENTIFIER_RE),
+            device_id=get_str(d, "device_id", w, IDENTIFIER_RE),
             created=parse_time(d["created"], "device report 'created'"),
             checkin=get(d, "checkin", dict, w),
             plan_id=plan_id,

@@ -1,4 +1,4 @@
-"""Timestamps in signed documents: UTC, whole seconds, `YYYY-MM-DDTHH:MM:SSZ`."""
+"""The clock, and timestamps in signed documents: UTC, whole seconds, `YYYY-MM-DDTHH:MM:SSZ`."""
 
 from __future__ import annotations
 
@@ -26,5 +26,13 @@ def parse_time(value: object, field: str) -> datetime:
         ) from e
 
 
+def now() -> datetime:
+    """The clock: now, aware UTC, to the microsecond. What the manager stamps its rows and
+    answers with (its check-in answer's `server_time` carries the microseconds)."""
+    return datetime.now(timezone.utc)
+
+
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
+    """The clock to the whole second: the precision of every time in a signed document and in
+    the device's own records (`channel.json`, journals), so a time kept is the time read back."""
+    return now().replace(microsecond=0)

@@ -41,10 +41,9 @@ from satchel.agent.runtimes.samples import (
     time_runs,
 )
 from satchel.bundles.durable import atomic_writer
+from satchel.bundles.identifiers import CHANNEL_RE, VERSION_RE
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.manifest import (
-    CHANNEL_RE,
-    VERSION_RE,
     Compatibility,
     HealthPolicy,
     Manifest,

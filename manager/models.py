@@ -12,6 +12,8 @@ from typing import Any
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from satchel.bundles.timeutil import now
+
 ID_LEN = 64  # characters of device ids, classes, channels, versions, tags, event ids
 HASH_LEN = 64  # hex characters of a sha256
 
@@ -40,10 +42,6 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
 class Base(so.DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON(), list[Any]: sa.JSON()}
 
@@ -56,7 +54,7 @@ class User(Base):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     username: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), unique=True)
     password_hash: so.Mapped[str] = so.mapped_column(sa.String(255))
-    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=now)
 
 
 class WebSession(Base):
@@ -70,7 +68,7 @@ class WebSession(Base):
     user_id: so.Mapped[int] = so.mapped_column(
         sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
-    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=now)
     expires_at: so.Mapped[datetime] = so.mapped_column(index=True)
 
 
@@ -97,7 +95,7 @@ class AdminToken(Base):
     user_id: so.Mapped[int | None] = so.mapped_column(
         sa.ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
-    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=now)
     revoked_at: so.Mapped[datetime | None]
     expires_at: so.Mapped[datetime | None]  # None: until revoked
     # written at most once per `admin_token_touch_s`, so using a token is not a write each time
@@ -112,7 +110,7 @@ class EnrollmentToken(Base):
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
     token_hash: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN), unique=True)
     device_class: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
-    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=now)
     expires_at: so.Mapped[datetime]
     used_at: so.Mapped[datetime | None]
     device_id: so.Mapped[str | None] = so.mapped_column(
@@ -131,7 +129,7 @@ class Device(Base):
     agent_version: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), default="")
     public_key: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN))  # raw Ed25519, hex
     token_hash: so.Mapped[str | None] = so.mapped_column(sa.String(HASH_LEN), unique=True)
-    enrolled_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    enrolled_at: so.Mapped[datetime] = so.mapped_column(default=now)
     last_seen_at: so.Mapped[datetime | None]
     last_via: so.Mapped[str | None] = so.mapped_column(sa.String(8))  # "lan" | "usb"
     state_at: so.Mapped[datetime | None]  # device time of the newest state applied
@@ -172,7 +170,7 @@ class DeviceChannel(Base):
     active_version: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
     active_sequence: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
     state: so.Mapped[str] = so.mapped_column(sa.String(32), default="")
-    updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    updated_at: so.Mapped[datetime] = so.mapped_column(default=now)
     device: so.Mapped[Device] = so.relationship(back_populates="channels")
 
 
@@ -183,7 +181,7 @@ class TrustRoot(Base):
 
     version: so.Mapped[int] = so.mapped_column(primary_key=True, autoincrement=False)
     document: so.Mapped[bytes] = so.mapped_column(sa.LargeBinary)
-    imported_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    imported_at: so.Mapped[datetime] = so.mapped_column(default=now)
 
 
 class Bundle(Base):
@@ -202,7 +200,7 @@ class Bundle(Base):
     sequence: so.Mapped[int] = so.mapped_column(sa.BigInteger)
     size: so.Mapped[int] = so.mapped_column(sa.BigInteger)  # bytes of the .satchel file
     created_at: so.Mapped[datetime]  # the manifest's creation time
-    uploaded_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    uploaded_at: so.Mapped[datetime] = so.mapped_column(default=now)
     manifest: so.Mapped[dict[str, Any]]
 
 
@@ -224,8 +222,8 @@ class Deployment(Base):
     max_failure_ratio: so.Mapped[float]
     failures_tolerated: so.Mapped[int] = so.mapped_column(default=0)  # failed before a resume
     reason: so.Mapped[str | None] = so.mapped_column(sa.Text)  # why it halted or was aborted
-    created_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
-    updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=now)
+    updated_at: so.Mapped[datetime] = so.mapped_column(default=now)
 
     bundle: so.Mapped[Bundle] = so.relationship(lazy="joined", innerjoin=True)
 
@@ -244,7 +242,7 @@ class DeploymentTarget(Base):
     wave: so.Mapped[int]
     state: so.Mapped[str] = so.mapped_column(sa.String(16))
     reason: so.Mapped[str | None] = so.mapped_column(sa.Text)
-    updated_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    updated_at: so.Mapped[datetime] = so.mapped_column(default=now)
 
 
 class Event(Base):
@@ -268,7 +266,7 @@ class Event(Base):
     reason: so.Mapped[str | None] = so.mapped_column(sa.Text)
     figures: so.Mapped[dict[str, Any] | None]
     occurred_at: so.Mapped[datetime]
-    received_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    received_at: so.Mapped[datetime] = so.mapped_column(default=now)
     via: so.Mapped[str] = so.mapped_column(sa.String(8))  # "lan" | "usb"
 
 
@@ -283,4 +281,4 @@ class UsbReport(Base):
     report_id: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN), primary_key=True)
     plan_id: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
     created_at: so.Mapped[datetime]  # device time the report was written
-    imported_at: so.Mapped[datetime] = so.mapped_column(default=utcnow)
+    imported_at: so.Mapped[datetime] = so.mapped_column(default=now)

@@ -11,7 +11,7 @@ import pytest
 import tflite
 
 from satchel.agent.runtimes import dequantize, get_runtime, quantize
-from tests.models import (
+from tests.factory.model_makers import (
     QuantizeError,
     make_mlp_weights,
     mlp_forward,

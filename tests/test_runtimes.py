@@ -23,7 +23,13 @@ from satchel.agent.runtimes import (
     runtime_for_file,
 )
 from satchel.agent.runtimes.tflite import TFLiteAdapter
-from tests.models import make_mlp_weights, mlp_forward, onnx_mlp, sample_inputs, tflite_mlp
+from tests.factory.model_makers import (
+    make_mlp_weights,
+    mlp_forward,
+    onnx_mlp,
+    sample_inputs,
+    tflite_mlp,
+)
 
 IN_DIM, HIDDEN, OUT_DIM = 8, 16, 3
 

@@ -23,7 +23,7 @@ from satchel.agent.runtimes import (
 )
 from satchel.agent.runtimes.tflite import TFLiteAdapter, TFLiteModel
 from tests.catalogue import tflite_kinds as kinds
-from tests.models import onnx_mlp
+from tests.factory.model_makers import onnx_mlp
 
 IN_DIM, HIDDEN, OUT_DIM = 8, 16, 4
 

@@ -16,10 +16,10 @@ from collections.abc import Callable, Mapping
 
 from satchel.agent.event_queue import EventQueue
 from satchel.agent.health.stats import HealthStats, ReleaseKey
+from satchel.bundles.events import HEALTH
 
 log = logging.getLogger(__name__)
 
-HEALTH_EVENT = "health"
 TotalsSnapshot = Callable[[], Mapping[ReleaseKey, HealthStats]]
 
 
@@ -57,7 +57,7 @@ class HealthSampler:
                 continue
             p95 = delta.latency_quantile_ms(0.95)
             self._events.append(
-                HEALTH_EVENT,
+                HEALTH,
                 channel=key.channel,
                 version=key.version,
                 sequence=key.sequence,

@@ -1,4 +1,5 @@
-"""Release history: every activation, refusal, rollback and recovery, with its reason.
+"""Release history: every activation, refusal, rollback and recovery, with its reason (the
+kinds are `bundles.events.HISTORY_*`).
 
 A bounded list in STATE/history.json, newest last, rewritten durably on each event. The
 events of one operation carry its journal id, so an event replayed by recovery after a
@@ -12,12 +13,6 @@ from typing import Any
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.state import Layout, read_json, write_json
 from satchel.bundles.timeutil import format_time, utcnow
-
-ACTIVATED = "activated"
-REFUSED = "refused"
-SMOKE_TEST_FAILED = "smoke-test-failed"
-ROLLED_BACK = "rolled-back"
-UNDONE = "undone"  # an interrupted install or rollback that recovery took back
 
 
 def read_history(layout: Layout) -> list[dict[str, Any]]:

@@ -64,6 +64,13 @@ from satchel.agent.state import (
     read_record,
 )
 from satchel.bundles.errors import BundleError
+from satchel.bundles.events import (
+    HISTORY_ACTIVATED,
+    HISTORY_REFUSED,
+    HISTORY_ROLLED_BACK,
+    HISTORY_SMOKE_TEST_FAILED,
+    HISTORY_UNDONE,
+)
 from satchel.bundles.reader import VerifiedBundle, verify_bundle
 from satchel.bundles.timeutil import format_time, parse_time, utcnow
 from satchel.bundles.trust import Root, check_root_expiry, load_root
@@ -108,7 +115,7 @@ def install(
                                        facts)
         except (AgentError, BundleError) as e:
             if not isinstance(e, SmokeTestFailedError):
-                history.record_event(layout, history.REFUSED, config, reason=str(e),
+                history.record_event(layout, HISTORY_REFUSED, config, reason=str(e),
                                      bundle=str(bundle_path))
             raise
 
@@ -137,7 +144,7 @@ def rollback(
         try:
             return _rollback_locked(layout, channel, reason, config, expected_sequence)
         except AgentError as e:
-            history.record_event(layout, history.REFUSED, config, channel=channel,
+            history.record_event(layout, HISTORY_REFUSED, config, channel=channel,
                                  reason=f"rollback refused: {e}")
             raise
 
@@ -226,7 +233,7 @@ def _install_locked(
             store.remove_if_empty_channel()
         if isinstance(e, SmokeTestFailedError):
             history.record_event(
-                layout, history.SMOKE_TEST_FAILED, config, id=journal.id,
+                layout, HISTORY_SMOKE_TEST_FAILED, config, id=journal.id,
                 channel=journal.channel, version=journal.version, sequence=journal.sequence,
                 reason=str(e), report=e.report,
             )
@@ -326,10 +333,10 @@ def _finish(
     if op == OP_INSTALL:
         if journal.created:
             advance_newest_signed_time(layout, parse_time(journal.created, "created"))
-        event, reason = history.ACTIVATED, None
+        event, reason = HISTORY_ACTIVATED, None
     else:
         rolled_from = journal.previous_version or journal.previous
-        event, reason = history.ROLLED_BACK, f"{journal.reason} (from {rolled_from})"
+        event, reason = HISTORY_ROLLED_BACK, f"{journal.reason} (from {rolled_from})"
     history.record_event(
         layout, event, config, id=journal.id, channel=journal.channel, version=journal.version,
         sequence=journal.sequence, reason=reason, recovered=recovered or None,
@@ -378,7 +385,7 @@ def _recover_channel(layout: Layout, channel: str, config: AgentConfig) -> list[
         else:
             store.discard(journal.target, record)
             history.record_event(
-                layout, history.UNDONE, config, id=journal.id, channel=channel,
+                layout, HISTORY_UNDONE, config, id=journal.id, channel=channel,
                 version=journal.version, sequence=journal.sequence,
                 reason=f"interrupted at step {journal.step!r}; undone",
             )

@@ -24,7 +24,8 @@ from datetime import datetime
 
 from satchel.agent.errors import NoPreviousReleaseError
 from satchel.agent.install.journal import OP_INSTALL, Journal
-from satchel.agent.state import STATE_ACTIVE, STATE_ROLLED_BACK, ChannelRecord, KeptRelease
+from satchel.agent.state import ChannelRecord, KeptRelease
+from satchel.bundles.channels import STATE_ACTIVE, STATE_ROLLED_BACK
 from satchel.bundles.manifest import Manifest
 
 JOURNALED = "journaled"

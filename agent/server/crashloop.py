@@ -20,10 +20,11 @@ from typing import Any
 
 from satchel.agent.health.store import HEALTH_DIR, HealthStore
 from satchel.agent.server.config import DEFAULT_CONFIG, ServerConfig
-from satchel.agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
+from satchel.agent.server.events import Event, EventSink
 from satchel.agent.server.monitor import RollbackFn
 from satchel.agent.server.registry import StateView, epoch_seconds
 from satchel.bundles.durable import atomic_write_bytes
+from satchel.bundles.events import ROLLBACK_FAILED, ROLLED_BACK
 from satchel.bundles.health import HealthFigures, judge
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Events the inference server reports (rollbacks and why, swaps, load failures).
+"""Events the inference server reports (rollbacks and why, swaps, load failures; their kinds
+are `bundles.events`).
 
 The server writes them to an `EventSink`; the transport ships them to the manager. Tests and
 `serve` without a transport use `MemoryEventSink`.
@@ -14,12 +15,6 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from satchel.bundles.timeutil import format_time
-
-# Event kinds the server emits.
-SERVING = "serving"  # a release was swapped in and serves
-ROLLED_BACK = "rolled_back"  # a health breach or crash loop rolled a channel back
-ROLLBACK_FAILED = "rollback_failed"  # a breach was seen but the rollback did not happen
-LOAD_FAILED = "load_failed"  # an active release could not be loaded into its runtime
 
 
 @dataclass(frozen=True)

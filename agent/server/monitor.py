@@ -20,8 +20,9 @@ from pathlib import Path
 from satchel.agent.health.stats import HealthBook
 from satchel.agent.health.store import HealthStore
 from satchel.agent.server.config import ServerConfig
-from satchel.agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, Event, EventSink
+from satchel.agent.server.events import Event, EventSink
 from satchel.agent.server.registry import ModelRegistry, Release, ServingModel
+from satchel.bundles.events import ROLLBACK_FAILED, ROLLED_BACK
 from satchel.bundles.health import judge
 
 log = logging.getLogger(__name__)

@@ -26,8 +26,9 @@ from satchel.agent.health.store import HealthStore
 from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
 from satchel.agent.server.config import ServerConfig
 from satchel.agent.server.errors import ReleaseLoadError
-from satchel.agent.server.events import LOAD_FAILED, SERVING, Event, EventSink
+from satchel.agent.server.events import Event, EventSink
 from satchel.agent.server.metrics import ChannelInfo
+from satchel.bundles.events import LOAD_FAILED, SERVING
 from satchel.bundles.manifest import HealthPolicy, Manifest
 
 log = logging.getLogger(__name__)

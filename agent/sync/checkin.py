@@ -27,12 +27,19 @@ from satchel.agent.errors import (
 )
 from satchel.agent.event_queue import EventQueue
 from satchel.agent.state import DeviceState
-from satchel.agent.sync.client import Backoff, CheckinAnswer, ManagerClient, Offer, TrustInfo
+from satchel.agent.sync.client import Backoff, CheckinAnswer, ManagerClient, TrustInfo
 from satchel.agent.sync.credentials import Credentials, require_credentials
 from satchel.agent.sync.install_events import LAN, BundleOrigin, active_sequence, install_offered
 from satchel.agent.sync.report import TotalsSource, checkin_body, health_summary
 from satchel.agent.sync.trust_roots import accept_roots, trusted_root
 from satchel.bundles.errors import BundleError
+from satchel.bundles.events import (
+    INSTALL_FAILED,
+    TRUST_UPDATE_FAILED,
+    TRUST_UPDATE_REFUSED,
+    TRUST_UPDATED,
+)
+from satchel.bundles.offer import Offer
 
 log = logging.getLogger(__name__)
 
@@ -186,11 +193,11 @@ class CheckinLoop:
             return
         except BundleError as e:
             log.error("the manager's trust root v%d was refused: %s", target, e)
-            self.events.append("trust_update_refused", reason=str(e))
+            self.events.append(TRUST_UPDATE_REFUSED, reason=str(e))
             self._refused_root = target  # not tried again until the manager has a newer one
             return
         self._failed_root = None
-        self.events.append("trust_updated", figures={"from_version": old, "to_version": new})
+        self.events.append(TRUST_UPDATED, figures={"from_version": old, "to_version": new})
 
     def _trust_fetch_failed(self, target: int, error: TransportError) -> None:
         if self._failed_root == target:
@@ -199,7 +206,7 @@ class CheckinLoop:
         self._failed_root = target
         log.error("the manager's trust root v%d cannot be fetched: %s; installs go on with "
                   "the trust root this device has", target, error)
-        self.events.append("trust_update_failed", reason=str(error))
+        self.events.append(TRUST_UPDATE_FAILED, reason=str(error))
 
     def _prune_downloads(self, answer: CheckinAnswer) -> None:
         """Drop partial downloads of bundles no longer offered."""
@@ -215,14 +222,13 @@ class CheckinLoop:
         active = active_sequence(self.state, offer.channel)
         if active is not None and offer.sequence <= active:
             return False  # a race with another install: skip silently, as the API asks
-        origin = BundleOrigin(offer.channel, offer.version, offer.sequence,
-                              offer.bundle_sha256, offer.deployment_id, LAN)
+        origin = BundleOrigin.of(offer, LAN)
         log.info("installing %s %s (sequence %d, %d bytes) from the manager", offer.channel,
                  offer.version, offer.sequence, offer.size)
         try:
             download = client.download(offer, self.downloads)
         except DownloadError as e:
-            self.events.append("install_failed", reason=str(e), **origin.fields())
+            self.events.append(INSTALL_FAILED, reason=str(e), **origin.fields())
             return True
         received = {"bytes": download.size, "seconds": round(download.seconds, 3),
                     "resumes": download.resumes, "via": LAN}

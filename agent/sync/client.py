@@ -41,52 +41,18 @@ from satchel.agent.errors import (
     ManagerUnreachableError,
 )
 from satchel.bundles.durable import fsync_dir
+from satchel.bundles.errors import OfferError
+from satchel.bundles.offer import Offer
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _MiB = 1024 * 1024
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
 
-# --- what the manager says ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Offer:
-    """A bundle the check-in answer asks the device to install."""
-
-    channel: str
-    version: str
-    sequence: int
-    bundle_sha256: str
-    size: int  # bytes of the bundle file
-    url: str  # download path, relative to the manager
-    deployment_id: int | None = None
-
-    @classmethod
-    def from_dict(cls, d: Any) -> Offer:
-        """Raises ManagerRefusedError for an entry that is not an install offer."""
-        try:
-            offer = cls(
-                channel=str(d["channel"]),
-                version=str(d["version"]),
-                sequence=_int(d["sequence"]),
-                bundle_sha256=str(d["bundle_sha256"]),
-                size=_int(d["size"]),
-                url=str(d["url"]),
-                deployment_id=None if d.get("deployment_id") is None
-                else _int(d["deployment_id"]),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise ManagerRefusedError(f"the manager sent a malformed install entry ({e})",
-                                      200) from e
-        if not SHA256_RE.fullmatch(offer.bundle_sha256) or offer.size < 0:
-            raise ManagerRefusedError("the manager sent an install entry with a bad sha256 "
-                                      "or size", 200)
-        return offer
+# --- what the manager says (its install offers are `bundles.offer.Offer`) -------------------
 
 
 @dataclass(frozen=True)
@@ -131,12 +97,6 @@ class Download:
     size: int  # bytes
     seconds: float  # wall time of this download, retries included
     resumes: int  # times it resumed after an interrupted transfer
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{value!r} is not an integer")
-    return value
 
 
 def _number(value: Any) -> float | None:
@@ -260,8 +220,12 @@ class ManagerClient:
         events = answer.get("events")
         if not isinstance(events, dict):
             events = {}
+        try:
+            install = tuple(Offer.from_dict(o) for o in raw_install)
+        except OfferError as e:
+            raise ManagerRefusedError(f"the manager sent {e}", 200) from e
         return CheckinAnswer(
-            install=tuple(Offer.from_dict(o) for o in raw_install),
+            install=install,
             trust=TrustInfo.from_dict(answer.get("trust")),
             poll_interval_s=_number(answer.get("poll_interval_s")),
             recorded=int(events.get("recorded") or 0),

@@ -33,6 +33,15 @@ from satchel.agent.event_queue import EventQueue, json_safe
 from satchel.agent.install.installer import InstallResult, install
 from satchel.agent.state import DeviceState
 from satchel.bundles.errors import BundleError
+from satchel.bundles.events import (
+    ACTIVATED,
+    DOWNLOADED,
+    INSTALL_FAILED,
+    INSTALL_REFUSED,
+    SMOKE_TEST,
+    VERIFIED,
+)
+from satchel.bundles.offer import Offer
 from satchel.bundles.reader import read_unverified
 
 log = logging.getLogger(__name__)
@@ -50,6 +59,12 @@ class BundleOrigin:
     bundle_sha256: str
     deployment_id: int | None
     via: str  # LAN or USB
+
+    @classmethod
+    def of(cls, offer: Offer, via: str) -> BundleOrigin:
+        """What a LAN offer or a USB plan's assignment announces."""
+        return cls(offer.channel, offer.version, offer.sequence, offer.bundle_sha256,
+                   offer.deployment_id, via)
 
     def fields(self) -> dict[str, Any]:
         return {
@@ -136,9 +151,9 @@ def install_offered(
     try:
         origin = manifest_origin(bundle, offered)
     except (AgentError, BundleError) as e:
-        events.append("downloaded", figures=dict(received), **offered.fields())
+        events.append(DOWNLOADED, figures=dict(received), **offered.fields())
         return queue_install_events(events, offered, error=e)
-    events.append("downloaded", figures=dict(received), **origin.fields())
+    events.append(DOWNLOADED, figures=dict(received), **origin.fields())
     try:
         check_offered(offered, origin)
     except OfferMismatchError as e:
@@ -184,10 +199,10 @@ def queue_install_events(
     Raises OSError when the queue cannot be written."""
     where = f"{origin.channel} {origin.version}"
     if result is not None:
-        events.append("verified", **origin.fields())
-        events.append("smoke_test", passed=True, figures=smoke_figures(result.report.to_dict()),
+        events.append(VERIFIED, **origin.fields())
+        events.append(SMOKE_TEST, passed=True, figures=smoke_figures(result.report.to_dict()),
                       **origin.fields())
-        events.append("activated", figures={"previous": result.previous, "via": origin.via},
+        events.append(ACTIVATED, figures={"previous": result.previous, "via": origin.via},
                       **origin.fields())
         log.info("activated %s (sequence %d)%s; smoke test passed: %s", where,
                  origin.sequence, f", replacing {result.previous}" if result.previous else "",
@@ -197,12 +212,12 @@ def queue_install_events(
         f"disk error: {error}" if isinstance(error, OSError) else f"unexpected failure: {error}"
     )
     if isinstance(error, SmokeTestFailedError):
-        events.append("verified", **origin.fields())
-        events.append("smoke_test", passed=False, reason=reason,
+        events.append(VERIFIED, **origin.fields())
+        events.append(SMOKE_TEST, passed=False, reason=reason,
                       figures=smoke_figures(error.report), **origin.fields())
     refused = isinstance(error, (BundleError, IncompatibleError, SequenceRollbackError,
                                  OfferMismatchError))
-    events.append("install_refused" if refused else "install_failed", reason=reason,
+    events.append(INSTALL_REFUSED if refused else INSTALL_FAILED, reason=reason,
                   **origin.fields())
     log.error("install of %s %s: %s", where, "refused" if refused else "failed", reason)
     return InstallOutcome(False, reason)

@@ -49,6 +49,7 @@ from satchel.bundles import plan as stick_layout
 from satchel.bundles.durable import fsync_dir
 from satchel.bundles.envelope import open_envelope
 from satchel.bundles.errors import BundleError, FormatError, TrustError
+from satchel.bundles.events import INSTALL_FAILED
 from satchel.bundles.plan import MAX_PLAN_BYTES, Assignment, Plan, Report, sign_report, verify_plan
 from satchel.bundles.stickfs import StickDir, StickLinkError
 from satchel.bundles.timeutil import utcnow
@@ -234,13 +235,12 @@ def _apply(
     if active is not None and assignment.sequence <= active:
         outcome.skipped.append(release)
         return
-    origin = BundleOrigin(assignment.channel, assignment.version, assignment.sequence,
-                          assignment.bundle_sha256, assignment.deployment_id, USB)
+    origin = BundleOrigin.of(assignment, USB)
     staging = Path(state_dir) / STAGING_DIR
     try:
         copy = copy_from_stick(disk, staging, assignment, config)
     except StickBundleMismatchError as e:
-        events.append("install_failed", reason=str(e), **origin.fields())
+        events.append(INSTALL_FAILED, reason=str(e), **origin.fields())
         outcome.failed.append((release, str(e)))
         return
     try:

@@ -7,8 +7,8 @@ from typing import Any, BinaryIO, cast
 
 from flask import Response, jsonify, request, send_file
 
+from satchel.bundles.timeutil import now
 from satchel.manager.api import bp
-from satchel.manager.api.common import now
 from satchel.manager.api.guard import current_principal, requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError, RequestTooLargeError

@@ -1,8 +1,7 @@
-"""Small helpers shared by the API views: the request body, the clock, the state."""
+"""Small helpers shared by the API views: the request body, ids and query parameters."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from flask import request
@@ -11,10 +10,6 @@ from satchel.bundles.canonical import decode_json
 from satchel.bundles.errors import MalformedJSONError
 from satchel.manager.context import MAX_ROW_ID, state
 from satchel.manager.errors import InvalidRequestError, NotFoundError, RequestTooLargeError
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def json_body(required: bool = True) -> Any:

@@ -6,8 +6,9 @@ from typing import Any
 
 from flask import Response, jsonify, request
 
+from satchel.bundles.timeutil import now
 from satchel.manager.api import bp
-from satchel.manager.api.common import json_body, now, row_id
+from satchel.manager.api.common import json_body, row_id
 from satchel.manager.api.guard import requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError

@@ -6,8 +6,9 @@ from typing import Any
 
 from flask import Response, g, jsonify, request
 
+from satchel.bundles.timeutil import now
 from satchel.manager.api import bp
-from satchel.manager.api.common import int_arg, json_body, now
+from satchel.manager.api.common import int_arg, json_body
 from satchel.manager.api.guard import current_principal, requires
 from satchel.manager.checkin import framing
 from satchel.manager.checkin.lan import checkin_lan

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from flask import g, request
 
+from satchel.bundles.timeutil import now
 from satchel.manager.context import state
 from satchel.manager.errors import AuthError, ForbiddenError
 from satchel.manager.services.credentials import Principal, authenticate, bearer_token
@@ -41,9 +41,9 @@ def requires(*kinds: str) -> Callable[[F], F]:
             if g.get("principal") is None:
                 token = bearer_token(request.headers.get("Authorization"))
                 manager = state()
-                now = datetime.now(timezone.utc)
+                t = now()
                 touch_s = manager.config.admin_token_touch_s
-                g.principal = manager.db.run(lambda s: authenticate(s, token, now, touch_s))
+                g.principal = manager.db.run(lambda s: authenticate(s, token, t, touch_s))
             if g.principal.kind not in kinds:
                 needed = " or ".join(kinds)
                 raise ForbiddenError(f"this resource needs {needed} credentials")

@@ -1,17 +1,25 @@
 """The OpenAPI 3.1 description of /api/v1, served at /api/v1/openapi.json.
 
-A test checks that every route of the blueprint is described here.
+Its patterns and the names it lists (event kinds, channel states, token kinds and statuses)
+are taken from where the code defines them (`bundles.identifiers`, `bundles.events`,
+`bundles.channels`, the services), so the document cannot drift from what is checked. A test
+checks that every route of the blueprint is described here.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Response, jsonify
 
+from satchel.bundles import events
+from satchel.bundles.channels import STATE_PROBATION
+from satchel.bundles.identifiers import IDENTIFIER_RE, SHA256_RE
 from satchel.manager.api import bp
 from satchel.manager.api.guard import requires
-from satchel.manager.services.credentials import ADMIN, DEVICE
+from satchel.manager.services.credentials import ADMIN, DEVICE, ENROLL
+from satchel.manager.services.tokens import EXPIRED, REVOKED, VALID
 
 Security = list[dict[str, list[str]]]
 ADMIN_ONLY: Security = [{"adminToken": []}]
@@ -48,10 +56,23 @@ def _path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
-DEVICE_ID = _path_param(
-    "device_id", {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"}
-)
-SHA256 = _path_param("sha256", {"type": "string", "pattern": "^[0-9a-f]{64}$"})
+def _pattern(rule: re.Pattern[str]) -> str:
+    """A rule the code applies with `fullmatch`, as a JSON Schema pattern (which searches)."""
+    return f"^{rule.pattern}$"
+
+
+DEVICE_ID = _path_param("device_id", {"type": "string", "pattern": _pattern(IDENTIFIER_RE)})
+SHA256 = _path_param("sha256", {"type": "string", "pattern": _pattern(SHA256_RE)})
+# The kinds a deployment acts on: the steps of an install, then its outcomes.
+DEPLOYMENT_EVENT_KINDS = [
+    events.DOWNLOADED,
+    events.VERIFIED,
+    events.SMOKE_TEST,
+    events.ACTIVATED,
+    events.ROLLED_BACK,
+    events.INSTALL_FAILED,
+    events.INSTALL_REFUSED,
+]
 DEPLOYMENT_ID = _path_param("deployment_id", {"type": "integer"})
 OBJ = {"type": "object"}
 
@@ -105,7 +126,10 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"version": {"type": "string"}, "sequence": {"type": "integer"}},
             },
             "releases": {"type": "array", "items": OBJ},
-            "state": {"type": "string", "description": "'probation' while health is watched"},
+            "state": {
+                "type": "string",
+                "description": f"{STATE_PROBATION!r} while health is watched",
+            },
         },
     },
     "Status": {
@@ -131,18 +155,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "kind", "time"],
         "properties": {
             "id": {"type": "string", "description": "device-generated, unique per device"},
-            "kind": {
-                "type": "string",
-                "examples": [
-                    "downloaded",
-                    "verified",
-                    "smoke_test",
-                    "activated",
-                    "rolled_back",
-                    "install_failed",
-                    "install_refused",
-                ],
-            },
+            "kind": {"type": "string", "examples": DEPLOYMENT_EVENT_KINDS},
             "time": {"type": "string", "format": "date-time"},
             "channel": {"type": "string"},
             "version": {"type": "string"},
@@ -212,7 +225,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["kind"],
         "properties": {
-            "kind": {"enum": ["admin", "enroll"]},
+            "kind": {"enum": [ADMIN, ENROLL]},
             "name": {"type": "string", "maxLength": 100},
             "device_class": {"type": "string"},
             "ttl_s": {
@@ -234,7 +247,7 @@ SCHEMAS: dict[str, Any] = {
                         "id": {"type": "integer"},
                         "name": {"type": "string"},
                         "owner": {"type": ["string", "null"]},
-                        "status": {"enum": ["valid", "expired", "revoked"]},
+                        "status": {"enum": [VALID, EXPIRED, REVOKED]},
                         "created_at": {"type": "string"},
                         "expires_at": {"type": ["string", "null"]},
                         "last_used_at": {"type": ["string", "null"]},

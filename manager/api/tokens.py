@@ -7,8 +7,9 @@ from typing import Any
 
 from flask import Response, jsonify
 
+from satchel.bundles.timeutil import now
 from satchel.manager.api import bp
-from satchel.manager.api.common import int_arg, json_body, now
+from satchel.manager.api.common import int_arg, json_body
 from satchel.manager.api.guard import requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError

@@ -11,31 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from satchel.bundles.offer import Offer
 from satchel.manager.services.bundles import download_url
 from satchel.manager.services.deployments import ACTIVE, OFFERED, ChannelReport, DeviceTarget
-
-
-@dataclass(frozen=True)
-class Offer:
-    """A bundle the device should install."""
-
-    channel: str
-    version: str
-    sequence: int
-    bundle_sha256: str
-    size: int
-    deployment_id: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "channel": self.channel,
-            "version": self.version,
-            "sequence": self.sequence,
-            "bundle_sha256": self.bundle_sha256,
-            "size": self.size,
-            "url": download_url(self.bundle_sha256),
-            "deployment_id": self.deployment_id,
-        }
 
 
 @dataclass(frozen=True)
@@ -88,5 +66,8 @@ def offers(targets: list[DeviceTarget], channels: dict[str, ChannelReport]) -> t
         ):
             continue
         if b.name not in best or best[b.name].sequence < b.sequence:
-            best[b.name] = Offer(b.name, b.version, b.sequence, b.sha256, b.size, dt.deployment_id)
+            best[b.name] = Offer(
+                b.name, b.version, b.sequence, b.sha256, b.size, download_url(b.sha256),
+                dt.deployment_id,
+            )
     return tuple(best[name] for name in sorted(best))

@@ -14,13 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, cast
 
-from satchel.bundles.manifest import CHANNEL_RE, SHA256_RE, VERSION_RE
+from satchel.bundles.events import KIND_RE, MAX_REASON_CHARS
+from satchel.bundles.identifiers import CHANNEL_RE, IDENTIFIER_RE, SHA256_RE, VERSION_RE
 from satchel.manager.errors import InvalidRequestError
 from satchel.manager.services.deployments import ChannelReport, ReportedEvent
 
-EVENT_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-EVENT_KIND_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
-MAX_REASON_CHARS = 2000  # characters of an event's reason kept
 MAX_STATE_CHANNELS = 256  # channels in one device's status
 # What the database columns hold; a value beyond would fail in the database, not here.
 BIGINT_RANGE = (-(2**63), 2**63 - 1)  # BIGINT columns: sequences; counts kept as JSON
@@ -117,7 +115,7 @@ def parse_time(value: Any, what: str) -> datetime:
 def _parse_event(d: Any) -> DeviceEvent:
     if not isinstance(d, dict):
         raise _bad("every event must be an object")
-    event_id = _match(d.get("id"), EVENT_ID_RE, "event id")
+    event_id = _match(d.get("id"), IDENTIFIER_RE, "event id")
     where = f"event {event_id}"
     channel = _opt(d, "channel", str, where)
     version = _opt(d, "version", str, where)
@@ -125,7 +123,7 @@ def _parse_event(d: Any) -> DeviceEvent:
     reason = _opt(d, "reason", str, where)
     return DeviceEvent(
         event_id=event_id,
-        kind=_match(d.get("kind"), EVENT_KIND_RE, f"{where} kind"),
+        kind=_match(d.get("kind"), KIND_RE, f"{where} kind"),
         occurred_at=parse_time(d.get("time"), f"{where} time"),
         channel=None if channel is None else _match(channel, CHANNEL_RE, "channel"),
         version=None if version is None else _match(version, VERSION_RE, "version"),

@@ -18,13 +18,13 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
 from typing import Any
 
 from flask import Flask
 
 from satchel.bundles.canonical import decode_json
 from satchel.bundles.errors import MalformedJSONError
+from satchel.bundles.timeutil import now
 from satchel.manager.checkin import framing
 from satchel.manager.checkin.lan import try_fast_checkin
 from satchel.manager.context import EXTENSION
@@ -97,14 +97,14 @@ class CheckinRoute:
         except (AuthError, MalformedJSONError):
             return None
         st = self.state
-        now = datetime.now(timezone.utc)
+        t = now()
         result = try_fast_checkin(
-            st.db, token, device_id, data, now, st.config.max_events_per_checkin
+            st.db, token, device_id, data, t, st.config.max_events_per_checkin
         )
         if result is None:
             return None
         framing.count(st.metrics, result)
-        answer = framing.answer(st.config, result, now)
+        answer = framing.answer(st.config, result, t)
         # the bytes `jsonify` gives outside debug mode: compact, a trailing newline
         return device_id, (self.app.json.dumps(answer, separators=(",", ":")) + "\n").encode()
 

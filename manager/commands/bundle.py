@@ -15,7 +15,7 @@ import click
 
 from satchel.bundles.manifest import HealthPolicy
 from satchel.bundles.reader import check_payloads, read_unverified, verify_bundle
-from satchel.bundles.timeutil import utcnow
+from satchel.bundles.timeutil import now, utcnow
 from satchel.manager.commands.common import (
     echo_json,
     human_bytes,
@@ -324,7 +324,7 @@ def verify_cmd(file: Path, trust: Path, as_json: bool) -> None:
 def bundle_add(ctx: click.Context, file: Path, as_json: bool) -> None:
     """Verify FILE against the trust root and store it; a refused bundle leaves nothing."""
     # the manager extra, imported here: see the module's docstring
-    from satchel.manager.commands.context import config_of, now, run_service
+    from satchel.manager.commands.context import config_of, run_service
     from satchel.manager.services import bundles
     from satchel.manager.store import BundleStore
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,7 +35,3 @@ def run_service(ctx: click.Context, work: Callable[[so.Session], T]) -> T:
         return db.run(work)
     finally:
         db.dispose()
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)

@@ -8,8 +8,9 @@ from typing import Any
 
 import click
 
+from satchel.bundles.timeutil import now
 from satchel.manager.commands.common import echo_json, refusals_exit_1
-from satchel.manager.commands.context import now, run_service
+from satchel.manager.commands.context import run_service
 from satchel.manager.services import devices
 from satchel.manager.services.devices import Identity
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from satchel.bundles.timeutil import now
 from satchel.manager.commands.common import echo_json, refusals_exit_1
-from satchel.manager.commands.context import config_of, now, run_service
+from satchel.manager.commands.context import config_of, run_service
 from satchel.manager.services import tokens
 
 

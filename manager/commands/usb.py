@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from satchel.bundles.timeutil import now
 from satchel.manager.commands.common import (
     echo_json,
     load_keys,
@@ -13,7 +14,7 @@ from satchel.manager.commands.common import (
     passphrase_from,
     refusals_exit_1,
 )
-from satchel.manager.commands.context import config_of, now
+from satchel.manager.commands.context import config_of
 from satchel.manager.db import open_database
 from satchel.manager.errors import ReportRefusedError
 from satchel.manager.store import BundleStore

@@ -17,6 +17,7 @@ import numpy as np
 import requests
 
 from satchel.agent.state import DeviceState
+from satchel.bundles.events import HISTORY_ROLLED_BACK
 from satchel.manager.demo.model import make_models
 from satchel.manager.demo.procs import DemoError, Runner, free_port, wait_for, wait_http
 
@@ -305,7 +306,7 @@ class Story:
                      f"{correct / max(1, served):.1%} correct")
         history = self.r.json("satchel-agent", "--state-dir", str(dev.state_dir), "history")
         for entry in history:
-            if entry["event"] == "rolled-back":
+            if entry["event"] == HISTORY_ROLLED_BACK:
                 lines.append(f"  rolled back at {entry['time']}: {entry['reason']}")
         return lines
 

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from satchel.bundles.errors import BundleError
-from satchel.bundles.manifest import SHA256_RE
+from satchel.bundles.identifiers import SHA256_RE
 from satchel.bundles.reader import read_unverified, verify_bundle
 from satchel.manager.errors import (
     BundleRefusedError,

@@ -10,8 +10,8 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from satchel.bundles.errors import KeyFileError
+from satchel.bundles.identifiers import IDENTIFIER_WORDS, VERSION_RE, is_identifier
 from satchel.bundles.keys import PublicKey
-from satchel.bundles.manifest import LABEL_RE, VERSION_RE
 from satchel.manager.errors import (
     AuthError,
     ConflictError,
@@ -27,10 +27,8 @@ MAX_TAGS = 64  # tags on one device
 
 def check_label(value: Any, what: str) -> str:
     """`value` if it is a valid id/class/tag name. Raises InvalidRequestError."""
-    if not isinstance(value, str) or not LABEL_RE.fullmatch(value):
-        raise InvalidRequestError(
-            f"{what} must be 1-64 letters, digits, '.', '_', ':' or '-', not {str(value)[:40]!r}"
-        )
+    if not is_identifier(value):
+        raise InvalidRequestError(f"{what} must be {IDENTIFIER_WORDS}, not {str(value)[:40]!r}")
     return value
 
 

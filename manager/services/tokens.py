@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from satchel.bundles.manifest import LABEL_RE
+from satchel.bundles import timeutil
+from satchel.bundles.identifiers import is_identifier
 from satchel.manager.errors import ConflictError, InvalidRequestError, NotFoundError
-from satchel.manager.models import AdminToken, EnrollmentToken, User, utcnow
+from satchel.manager.models import AdminToken, EnrollmentToken, User
 from satchel.manager.services.credentials import ADMIN, ENROLL, hash_token, new_token
 
 MAX_TTL_S = 10 * 366 * 86400.0  # seconds a token may live: ten years (a date holds that)
@@ -55,7 +56,7 @@ def create_admin_token(
     """
     if len(name) > MAX_NAME_CHARS:
         raise InvalidRequestError(f"a token name has at most {MAX_NAME_CHARS} characters")
-    now = now or utcnow()
+    now = now or timeutil.now()
     expires = None if ttl_s is None else now + timedelta(seconds=_lifetime(ttl_s, "an admin"))
     user_id = None
     if username is not None:
@@ -83,9 +84,7 @@ def create_enrollment_token(
 ) -> IssuedToken:
     """Issue a one-time enrollment token valid for `ttl_s` seconds, optionally only for
     devices of `device_class`. Raises InvalidRequestError for a bad class or ttl."""
-    if device_class is not None and (
-        not isinstance(device_class, str) or not LABEL_RE.fullmatch(device_class)
-    ):
+    if device_class is not None and not is_identifier(device_class):
         raise InvalidRequestError(f"device class {str(device_class)[:40]!r} is not a valid name")
     token = new_token(ENROLL)
     expires = now + timedelta(seconds=_lifetime(ttl_s, "an enrollment"))

@@ -13,7 +13,7 @@ from datetime import datetime
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from satchel.bundles.manifest import LABEL_RE
+from satchel.bundles.identifiers import is_identifier
 from satchel.manager.errors import ConflictError, InvalidRequestError, NotFoundError
 from satchel.manager.models import AdminToken, User
 from satchel.manager.services import tokens, web_sessions
@@ -53,7 +53,7 @@ class Removed:
 def create_user(session: so.Session, username: str, password: str) -> User:
     """Add an admin user. Raises InvalidRequestError (bad name, short password),
     ConflictError (name taken)."""
-    if not LABEL_RE.fullmatch(username):
+    if not is_identifier(username):
         raise InvalidRequestError(f"user name {username[:40]!r} is not a valid name")
     check_new_password(password)
     if session.scalar(sa.select(User.id).where(User.username == username)) is not None:

@@ -1,9 +1,8 @@
-"""What every dashboard view needs: the clock, a transaction, thresholds, redirects."""
+"""What every dashboard view needs: a transaction, thresholds, redirects."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -17,10 +16,6 @@ from satchel.manager.services.dashboard.states import Thresholds
 from satchel.manager.web.config import web_config
 
 T = TypeVar("T")
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def run(work: Callable[[so.Session], T]) -> T:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from flask import abort, render_template, request
 from werkzeug.wrappers import Response
 
+from satchel.bundles.timeutil import now
 from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
 from satchel.manager.services import deployments
 from satchel.manager.services.dashboard.deployments import deployments_page
 from satchel.manager.web import bp, forms
-from satchel.manager.web.common import done, now, page_arg, refused, run
+from satchel.manager.web.common import done, page_arg, refused, run
 from satchel.manager.web.config import web_config
 
 IN_PROGRESS = (

@@ -7,10 +7,10 @@ from typing import Any
 
 from flask.blueprints import BlueprintSetupState
 
+from satchel.bundles.timeutil import now
 from satchel.manager.services.dashboard.figures import flatten_figures
 from satchel.manager.services.dashboard.states import STATE_LABELS
 from satchel.manager.web import bp, csrf
-from satchel.manager.web.common import now
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 from flask import abort, render_template, request
 from markupsafe import Markup
 
+from satchel.bundles.timeutil import now
 from satchel.manager import charts
 from satchel.manager.services.dashboard.device import ChannelView, device_page
 from satchel.manager.services.dashboard.fleet import fleet_overview
 from satchel.manager.services.dashboard.states import ATTENTION, DEVICE_STATES
 from satchel.manager.web import bp
-from satchel.manager.web.common import now, page_arg, run, thresholds
+from satchel.manager.web.common import page_arg, run, thresholds
 from satchel.manager.web.config import web_config
 
 

@@ -12,11 +12,12 @@ import sqlalchemy.orm as so
 from flask import flash, redirect, render_template, request, url_for
 from werkzeug.wrappers import Response
 
+from satchel.bundles.timeutil import now
 from satchel.manager.context import state
 from satchel.manager.errors import AuthError, TooManyAttemptsError
 from satchel.manager.services import logins, web_sessions
 from satchel.manager.web import bp
-from satchel.manager.web.common import now, run, safe_path
+from satchel.manager.web.common import run, safe_path
 from satchel.manager.web.config import web_config
 from satchel.manager.web.session import current_user, log_in, log_out
 

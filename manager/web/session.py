@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 from flask import g, session
 
+from satchel.bundles.timeutil import now
 from satchel.manager.services import web_sessions
 from satchel.manager.web import csrf
-from satchel.manager.web.common import now, run
+from satchel.manager.web.common import run
 
 SESSION_ID = "sid"  # where the login's secret is kept in the cookie
 

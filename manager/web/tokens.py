@@ -12,13 +12,14 @@ from typing import Any
 from flask import g, render_template, request
 from werkzeug.wrappers import Response
 
+from satchel.bundles.timeutil import now
 from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
 from satchel.manager.services import tokens
 from satchel.manager.services.dashboard.tokens import enrollment_tokens, token_counts
 from satchel.manager.services.tokens import IssuedToken
 from satchel.manager.web import bp, forms
-from satchel.manager.web.common import done, now, refused, run
+from satchel.manager.web.common import done, refused, run
 from satchel.manager.web.config import web_config
 from satchel.manager.web.errors import FormError
 

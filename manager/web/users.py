@@ -11,10 +11,11 @@ from typing import Any
 from flask import g, render_template, request
 from werkzeug.wrappers import Response
 
+from satchel.bundles.timeutil import now
 from satchel.manager.errors import AuthError, ManagerError, TooManyAttemptsError
 from satchel.manager.services import logins, users, web_sessions
 from satchel.manager.web import bp
-from satchel.manager.web.common import done, now, refused, run
+from satchel.manager.web.common import done, refused, run
 from satchel.manager.web.config import web_config
 from satchel.manager.web.errors import FormError
 from satchel.manager.web.login import MAX_NAME_CHARS, MAX_PASSWORD_CHARS, checked, throttled

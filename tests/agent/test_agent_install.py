@@ -191,10 +191,11 @@ def test_history_records_activations_and_refusals(device, make_bundle):
 def test_history_is_bounded(device, make_bundle, tmp_path):
     from satchel.agent.config import AgentConfig
     from satchel.agent.install import history
+    from satchel.bundles.events import HISTORY_REFUSED
 
     config = AgentConfig(history_entries=5)
     for i in range(12):
-        history.record_event(device.state.layout, history.REFUSED, config, reason=f"r{i}")
+        history.record_event(device.state.layout, HISTORY_REFUSED, config, reason=f"r{i}")
 
     kept = history.read_history(device.state.layout)
     assert [e["reason"] for e in kept] == [f"r{i}" for i in range(7, 12)]
@@ -202,7 +203,7 @@ def test_history_is_bounded(device, make_bundle, tmp_path):
 
 def test_init_writes_identity_trust_and_a_private_device_key(tmp_path, keys):
     state_dir = tmp_path / "fresh"
-    from tests.agent.conftest import Device
+    from tests.agent.devices import Device
 
     out = Device(state_dir).run(
         "init", "--trust", str(_write(tmp_path / "root.json", keys.root_json)),
@@ -227,7 +228,7 @@ def test_init_refuses_to_overwrite_a_device(device, keys, tmp_path):
 
 
 def test_init_refuses_a_trust_root_that_is_not_signed(tmp_path, keys):
-    from tests.agent.conftest import Device
+    from tests.agent.devices import Device
 
     doc = json.loads(keys.root_json)
     doc["signed"]["version"] = 2
@@ -240,7 +241,7 @@ def test_init_refuses_a_trust_root_that_is_not_signed(tmp_path, keys):
 
 
 def test_commands_on_an_uninitialised_state_dir_say_what_to_do(tmp_path):
-    from tests.agent.conftest import Device
+    from tests.agent.devices import Device
 
     line = Device(tmp_path / "empty").run("status").refusal()
 

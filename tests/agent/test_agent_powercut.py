@@ -26,7 +26,7 @@ import pytest
 
 from satchel.agent.install.installer import install, recover
 from satchel.agent.state import DeviceState
-from tests.agent.conftest import verify_active_release
+from tests.agent.devices import verify_active_release
 from tests.agent.powercut import Disk, power_cuts, trace_env
 
 MIN_FSYNCS = 10  # fewer traced fsyncs than this means the tracer did not run

@@ -144,7 +144,7 @@ def test_expired_bundle_is_refused(installed, make_bundle):
 def test_untrusted_clock_refuses_what_expired_before_the_newest_signed_time_seen(
     tmp_path, keys, make_bundle
 ):
-    from tests.agent.conftest import Device
+    from tests.agent.devices import Device
 
     init_device(tmp_path / "s", keys.root_json, "dev-2", "test-board", trusted_clock=False)
     device = Device(tmp_path / "s")
@@ -160,7 +160,7 @@ def test_untrusted_clock_refuses_what_expired_before_the_newest_signed_time_seen
 
 
 def test_untrusted_clock_does_not_judge_expiry_by_its_own_clock(tmp_path, keys, make_bundle):
-    from tests.agent.conftest import Device
+    from tests.agent.devices import Device
 
     init_device(tmp_path / "s", keys.root_json, "dev-3", "test-board", trusted_clock=False)
     now = utcnow()
@@ -203,7 +203,7 @@ def test_smoke_test_failing_on_nan_outputs_is_refused(installed, make_bundle):
 
 
 def test_model_that_does_not_load_is_refused(installed, make_bundle, models, tmp_path):
-    from tests.agent.conftest import Model
+    from tests.agent.bundle_maker import Model
 
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(b"\x08\x07this is not a protobuf model")

@@ -20,7 +20,7 @@ from satchel.agent.install.smoketest import (
     run_all,
 )
 from satchel.bundles.manifest import FileEntry, Manifest, ModelEntry, SmokeTest, TensorInfo
-from tests.models import INPUT_NAME, OUTPUT_NAME
+from tests.factory.model_makers import INPUT_NAME, OUTPUT_NAME
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)
 

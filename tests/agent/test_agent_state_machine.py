@@ -26,7 +26,8 @@ from satchel.agent.install.states import (
     recovery_for,
     stale_releases,
 )
-from satchel.agent.state import STATE_ROLLED_BACK, ChannelRecord, KeptRelease
+from satchel.agent.state import ChannelRecord, KeptRelease
+from satchel.bundles.channels import STATE_ROLLED_BACK
 from satchel.bundles.manifest import Manifest, ModelEntry, TensorInfo
 
 T0 = datetime(2026, 5, 1, tzinfo=timezone.utc)

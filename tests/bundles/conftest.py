@@ -1,4 +1,5 @@
-"""Fixtures for the bundle-format tests: keys, an honest bundle, and a device sandbox."""
+"""Fixtures for the bundle-format tests: an honest bundle and a device sandbox (`keys` is the
+suite's, from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.factory import BuiltBundle, Device, Keyring, build_test_bundle, make_keys
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Keyring:
-    return make_keys(tmp_path)
+from tests.factory.bundles import BuiltBundle, build_test_bundle
+from tests.factory.device import Device
+from tests.factory.keys import Keyring
 
 
 @pytest.fixture

@@ -34,17 +34,11 @@ from satchel.bundles.errors import (
 from satchel.bundles.manifest import parse_manifest
 from satchel.bundles.reader import unpack_bundle, verify_bundle
 from satchel.bundles.trust import load_root, update_root
-from tests.factory import (
-    NOW,
-    BuiltBundle,
-    Keyring,
-    Span,
-    build_test_bundle,
-    layout,
-    make_keys,
-    read_tree,
-    span_at,
-)
+from tests.factory.bundles import BuiltBundle, build_test_bundle
+from tests.factory.device import NOW
+from tests.factory.keys import Keyring, make_keys
+from tests.factory.spans import Span, layout, span_at
+from tests.factory.trees import read_tree
 
 FUZZ = settings(
     max_examples=200,

@@ -15,30 +15,25 @@ from satchel.bundles.errors import (
     TruncatedBundleError,
     UnsafeMemberError,
 )
-from tests.factory import (
+from tests.factory.bundles import DEFAULT_PAYLOADS, BuiltBundle, build_test_bundle
+from tests.factory.device import Device
+from tests.factory.keys import Keyring
+from tests.factory.spans import flip_byte, layout, span_of, truncate
+from tests.factory.tar import (
     BLOCK,
-    DEFAULT_PAYLOADS,
-    BuiltBundle,
-    Device,
-    Keyring,
     TarMember,
-    build_test_bundle,
     drop_member,
-    flip_byte,
     insert_member,
-    layout,
     lie_about_size,
     member_names,
     pack_members,
     read_members,
     rename_member,
     reorder_members,
-    span_of,
     special_member,
-    truncate,
     with_checksum,
-    zstd_frame,
 )
+from tests.factory.zstd_frames import zstd_frame
 
 PAYLOAD_MEMBERS = [f"payload/{p}.zst" for p in DEFAULT_PAYLOADS]
 

@@ -26,15 +26,10 @@ from satchel.bundles.errors import (
     WrongTypeError,
 )
 from satchel.bundles.manifest import parse_manifest
-from tests.factory import (
-    CREATED,
-    NOW,
-    BuiltBundle,
-    Device,
-    Keyring,
-    build_test_bundle,
-    lie_about_size,
-)
+from tests.factory.bundles import CREATED, BuiltBundle, build_test_bundle
+from tests.factory.device import NOW, Device
+from tests.factory.keys import Keyring
+from tests.factory.tar import lie_about_size
 
 Mutation = Callable[[dict[str, Any]], Any]
 

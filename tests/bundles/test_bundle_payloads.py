@@ -14,17 +14,11 @@ import pytest
 from satchel.bundles.config import Limits
 from satchel.bundles.errors import PayloadHashError, PayloadSizeError, StagingError
 from satchel.bundles.reader import unpack_bundle, verify_bundle
-from tests.factory import (
-    NOW,
-    BuiltBundle,
-    Device,
-    Keyring,
-    MiB,
-    build_test_bundle,
-    tree_snapshot,
-    zstd_bomb,
-    zstd_frame,
-)
+from tests.factory.bundles import BuiltBundle, build_test_bundle
+from tests.factory.device import NOW, Device
+from tests.factory.keys import Keyring
+from tests.factory.trees import tree_snapshot
+from tests.factory.zstd_frames import MiB, zstd_bomb, zstd_frame
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = bytes(range(256)) * 40  # compressible, so a zstd frame of it is small

@@ -17,16 +17,11 @@ from satchel.bundles.errors import KeyFileError, WrongTypeError
 from satchel.bundles.keys import PublicKey, SigningKey
 from satchel.bundles.pack import Payload, write_bundle
 from satchel.bundles.reader import read_unverified, verify_bundle
-from tests.factory import (
-    NOW,
-    BuiltBundle,
-    Device,
-    Keyring,
-    MiB,
-    build_test_bundle,
-    default_manifest,
-    member_names,
-)
+from tests.factory.bundles import BuiltBundle, build_test_bundle, default_manifest
+from tests.factory.device import NOW, Device
+from tests.factory.keys import Keyring
+from tests.factory.tar import member_names
+from tests.factory.zstd_frames import MiB
 
 DEEP = "/".join(f"level{i}" for i in range(7)) + "/" + "w" * 90 + ".bin"  # depth 8, ~150 chars
 

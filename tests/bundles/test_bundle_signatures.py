@@ -18,18 +18,11 @@ from satchel.bundles.errors import (
     UnknownKeyError,
 )
 from satchel.bundles.keys import SigningKey
-from tests.factory import (
-    BuiltBundle,
-    Device,
-    Keyring,
-    build_test_bundle,
-    flip_byte,
-    make_keys,
-    read_members,
-    rewrite_member,
-    sign_manifest,
-    span_of,
-)
+from tests.factory.bundles import BuiltBundle, build_test_bundle, sign_manifest
+from tests.factory.device import Device
+from tests.factory.keys import Keyring, make_keys
+from tests.factory.spans import flip_byte, span_of
+from tests.factory.tar import read_members, rewrite_member
 
 
 def test_honest_bundle_is_accepted(bundle: BuiltBundle, device: Device) -> None:

@@ -12,13 +12,9 @@ from pathlib import Path
 import pytest
 
 from satchel.bundles.keys import SigningKey
-from tests.factory import (
-    BuiltBundle,
-    Keyring,
-    build_test_bundle,
-    flip_byte,
-    span_of,
-)
+from tests.factory.bundles import BuiltBundle, build_test_bundle
+from tests.factory.keys import Keyring
+from tests.factory.spans import flip_byte, span_of
 
 TOOLS = ("tar", "zstd", "openssl", "sha256sum", "base64", "python3")
 

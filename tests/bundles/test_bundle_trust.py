@@ -26,7 +26,9 @@ from satchel.bundles.errors import (
 )
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.trust import Root, check_root_expiry, load_root, update_root, update_root_chain
-from tests.factory import NOW, Device, Keyring, build_test_bundle, make_keys, next_root
+from tests.factory.bundles import build_test_bundle
+from tests.factory.device import NOW, Device
+from tests.factory.keys import Keyring, make_keys, next_root
 
 
 def _refuse_rotation(trusted: Root, data: bytes) -> RootRotationError:

@@ -19,7 +19,8 @@ from satchel.bundles.timeutil import utcnow
 from satchel.manager.keydir import read_root
 
 if TYPE_CHECKING:
-    from tests.cli.conftest import Cli, Models
+    from tests.cli.invoke import Cli
+    from tests.cli.model_files import Models
 
 
 def _sha256(path: Path) -> str:

@@ -13,7 +13,8 @@ from satchel.bundles.keys import PublicKey
 from satchel.manager.keydir import init_keydir
 
 if TYPE_CHECKING:
-    from tests.cli.conftest import Cli, Models
+    from tests.cli.invoke import Cli
+    from tests.cli.model_files import Models
 
 
 def _signing_keyid(keydir: Path) -> str:

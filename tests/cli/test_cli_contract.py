@@ -11,7 +11,8 @@ import pytest
 from satchel.manager.cli import main
 
 if TYPE_CHECKING:
-    from tests.cli.conftest import Cli, Models
+    from tests.cli.invoke import Cli
+    from tests.cli.model_files import Models
 
 ADMIN_GROUPS = ("keys", "model", "bundle")
 CONTRACT_COMMANDS = {

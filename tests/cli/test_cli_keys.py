@@ -13,7 +13,9 @@ from satchel.bundles.keys import PublicKey, SigningKey
 from satchel.bundles.trust import load_root, make_root, sign_root, update_root, update_root_chain
 
 if TYPE_CHECKING:
-    from tests.cli.conftest import Cli, Models, Outcome
+    from tests.cli.invoke import Cli
+    from tests.cli.model_files import Models
+    from tests.factory.outcome import Outcome
 
 PASSPHRASE = "correct horse battery staple"
 

@@ -12,10 +12,11 @@ from onnx import numpy_helper
 
 from satchel.agent.runtimes import get_runtime
 from satchel.manager.build import detect_quantization
-from tests.models import sample_inputs
+from tests.factory.model_makers import sample_inputs
 
 if TYPE_CHECKING:
-    from tests.cli.conftest import Cli, Models
+    from tests.cli.invoke import Cli
+    from tests.cli.model_files import Models
 
 
 def _quantization_of(path: Path) -> str:

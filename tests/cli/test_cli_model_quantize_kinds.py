@@ -14,10 +14,11 @@ from satchel.agent.runtimes import get_runtime
 from satchel.manager.build import detect_quantization
 from satchel.manager.model_files import model_files
 from satchel.manager.quantize import QuantizeDefaults
-from tests.models import make_mlp_weights, onnx_mlp, quantize_onnx
+from tests.factory.model_makers import make_mlp_weights, onnx_mlp, quantize_onnx
 
 if TYPE_CHECKING:
-    from tests.cli.conftest import Cli, Models
+    from tests.cli.invoke import Cli
+    from tests.cli.model_files import Models
 
 IR_VERSION, OPSET = 9, 17  # what the installed onnxruntime loads
 

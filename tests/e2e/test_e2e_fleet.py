@@ -5,15 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.e2e.conftest import (
-    Kit,
-    ManagerProcess,
-    Site,
-    expected_outputs,
-    negative,
-    positive,
-    wait_for,
-)
+from tests.e2e.commands import wait_for
+from tests.e2e.kit import Kit, expected_outputs, negative, positive
+from tests.e2e.sites import ManagerProcess, Site
 
 
 def test_rollout_in_waves_serves_the_model_then_a_bad_release_rolls_back_and_halts(

@@ -9,15 +9,10 @@ from collections import Counter
 import numpy as np
 
 from satchel.agent.event_queue import EventQueue
-from tests.e2e.conftest import (
-    Kit,
-    ManagerProcess,
-    Site,
-    expected_outputs,
-    positive,
-    wait_for,
-)
-from tests.service.conftest import DropProxy
+from tests.e2e.commands import wait_for
+from tests.e2e.kit import Kit, expected_outputs, positive
+from tests.e2e.sites import ManagerProcess, Site
+from tests.service.drop_proxy import DropProxy
 
 
 def test_a_download_cut_three_times_resumes_and_the_release_is_served(

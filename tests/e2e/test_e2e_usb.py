@@ -8,7 +8,8 @@ import json
 from satchel.bundles.envelope import open_envelope
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.plan import PLAN_FILE, Plan, sign_plan
-from tests.e2e.conftest import DEVICE_CLASS, Kit, ManagerProcess, Site
+from tests.e2e.kit import DEVICE_CLASS, Kit
+from tests.e2e.sites import ManagerProcess, Site
 
 
 def test_a_usb_only_device_gets_its_release_and_shows_up_on_the_manager(

@@ -17,7 +17,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from satchel.bundles.keys import SigningKey
-from tests.factory import BuiltBundle, Keyring, build_test_bundle
+from tests.factory.bundles import BuiltBundle, build_test_bundle
+from tests.factory.keys import Keyring
 
 DEVICE_CLASS = "edge-box"  # the class the factory's bundles are built for
 _event_numbers = itertools.count(1)

@@ -12,9 +12,10 @@ import requests
 
 from satchel.bundles.keys import SigningKey
 from satchel.manager.models import Bundle
-from tests.factory import build_test_bundle, make_keys
-from tests.manager.conftest import LiveServer
+from tests.factory.bundles import build_test_bundle
+from tests.factory.keys import make_keys
 from tests.manager.helpers import Fleet
+from tests.manager.live_server import LiveServer
 
 
 def _rows(fleet: Fleet) -> int:

@@ -11,8 +11,8 @@ from typing import Any
 import requests
 
 from satchel.manager.models import Device, Event
-from tests.manager.conftest import LiveServer
 from tests.manager.helpers import Fleet, SimDevice, bearer, event, utc
+from tests.manager.live_server import LiveServer
 
 
 def _fast_checkins(fleet: Fleet) -> int:

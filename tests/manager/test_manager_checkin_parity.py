@@ -39,7 +39,7 @@ from satchel.manager.models import (
 from satchel.manager.services import deployments
 from satchel.manager.services.credentials import hash_token
 from satchel.manager.services.deployments import Selectors
-from tests.manager.conftest import drop_pg_database, fresh_pg_database
+from tests.manager.databases import drop_pg_database, fresh_pg_database
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)  # the world is seeded
 T1 = T0 + timedelta(minutes=1)  # the check-in compared

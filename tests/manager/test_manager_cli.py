@@ -5,44 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner, Result
-
-from satchel.manager.cli import main
-from satchel.manager.config import ManagerConfig
 from satchel.manager.models import Bundle
-from tests.factory import Keyring, build_test_bundle, make_keys
+from tests.factory.bundles import build_test_bundle
+from tests.factory.keys import Keyring, make_keys
+from tests.manager.admin_cli import Cli
 from tests.manager.helpers import Fleet, bearer
-
-
-class Cli:
-    def __init__(self, config: ManagerConfig) -> None:
-        self.config = config
-        self.runner = CliRunner()
-
-    def run(self, *args: str, input: str | None = None) -> Result:
-        env = {"SATCHEL_DATABASE_URL": self.config.database_url, "SATCHEL_CONFIG": ""}
-        return self.runner.invoke(
-            main, ["--data-dir", str(self.config.data_dir), *args], env=env, input=input
-        )
-
-    def ok(self, *args: str, input: str | None = None) -> str:
-        r = self.run(*args, input=input)
-        assert r.exit_code == 0, (args, r.output, r.exception)
-        return r.stdout
-
-    def refused(self, *args: str, input: str | None = None) -> str:
-        r = self.run(*args, input=input)
-        assert r.exit_code == 1, (args, r.output)
-        lines = r.stderr.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-        assert "Traceback" not in r.output
-        return lines[0]
-
-
-@pytest.fixture
-def cli(config: ManagerConfig) -> Cli:
-    return Cli(config)
 
 
 def _last_line(out: str) -> str:

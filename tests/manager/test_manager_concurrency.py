@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from satchel.manager.models import Event
-from tests.manager.conftest import LiveServer
 from tests.manager.helpers import Fleet, SimDevice, event
+from tests.manager.live_server import LiveServer
 
 DEVICES = 24
 THREADS = 8

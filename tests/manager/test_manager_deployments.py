@@ -10,7 +10,7 @@ from satchel.agent.health.stats import HealthStats
 from satchel.bundles.health import HealthFigures, judge
 from satchel.bundles.manifest import HealthPolicy
 from satchel.manager.services.deployments import health_breach
-from tests.factory import build_test_bundle
+from tests.factory.bundles import build_test_bundle
 from tests.manager.helpers import Fleet, SimDevice, event
 
 # A latency budget and the default minimum sample count (20).

@@ -10,11 +10,8 @@ file, an input file the kernel cannot read.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import pwd
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,8 +27,10 @@ from satchel.manager.cli import main
 from satchel.manager.config import ManagerConfig
 from satchel.manager.db import Database, normalize_url
 from satchel.manager.models import Bundle, Device, Event
-from tests.factory import Keyring, build_test_bundle
-from tests.manager.conftest import PG_ENV
+from tests.factory.bundles import build_test_bundle
+from tests.factory.keys import Keyring
+from tests.manager.databases import PG_ENV
+from tests.manager.disks import tmpfs
 from tests.manager.helpers import Fleet, SimDevice, event
 
 EVENTS = 40  # events in the refused check-in
@@ -40,43 +39,6 @@ FILLED_TABLES = ("events", "devices", "device_channels", "deployment_targets")
 
 
 # --- real full disks ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str, owner: str | None = None) -> Iterator[Path]:
-    """A small tmpfs mounted at `where` for the block; skips the test where mounting is not
-    possible (not root, no mount privilege)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    options = f"size={size},mode=0700"
-    if owner is not None:
-        user = pwd.getpwnam(owner)
-        options += f",uid={user.pw_uid},gid={user.pw_gid}"
-    where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip()}")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file into `directory` until its filesystem has no byte left; return it."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for block in (1 << 20, 4096, 1):  # bytes: big writes first, then what remains
-            with contextlib.suppress(OSError):
-                while f.write(b"\0" * block):
-                    pass
-    assert os.statvfs(directory).f_bavail == 0
-    return filler
 
 
 class FullDisk(Protocol):

@@ -18,7 +18,7 @@ from satchel.manager.app import create_app
 from satchel.manager.config import ManagerConfig
 from satchel.manager.models import LoginAttempts
 from satchel.manager.services import users
-from tests.web.conftest import LoginForm, csrf_from
+from tests.web.forms import LoginForm, csrf_from
 
 USER, PASSWORD = "ada", "correct horse battery staple"
 WRONG = "not the password at all"

@@ -17,7 +17,8 @@ import requests
 from satchel.bundles.keys import SigningKey
 from satchel.manager.config import ManagerConfig
 from satchel.manager.services import tokens, trust
-from tests.factory import Keyring, build_test_bundle
+from tests.factory.bundles import build_test_bundle
+from tests.factory.keys import Keyring
 
 SATCHEL = Path(sys.executable).with_name("satchel")
 START_TIMEOUT_S = 60

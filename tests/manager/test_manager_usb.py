@@ -23,9 +23,9 @@ from satchel.manager.cli import main
 from satchel.manager.config import ManagerConfig
 from satchel.manager.models import Event, UsbReport
 from satchel.manager.store import BundleStore
-from tests.factory import tree_snapshot
+from tests.factory.trees import tree_snapshot
+from tests.manager.disks import fill, tmpfs
 from tests.manager.helpers import Fleet, SimDevice, event
-from tests.manager.test_manager_disk_full import fill, tmpfs
 
 
 def _satchel(config: ManagerConfig, *args: str):

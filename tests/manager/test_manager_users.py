@@ -13,22 +13,16 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from satchel.manager.config import ManagerConfig
 from satchel.manager.models import AdminToken, User, WebSession
 from satchel.manager.services import tokens, users
 from satchel.manager.services.credentials import check_password
+from tests.manager.admin_cli import Cli
 from tests.manager.helpers import Fleet, bearer
-from tests.manager.test_manager_cli import Cli
-from tests.web.conftest import LoginForm
+from tests.web.forms import LoginForm
 
 USER, PASSWORD = "ada", "correct horse battery staple"
 NEW_PASSWORD = "a brand new passphrase"
 WRONG_PASSWORD = "not the password at all"
-
-
-@pytest.fixture
-def cli(config: ManagerConfig) -> Cli:
-    return Cli(config)
 
 
 @pytest.fixture

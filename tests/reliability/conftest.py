@@ -4,59 +4,28 @@ Real components throughout: devices are initialised state dirs driven by the rea
 check-in loop and USB code, with real ONNX models; managers are the real Flask app (in-process
 test client, or served over HTTP on 127.0.0.1); hostile peers are small servers of our own on
 127.0.0.1 (`rogue.py`). The manager fixtures (fresh database per test, SQLite and PostgreSQL)
-are those of tests/manager, imported here.
+are the suite's, from tests/manager/fixtures.py.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.factory import Keyring, make_keys
-from tests.manager.conftest import (  # noqa: F401 - fixtures, registered by import
-    app,
-    backend,
-    client,
-    config,
-    fleet,
-    live_server,
-    pg_admin_url,
-    sqlite_template,
-)
-from tests.models import make_mlp_weights, onnx_mlp
+from tests.factory.keys import Keyring
 from tests.reliability import figures
 from tests.reliability.kit import Site, make_site
 from tests.reliability.rogue import RogueManager
-from tests.service.conftest import (  # noqa: F401 - fixture, registered by import
-    Manager,
-    migrated_db,
-)
-
-
-@dataclass(frozen=True)
-class Models:
-    good: Path  # 8 -> 16 -> 3 MLP
-    other: Path  # same shapes, other weights
-    big: Path  # a few MB, so a download can be cut many times
+from tests.service.devices import Models, make_models
+from tests.service.live_manager import Manager
 
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
-    d = tmp_path_factory.mktemp("reliability-models")
-    return Models(
-        good=onnx_mlp(make_mlp_weights(8, 16, 3, seed=1), d / "good.onnx"),
-        other=onnx_mlp(make_mlp_weights(8, 16, 3, seed=2), d / "other.onnx"),
-        big=onnx_mlp(make_mlp_weights(8, 65536, 3, seed=3), d / "big.onnx"),
-    )
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Keyring:
-    return make_keys(tmp_path)
+    return make_models(tmp_path_factory.mktemp("reliability-models"))
 
 
 @pytest.fixture
@@ -73,12 +42,11 @@ def rogue() -> Iterator[RogueManager]:
 
 
 @pytest.fixture
-def real_manager(tmp_path: Path, keys: Keyring,
-                 request: pytest.FixtureRequest) -> Iterator[Manager]:
+def real_manager(tmp_path: Path, keys: Keyring, sqlite_template: Path) -> Iterator[Manager]:
     """The manager app served over HTTP on 127.0.0.1 (SQLite), trusting `keys`."""
     data_dir = tmp_path / "manager"
     data_dir.mkdir()
-    shutil.copyfile(request.getfixturevalue("migrated_db"), data_dir / "satchel.db")
+    shutil.copyfile(sqlite_template, data_dir / "satchel.db")
     manager = Manager(data_dir, keys)
     yield manager
     manager.close()

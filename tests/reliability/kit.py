@@ -35,8 +35,11 @@ from satchel.bundles.manifest import (
 from satchel.bundles.pack import Payload, write_bundle
 from satchel.bundles.timeutil import utcnow
 from satchel.bundles.trust import make_root, sign_root
-from tests.factory import TEST_PACK, Keyring, assert_one_line, tree_snapshot
-from tests.models import sample_inputs
+from tests.factory.bundles import TEST_PACK
+from tests.factory.device import assert_one_line
+from tests.factory.keys import Keyring
+from tests.factory.model_makers import sample_inputs
+from tests.factory.trees import tree_snapshot
 
 CHANNEL = "vision"
 DEVICE_CLASS = "edge-box"

@@ -25,8 +25,7 @@ from satchel.agent.sync.usb import copy_from_stick, process_stick
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.plan import verify_report
 from satchel.bundles.trust import make_root, sign_root
-from tests.factory import assert_one_line
-from tests.reliability.conftest import Models
+from tests.factory.device import assert_one_line
 from tests.reliability.kit import (
     CFG,
     CHANNEL,
@@ -38,6 +37,7 @@ from tests.reliability.kit import (
 )
 from tests.reliability.rogue import ENDLESS, RogueManager, Served
 from tests.reliability.sticks import Stick, assign_file, assignment
+from tests.service.devices import Models
 
 # (what the bundle's manifest says, what the offer or plan entry announces): one field lies
 LIES = {

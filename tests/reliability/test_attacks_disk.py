@@ -28,12 +28,12 @@ import requests
 from satchel.agent.errors import ManagerUnreachableError
 from satchel.agent.sync.credentials import require_credentials
 from satchel.agent.sync.enroll import enroll_device
-from tests.factory import Keyring
-from tests.manager.test_manager_disk_full import fill, tmpfs
-from tests.reliability.conftest import Models
+from tests.factory.keys import Keyring
+from tests.manager.disks import fill, tmpfs
 from tests.reliability.figures import Recorder
 from tests.reliability.kit import CFG, Site
-from tests.service.conftest import Manager
+from tests.service.devices import Models
+from tests.service.live_manager import Manager
 
 AREA = "manager"
 SATCHEL = Path(sys.executable).with_name("satchel")
@@ -41,10 +41,10 @@ EVENTS = 400  # events queued while the manager's disk is full
 
 
 @pytest.fixture
-def manager_on_tmpfs(tmp_path: Path, keys: Keyring, migrated_db: Path) -> Iterator[Manager]:
+def manager_on_tmpfs(tmp_path: Path, keys: Keyring, sqlite_template: Path) -> Iterator[Manager]:
     """A real manager (HTTP on 127.0.0.1, SQLite) whose data directory is a 16 MiB tmpfs."""
     with tmpfs(tmp_path / "manager", "16m") as data_dir:
-        shutil.copyfile(migrated_db, data_dir / "satchel.db")
+        shutil.copyfile(sqlite_template, data_dir / "satchel.db")
         manager = Manager(data_dir, keys)
         try:
             yield manager

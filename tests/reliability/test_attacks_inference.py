@@ -23,31 +23,24 @@ import requests
 
 from satchel.agent.health.stats import ReleaseKey
 from satchel.agent.server import AgentServer, MemoryEventSink
-from satchel.agent.server.events import ROLLED_BACK
+from satchel.bundles.events import ROLLED_BACK
 from satchel.bundles.manifest import HealthPolicy
-from tests.factory import tree_snapshot
-from tests.models import make_mlp_weights, onnx_mlp
+from tests.factory.keys import Keyring
+from tests.factory.model_makers import make_mlp_weights, onnx_mlp
+from tests.factory.trees import tree_snapshot
 from tests.reliability.figures import Recorder
-from tests.server import conftest as server_fixtures
-from tests.server.conftest import (
+from tests.server.clients import infer_body
+from tests.server.devices import (
     CHANNEL,
-    FAST,
     HIDDEN,
     IN_DIM,
     OUT_DIM,
     Device,
-    ServerFactory,
-    infer_body,
+    make_device,
     negative_inputs,
-    one_event,
     positive_inputs,
-    wait_for,
 )
-
-# The inference server's fixtures (a real device state, a real server on 127.0.0.1).
-device = server_fixtures.device
-events = server_fixtures.events
-start_server = server_fixtures.start_server
+from tests.server.servers import FAST, ServerFactory, one_event, server_factory, wait_for
 
 AREA = "inference server"
 STRICT = HealthPolicy(probation_s=600.0, min_samples=16, max_error_rate=0.0, max_nan_rate=0.0)
@@ -64,6 +57,24 @@ def mlps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "nan": onnx_mlp(make_mlp_weights(IN_DIM, HIDDEN, OUT_DIM, seed=2), d / "nan.onnx",
                         nan_for_negative_first_feature=True),
     }
+
+
+# The inference server's fixtures, as tests/server has them: a real device state with `keys`'
+# trust root, and real servers on 127.0.0.1 reporting to `events`.
+@pytest.fixture
+def device(tmp_path: Path, keys: Keyring) -> Device:
+    return make_device(tmp_path, keys)
+
+
+@pytest.fixture
+def events() -> MemoryEventSink:
+    return MemoryEventSink()
+
+
+@pytest.fixture
+def start_server(device: Device, events: MemoryEventSink) -> Iterator[ServerFactory]:
+    with server_factory(device, events) as start:
+        yield start
 
 
 def _infer(server: AgentServer, x: np.ndarray) -> requests.Response:

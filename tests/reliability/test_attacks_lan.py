@@ -36,15 +36,9 @@ from satchel.bundles.errors import (
 from satchel.bundles.keys import SigningKey
 from satchel.bundles.timeutil import utcnow
 from satchel.bundles.trust import load_root
-from tests.factory import (
-    Keyring,
-    flip_byte,
-    make_keys,
-    pack_members,
-    read_members,
-    span_of,
-)
-from tests.reliability.conftest import Models
+from tests.factory.keys import Keyring, make_keys
+from tests.factory.spans import flip_byte, span_of
+from tests.factory.tar import pack_members, read_members
 from tests.reliability.figures import Recorder
 from tests.reliability.kit import (
     CFG,
@@ -58,7 +52,8 @@ from tests.reliability.kit import (
     successor_root,
 )
 from tests.reliability.rogue import ENDLESS, TRICKLE, RogueManager, Served
-from tests.service.conftest import Manager
+from tests.service.devices import Models
+from tests.service.live_manager import Manager
 
 AREA = "TUF attack, LAN"
 

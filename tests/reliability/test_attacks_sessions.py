@@ -21,11 +21,11 @@ from flask import Flask
 
 from satchel.manager.models import WebSession
 from satchel.manager.services import tokens, users
-from tests.manager.conftest import LiveServer
 from tests.manager.helpers import Fleet, bearer
+from tests.manager.live_server import LiveServer
 from tests.reliability.dbstate import dump
 from tests.reliability.figures import Recorder
-from tests.web.conftest import LoginForm, csrf_from
+from tests.web.forms import LoginForm, csrf_from
 
 USER, PASSWORD = "ada", "correct horse battery staple"
 PER_USER = 5  # the default limits of ManagerConfig

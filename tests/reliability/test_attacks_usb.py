@@ -38,16 +38,11 @@ from satchel.bundles.plan import verify_report
 from satchel.bundles.stickfs import StickLinkError
 from satchel.bundles.timeutil import utcnow
 from satchel.bundles.trust import make_root, sign_root
-from tests.factory import (
-    Keyring,
-    assert_one_line,
-    flip_byte,
-    make_keys,
-    pack_members,
-    read_members,
-    tree_snapshot,
-)
-from tests.reliability.conftest import Models
+from tests.factory.device import assert_one_line
+from tests.factory.keys import Keyring, make_keys
+from tests.factory.spans import flip_byte
+from tests.factory.tar import pack_members, read_members
+from tests.factory.trees import tree_snapshot
 from tests.reliability.figures import Recorder
 from tests.reliability.kit import (
     CFG,
@@ -59,6 +54,7 @@ from tests.reliability.kit import (
     successor_root,
 )
 from tests.reliability.sticks import Stick, assign_file, assignment
+from tests.service.devices import Models
 
 AREA = "TUF attack, USB"
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import pytest
 import requests
 
-from tests.manager.conftest import LiveServer
 from tests.manager.helpers import Fleet, SimDevice, event
+from tests.manager.live_server import LiveServer
 from tests.reliability.dbstate import event_ids
 from tests.reliability.figures import Recorder
 

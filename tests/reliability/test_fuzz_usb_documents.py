@@ -42,7 +42,8 @@ from satchel.bundles.trust import load_root
 from satchel.manager.errors import ReportRefusedError
 from satchel.manager.models import Event, UsbReport
 from satchel.manager.usb import record_report
-from tests.factory import Keyring, assert_one_line, make_keys
+from tests.factory.device import assert_one_line
+from tests.factory.keys import Keyring, make_keys
 from tests.manager.helpers import Fleet, SimDevice
 from tests.reliability.figures import Recorder
 from tests.reliability.kit import CFG, no_health, successor_root

@@ -21,13 +21,15 @@ import pytest
 from satchel.agent.errors import ManagerUnreachableError
 from satchel.agent.event_queue import EventQueue
 from satchel.agent.sync.enroll import enroll_device
-from tests.models import sample_inputs
-from tests.reliability.conftest import Models
+from tests.factory.model_makers import sample_inputs
 from tests.reliability.figures import Recorder
 from tests.reliability.kit import CFG, Site, sha256_of
 from tests.reliability.proxy import DOWN, PASS, SILENT, SLOW, SwitchProxy
-from tests.service.conftest import AGENT, DropProxy, Manager, wait_for
-from tests.service.procs import AgentProcess
+from tests.service.devices import Models
+from tests.service.drop_proxy import DropProxy
+from tests.service.live_manager import Manager
+from tests.service.procs import AGENT, AgentProcess
+from tests.service.waiting import wait_for
 
 AREA = "network fault"
 # A real agent with quick check-ins and short timeouts.

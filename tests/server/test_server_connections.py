@@ -12,7 +12,9 @@ from dataclasses import replace
 import pytest
 
 from satchel.agent.health.stats import HealthStats
-from tests.server.conftest import FAST, Device, ServerFactory, unix_request, wait_for
+from tests.server.clients import unix_request
+from tests.server.devices import Device
+from tests.server.servers import FAST, ServerFactory, wait_for
 
 
 @pytest.fixture

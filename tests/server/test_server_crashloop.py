@@ -16,9 +16,9 @@ import requests
 from satchel.agent.server import MemoryEventSink, check_crash_loop, record_clean_stop, record_start
 from satchel.agent.server.config import ServerConfig
 from satchel.agent.server.crashloop import STARTS_FILE
-from satchel.agent.server.events import ROLLED_BACK
+from satchel.bundles.events import ROLLED_BACK
 from satchel.bundles.manifest import HealthPolicy
-from tests.server.conftest import CHANNEL, Device, Models
+from tests.server.devices import CHANNEL, Device, Models
 
 LOOPY = HealthPolicy(probation_s=600.0, min_samples=16, max_error_rate=0.0, max_nan_rate=0.0,
                      max_crash_restarts=2)

@@ -10,26 +10,23 @@ import re
 import numpy as np
 import requests
 
-from satchel.agent.server.events import ROLLBACK_FAILED, ROLLED_BACK, SERVING
+from satchel.agent.server import MemoryEventSink
+from satchel.bundles.events import ROLLBACK_FAILED, ROLLED_BACK, SERVING
 from satchel.bundles.manifest import HealthPolicy
-from tests.models import make_mlp_weights, onnx_mlp
-from tests.server.conftest import (
+from tests.factory.model_makers import make_mlp_weights, onnx_mlp
+from tests.server.clients import infer_body, metric
+from tests.server.devices import (
     CHANNEL,
     HIDDEN,
     IN_DIM,
     LENIENT,
     OUT_DIM,
     Device,
-    MemoryEventSink,
     Models,
-    ServerFactory,
-    infer_body,
-    metric,
     negative_inputs,
-    one_event,
     positive_inputs,
-    wait_for,
 )
+from tests.server.servers import ServerFactory, one_event, wait_for
 
 STRICT = HealthPolicy(probation_s=600.0, min_samples=16, max_error_rate=0.0, max_nan_rate=0.0)
 

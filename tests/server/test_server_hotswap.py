@@ -11,22 +11,11 @@ from functools import partial
 import requests
 
 from satchel.agent.install.installer import rollback
-from satchel.agent.server.events import LOAD_FAILED, ROLLED_BACK, SERVING
-from tests.server.conftest import (
-    CHANNEL,
-    FAST,
-    LENIENT,
-    Device,
-    LoadThreads,
-    MemoryEventSink,
-    Models,
-    ServerFactory,
-    infer_body,
-    metric,
-    one_event,
-    positive_inputs,
-    wait_for,
-)
+from satchel.agent.server import MemoryEventSink
+from satchel.bundles.events import LOAD_FAILED, ROLLED_BACK, SERVING
+from tests.server.clients import LoadThreads, infer_body, metric
+from tests.server.devices import CHANNEL, LENIENT, Device, Models, positive_inputs
+from tests.server.servers import FAST, ServerFactory, one_event, wait_for
 
 
 def _serving_version(url: str, channel: str = CHANNEL) -> str | None:

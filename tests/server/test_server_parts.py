@@ -21,15 +21,9 @@ from satchel.agent.server.http import parse_listen
 from satchel.agent.server.metrics import ChannelInfo, MetricsSnapshot, render
 from satchel.bundles.health import judge
 from satchel.bundles.manifest import HealthPolicy
-from tests.server.conftest import (
-    CHANNEL,
-    FAST,
-    Device,
-    Models,
-    ServerFactory,
-    parse_metrics,
-    unix_request,
-)
+from tests.server.clients import parse_metrics, unix_request
+from tests.server.devices import CHANNEL, Device, Models
+from tests.server.servers import FAST, ServerFactory
 
 POLICY = HealthPolicy(probation_s=60, min_samples=10, max_error_rate=0.1, max_nan_rate=0.0,
                       max_p95_latency_ms=50.0)

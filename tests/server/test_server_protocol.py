@@ -13,21 +13,10 @@ import numpy as np
 import pytest
 import requests
 
-from tests.models import make_mlp_weights, mlp_forward
-from tests.server.conftest import (
-    CHANNEL,
-    FAST,
-    HIDDEN,
-    IN_DIM,
-    OUT_DIM,
-    Device,
-    Models,
-    ServerFactory,
-    infer_body,
-    metric,
-    positive_inputs,
-    unix_request,
-)
+from tests.factory.model_makers import make_mlp_weights, mlp_forward
+from tests.server.clients import infer_body, metric, unix_request
+from tests.server.devices import CHANNEL, HIDDEN, IN_DIM, OUT_DIM, Device, Models, positive_inputs
+from tests.server.servers import FAST, ServerFactory
 
 WEIGHTS_1 = make_mlp_weights(IN_DIM, HIDDEN, OUT_DIM, seed=1)
 

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 from satchel.agent.config import AgentConfig
-from satchel.agent.event_queue import DROPPED, EventQueue
+from satchel.agent.event_queue import EventQueue
 from satchel.agent.server import Event
+from satchel.bundles.events import EVENTS_DROPPED
 
 
 def test_event_survives_a_restart_with_its_id(tmp_path: Path) -> None:
@@ -90,7 +91,7 @@ def test_a_full_queue_drops_the_oldest_and_says_how_many(tmp_path: Path) -> None
     pending = queue.pending()
 
     assert len(pending) <= 5
-    assert pending[0]["kind"] == DROPPED
+    assert pending[0]["kind"] == EVENTS_DROPPED
     dropped = pending[0]["figures"]["dropped"]
     assert dropped == 12 - (len(pending) - 1)
     assert [e["id"] for e in pending[1:]] == [e["id"] for e in appended[-(len(pending) - 1):]]

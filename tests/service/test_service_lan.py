@@ -32,8 +32,10 @@ from satchel.agent.sync.enroll import enroll_device
 from satchel.agent.sync.trust_roots import accept_roots, trusted_root
 from satchel.bundles.errors import RootRotationError
 from satchel.bundles.keys import SigningKey
-from tests.factory import next_root
-from tests.service.conftest import FAST, Device, DropProxy, Manager, Models
+from tests.factory.keys import next_root
+from tests.service.devices import FAST, Device, Models
+from tests.service.drop_proxy import DropProxy
+from tests.service.live_manager import Manager
 
 
 def _no_health(_key: object) -> HealthStats:
@@ -77,7 +79,7 @@ def test_a_used_enrollment_token_is_refused_and_nothing_is_stored(
 ) -> None:
     token = manager.enroll_token()
     enroll_device(device.state_dir, manager.url, token, config=FAST)
-    from tests.service.conftest import make_device
+    from tests.service.devices import make_device
 
     other = make_device(tmp_path, device.keys, "dev-2")
 

@@ -18,9 +18,11 @@ from satchel.agent.event_queue import EventQueue
 from satchel.agent.state import STATE_PROBATION, DeviceState
 from satchel.bundles.manifest import HealthPolicy
 from satchel.bundles.timeutil import utcnow
-from tests.models import OUTPUT_NAME
-from tests.service.conftest import AGENT, Device, Manager, Models, positive_inputs, wait_for
-from tests.service.procs import AgentProcess
+from tests.factory.model_makers import OUTPUT_NAME
+from tests.service.devices import Device, Models, positive_inputs
+from tests.service.live_manager import Manager
+from tests.service.procs import AGENT, AgentProcess
+from tests.service.waiting import wait_for
 
 
 def _unix_get(path: Path, target: str) -> tuple[int, bytes]:
@@ -159,7 +161,7 @@ def test_a_rolled_back_release_is_never_on_probation(device: Device, models: Mod
 def test_run_installs_from_a_stick_plugged_in_under_a_mount_root(
     tmp_path: Path, device: Device, models: Models
 ) -> None:
-    from tests.service.test_service_usb import make_stick
+    from tests.service.sticks import make_stick
 
     media = tmp_path / "media"
     media.mkdir()

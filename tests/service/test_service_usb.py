@@ -4,11 +4,8 @@ all leave the device as it was. The watcher of `run` processes each plan once.""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import shutil
 import threading
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,53 +18,17 @@ from satchel.agent.state import DeviceState
 from satchel.agent.sync.credentials import device_key
 from satchel.agent.sync.trust_roots import trusted_root
 from satchel.agent.sync.usb import StickOutcome, UsbWatcher, done_plans, find_sticks, process_stick
-from satchel.bundles import plan as layout
-from satchel.bundles.durable import atomic_write_bytes
 from satchel.bundles.errors import RootRotationError
 from satchel.bundles.keys import SigningKey
-from satchel.bundles.plan import Assignment, Plan, Report, sign_plan, verify_report
-from satchel.bundles.timeutil import utcnow
-from satchel.bundles.trust import load_root
-from tests.factory import Keyring, next_root, tree_snapshot
-from tests.service.conftest import FAST, Device, Models, make_device
+from satchel.bundles.plan import Report, verify_report
+from tests.factory.keys import Keyring, next_root
+from tests.factory.trees import tree_snapshot
+from tests.service.devices import FAST, Device, Models, make_device
+from tests.service.sticks import make_stick, with_parent_dir
 
 
 def _no_health(_key: object) -> HealthStats:
     return HealthStats()
-
-
-def make_stick(
-    stick: Path,
-    keys: Keyring,
-    bundles: list[tuple[Path, str, int]],
-    devices: tuple[str, ...] = ("dev-1",),
-    *,
-    signer: SigningKey | None = None,
-    roots: list[bytes] | None = None,
-    expires_in_s: float = 3600,
-    plan_id: str = "plan-1",
-) -> Plan:
-    """Write a stick as `satchel usb export` does: roots, bundles, then the signed plan."""
-    roots = roots or [keys.root_json]
-    for doc in roots:
-        atomic_write_bytes(_mk(stick / layout.root_file(load_root(doc).version)), doc)
-    atomic_write_bytes(_mk(stick / layout.ROOT_FILE), roots[-1])
-    assignments = []
-    for path, version, sequence in bundles:
-        sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        shutil.copyfile(path, _mk(stick / layout.bundle_file(sha)))
-        assignments.append(Assignment("vision", version, sequence, sha,
-                                      path.stat().st_size, devices=devices, deployment_id=4))
-    now = utcnow()
-    plan = Plan(plan_id, now, now + timedelta(seconds=expires_in_s), len(roots),
-                tuple(assignments))
-    atomic_write_bytes(stick / layout.PLAN_FILE, sign_plan(plan, [signer or keys.signing]))
-    return plan
-
-
-def _mk(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _process(device: Device, stick: Path) -> StickOutcome:
@@ -311,7 +272,7 @@ def test_sticks_are_found_below_the_mount_roots_only_as_deep_as_configured(
     tmp_path: Path,
 ) -> None:
     for where in ("a", "b/c", "d/e/f"):
-        _mk(tmp_path / where / "plan.json").write_text("{}")
+        with_parent_dir(tmp_path / where / "plan.json").write_text("{}")
 
     assert find_sticks([tmp_path], 2) == [tmp_path / "a", tmp_path / "b" / "c"]
     assert find_sticks([tmp_path / "missing"], 2) == []
@@ -360,7 +321,7 @@ def test_usb_command_refuses_a_stick_whose_reports_link_into_the_state_dir(
     device = make_device(tmp_path, keys, "dev-1")
     stick = tmp_path / "stick"
     make_stick(stick, keys, [(device.bundle(models.good, "1.0.0", 10), "1.0.0", 10)])
-    _mk(stick / "reports" / "dev-1").symlink_to(device.state_dir)
+    with_parent_dir(stick / "reports" / "dev-1").symlink_to(device.state_dir)
     before = _state_files(device), tree_snapshot(stick)
 
     refused = device.cli("usb", str(stick), check=False)

@@ -1,12 +1,12 @@
 """Fixtures of the dashboard tests: an in-process manager with a fresh SQLite database, an
-admin user, a seeded fleet, and a logged-in Flask test client.
+admin user, a seeded fleet, and a logged-in Flask test client. They override the manager's
+`app`, `client` and `fleet` (tests/manager/fixtures.py) for this directory.
 
 The browser tests (`test_web_browser.py`) run a real `satchel serve` instead; see there.
 """
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -15,36 +15,23 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.test import TestResponse
 
-from satchel.manager import db as database
 from satchel.manager.app import create_app
-from satchel.manager.config import load_config
 from satchel.manager.services import users
 from satchel.manager.usb import import_stick
-from tests.factory import Keyring, make_keys
+from tests.factory.keys import Keyring
 from tests.manager.helpers import Fleet
+from tests.web.forms import ADMIN_PASSWORD, ADMIN_USER, log_in
 from tests.web.seed import Seeded, seed
 
-ADMIN_USER = "ada"
-ADMIN_PASSWORD = "correct horse battery staple"
 SECRET_KEY = "dashboard-tests-only"
-_CSRF_INPUT = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-@pytest.fixture(scope="session")
-def web_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A migrated SQLite database file to copy for each test."""
-    data_dir = tmp_path_factory.mktemp("web-template")
-    database.upgrade(load_config(data_dir=data_dir, database_url=""))
-    return data_dir / "satchel.db"
 
 
 @pytest.fixture
-def app(web_sqlite_template: Path, tmp_path: Path) -> Iterator[Flask]:
+def app(sqlite_template: Path, tmp_path: Path) -> Iterator[Flask]:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    shutil.copyfile(web_sqlite_template, data_dir / "satchel.db")
+    shutil.copyfile(sqlite_template, data_dir / "satchel.db")
     application = create_app(
         {
             "data_dir": data_dir,
@@ -58,11 +45,6 @@ def app(web_sqlite_template: Path, tmp_path: Path) -> Iterator[Flask]:
     db.run(lambda s: users.create_user(s, ADMIN_USER, ADMIN_PASSWORD))
     yield application
     db.dispose()
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Keyring:
-    return make_keys(tmp_path)
 
 
 @pytest.fixture
@@ -90,36 +72,6 @@ def seeded(app: Flask, fleet: Fleet) -> Seeded:
     return found
 
 
-def csrf_from(html: str) -> str:
-    found = _CSRF_INPUT.search(html)
-    assert found, "no CSRF field in the page"
-    return found.group(1)
-
-
-def log_in(client: FlaskClient, username: str = ADMIN_USER, password: str = ADMIN_PASSWORD):
-    token = csrf_from(client.get("/login").get_data(as_text=True))
-    return client.post(
-        "/login", data={"username": username, "password": password, "csrf_token": token}
-    )
-
-
-class LoginForm:
-    """The login form driven as a browser (or a password guesser) at `address` would: one
-    CSRF token per session, each submission from that client address."""
-
-    def __init__(self, client: FlaskClient, address: str = "192.0.2.10") -> None:
-        self.client = client
-        self.address = address
-
-    def submit(self, username: str, password: str) -> TestResponse:
-        with self.client.session_transaction() as s:
-            token = s.get("csrf")
-        if not token:
-            token = csrf_from(self.client.get("/login").get_data(as_text=True))
-        form = {"username": username, "password": password, "csrf_token": token}
-        return self.client.post("/login", data=form, environ_base={"REMOTE_ADDR": self.address})
-
-
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     """A browser-like client, not logged in."""
@@ -133,9 +85,3 @@ def admin(app: Flask) -> FlaskClient:
     r = log_in(c)
     assert r.status_code == 303, r.get_data(as_text=True)
     return c
-
-
-def csrf_of(client: FlaskClient) -> str:
-    """The CSRF token of the client's session."""
-    with client.session_transaction() as s:
-        return str(s["csrf"])

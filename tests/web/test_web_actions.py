@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from satchel.bundles.keys import SigningKey
 from satchel.manager.models import Deployment
 from tests.manager.helpers import Fleet, bearer
-from tests.web.conftest import csrf_of
+from tests.web.forms import csrf_of
 from tests.web.seed import Seeded
 
 

@@ -17,7 +17,7 @@ from satchel.manager.app import create_app
 from satchel.manager.models import AdminToken, Deployment, EnrollmentToken, User, WebSession
 from satchel.manager.services import users
 from tests.manager.helpers import Fleet
-from tests.web.conftest import ADMIN_PASSWORD, ADMIN_USER, csrf_from, csrf_of, log_in
+from tests.web.forms import ADMIN_PASSWORD, ADMIN_USER, csrf_from, csrf_of, log_in
 from tests.web.seed import Seeded
 
 PAGES = [
@@ -230,11 +230,11 @@ def test_api_still_answers_401_json_not_a_login_page(client: FlaskClient) -> Non
 
 
 def test_session_key_is_made_once_in_the_data_dir_and_outlives_a_restart(
-    web_sqlite_template: Path, tmp_path: Path
+    sqlite_template: Path, tmp_path: Path
 ) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    shutil.copyfile(web_sqlite_template, data_dir / "satchel.db")
+    shutil.copyfile(sqlite_template, data_dir / "satchel.db")
     settings = {"data_dir": data_dir, "database_url": "", "log_requests": False}
     first = create_app(dict(settings))
     first.extensions["satchel"].db.run(lambda s: users.create_user(s, ADMIN_USER, ADMIN_PASSWORD))

@@ -29,9 +29,9 @@ from satchel.manager import db as database
 from satchel.manager.config import load_config
 from satchel.manager.services import tokens, trust, users
 from satchel.manager.usb import import_stick
-from tests.factory import make_keys
+from tests.factory.keys import make_keys
 from tests.manager.helpers import Fleet
-from tests.web.conftest import ADMIN_PASSWORD, ADMIN_USER
+from tests.web.forms import ADMIN_PASSWORD, ADMIN_USER
 from tests.web.seed import (
     CHANNEL,
     HttpClient,

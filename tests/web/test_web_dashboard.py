@@ -18,13 +18,7 @@ from satchel.manager.services.dashboard.figures import flatten_figures
 from satchel.manager.services.dashboard.fleet import fleet_overview
 from satchel.manager.services.dashboard.states import Thresholds
 from satchel.manager.usb import import_stick
-from tests.factory import Keyring
-from tests.manager.conftest import (  # noqa: F401  (fixtures: both database backends)
-    backend,
-    config,
-    pg_admin_url,
-    sqlite_template,
-)
+from tests.factory.keys import Keyring
 from tests.manager.helpers import Fleet
 from tests.web.seed import Seeded, seed
 
@@ -33,7 +27,7 @@ THRESHOLDS = Thresholds(lan_stale_s=300.0, usb_stale_s=30 * DAY_S, attention_win
 
 
 @pytest.fixture
-def db_app(config: ManagerConfig) -> Iterator[Flask]:  # noqa: F811
+def db_app(config: ManagerConfig) -> Iterator[Flask]:
     fields = {name: getattr(config, name) for name in config.__dataclass_fields__}
     application = create_app({**fields, "TESTING": True, "SECRET_KEY": "x"})
     yield application

@@ -10,7 +10,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from tests.factory import Keyring
+from tests.factory.keys import Keyring
 from tests.manager.helpers import Fleet, event
 from tests.web.seed import CHANNEL, Seeded, checkin
 

@@ -16,7 +16,7 @@ from satchel.manager.models import AdminToken, User, WebSession
 from satchel.manager.services import tokens, users
 from satchel.manager.services.credentials import check_password
 from tests.manager.helpers import Fleet, bearer
-from tests.web.conftest import ADMIN_PASSWORD, ADMIN_USER, LoginForm, csrf_of
+from tests.web.forms import ADMIN_PASSWORD, ADMIN_USER, LoginForm, csrf_of
 
 OTHER, OTHER_PASSWORD = "grace", "another long password"
 NEW_PASSWORD = "a brand new passphrase"

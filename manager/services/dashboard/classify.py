@@ -11,6 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from satchel.bundles import events
+from satchel.bundles.channels import STATE_PROBATION
 from satchel.manager.models import Bundle, Device, DeviceChannel, DeviceTag, Event, UsbReport
 from satchel.manager.services.dashboard.states import (
     FAILING,
@@ -21,14 +23,11 @@ from satchel.manager.services.dashboard.states import (
     OUTCOME_EVENTS,
     RANK,
     ROLLED_BACK,
-    ROLLED_BACK_EVENT,
-    SMOKE_TEST_EVENT,
     UPDATING,
     DeviceRow,
     Thresholds,
 )
 from satchel.manager.services.deployments.health import health_breach
-from satchel.manager.services.deployments.states import PROBATION
 
 
 @dataclass(frozen=True)
@@ -62,11 +61,11 @@ def _outcome_line(o: _Outcome) -> tuple[str, str] | None:
     where = f"{o.channel}: " if o.channel else ""
     version = f" {o.version}" if o.version else ""
     reason = f": {o.reason}" if o.reason else ""
-    if o.kind == ROLLED_BACK_EVENT:
+    if o.kind == events.ROLLED_BACK:
         return ROLLED_BACK, f"{where}rolled back{version}{reason}"
     if o.kind in FAILING_EVENTS:
         return FAILING, f"{where}{o.kind.replace('_', ' ')}{version}{reason}"
-    if o.kind == SMOKE_TEST_EVENT and o.passed is False:
+    if o.kind == events.SMOKE_TEST and o.passed is False:
         return FAILING, f"{where}smoke test failed{version}{reason}"
     return None
 
@@ -106,7 +105,7 @@ def classify(
     if silent > limit:
         how = "USB" if usb_only else "LAN"
         return NOT_SEEN, f"no {how} report for {_age(silent)}"
-    if any(state == PROBATION for *_rest, state in facts.channels):
+    if any(state == STATE_PROBATION for *_rest, state in facts.channels):
         return UPDATING, ""
     return OK, ""
 

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from satchel.bundles.events import HEALTH, SMOKE_TEST
 from satchel.manager.models import (
     Bundle,
     Deployment,
@@ -34,8 +35,6 @@ from satchel.manager.services.dashboard.health import (
     health_series,
 )
 from satchel.manager.services.dashboard.states import (
-    HEALTH_EVENT,
-    SMOKE_TEST_EVENT,
     DeviceRow,
     Thresholds,
 )
@@ -124,7 +123,7 @@ class _SmokeIndex:
 def _smoke_results(session: so.Session, device_id: str, limit: int) -> _SmokeIndex:
     rows = session.scalars(
         sa.select(Event)
-        .where(Event.device_id == device_id, Event.kind == SMOKE_TEST_EVENT)
+        .where(Event.device_id == device_id, Event.kind == SMOKE_TEST)
         .order_by(Event.occurred_at.desc(), Event.id.desc())
         .limit(limit)
     )
@@ -182,7 +181,7 @@ def _timeline(session: so.Session, device_id: str, limit: int) -> list[Event]:
     return list(
         session.scalars(
             sa.select(Event)
-            .where(Event.device_id == device_id, Event.kind != HEALTH_EVENT)
+            .where(Event.device_id == device_id, Event.kind != HEALTH)
             .order_by(Event.occurred_at.desc(), Event.id.desc())
             .limit(limit)
         )

@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from satchel.bundles.events import HEALTH, ROLLED_BACK
 from satchel.manager.models import Event
-from satchel.manager.services.dashboard.states import HEALTH_EVENT, ROLLED_BACK_EVENT
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,14 @@ def health_series(
         sa.select(
             Event.kind, Event.channel, Event.version, Event.reason, Event.figures, Event.occurred_at
         )
-        .where(Event.device_id == device_id, Event.kind.in_((HEALTH_EVENT, ROLLED_BACK_EVENT)))
+        .where(Event.device_id == device_id, Event.kind.in_((HEALTH, ROLLED_BACK)))
         .order_by(Event.occurred_at.desc(), Event.id.desc())
         .limit(limit)
     )
     for r in rows:
         if r.channel is None:
             continue
-        if r.kind == ROLLED_BACK_EVENT:
+        if r.kind == ROLLED_BACK:
             marks[r.channel].append(RollbackMark(r.occurred_at, r.version, r.reason))
             continue
         sample = health_sample(r.occurred_at, r.figures)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from satchel.bundles import events
 from satchel.manager.services.deployments.states import FAILURE_EVENTS
 
 # device states, worst first
@@ -28,18 +29,17 @@ STATE_LABELS = {
 }
 RANK = {s: i for i, s in enumerate(DEVICE_STATES)}
 
-# device event kinds the dashboard reads
-HEALTH_EVENT = "health"
-ROLLED_BACK_EVENT = "rolled_back"
-SMOKE_TEST_EVENT = "smoke_test"
+# the device event kinds that say how an install or a release ended
 OUTCOME_EVENTS = (
-    "activated",
-    SMOKE_TEST_EVENT,
-    "rollback_failed",
-    "load_failed",
+    events.ACTIVATED,
+    events.SMOKE_TEST,
+    events.ROLLBACK_FAILED,
+    events.LOAD_FAILED,
     *FAILURE_EVENTS,
 )
-FAILING_EVENTS = {"rollback_failed", "load_failed", *FAILURE_EVENTS} - {ROLLED_BACK_EVENT}
+FAILING_EVENTS = {
+    events.ROLLBACK_FAILED, events.LOAD_FAILED, *FAILURE_EVENTS
+} - {events.ROLLED_BACK}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from datetime import datetime
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from satchel.bundles.channels import STATE_PROBATION
 from satchel.manager.models import Deployment, DeploymentTarget, DeviceChannel
 from satchel.manager.services.deployments.states import (
     ACTIVE,
@@ -26,7 +27,6 @@ from satchel.manager.services.deployments.states import (
     FAILED,
     HALTED,
     PENDING,
-    PROBATION,
     SUCCEEDED,
 )
 
@@ -61,7 +61,7 @@ def release_wave(session: so.Session, dep: Deployment, wave: int, now: datetime)
     running = sa.select(DeviceChannel.device_id).where(
         DeviceChannel.channel == bundle.name,
         DeviceChannel.active_sequence >= bundle.sequence,
-        DeviceChannel.state != PROBATION,
+        DeviceChannel.state != STATE_PROBATION,
     )
     session.execute(
         sa.update(DeploymentTarget)

@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from satchel.bundles.channels import STATE_PROBATION
+from satchel.bundles.events import SMOKE_TEST
 from satchel.manager.models import Bundle, DeploymentTarget
 from satchel.manager.services.deployments.advance import evaluate
 from satchel.manager.services.deployments.health import health_breach
@@ -21,7 +23,6 @@ from satchel.manager.services.deployments.states import (
     ACTIVATED,
     FAILED,
     FAILURE_EVENTS,
-    PROBATION,
     PROGRESS_EVENTS,
     SUCCEEDED,
     TARGET_STATES,
@@ -57,7 +58,7 @@ class ReportedEvent:
 
     @property
     def is_failure(self) -> bool:
-        return self.kind in FAILURE_EVENTS or (self.kind == "smoke_test" and self.passed is False)
+        return self.kind in FAILURE_EVENTS or (self.kind == SMOKE_TEST and self.passed is False)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def _progress(
     mine = [e for e in events if e.concerns(bundle)]
     for e in mine:
         if e.is_failure:
-            what = "smoke test failed" if e.kind == "smoke_test" else e.kind.replace("_", " ")
+            what = "smoke test failed" if e.kind == SMOKE_TEST else e.kind.replace("_", " ")
             return FAILED, f"{what}: {e.reason}" if e.reason else what
     if current == FAILED:
         return FAILED, None
@@ -111,7 +112,7 @@ def _progress(
         if channel.active_sequence > bundle.sequence:
             return SUCCEEDED, f"superseded by sequence {channel.active_sequence}"
         if channel.active_sequence == bundle.sequence:
-            if channel.state == PROBATION:
+            if channel.state == STATE_PROBATION:
                 return ACTIVATED, "in probation"
             if current == SUCCEEDED:  # judged already; later breaches are the agent's to act on
                 return SUCCEEDED, None

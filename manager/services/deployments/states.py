@@ -3,6 +3,8 @@ target from one to the next."""
 
 from __future__ import annotations
 
+from satchel.bundles import events
+
 # deployment states
 ACTIVE, PAUSED, HALTED, ABORTED, COMPLETED = "active", "paused", "halted", "aborted", "completed"
 DEPLOYMENT_STATES = (ACTIVE, PAUSED, HALTED, ABORTED, COMPLETED)
@@ -14,6 +16,7 @@ ACTIVATED, SUCCEEDED, FAILED = "activated", "succeeded", "failed"
 TARGET_STATES = (PENDING, ASSIGNED, DOWNLOADED, VERIFIED, ACTIVATED, SUCCEEDED, FAILED)
 OFFERED = (ASSIGNED, DOWNLOADED, VERIFIED)  # the device is told to install
 
-FAILURE_EVENTS = ("install_failed", "install_refused", "rolled_back")
-PROGRESS_EVENTS = {"downloaded": DOWNLOADED, "verified": VERIFIED, "activated": ACTIVATED}
-PROBATION = "probation"  # channel state an agent reports while it watches a new release
+FAILURE_EVENTS = (events.INSTALL_FAILED, events.INSTALL_REFUSED, events.ROLLED_BACK)
+PROGRESS_EVENTS = {
+    events.DOWNLOADED: DOWNLOADED, events.VERIFIED: VERIFIED, events.ACTIVATED: ACTIVATED
+}

@@ -1,7 +1,8 @@
-"""Test and demo models: a thin re-export of `manager.modelgen` and `manager.quantize`.
+"""Model files for tests: small MLPs written as ONNX or TFLite, their weights, sample inputs
+and reference outputs, and dynamic INT8 quantization.
 
-Tests import from here so that they read as "the test models"; the makers
-themselves live in the manager, where the admin-side demo uses them too.
+A thin re-export of `manager.modelgen` and `manager.quantize`, so that tests read as "the test
+models"; the makers themselves live in the manager, where the admin-side demo uses them too.
 """
 
 from __future__ import annotations
