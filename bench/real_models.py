@@ -876,7 +876,8 @@ def quantize_cases(trial: Trial, pkg: Package, spec: Model, family: str, path: P
                    work: Path, samples: Path | None) -> None:
     int8 = work / f"{path.stem}.int8.onnx"
     int8.unlink(missing_ok=True)
-    done = run([SATCHEL, "model", "quantize", str(path), "-o", str(int8), "--json"])
+    given = ["--samples", str(samples)] if samples is not None else []
+    done = run([SATCHEL, "model", "quantize", str(path), "-o", str(int8), *given, "--json"])
     if done.rc == 0 and int8.exists():
         trial.case(pkg, spec, family, "good: dynamic int8 vs float", int8, path, samples,
                    good=True, extra_seconds=done.seconds)
