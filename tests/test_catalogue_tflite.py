@@ -12,18 +12,18 @@ values. Run with -s for a table of the measured figures.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from satchel.agent.runtimes import TensorSpec, dequantize, get_runtime
+from satchel.agent.runtimes import dequantize, get_runtime
 from satchel.agent.runtimes.samples import encode
 from satchel.bundles.keys import SigningKey
 from satchel.manager.build import BuildRequest, build_bundle, detect_quantization
 from satchel.manager.errors import BuildError
+from tests.catalogue.feeds import split_feeds
 from tests.catalogue.kinds import (
     ACTIVATE,
     CLASS_SCORES,
@@ -65,30 +65,6 @@ class Run:
     feeds: int
     reference: dict[str, np.ndarray]
     shipped: dict[str, np.ndarray]
-
-
-def fits(shape: Sequence[int], declared: Sequence[int]) -> bool:
-    return len(shape) == len(declared) and all(
-        want == -1 or want == got for want, got in zip(declared, shape, strict=True)
-    )
-
-
-def split_feeds(samples: Mapping[str, np.ndarray], specs: Sequence[TensorSpec]) -> list[dict]:
-    """Feeds from an npz in the SPEC layout; fails the test when the layout is not followed."""
-    single: dict[str, np.ndarray] = {}
-    stacked: dict[str, np.ndarray] = {}
-    for spec in specs:
-        array = np.asarray(samples[spec.name])
-        if fits(array.shape, spec.shape):
-            single[spec.name] = array
-        elif array.ndim == len(spec.shape) + 1 and fits(array.shape[1:], spec.shape):
-            stacked[spec.name] = array
-        else:
-            pytest.fail(f"{spec.name}: shape {array.shape} fits neither {spec.shape} nor N x it")
-    counts = {len(array) for array in stacked.values()}
-    assert len(counts) <= 1, f"stacked inputs disagree on the feed count: {counts}"
-    count = counts.pop() if counts else 1
-    return [{**single, **{k: v[i] for k, v in stacked.items()}} for i in range(count)]
 
 
 def run_real(path: Path, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

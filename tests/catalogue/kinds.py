@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.catalogue import onnx_kinds, tflite_families
+from tests.catalogue.files import GOOD
 
 ACTIVATE = "activate"
 REFUSE = "refuse"
@@ -61,22 +63,7 @@ def onnx_catalogue(directory: Path) -> list[CatalogueModel]:
     Deterministic: the same files on every run. Raises OSError when the directory is not
     writable.
     """
-    entries = []
-    for family in onnx_kinds.FAMILIES:
-        files = onnx_kinds.write_family(family, Path(directory))
-        for shipped in files.shipped:
-            entries.append(
-                CatalogueModel(
-                    family=family.name,
-                    variant=shipped.variant,
-                    model=shipped.path,
-                    reference=files.reference,
-                    samples=files.samples,
-                    expect=ACTIVATE if shipped.variant == onnx_kinds.GOOD else REFUSE,
-                    note=shipped.note,
-                )
-            )
-    return entries
+    return _entries(onnx_kinds, directory)
 
 
 def tflite_catalogue(directory: Path) -> list[CatalogueModel]:
@@ -87,21 +74,26 @@ def tflite_catalogue(directory: Path) -> list[CatalogueModel]:
     Deterministic: the same files on every run. Raises OSError when the directory is not
     writable.
     """
+    return _entries(tflite_families, directory)
+
+
+def _entries(makers: Any, directory: Path) -> list[CatalogueModel]:
+    """The models of every family of a maker module (`FAMILIES`, `write_family`)."""
     entries = []
-    for family in tflite_families.FAMILIES:
-        files = tflite_families.write_family(family, Path(directory))
-        for shipped in files.shipped:
-            entries.append(
-                CatalogueModel(
-                    family=family.name,
-                    variant=shipped.variant,
-                    model=shipped.path,
-                    reference=files.reference,
-                    samples=files.samples,
-                    expect=ACTIVATE if shipped.variant == tflite_families.GOOD else REFUSE,
-                    note=shipped.note,
-                )
+    for family in makers.FAMILIES:
+        files = makers.write_family(family, Path(directory))
+        entries += [
+            CatalogueModel(
+                family=family.name,
+                variant=shipped.variant,
+                model=shipped.path,
+                reference=files.reference,
+                samples=files.samples,
+                expect=ACTIVATE if shipped.variant == GOOD else REFUSE,
+                note=shipped.note,
             )
+            for shipped in files.shipped
+        ]
     return entries
 
 

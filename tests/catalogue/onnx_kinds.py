@@ -30,6 +30,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.catalogue.files import GOOD, ShippedModel
+
 IR_VERSION = 9  # onnxruntime 1.31+ loads IR <= 13; onnx 1.23 would stamp 14
 OPSET = 17  # onnx 1.23 would stamp 28, which onnxruntime rejects
 PRODUCER = "satchel-test-catalogue"
@@ -37,7 +39,6 @@ PRODUCER = "satchel-test-catalogue"
 Weights = dict[str, np.ndarray]  # learned parameters by initializer name, float32
 Feed = dict[str, np.ndarray]  # one inference: input name -> array of the declared shape
 
-GOOD = "good"
 SHIFTED_BIAS = "shifted-bias"
 WEIGHT_NOISE = "weight-noise"
 SIGN_FLIP = "sign-flip"
@@ -82,15 +83,6 @@ class Family:
     nan_path: NanPath | None = None
     boxes_output: str | None = None  # [1, N, 6] boxes that boxes-off scales
     external_data: bool = False
-
-
-@dataclass(frozen=True)
-class ShippedModel:
-    """A model file to ship, its variant name and one line on what it is."""
-
-    variant: str
-    path: Path
-    note: str
 
 
 @dataclass(frozen=True)

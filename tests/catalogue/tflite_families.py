@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from tests.catalogue import tflite_kinds
+from tests.catalogue.files import GOOD, ShippedModel
 from tests.catalogue.tflite_kinds import Kind, Weights
 
-GOOD = "good"
 SHIFTED_BIAS = "shifted-bias"
 WEIGHT_NOISE = "weight-noise"
 SIGN_FLIP = "sign-flip"
@@ -64,15 +64,6 @@ class Family:
     dynamic_features: bool = False  # the input is declared [-1, -1], not [-1, in_dim]
     centre: float = 0.0  # input value the first layer's bias folds out (0.5 for 0..1 pixels)
     shifted_bias: tuple[int, float] | None = None  # class whose logit bias is raised, by how much
-
-
-@dataclass(frozen=True)
-class ShippedModel:
-    """A model file to ship, its variant name and one line on what it is."""
-
-    variant: str
-    path: Path
-    note: str
 
 
 @dataclass(frozen=True)
