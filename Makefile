@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint wheel clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,5 +39,13 @@ lint: $(STAMP)
 		-p satchel.bundles -p satchel.agent -p satchel.manager
 	$(VENV)/bin/lint-imports
 
+# The product: dist/satchel-VERSION-py3-none-any.whl (README, "Install"). A stale build/lib
+# could carry deleted modules into the wheel, and a stale egg-info in the checkout would
+# answer importlib.metadata for the tests: neither outlives the build.
+wheel: $(STAMP)
+	rm -rf build/lib build/bdist.* dist/satchel-*.whl
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	rm -rf build/lib build/bdist.* satchel.egg-info
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

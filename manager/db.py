@@ -3,16 +3,16 @@
 SQLite (the embedded default) runs in WAL mode and every transaction takes the write lock up
 front (`BEGIN IMMEDIATE`), so concurrent writers queue on the busy timeout instead of failing
 half-way. PostgreSQL is reached through psycopg 3; several manager processes may share it.
-Schema changes go only through Alembic (`migrations/`); `require_head` refuses a database that
-is not at the newest revision.
+Schema changes go only through Alembic (`satchel.migrations`, found as package data, so the
+wheel alone migrates); `require_head` refuses a database that is not at the newest revision.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -26,11 +26,11 @@ from satchel.manager.config import ManagerConfig
 from satchel.manager.errors import DatabaseNotReadyError, DiskFullError
 
 T = TypeVar("T")
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _RETRY_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock detected
 _DISK_FULL_SQLSTATE = "53100"  # PostgreSQL disk_full (psycopg.errors.DiskFull)
 _SQLITE_FULL = 13  # SQLite's primary result code for "database or disk is full"
 _SQLITE_FULL_TEXT = "database or disk is full"  # its message: Python 3.10 has no error codes
+SQLITE_BEGIN = "BEGIN IMMEDIATE"  # every SQLite transaction takes the write lock up front
 
 
 def normalize_url(url: str) -> str:
@@ -53,7 +53,7 @@ def _sqlite_setup(engine: sa.Engine, busy_timeout_ms: int) -> None:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(SQLITE_BEGIN)
 
 
 def make_engine(config: ManagerConfig, autocommit: bool = False) -> sa.Engine:
@@ -142,10 +142,18 @@ class Database:
             with _disk_full_refused(), self.engine.begin() as conn:
                 yield conn
             return
+        with _disk_full_refused(), self.autocommit_engine().connect() as conn:
+            yield conn
+
+    def autocommit_engine(self) -> sa.Engine:
+        """The engine of `autocommit()`: on PostgreSQL one whose connections are in
+        autocommit (made on first use), on SQLite the one engine (transactions then begin
+        with SQLITE_BEGIN)."""
+        if self.is_sqlite:
+            return self.engine
         if self._autocommit_engine is None:  # a race here makes a spare engine, no harm
             self._autocommit_engine = make_engine(self.config, autocommit=True)
-        with _disk_full_refused(), self._autocommit_engine.connect() as conn:
-            yield conn
+        return self._autocommit_engine
 
     def run(self, work: Callable[[so.Session], T]) -> T:
         """Run `work(session)` in a transaction, retrying it on deadlock, serialization
@@ -171,9 +179,15 @@ class Database:
 # --- schema revisions ---------------------------------------------------------------------
 
 
+def migrations_dir() -> str:
+    """Where the Alembic scripts are: the `satchel.migrations` package, wherever it is
+    installed (a wheel's site-packages, or the checkout in an editable install)."""
+    return str(importlib.resources.files("satchel.migrations"))
+
+
 def alembic_config(url: str) -> AlembicConfig:
     cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("script_location", migrations_dir())
     cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
     return cfg
 
