@@ -1,6 +1,12 @@
 """`satchel-agent`: the device's command line. Commands are thin wrappers over
 `agent.provision`, `agent.install.installer` and `agent.state`; every refusal is one line on stderr
 with exit code 1, usage errors exit 2.
+
+A technician waits for every command, so each one imports what it uses inside its own body:
+`status`, `history` and `rollback` load neither numpy nor a runtime, no command but `enroll`
+and `run` loads the HTTP client, only `run` loads the inference server, and `install` loads
+the one runtime its bundle names, for the smoke test (issue 14;
+tests/agent/test_agent_cold_start.py holds each command to its list).
 """
 
 from __future__ import annotations
@@ -8,45 +14,35 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import signal
 import sys
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from satchel.agent.config import (
+    CONFIG_FILE_ENV,
     DEFAULT_CONFIG,
+    DEFAULT_CONFIG_FILE,
     DEFAULT_STATE_DIR,
     STATE_DIR_ENV,
     AgentConfig,
-    config_from_env,
+    load_agent_config,
 )
 from satchel.agent.errors import AgentError, SmokeTestFailedError, UsbInstallFailedError
-from satchel.agent.event_queue import EventQueue
-from satchel.agent.install import history
-from satchel.agent.install.installer import InstallResult, install, recover, rollback
-from satchel.agent.provision import init_device
-from satchel.agent.server import DEFAULT_LISTEN
-from satchel.agent.service import AgentService, socket_for
-from satchel.agent.state import DeviceState
-from satchel.agent.sync.enroll import enroll_device
-from satchel.agent.sync.install_events import (
-    CLI,
-    BundleOrigin,
-    origin_of_file,
-    queue_install_events,
-)
-from satchel.agent.sync.report import stored_totals
-from satchel.agent.sync.usb import process_stick
-from satchel.bundles.errors import BundleError
-from satchel.bundles.events import ROLLED_BACK
+from satchel.bundles.errors import BundleError, ConfigError
+
+if TYPE_CHECKING:
+    from satchel.agent.event_queue import EventQueue
+    from satchel.agent.install.installer import InstallResult
+    from satchel.agent.sync.install_events import BundleOrigin
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The inference server's default address (agent.server.config.DEFAULT_LISTEN, which a test
+# keeps equal), written out so that `--help` does not load the server.
+DEFAULT_LISTEN = "127.0.0.1:8401"
 
 
 @dataclass
@@ -91,9 +87,17 @@ def refusals_exit_1(func: F) -> F:
     show_default=True,
     help=f"Device state directory. Env: {STATE_DIR_ENV}.",
 )
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help=f"Settings file (TOML; docs/CONFIG.md). Env: {CONFIG_FILE_ENV}.  "
+    f"[default: {DEFAULT_CONFIG_FILE}, when it exists]",
+)
 @click.version_option(package_name="satchel")
 @click.pass_context
-def main(ctx: click.Context, state_dir: Path) -> None:
+def main(ctx: click.Context, state_dir: Path, config_file: Path | None) -> None:
     """satchel-agent: verify, smoke-test, activate and roll back models on this device."""
     logging.getLogger().addHandler(logging.NullHandler())  # commands print their own lines
     ctx.obj = CliContext(state_dir=state_dir)
@@ -114,6 +118,8 @@ def main(ctx: click.Context, state_dir: Path) -> None:
 def init(obj: CliContext, trust: Path, device_id: str, device_class: str,
          no_trusted_clock: bool, as_json: bool) -> None:
     """Set up this device: trust root, its own Ed25519 key, id, class, CPU architecture."""
+    from satchel.agent.provision import init_device
+
     identity = init_device(obj.state_dir, trust.read_bytes(), device_id, device_class,
                            trusted_clock=not no_trusted_clock)
     if as_json:
@@ -139,7 +145,10 @@ def install_command(obj: CliContext, bundle: Path, as_json: bool) -> None:
     Settings: SATCHEL_AGENT_<NAME> environment variables, as for `usb` and `run` (e.g.
     SATCHEL_AGENT_DISK_MARGIN_BYTES).
     """
-    config = _config()
+    from satchel.agent.install.installer import install
+    from satchel.agent.sync.install_events import CLI, origin_of_file
+
+    config = _runtime_config()
     origin = origin_of_file(bundle, CLI)
     try:
         result = install(obj.state_dir, bundle, config=config)
@@ -159,6 +168,7 @@ def install_command(obj: CliContext, bundle: Path, as_json: bool) -> None:
             "sequence": release.sequence,
             "previous": result.previous,
             "report": result.report.to_dict(),
+            "seconds": {phase: round(s, 6) for phase, s in result.seconds.items()},
         })
         return
     was = f", replacing {result.previous}" if result.previous else ""
@@ -167,6 +177,8 @@ def install_command(obj: CliContext, bundle: Path, as_json: bool) -> None:
 
 
 def _initialised(state_dir: Path) -> bool:
+    from satchel.agent.state import DeviceState
+
     return DeviceState(state_dir).layout.device.is_file()
 
 
@@ -174,6 +186,8 @@ def _queue_events(state_dir: Path, queue: Callable[[EventQueue], object],
                   config: AgentConfig = DEFAULT_CONFIG) -> None:
     """Queue what a technician's command did, for the manager; a failure to queue is a note,
     not a failure of the command (the device state is what counts)."""
+    from satchel.agent.event_queue import EventQueue
+
     if not _initialised(state_dir):
         return
     try:
@@ -186,6 +200,8 @@ def _queue_install(
     state_dir: Path, origin: BundleOrigin | None, config: AgentConfig, *,
     result: InstallResult | None = None, error: BaseException | None = None,
 ) -> None:
+    from satchel.agent.sync.install_events import queue_install_events
+
     if origin is not None:
         _queue_events(state_dir,
                       lambda q: queue_install_events(q, origin, result=result, error=error),
@@ -193,6 +209,8 @@ def _queue_install(
 
 
 def _recover_and_note(state_dir: Path) -> None:
+    from satchel.agent.install.installer import recover
+
     for line in recover(state_dir):
         click.echo(f"note: {line}", err=True)
 
@@ -203,6 +221,8 @@ def _recover_and_note(state_dir: Path) -> None:
 @refusals_exit_1
 def status(obj: CliContext, as_json: bool) -> None:
     """Show each channel's active and kept releases."""
+    from satchel.agent.state import DeviceState
+
     _recover_and_note(obj.state_dir)
     report = DeviceState(obj.state_dir).status()
     if as_json:
@@ -227,6 +247,11 @@ def status(obj: CliContext, as_json: bool) -> None:
 @refusals_exit_1
 def rollback_command(obj: CliContext, channel: str, reason: str, as_json: bool) -> None:
     """Go back to CHANNEL's previous kept release, dropping the active one."""
+    from satchel.agent.install.installer import rollback
+    from satchel.agent.state import DeviceState
+    from satchel.agent.sync.install_events import CLI
+    from satchel.bundles.events import ROLLED_BACK
+
     record = DeviceState(obj.state_dir).record(channel) if _initialised(obj.state_dir) else None
     release = rollback(obj.state_dir, channel, reason)
     if record is not None:
@@ -252,6 +277,9 @@ def rollback_command(obj: CliContext, channel: str, reason: str, as_json: bool) 
 @refusals_exit_1
 def history_command(obj: CliContext, channel: str | None, limit: int, as_json: bool) -> None:
     """Show recent activations, refusals and rollbacks, with their reasons."""
+    from satchel.agent.install import history
+    from satchel.agent.state import DeviceState
+
     _recover_and_note(obj.state_dir)
     events = history.read_history(DeviceState(obj.state_dir).layout)
     if channel:
@@ -278,6 +306,8 @@ def _quiet_logs(verbose: bool) -> None:
 
 
 def _check_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from urllib.parse import urlsplit
+
     if value is not None:
         split = urlsplit(value)
         if split.scheme not in ("http", "https") or not split.netloc:
@@ -285,13 +315,35 @@ def _check_url(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     return value
 
 
-def _config() -> AgentConfig:
-    """The settings of every command that installs or talks to the manager: the defaults
-    with the SATCHEL_AGENT_<NAME> environment overrides. A bad value is a usage error."""
+def _config(**options: Any) -> AgentConfig:
+    """The settings of this invocation: the defaults, the settings file (--config, else
+    $SATCHEL_AGENT_CONFIG, else /etc/satchel-agent/agent.toml when it exists), the
+    SATCHEL_AGENT_<NAME> variables, then the command's `options`. A bad setting is a usage
+    error: one line naming the key and where it was given, exit code 2, nothing done."""
+    config_file = click.get_current_context().find_root().params.get("config_file")
     try:
-        return config_from_env()
-    except ValueError as e:
-        raise click.UsageError(str(e)) from e
+        return load_agent_config(config_file, **options)
+    except ConfigError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+def _runtime_config(**options: Any) -> AgentConfig:
+    """`_config()` for the commands that load models: an execution provider or delegate that
+    this device does not have is refused (exit code 1) before anything is done."""
+    config = _config(**options)
+    if (config.onnx_providers, config.onnx_provider_options, config.tflite_delegates) == (
+            DEFAULT_CONFIG.onnx_providers, {}, ()):
+        return config  # the CPU: always there, nothing to import to know it
+    from satchel.agent.runtimes import ModelRuntimeError
+    from satchel.agent.runtimes.accel import Acceleration, check_available
+
+    try:
+        check_available(Acceleration.of(config))
+    except ModelRuntimeError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    return config
 
 
 @main.command()
@@ -306,6 +358,8 @@ def _config() -> AgentConfig:
 def enroll(obj: CliContext, manager_url: str, token: str, force: bool, as_json: bool,
            verbose: bool) -> None:
     """Register this device with its manager and keep the device credential (mode 0600)."""
+    from satchel.agent.sync.enroll import enroll_device
+
     _quiet_logs(verbose)
     result = enroll_device(obj.state_dir, manager_url, token, config=_config(), force=force)
     if as_json:
@@ -325,8 +379,12 @@ def enroll(obj: CliContext, manager_url: str, token: str, force: bool, as_json: 
 def usb_command(obj: CliContext, path: Path, as_json: bool, verbose: bool) -> None:
     """Install what the signed plan on the stick at PATH gives this device, and write this
     device's signed report back onto the stick. Exit 1 if anything was refused."""
+    from satchel.agent.event_queue import EventQueue
+    from satchel.agent.sync.report import stored_totals
+    from satchel.agent.sync.usb import process_stick
+
     _quiet_logs(verbose)
-    config = _config()
+    config = _runtime_config()
     _recover_and_note(obj.state_dir)
     outcome = process_stick(obj.state_dir, path, EventQueue(obj.state_dir, config),
                             stored_totals(obj.state_dir), config=config)
@@ -348,8 +406,9 @@ def usb_command(obj: CliContext, path: Path, as_json: bool, verbose: bool) -> No
 
 
 @main.command(name="run")
-@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT",
-              help="Where the inference server listens (loopback only, as a rule).")
+@click.option("--listen", default=None, metavar="HOST:PORT",
+              help="Where the inference server listens (loopback only, as a rule).  "
+                   f"[default: setting `listen`, {DEFAULT_LISTEN}]")
 @click.option("--socket", "socket_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Unix socket of the inference server.  [default: STATE_DIR/agent.sock]")
 @click.option("--no-socket", is_flag=True, help="Serve on TCP only.")
@@ -357,24 +416,33 @@ def usb_command(obj: CliContext, path: Path, as_json: bool, verbose: bool) -> No
               help="Check in with this manager URL instead of the one enrolled with.")
 @click.option("--usb-root", "usb_roots", multiple=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="Watch this mount root for sticks with a plan (repeat; e.g. /media).")
+              help="Watch this mount root for sticks with a plan (repeat; e.g. /media).  "
+                   "[default: setting `usb_roots`]")
 @click.pass_obj
 @refusals_exit_1
-def run_command(obj: CliContext, listen: str, socket_path: Path | None, no_socket: bool,
+def run_command(obj: CliContext, listen: str | None, socket_path: Path | None, no_socket: bool,
                 manager_url: str | None, usb_roots: tuple[Path, ...]) -> None:
     """Run the device service: inference server, health watch, check-ins, USB sticks.
 
-    Stops cleanly on SIGTERM or SIGINT. Settings: SATCHEL_AGENT_<NAME> environment
-    variables (e.g. SATCHEL_AGENT_POLL_S=30 checks in every 30 s).
+    Stops cleanly on SIGTERM or SIGINT. Settings: the settings file (--config), then
+    SATCHEL_AGENT_<NAME> environment variables (e.g. SATCHEL_AGENT_POLL_S=30 checks in every
+    30 s), then these options.
     """
+    import signal
+    import threading
+
+    from satchel.agent.service import AgentService, socket_for
+
+    config = _runtime_config(listen=listen,
+                             usb_roots=tuple(str(r) for r in usb_roots) or None)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     service = AgentService(
-        obj.state_dir, listen=listen,
+        obj.state_dir, listen=config.listen,
         unix_socket=socket_for(obj.state_dir, socket_path, no_socket),
-        manager_url=manager_url, usb_roots=usb_roots, config=_config(),
+        manager_url=manager_url, usb_roots=[Path(r) for r in config.usb_roots], config=config,
     )
     service.run(stop)

@@ -1,22 +1,41 @@
-"""Every limit of the device agent in one place, with units."""
+"""Every limit and setting of the device agent in one place, with units.
+
+Read by every `satchel-agent` command from, later ones winning: the defaults below, the TOML
+file (`--config FILE`, else $SATCHEL_AGENT_CONFIG, else /etc/satchel-agent/agent.toml when it
+exists; settings at its top level or in an `[agent]` table), the environment
+(`SATCHEL_AGENT_<NAME IN CAPITALS>`), then the command's options. docs/CONFIG.md is generated
+from this module.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from satchel.bundles.configfile import AT_LEAST_ONE, FRACTION, POSITIVE, Bounds, Schema
+
 STATE_DIR_ENV = "SATCHEL_AGENT_STATE_DIR"
 DEFAULT_STATE_DIR = Path("/var/lib/satchel-agent")
+CONFIG_FILE_ENV = "SATCHEL_AGENT_CONFIG"
+DEFAULT_CONFIG_FILE = Path("/etc/satchel-agent/agent.toml")
 # Test-only: names an installer step at which the process kills itself with SIGKILL.
 CRASH_AT_ENV = "SATCHEL_AGENT_CRASH_AT"
-# Every numeric setting below can be set as SATCHEL_AGENT_<NAME IN CAPITALS>; POLL_ENV is a
-# short name for poll_interval_s (tests and demos check in every half second with it).
+# Every setting below can be set as SATCHEL_AGENT_<NAME IN CAPITALS>; POLL_ENV is a short
+# name for poll_interval_s (tests and demos check in every half second with it).
 CONFIG_ENV_PREFIX = "SATCHEL_AGENT_"
 POLL_ENV = "SATCHEL_AGENT_POLL_S"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class TFLiteDelegate:
+    """An external TFLite delegate (a vendor's NPU or GPU library) and its options."""
+
+    path: str  # the delegate's shared library, e.g. /usr/lib/libvx_delegate.so
+    options: dict[str, str] = field(default_factory=dict)  # passed to load_delegate as given
 
 
 @dataclass(frozen=True)
@@ -26,8 +45,8 @@ class AgentConfig:
     disk_margin_bytes: int = 64 * 1024 * 1024  # bytes that must stay free after unpacking
     lock_wait_s: float = 600.0  # seconds an install or rollback waits for the device lock
     lock_poll_s: float = 0.05  # seconds between attempts to take a busy lock
-    smoke_isolation: str = "auto"  # "in-process", "child", or "auto" (a child process only
-    # when a smoke test sets a memory budget, since only a fresh process measures it honestly)
+    smoke_isolation: str = "auto"  # "in-process", "child", or "auto" (in-process, the session
+    # then serving; a child only for a memory budget this process cannot measure honestly)
     smoke_child_timeout_s: float = 600.0  # seconds a child-process smoke test may take
     smoke_threads: int | None = None  # runtime threads for smoke tests; None = runtime default
     # --- talking to the manager (agent.sync.client) ---
@@ -65,31 +84,107 @@ class AgentConfig:
     watchdog_fallback_s: float = 1.0  # seconds between liveness checks without systemd
     health_sample_interval_s: float = 300.0  # seconds between `health` events per serving
     # release (the dashboard's charts); 288 a day, so a month offline fits the event queue
+    listen: str = "127.0.0.1:8401"  # HOST:PORT of the inference server (`run --listen`)
+    usb_roots: tuple[str, ...] = ()  # mount roots watched for USB sticks, e.g. ["/media"]
+    # (`run --usb-root`)
+    # --- ML runtimes: where models run, for the smoke test and serving alike (agent.runtimes) ---
+    onnx_providers: tuple[str, ...] = (CPU_PROVIDER,)  # onnxruntime execution providers, in
+    # order of preference; each must be available on this device, else the agent refuses to
+    # start (`python -c "import onnxruntime; print(onnxruntime.get_available_providers())"`)
+    onnx_provider_options: dict[str, dict[str, str]] = field(default_factory=dict)  # options
+    # per provider name, e.g. {CUDAExecutionProvider = {device_id = "0"}}
+    tflite_delegates: tuple[TFLiteDelegate, ...] = ()  # external TFLite delegates, in order:
+    # [{path = "/usr/lib/libvx_delegate.so", options = {...}}]; a library that does not load
+    # is refused at start
+    tflite_xnnpack: bool = True  # TFLite's built-in XNNPACK CPU delegate; false = the
+    # builtin kernels only
 
 
 DEFAULT_CONFIG = AgentConfig()
+
+SCHEMA: Schema[AgentConfig] = Schema(
+    cls=AgentConfig,
+    env_prefix=CONFIG_ENV_PREFIX,
+    table="agent",
+    env_aliases={"poll_interval_s": (POLL_ENV,)},
+    bounds={
+        "keep_releases": AT_LEAST_ONE,
+        "history_entries": AT_LEAST_ONE,
+        "lock_poll_s": POSITIVE,
+        "smoke_isolation": Bounds(choices=("auto", "in-process", "child")),
+        "smoke_child_timeout_s": POSITIVE,
+        "smoke_threads": AT_LEAST_ONE,
+        "connect_timeout_s": POSITIVE,
+        "read_timeout_s": POSITIVE,
+        "retry_attempts": AT_LEAST_ONE,
+        "backoff_jitter": FRACTION,
+        "poll_interval_s": POSITIVE,
+        "min_poll_interval_s": POSITIVE,
+        "max_poll_interval_s": POSITIVE,
+        "events_per_checkin": AT_LEAST_ONE,
+        "event_bytes_per_checkin": AT_LEAST_ONE,
+        "max_answer_bytes": AT_LEAST_ONE,
+        "max_bundle_bytes": AT_LEAST_ONE,
+        "download_chunk_bytes": AT_LEAST_ONE,
+        "download_stalls": AT_LEAST_ONE,
+        "answer_deadline_s": POSITIVE,
+        "progress_log_s": POSITIVE,
+        "event_queue_max_events": AT_LEAST_ONE,
+        "event_queue_max_bytes": AT_LEAST_ONE,
+        "usb_scan_interval_s": POSITIVE,
+        "usb_plans_remembered": AT_LEAST_ONE,
+        "watchdog_fallback_s": POSITIVE,
+        "health_sample_interval_s": POSITIVE,
+    },
+    relations=(
+        lambda c: ("min_poll_interval_s", "must not exceed max_poll_interval_s")
+        if c.min_poll_interval_s > c.max_poll_interval_s else None,
+        lambda c: ("backoff_base_s", "must not exceed backoff_max_s")
+        if c.backoff_base_s > c.backoff_max_s else None,
+        lambda c: ("onnx_providers", "must name at least one provider (CPUExecutionProvider)")
+        if not c.onnx_providers else None,
+        lambda c: _listen_refusal(c.listen),
+    ),
+)
+
+
+def _listen_refusal(listen: str) -> tuple[str, str] | None:
+    host, _, port = listen.rpartition(":")
+    if host and port.isdigit() and 0 <= int(port) <= 65535:
+        return None
+    return "listen", f"= {listen!r} is not HOST:PORT"
+
+
+def config_file_path(config_file: Path | None = None,
+                     environ: Mapping[str, str] | None = None) -> tuple[Path, bool]:
+    """The settings file to read and whether it must exist: `config_file` (the --config
+    option), else $SATCHEL_AGENT_CONFIG, else /etc/satchel-agent/agent.toml if present."""
+    env = os.environ if environ is None else environ
+    if config_file is not None:
+        return Path(config_file), True
+    if env.get(CONFIG_FILE_ENV):
+        return Path(env[CONFIG_FILE_ENV]), True
+    return DEFAULT_CONFIG_FILE, False
+
+
+def load_agent_config(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> AgentConfig:
+    """The agent's settings: defaults, the settings file, SATCHEL_AGENT_<NAME>, `overrides`
+    (a command's options; None values are left out). Raises ConfigError naming the key and
+    where it was given."""
+    path, required = config_file_path(config_file, environ)
+    return SCHEMA.load(path, environ, overrides, file_optional=not required)
 
 
 def config_from_env(
     environ: Mapping[str, str] | None = None, base: AgentConfig = DEFAULT_CONFIG
 ) -> AgentConfig:
-    """`base` with the numeric settings the environment gives (SATCHEL_AGENT_<NAME>, and
-    SATCHEL_AGENT_POLL_S for poll_interval_s). Raises ValueError naming a bad value."""
-    env = os.environ if environ is None else environ
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(AgentConfig):
-        names = [CONFIG_ENV_PREFIX + f.name.upper()]
-        if f.name == "poll_interval_s":
-            names.append(POLL_ENV)
-        given = next((n for n in names if env.get(n)), None)
-        if given is None or f.type not in ("int", "float", "float | None", "int | None"):
-            continue
-        value = env[given]
-        try:
-            changes[f.name] = int(value) if f.type.startswith("int") else float(value)
-        except ValueError:
-            raise ValueError(f"{given}={value[:40]!r} is not a number") from None
-    return dataclasses.replace(base, **changes)
+    """`base` with the settings the environment gives (SATCHEL_AGENT_<NAME>, and
+    SATCHEL_AGENT_POLL_S for poll_interval_s), no file. Raises ConfigError (a ValueError)."""
+    return SCHEMA.load(None, environ, defaults=base.__dict__)
 
 
 def default_state_dir() -> Path:

@@ -13,6 +13,7 @@ rollback also wakes the check-in loop so the manager hears of it at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -23,7 +24,9 @@ from satchel.agent import sdnotify
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.event_queue import EventQueue
 from satchel.agent.health.samples import HealthSampler
+from satchel.agent.install.handoff import close_handoff, open_handoff, taking_over
 from satchel.agent.install.installer import recover
+from satchel.agent.runtimes.accel import Acceleration
 from satchel.agent.server import DEFAULT_CONFIG as DEFAULT_SERVER_CONFIG
 from satchel.agent.server import (
     DEFAULT_LISTEN,
@@ -32,6 +35,7 @@ from satchel.agent.server import (
     check_crash_loop,
     default_socket_path,
 )
+from satchel.agent.server.registry import load_model
 from satchel.agent.state import DeviceState
 from satchel.agent.sync.checkin import CheckinLoop
 from satchel.agent.sync.usb import UsbWatcher
@@ -72,7 +76,9 @@ class AgentService:
         self.manager_url = manager_url
         self.usb_roots = [Path(r) for r in usb_roots]
         self.config = config
-        self.server_config = server_config
+        # the server loads models on the providers the smoke test ran them on
+        self.server_config = dataclasses.replace(server_config,
+                                                 acceleration=Acceleration.of(config))
         self.stopping = threading.Event()
         self.events = EventQueue(self.state_dir, config)
         self.server: AgentServer | None = None
@@ -94,9 +100,11 @@ class AgentService:
         sink = _WakingSink(self.events)
         for reason in check_crash_loop(self.state_dir, events=sink):
             log.warning("crash loop: %s", reason)
+        # installs in this process leave their smoke-tested session for the server to serve
         self.server = AgentServer(
             self.state_dir, listen=self.listen, unix_socket=self.unix_socket,
             event_sink=sink, config=self.server_config,
+            loader=taking_over(open_handoff(), load_model),
         ).start()
         try:
             self._start_loops(sink, self.server)
@@ -149,6 +157,7 @@ class AgentService:
             thread.join(self.server_config.stop_timeout_s)
         if self.server is not None:
             self.server.stop()
+        close_handoff()
 
     def run(self, stop: threading.Event) -> None:
         """Start, tell systemd READY=1, ping its watchdog while healthy, until `stop` is set;
@@ -182,3 +191,4 @@ def socket_for(state_dir: Path, socket: Path | None, no_socket: bool) -> Path | 
     if no_socket:
         return None
     return socket if socket is not None else default_socket_path(state_dir)
+

@@ -11,6 +11,15 @@ installed: `apt-get install wrk`; else Python asyncio) keeps `--concurrency` kee
 connections busy, each device checking in with its status and health, a fraction with a new
 health event. Prints one JSON object: check-ins/s, p50/p90/p99 latency, errors, the CPU each
 part used per check-in, and the setup.
+
+The machine-independent figure is the server's CPU per check-in (`server_cpu_s_per_checkin`:
+the CPU time of every `satchel serve` process, read from /proc, over the check-ins answered);
+rate and latency depend on the cores and on who else uses them. Every run records the share of
+the machine that was idle and the share other processes took (`machine`, bench/machine.py):
+the server and PostgreSQL trees are counted as ours from /proc (they are not children the bench
+reaps), the load generator as a reaped child. When others took more than `--max-others`, the
+measurement is repeated (`--attempts`, each after waiting for the neighbours to calm down);
+when every attempt was noisy, the result says `refused` with the shares and gives no figure.
 """
 
 from __future__ import annotations
@@ -25,16 +34,17 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from bench import checkin_load as load
+from bench.machine import DEFAULT_MAX_OTHERS, NoisyMachine, Quiet, require_quiet, wait_for_quiet
 from tests import pgcluster  # the one PostgreSQL bootstrap, shared with the manager's tests
 
 WARMUP_S = 3.0  # seconds of load before measuring
 START_TIMEOUT_S = 60.0  # seconds the manager gets to start listening
+QUIET_TIMEOUT_S = 60.0  # seconds to wait for the neighbours to calm down before an attempt
 
 
 def _pg_cluster(synchronous_commit: str) -> contextlib.AbstractContextManager[pgcluster.Cluster]:
@@ -248,22 +258,45 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cleanup.callback(_stop_server, server)
         _drive(base_url, requests_file, checkins, args, WARMUP_S, "warmup")
         postmaster = cluster.postmaster_pid() if cluster else 0
-        cpu0 = (
-            load.tree_cpu_s(server.pid),
-            load.tree_cpu_s(postmaster) if postmaster else 0.0,
-            load.children_cpu_s(),
-            load.machine_cpu_s(),
-        )
-        t0 = time.perf_counter()
+        shares: list[dict[str, Any]] = []  # the machine's shares of every attempt
+        refusal = ""
+        for _attempt in range(max(1, args.attempts)):
+            wait_for_quiet(args.max_others, timeout_s=QUIET_TIMEOUT_S)
+            measured, quiet = _measure(args, base_url, requests_file, checkins, server, postmaster)
+            shares.append(quiet.report())
+            try:
+                require_quiet(quiet, args.max_others)
+            except NoisyMachine as e:
+                refusal = str(e)
+                print(f"bench_checkin: {refusal}", file=sys.stderr, flush=True)
+                continue
+            return _report(args, workers, measured, quiet, shares)
+        return _refused(args, workers, refusal, shares)
+
+
+def _measure(
+    args: argparse.Namespace,
+    base_url: str,
+    requests_file: Path,
+    checkins: list[tuple[str, str, dict[str, Any]]],
+    server: subprocess.Popen[str],
+    postmaster: int,
+) -> tuple[dict[str, Any], Quiet]:
+    """One measured span of load: the load generator's summary with the CPU seconds each part
+    used (server and PostgreSQL trees from /proc, the reaped load generator), and how busy the
+    machine was meanwhile."""
+    with Quiet() as quiet:
+        server0 = load.tree_cpu_s(server.pid)
+        pg0 = load.tree_cpu_s(postmaster) if postmaster else 0.0
+        loadgen0 = load.children_cpu_s()
         result = _drive(base_url, requests_file, checkins, args, args.seconds, "measure")
-        elapsed = time.perf_counter() - t0
-        cpu1 = (
-            load.tree_cpu_s(server.pid),
-            load.tree_cpu_s(postmaster) if postmaster else 0.0,
-            load.children_cpu_s(),
-            load.machine_cpu_s(),
-        )
-        return _report(args, workers, result, elapsed, cpu0, cpu1, bool(postmaster))
+        server_s = load.tree_cpu_s(server.pid) - server0
+        pg_s = (load.tree_cpu_s(postmaster) - pg0) if postmaster else 0.0
+        loadgen_s = load.children_cpu_s() - loadgen0
+    # ours too, though not reaped children (the load generator is: Quiet counts it)
+    quiet.extra_own_cpu_s = server_s + pg_s
+    cpu = {"server": server_s, "postgres": pg_s if postmaster else None, "loadgen": loadgen_s}
+    return {**result, "cpu_s": cpu}, quiet
 
 
 def _stop_server(server: subprocess.Popen[str]) -> None:
@@ -274,32 +307,13 @@ def _stop_server(server: subprocess.Popen[str]) -> None:
         server.kill()
 
 
-def _report(
-    args: argparse.Namespace,
-    workers: int,
-    r: dict[str, Any],
-    elapsed: float,
-    cpu0: tuple[Any, ...],
-    cpu1: tuple[Any, ...],
-    own_pg: bool,
-) -> dict[str, Any]:
-    total = r["requests"]
-    ok = total - r["non2xx"]
-    seconds = r["duration_us"] / 1e6
-
-    def per_checkin(i: int) -> float | None:
-        return round((cpu1[i] - cpu0[i]) / max(1, total) * 1000, 3)
-
-    busy = cpu1[3][0] - cpu0[3][0]
-    capacity = cpu1[3][1] - cpu0[3][1]
-    bench_cpu = sum(cpu1[i] - cpu0[i] for i in range(3))
+def _setup(args: argparse.Namespace, workers: int) -> dict[str, Any]:
     return {
         "db": args.db,
         "postgres_synchronous_commit": args.pg_synchronous_commit
         if args.db == "postgres"
         else None,
         "devices": args.devices,
-        "seconds": round(seconds, 2),
         "server": {
             "name": args.server,
             "workers": workers,
@@ -308,6 +322,29 @@ def _report(
         "loadgen": {"name": args.loadgen, "connections": args.concurrency},
         "event_ratio": args.event_ratio,
         "cores": os.cpu_count(),
+        "max_others": args.max_others,
+    }
+
+
+def _report(
+    args: argparse.Namespace,
+    workers: int,
+    r: dict[str, Any],
+    quiet: Quiet,
+    attempts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    total = r["requests"]
+    ok = total - r["non2xx"]
+    seconds = r["duration_us"] / 1e6
+    cpu = r["cpu_s"]
+
+    def per_checkin_ms(part: str) -> float | None:
+        used = cpu[part]
+        return None if used is None else round(used / max(1, total) * 1000, 3)
+
+    return {
+        **_setup(args, workers),
+        "seconds": round(seconds, 2),
         "checkins": ok,
         "errors": r["non2xx"] + r["socket_errors"],
         "checkins_per_s": round(ok / seconds, 1),
@@ -315,15 +352,23 @@ def _report(
         "p90_ms": round(r["p90_us"] / 1000, 2),
         "p99_ms": round(r["p99_us"] / 1000, 2),
         "max_ms": round(r["max_us"] / 1000, 2),
-        "cpu_ms_per_checkin": {
-            "server": per_checkin(0),
-            "postgres": per_checkin(1) if own_pg else None,
-            "loadgen": per_checkin(2),
-        },
-        # cores busy on the whole machine, and how many of them were not this benchmark
-        "machine_cores_busy": round(busy / elapsed, 2),
-        "other_cores_busy": round(max(0.0, busy - bench_cpu) / elapsed, 2),
-        "machine_cores": round(capacity / elapsed, 2),
+        # the machine-independent figure: CPU seconds of the server processes per check-in
+        "server_cpu_s_per_checkin": round(cpu["server"] / max(1, total), 7),
+        "cpu_ms_per_checkin": {part: per_checkin_ms(part) for part in cpu},
+        "machine": quiet.report(),
+        "attempts": attempts,
+    }
+
+
+def _refused(
+    args: argparse.Namespace, workers: int, reason: str, attempts: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A run with no figure: every attempt shared the machine with too busy neighbours."""
+    return {
+        **_setup(args, workers),
+        "refused": reason,
+        "machine": attempts[-1],
+        "attempts": attempts,
     }
 
 
@@ -354,6 +399,15 @@ def main() -> None:
         choices=("on", "off"),
         default="on",
         help="PostgreSQL durability of the private cluster (off: commits not waited for)",
+    )
+    parser.add_argument(
+        "--max-others",
+        type=float,
+        default=DEFAULT_MAX_OTHERS,
+        help="refuse a figure when other processes used more than this share of all CPUs",
+    )
+    parser.add_argument(
+        "--attempts", type=int, default=3, help="measurements tried before refusing a figure"
     )
     parser.add_argument("--json", action="store_true", help="one JSON line (default: indented)")
     args = parser.parse_args()

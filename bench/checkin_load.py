@@ -219,14 +219,6 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
-def machine_cpu_s() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, all cores."""
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values) - idle) / CLOCK_TICKS, sum(values) / CLOCK_TICKS
-
-
 def children_cpu_s() -> float:
     """CPU seconds of this process's finished children (the load generator)."""
     t = os.times()

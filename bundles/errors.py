@@ -123,3 +123,11 @@ class StagingError(BundleError):
 
 class StickLinkError(BundleError):
     """A path on a USB stick is a symbolic link: nothing is read or written through it."""
+
+
+# --- settings files and environment overrides (agent and manager alike) ----------------------
+
+
+class ConfigError(BundleError, ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message names the key and
+    where it was given (file, environment variable or option). Nothing has been changed."""

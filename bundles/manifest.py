@@ -13,6 +13,7 @@ from typing import Any
 
 from satchel.bundles import FORMAT_VERSION
 from satchel.bundles.canonical import decode_canonical, encode_canonical
+from satchel.bundles.chunkindex import chunk_count
 from satchel.bundles.config import DEFAULT_LIMITS, Limits
 from satchel.bundles.errors import MissingFieldError, UnknownFormatVersionError, WrongTypeError
 from satchel.bundles.identifiers import CHANNEL_RE, IDENTIFIER_RE, SHA256_RE, VERSION_RE
@@ -63,29 +64,66 @@ class FileEntry:
     sha256: str  # of the decompressed content
     compressed_size: int  # bytes of the zstd member
     compressed_sha256: str  # of the zstd member
+    # The chunk index: the sha256 of each `chunk_size` bytes of the zstd member (the last one
+    # shorter), so a device can check every chunk before the decompressor sees it, in one read.
+    # None and () in bundles made without it.
+    chunk_size: int | None = None  # bytes
+    chunk_sha256: tuple[str, ...] = ()
+
+    @property
+    def indexed(self) -> bool:
+        return self.chunk_size is not None
 
     @classmethod
     def from_dict(cls, d: Any, limits: Limits) -> FileEntry:
         w = "manifest file entry"
-        check_keys(d, w, {"path", "size", "sha256", "compressed_size", "compressed_sha256"})
+        check_keys(
+            d, w, {"path", "size", "sha256", "compressed_size", "compressed_sha256"},
+            {"chunk_size", "chunk_sha256"},
+        )
         path = check_payload_path(get_str(d, "path", w), limits)
         w = f"manifest file {path!r}"
-        return cls(
+        entry = cls(
             path=path,
             size=get_int(d, "size", w, 0, limits.max_payload_bytes),
             sha256=get_str(d, "sha256", w, SHA256_RE),
             compressed_size=get_int(d, "compressed_size", w, 1, 2**62),
             compressed_sha256=get_str(d, "compressed_sha256", w, SHA256_RE),
         )
+        if "chunk_size" not in d and "chunk_sha256" not in d:
+            return entry
+        return replace(entry, **_chunk_index(d, w, entry.compressed_size, limits))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
             "compressed_size": self.compressed_size,
             "compressed_sha256": self.compressed_sha256,
         }
+        if self.chunk_size is not None:
+            d["chunk_size"] = self.chunk_size
+            d["chunk_sha256"] = list(self.chunk_sha256)
+        return d
+
+
+def _chunk_index(d: dict[str, Any], where: str, compressed_size: int, limits: Limits) -> dict:
+    """The chunk index fields of a file entry, checked to cover the member exactly."""
+    for name in ("chunk_size", "chunk_sha256"):
+        if name not in d:
+            raise MissingFieldError(f"{where} has a chunk index without '{name}'")
+    size = get_int(
+        d, "chunk_size", where, limits.min_index_chunk_bytes, limits.max_index_chunk_bytes
+    )
+    hashes = get_str_list(d, "chunk_sha256", where, SHA256_RE, unique=False)
+    want = chunk_count(compressed_size, size)
+    if len(hashes) != want:
+        raise WrongTypeError(
+            f"{where}: 'chunk_sha256' lists {len(hashes)} chunks, its compressed size "
+            f"needs {want}"
+        )
+    return {"chunk_size": size, "chunk_sha256": tuple(hashes)}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Writing bundles: compress every payload as one zstd frame, sign the manifest, lay out the tar.
 
-Payloads are compressed once, into a temporary body file, while their content and compressed
-sha256 are computed in the same pass; the manifest (which must come first) is then written,
-followed by the body copied in-kernel.
+Payloads are compressed once, into a temporary body file, while their content sha256, their
+compressed sha256 and the sha256 of every chunk of the compressed member (the chunk index a
+device checks in one read) are computed in the same pass; the manifest (which must come
+first) is then written, followed by the body copied in-kernel.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import BinaryIO
 import zstandard
 
 from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.chunkindex import ChunkHasher, chunk_size_for
 from satchel.bundles.config import DEFAULT_LIMITS, DEFAULT_PACK, PackOptions
 from satchel.bundles.keys import SigningKey, sign_all
 from satchel.bundles.manifest import FileEntry, Manifest, check_payload_path, member_name
@@ -39,30 +41,46 @@ class Payload:
 
 
 class _HashingSink:
-    """A write-only file that hashes and counts what passes through it to `out`."""
+    """A write-only file that hashes and counts what passes through it to `out`, and, given a
+    `chunks` hasher, feeds it too (the member's chunk index)."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: BinaryIO, chunks: ChunkHasher | None) -> None:
         self.out = out
         self.sha = hashlib.sha256()
         self.count = 0
+        self.chunks = chunks
 
     def write(self, data: bytes) -> int:
         self.sha.update(data)
         self.count += len(data)
+        if self.chunks is not None:
+            self.chunks.update(data)
         return self.out.write(data)
 
     def flush(self) -> None:
         self.out.flush()
 
 
+def index_chunk_size(payloads: list[Payload], options: PackOptions = DEFAULT_PACK) -> int | None:
+    """The chunk size of the chunk index of a bundle of `payloads` (None: no index, when
+    `options.index_chunk_bytes` is 0): 1 MiB unless the bundle is very large."""
+    return chunk_size_for(sum(p.size() for p in payloads), options)
+
+
 def _compress_member(
-    payload: Payload, body: BinaryIO, options: PackOptions, mtime: int, progress: Progress | None
+    payload: Payload,
+    body: BinaryIO,
+    options: PackOptions,
+    mtime: int,
+    progress: Progress | None,
+    chunk_size: int | None = None,
 ) -> FileEntry:
     header_at = body.tell()
     body.write(b"\0" * BLOCK)
     size = payload.size()
     content_sha = hashlib.sha256()
-    sink = _HashingSink(body)
+    chunks = ChunkHasher(chunk_size) if chunk_size else None
+    sink = _HashingSink(body, chunks)
     cctx = zstandard.ZstdCompressor(
         level=options.zstd_level, threads=options.zstd_threads, write_checksum=True
     )
@@ -90,6 +108,8 @@ def _compress_member(
         sha256=content_sha.hexdigest(),
         compressed_size=sink.count,
         compressed_sha256=sink.sha.hexdigest(),
+        chunk_size=chunk_size if chunks is not None else None,
+        chunk_sha256=chunks.finish() if chunks is not None else (),
     )
 
 
@@ -114,6 +134,65 @@ def _copy(src: BinaryIO, dst: BinaryIO) -> None:
         shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
 
 
+class BundleBody:
+    """A bundle's payloads compressed one at a time into a temporary file, then laid out
+    behind their signed manifest by `write`. `write_bundle` does both at once; a caller that
+    still computes the manifest and its small payloads (`satchel bundle build` runs the model
+    meanwhile) compresses the big ones first, on another thread."""
+
+    def __init__(
+        self,
+        mtime: int,
+        chunk_size: int | None,
+        options: PackOptions = DEFAULT_PACK,
+        tmp_dir: Path | None = None,
+    ) -> None:
+        """`mtime` of every tar member (the manifest's creation time); `chunk_size` of the
+        chunk index (`index_chunk_size`, None for none). Raises OSError."""
+        self._mtime = mtime
+        self._chunk_size = chunk_size
+        self._options = options
+        self._file = tempfile.TemporaryFile(dir=tmp_dir)  # noqa: SIM115 (closed by close())
+        self.entries: list[FileEntry] = []
+
+    def add(self, payload: Payload, progress: Progress | None = None) -> FileEntry:
+        """Compress `payload` behind those added before. Raises WrongTypeError for an unsafe
+        path, ValueError for a name too long for ustar, OSError."""
+        check_payload_path(payload.path, DEFAULT_LIMITS)
+        entry = _compress_member(
+            payload, self._file, self._options, self._mtime, progress, self._chunk_size
+        )
+        self.entries.append(entry)
+        return entry
+
+    def write(self, out: BinaryIO, manifest: Manifest, keys: list[SigningKey]) -> Manifest:
+        """Sign `manifest` with the entries added, in their order, and write the bundle to
+        `out`; return the final manifest. Raises ManifestError, ValueError without keys,
+        OSError."""
+        if not keys:
+            raise ValueError("at least one signing key is needed")
+        final = manifest.with_files(self.entries)
+        final.check_references()
+        Manifest.from_dict(final.to_dict())  # the same validation a device will run
+        manifest_bytes = final.to_bytes()
+        sigs = encode_canonical([s.to_dict() for s in sign_all(manifest_bytes, keys)])
+        _write_member(out, "manifest.json", manifest_bytes, self._mtime)
+        _write_member(out, "manifest.sig", sigs, self._mtime)
+        _copy(self._file, out)
+        out.write(END_OF_ARCHIVE)
+        out.flush()
+        return final
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> BundleBody:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def write_bundle(
     out: BinaryIO,
     manifest: Manifest,
@@ -125,7 +204,8 @@ def write_bundle(
 ) -> Manifest:
     """Write a signed bundle to `out` (a real, writable file) and return its final manifest.
 
-    `manifest.files` is replaced by the entries measured here, in the order of `payloads`.
+    `manifest.files` is replaced by the entries measured here, in the order of `payloads`,
+    each with its chunk index unless `options.index_chunk_bytes` is 0.
     Raises ManifestError if the finished manifest is invalid (for example a model naming a
     file that is not among the payloads) or a payload path is unsafe (WrongTypeError),
     ValueError without keys or for a name too long for ustar, OSError.
@@ -135,16 +215,7 @@ def write_bundle(
     for p in payloads:
         check_payload_path(p.path, DEFAULT_LIMITS)
     mtime = int(manifest.created.timestamp())
-    with tempfile.TemporaryFile(dir=tmp_dir) as body:
-        entries = [_compress_member(p, body, options, mtime, progress) for p in payloads]
-        final = manifest.with_files(entries)
-        final.check_references()
-        Manifest.from_dict(final.to_dict())  # the same validation a device will run
-        manifest_bytes = final.to_bytes()
-        sigs = encode_canonical([s.to_dict() for s in sign_all(manifest_bytes, keys)])
-        _write_member(out, "manifest.json", manifest_bytes, mtime)
-        _write_member(out, "manifest.sig", sigs, mtime)
-        _copy(body, out)
-    out.write(END_OF_ARCHIVE)
-    out.flush()
-    return final
+    with BundleBody(mtime, index_chunk_size(payloads, options), options, tmp_dir) as body:
+        for p in payloads:
+            body.add(p, progress)
+        return body.write(out, manifest, keys)

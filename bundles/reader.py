@@ -1,9 +1,15 @@
-"""Reading bundles: verify everything signed before decompressing anything, then unpack.
+"""Reading bundles: nothing reaches the decompressor before its signed hash has checked out.
 
-Pass 1 (`verify_bundle`) checks the member layout, the manifest signatures against the trust
-root, expiry, and the sha256 of every compressed member, reading in bounded chunks.
-Pass 2 (`unpack_bundle`) decompresses each member in bounded chunks while hashing, refusing
-the moment output passes the declared size, and writes only inside an empty target directory.
+`verify_bundle` checks the manifest signatures against the trust root, expiry and the member
+layout. Payloads are then authenticated one of two ways:
+- one read (`defer_payloads=True`, what a device does): a member that carries a chunk index
+  in the signed manifest is not read by `verify_bundle`; `unpack_bundle` reads it once, chunk
+  by chunk, and hands each chunk to the decompressor only after its sha256 matched the index;
+- two reads (bundles without an index, and the default): `verify_bundle` hashes every
+  compressed member (and checks its chunk index, if any), then `unpack_bundle` reads it again.
+Either way `unpack_bundle` decompresses in bounded steps while hashing the content, refuses
+the moment output passes the declared size, and writes only inside an empty target directory,
+which it empties again on any refusal.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import BinaryIO
 import zstandard
 
 from satchel.bundles.canonical import decode_json
+from satchel.bundles.chunkindex import IndexedChunks, chunk_count, chunk_mismatch
 from satchel.bundles.config import DEFAULT_LIMITS, Limits
 from satchel.bundles.envelope import check_threshold
 from satchel.bundles.errors import (
@@ -48,12 +55,17 @@ _MAX_TRAILING_ZEROS = 1024 * 1024  # bytes of zero record padding tolerated afte
 class Member:
     entry: FileEntry
     offset: int  # byte offset of the compressed data in the bundle file
+    # True: the whole compressed member was hashed by verify_bundle. False: it was not read
+    # yet, and each chunk is checked against the signed chunk index as it is unpacked.
+    hashed: bool = True
 
 
 @dataclass(frozen=True)
 class VerifiedBundle:
     """A bundle whose manifest is signed by a threshold of trusted keys and whose compressed
-    members all match the manifest. Its payloads are not yet decompressed."""
+    members all match the manifest, or (members not `hashed`) are checked chunk by chunk
+    against its signed chunk index as they are unpacked. Its payloads are not yet
+    decompressed."""
 
     manifest: Manifest
     manifest_bytes: bytes
@@ -135,15 +147,21 @@ def check_expiry(manifest: Manifest, now: datetime, not_before: datetime | None 
 
 
 def _hash_member(f: BinaryIO, entry: FileEntry, limits: Limits, progress: Progress | None) -> None:
+    """Hash the compressed member at the position of `f` (and each chunk of its index, if it
+    has one) against the manifest. Raises PayloadHashError, TruncatedBundleError."""
     sha = hashlib.sha256()
+    step = entry.chunk_size or limits.chunk_bytes
     remaining = entry.compressed_size
-    buf = bytearray(limits.chunk_bytes)
+    buf = bytearray(min(step, remaining))
     view = memoryview(buf)
-    while remaining:
-        n = f.readinto(view[: min(remaining, len(buf))])  # type: ignore[attr-defined]
-        if not n:
+    for index in range(chunk_count(entry.compressed_size, step)):
+        want = min(step, remaining)
+        n = f.readinto(view[:want])  # type: ignore[attr-defined]
+        if n != want:
             raise TruncatedBundleError(f"bundle file is truncated (ends inside {entry.path})")
         sha.update(view[:n])
+        if entry.indexed and hashlib.sha256(view[:n]).hexdigest() != entry.chunk_sha256[index]:
+            raise chunk_mismatch(entry, index)
         remaining -= n
         if progress:
             progress(n)
@@ -151,6 +169,15 @@ def _hash_member(f: BinaryIO, entry: FileEntry, limits: Limits, progress: Progre
         raise PayloadHashError(
             f"payload {entry.path} does not match its signed hash (altered or corrupted)"
         )
+    _skip_padding(f, entry.compressed_size, entry.path)
+
+
+def _skip_member(f: BinaryIO, entry: FileEntry, file_size: int) -> None:
+    """Step over a member whose chunks are checked as it is unpacked; check its padding."""
+    end = f.tell() + entry.compressed_size
+    if end > file_size:
+        raise TruncatedBundleError(f"bundle file is truncated (ends inside {entry.path})")
+    f.seek(end)
     _skip_padding(f, entry.compressed_size, entry.path)
 
 
@@ -173,14 +200,19 @@ def verify_bundle(
     not_before: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
+    defer_payloads: bool = False,
 ) -> VerifiedBundle:
     """Verify a bundle read from the seekable binary file `f` without decompressing it.
 
     Checks, in order: the first two members; a threshold of the trust root's signing keys
     over manifest.json; the manifest's validity and expiry; each payload member's name,
-    order, size and compressed sha256; nothing after the last member.
+    order, size and compressed sha256 (and chunk index); nothing after the last member.
+    With `defer_payloads`, members that have a chunk index are not read here (only their
+    headers and padding): `unpack_bundle` or `check_payloads` checks each chunk as it reads
+    it, so the bundle is read once. Members without an index are hashed here either way.
     Raises a FormatError, TrustError or PayloadError subclass (all BundleError).
     """
+    file_size = f.seek(0, os.SEEK_END)
     f.seek(0)
     manifest_bytes, sigs = read_head(f, limits)
     signers = check_threshold(
@@ -203,8 +235,12 @@ def verify_bundle(
                 f"payload {entry.path} is {header.size} bytes compressed, "
                 f"the manifest says {entry.compressed_size}"
             )
-        members.append(Member(entry, f.tell()))
-        _hash_member(f, entry, limits, progress)
+        deferred = defer_payloads and entry.indexed
+        members.append(Member(entry, f.tell(), hashed=not deferred))
+        if deferred:
+            _skip_member(f, entry, file_size)
+        else:
+            _hash_member(f, entry, limits, progress)
     _check_end(f)
     return VerifiedBundle(manifest, manifest_bytes, tuple(sigs), frozenset(signers), tuple(members))
 
@@ -291,9 +327,10 @@ def _decompress_member(
     entry = member.entry
     f.seek(member.offset)
     written = 0
+    source = _Bounded(f, entry.compressed_size) if member.hashed else IndexedChunks(f, entry)
     reader = dctx.stream_reader(
-        _Bounded(f, entry.compressed_size),  # type: ignore[arg-type]  # a read() is all it uses
-        read_size=limits.chunk_bytes,
+        source,  # type: ignore[arg-type]  # a read() is all it uses
+        read_size=entry.chunk_size or limits.chunk_bytes,
         read_across_frames=True,
     )
     worker = _HashingSinkThread(sink, limits.pipeline_chunks)
@@ -379,9 +416,10 @@ def check_payloads(
     limits: Limits = DEFAULT_LIMITS,
     progress: Progress | None = None,
 ) -> None:
-    """Decompress every payload and check its size and sha256, writing nothing.
+    """Decompress every payload and check its size and sha256 (and, for members that
+    `verify_bundle` deferred, each chunk against the signed index first), writing nothing.
 
-    Raises PayloadError subclasses.
+    Raises PayloadError subclasses, TruncatedBundleError.
     """
     dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
     for member in verified.members:
@@ -425,9 +463,12 @@ def unpack_bundle(
 ) -> None:
     """Decompress every payload of a verified bundle into the empty directory `target`.
 
-    Output of each payload is bounded by its declared size and checked against its signed
-    sha256. On any error everything written into `target` is removed again.
-    Raises PayloadError subclasses, StagingError (target unusable or a write failed).
+    Members that `verify_bundle` deferred are read once, each chunk checked against the
+    signed chunk index before it is decompressed. Output of each payload is bounded by its
+    declared size and checked against its signed sha256. On any error everything written into
+    `target` is removed again.
+    Raises PayloadError subclasses, TruncatedBundleError, StagingError (target unusable or a
+    write failed).
     """
     dir_fd = _open_empty_dir(target)  # before the clean-up below: what is there is not ours
     try:
@@ -456,7 +497,8 @@ def verify_and_unpack(
     limits: Limits = DEFAULT_LIMITS,
     fsync: bool = True,
 ) -> VerifiedBundle:
-    """Verify the bundle file at `path` against `root`, then unpack it into `target`.
+    """Verify the bundle file at `path` against `root` and unpack it into `target`, reading
+    it once when its members carry a chunk index (twice otherwise).
 
     Raises as `verify_bundle` and `unpack_bundle`; TruncatedBundleError if `path` cannot be
     read.
@@ -466,6 +508,8 @@ def verify_and_unpack(
     except OSError as e:
         raise TruncatedBundleError(f"cannot read bundle {path}: {e.strerror}") from e
     with f:
-        verified = verify_bundle(f, root, now, not_before=not_before, limits=limits)
+        verified = verify_bundle(
+            f, root, now, not_before=not_before, limits=limits, defer_payloads=True
+        )
         unpack_bundle(f, verified, target, fsync=fsync, limits=limits)
     return verified

@@ -88,11 +88,15 @@ def get_float(
     return value
 
 
-def get_str_list(d: dict, name: str, where: str, pattern: re.Pattern[str]) -> list[str]:
+def get_str_list(
+    d: dict, name: str, where: str, pattern: re.Pattern[str], *, unique: bool = True
+) -> list[str]:
+    """Return d[name], a list of strings each matching `pattern` (repeats refused if
+    `unique`)."""
     value = get(d, name, list, where)
     for item in value:
         if not isinstance(item, str) or not pattern.fullmatch(item):
             raise WrongTypeError(f"{where}: '{name}' has an invalid entry {str(item)[:60]!r}")
-    if len(set(value)) != len(value):
+    if unique and len(set(value)) != len(value):
         raise WrongTypeError(f"{where}: '{name}' repeats an entry")
     return list(value)

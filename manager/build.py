@@ -4,6 +4,11 @@ test into the bundle, and refuse to build a bundle whose model disagrees beyond 
 The shipped model and the reference (the float model when the shipped one is quantized) both
 run on the samples here; the reference outputs become the smoke test's expectations, and the
 device later runs the same samples on its own hardware against them.
+
+The model's own files are compressed and hashed into the bundle on a thread of their own
+(`_ModelPacker`) while the models load and run: zstd, hashlib and onnxruntime release the GIL,
+so the build costs little more than the longer of the two. The ONNX graph is read without
+its weights (`onnx_graph`), and each model is loaded once, by its runtime.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ import hashlib
 import io
 import math
 import platform
+import threading
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +34,6 @@ from satchel.agent.runtimes import (
     ModelRuntimeError,
     TensorSpec,
     get_runtime,
-    installed_runtimes,
     runtime_for_file,
 )
 from satchel.agent.runtimes.samples import (
@@ -38,8 +44,8 @@ from satchel.agent.runtimes.samples import (
     real_values,
     run_feeds,
     stored_samples,
-    time_runs,
 )
+from satchel.bundles.config import DEFAULT_PACK
 from satchel.bundles.durable import atomic_writer
 from satchel.bundles.identifiers import CHANNEL_RE, VERSION_RE
 from satchel.bundles.keys import SigningKey
@@ -52,7 +58,7 @@ from satchel.bundles.manifest import (
     SmokeTest,
     TensorInfo,
 )
-from satchel.bundles.pack import Payload, write_bundle
+from satchel.bundles.pack import BundleBody, Payload, index_chunk_size
 from satchel.bundles.smoke import (
     DEFAULT_CHECKS,
     Agreement,
@@ -67,11 +73,13 @@ from satchel.bundles.smoke import (
 )
 from satchel.bundles.timeutil import utcnow
 from satchel.manager.errors import BuildError
-from satchel.manager.model_files import model_files
+from satchel.manager.model_files import ModelFiles, model_files, onnx_graph
+from satchel.manager.onnx_graph import GraphSummary
 
 INPUTS_PATH = "smoke/inputs.npz"
 REFERENCE_PATH = "smoke/reference.npz"
 MIN_RUNTIME_VERSION = {"onnxruntime": "1.16", "tflite": "2.0"}
+_ONNX_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
 
 
 @dataclass(frozen=True)
@@ -79,8 +87,9 @@ class BuildDefaults:
     generated_samples: int = 32  # feeds made when no --samples file is given
     seed: int = 0  # of the generated samples
     checks: CheckDefaults = DEFAULT_CHECKS  # per-output thresholds (bundles/smoke.py)
-    warmup_runs: int = 3
-    latency_runs: int = 20
+    warmup_runs: int = 3  # the device's smoke test; on this host only if no feed ran before
+    latency_runs: int = 20  # the device's smoke test; at most this many on this host
+    host_latency_s: float = 0.25  # seconds; this host's latency runs stop after this
     progress_min_bytes: int = 32 * 1024 * 1024  # show a progress bar above this model size
     max_feeds: int = 10_000  # sample feeds in one smoke test
     smoke_warn_min_bytes: int = 1024 * 1024  # smoke data below this is never warned about
@@ -122,6 +131,7 @@ class BuildResult:
     bundle_sha256: str
     model_bytes: int = 0  # the model with all its data files
     warnings: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds (_Clock)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,6 +147,7 @@ class BuildResult:
             "host_p50_ms": self.host_p50_ms,
             "host_p95_ms": self.host_p95_ms,
             "warnings": list(self.warnings),
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
         }
 
 
@@ -211,25 +222,23 @@ def _sha256_file(path: Path) -> str:
     return sha.hexdigest()
 
 
-def detect_quantization(path: Path, model: LoadedModel) -> str:
+def detect_quantization(path: Path, model: LoadedModel, graph: GraphSummary | None = None) -> str:
     """Name the quantization of a model file: dynamic-int8, static-int8, int8, uint8, float16
-    or none."""
+    or none. `graph`: the ONNX model's summary when already read. Raises BuildError for an ONNX
+    file that cannot be read."""
     if model.runtime == "tflite":
         types = {s.datatype for s in [*model.inputs, *model.outputs] if s.quantization}
         if "UINT8" in types:
             return "uint8"
         return "int8" if types else _tflite_weight_types(path)
-    try:
-        import onnx
-    except ImportError:  # the manager extra carries onnx; without it we cannot tell
-        return "none"
-    graph = onnx.load(str(path), load_external_data=False).graph
-    ops = {n.op_type for n in graph.node}
+    if graph is None:
+        graph = onnx_graph(path)
+    ops = graph.op_types
     if ops & {"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul", "ConvInteger"}:
         return "dynamic-int8"
     if ops & {"QuantizeLinear", "QLinearMatMul", "QLinearConv", "DequantizeLinear"}:
         return "static-int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer):
+    if _ONNX_FLOAT16 in graph.initializer_types:
         return "float16"
     return "none"
 
@@ -360,18 +369,146 @@ def build_bundle(
     """Measure, smoke-test on this host, and write a signed bundle to `out` (atomically).
 
     Raises BuildError when the release names are invalid, a model cannot be loaded or run,
-    samples do not fit, or the shipped model disagrees with its reference beyond the
-    thresholds (the message gives the figures); BundleError subclasses from packing.
+    samples do not fit, the output cannot be written, or the shipped model disagrees with its
+    reference beyond the thresholds (the message gives the figures); BundleError subclasses
+    from packing.
     """
-    check_release(req.name, req.version, req.sequence)
-    created = now or utcnow()
-    runtime = _runtime_name(req.model)
-    files = model_files(req.model)
-    if req.reference is not None:
-        model_files(req.reference)  # a reference with a missing data file: refuse in one line
-    raw_samples = _load_samples(req.samples) if req.samples else None
-    shipped = _load(req.model, "model", req.signature)
-    reference = _load(req.reference, "reference model", req.signature) if req.reference else shipped
+    clock = _Clock()
+    with clock.phase("read"):
+        check_release(req.name, req.version, req.sequence)
+        created = now or utcnow()
+        runtime = _runtime_name(req.model)
+        files = model_files(req.model)
+        if req.reference is not None:
+            model_files(req.reference)  # a reference with a missing data file: refuse in one line
+        raw_samples = _load_samples(req.samples) if req.samples else None
+    out = Path(out)
+    model_payloads = [
+        Payload(_model_file(req.model), req.model),
+        *(Payload(f, files.folder / f) for f in files.data_files),
+    ]
+    with _bundle_body(out, created, model_payloads) as body:
+        packer = _ModelPacker(body, model_payloads, progress)
+        try:
+            runs = _run_models(req, files, raw_samples, defaults, clock)
+            with clock.phase("judge"):
+                checks, agreement, smoke = _judge(req, runs, defaults)
+            p50, p95 = percentile(runs.latencies, 50), percentile(runs.latencies, 95)
+            inputs_npz, reference_npz = _npz_bytes(runs.stored), _npz_bytes(runs.expected)
+            model_bytes = files.total_bytes()
+            warnings = _warnings(req, checks, p95, len(inputs_npz) + len(reference_npz),
+                                 model_bytes, defaults.smoke_warn_min_bytes)
+            build_info = {
+                "host": f"{platform.system()} {platform.machine()}",
+                "runtime_versions": runs.runtime_versions,
+                "host_p50_ms": round(p50, 4),
+                "host_p95_ms": round(p95, 4),
+                "host_latency_runs": len(runs.latencies),
+                "agreement": _json_safe(agreement.to_dict()),
+            }
+            manifest = _manifest(req, created, runtime, files, runs, smoke, build_info)
+            with clock.phase("pack_wait"):
+                packer.wait(out)
+            clock.seconds["pack"] = packer.seconds
+            with clock.phase("write"):
+                body.add(Payload(INPUTS_PATH, inputs_npz))
+                body.add(Payload(REFERENCE_PATH, reference_npz))
+                final = _write_atomically(out, body, manifest, keys)
+        finally:
+            packer.cancel()  # a refused build stops packing; a finished one has stopped
+    with clock.phase("bundle_sha256"):
+        bundle_sha256 = _sha256_file(out)
+    clock.seconds["total"] = clock.elapsed()
+    return BuildResult(
+        manifest=final,
+        agreement=agreement,
+        host_p50_ms=p50,
+        host_p95_ms=p95,
+        output=out,
+        bundle_bytes=out.stat().st_size,
+        bundle_sha256=bundle_sha256,
+        model_bytes=model_bytes,
+        warnings=tuple(warnings),
+        timings=dict(clock.seconds),
+    )
+
+
+def _manifest(
+    req: BuildRequest,
+    created: datetime,
+    runtime: str,
+    files: ModelFiles,
+    runs: _Runs,
+    smoke: SmokeTest,
+    build_info: dict[str, Any],
+) -> Manifest:
+    """The release's manifest, its files to be filled in by packing."""
+    return Manifest(
+        name=req.name,
+        version=req.version,
+        sequence=req.sequence if req.sequence is not None else int(time.time()),
+        created=created,
+        expires=req.expires,
+        files=(),
+        models=(
+            ModelEntry(
+                name="model",
+                runtime=runtime,
+                file=_model_file(req.model),
+                inputs=runs.inputs,
+                outputs=runs.outputs_info,
+                quantization=runs.quantization,
+                reference_sha256=_sha256_file(req.reference) if req.reference else None,
+                data_files=files.data_files,
+                signature=req.signature,
+            ),
+        ),
+        smoke_tests=(smoke,),
+        health_policy=req.health_policy,
+        compatibility=Compatibility(
+            device_classes=req.device_classes,
+            architectures=req.architectures,
+            runtimes={runtime: MIN_RUNTIME_VERSION[runtime]},
+            min_agent_version=req.min_agent_version,
+        ),
+        description=req.description,
+        build=build_info,
+    )
+
+
+def _model_file(model: Path) -> str:
+    """The model's name in the bundle."""
+    return f"model{model.suffix.lower()}"
+
+
+@dataclass(frozen=True)
+class _Runs:
+    """What running the models on the samples gave."""
+
+    outputs: dict[str, np.ndarray]  # the shipped model's, one index per feed
+    expected: dict[str, np.ndarray]  # the reference's (the shipped model's without one)
+    stored: dict[str, np.ndarray]  # the samples as the bundle stores them
+    latencies: list[float]  # ms, of this host's latency runs
+    inputs: tuple[TensorInfo, ...]
+    outputs_info: tuple[TensorInfo, ...]
+    quantization: str
+    runtime_versions: dict[str, str]
+
+
+def _run_models(
+    req: BuildRequest,
+    files: ModelFiles,
+    raw_samples: dict[str, np.ndarray] | None,
+    defaults: BuildDefaults,
+    clock: _Clock,
+) -> _Runs:
+    """Load the shipped model and its reference once each, run the samples through both and
+    time the shipped one. Raises BuildError."""
+    with clock.phase("load"):
+        shipped = _load(req.model, "model", req.signature)
+        reference = (
+            _load(req.reference, "reference model", req.signature) if req.reference else shipped
+        )
     try:
         if reference is not shipped:
             _check_outputs(shipped, reference)
@@ -392,30 +529,70 @@ def build_bundle(
         except ModelRuntimeError as e:
             raise BuildError(f"samples do not fit the model: {e}") from e
         try:
-            outputs, _ = run_feeds(shipped, feeds)
-            expected = outputs
-            if reference is not shipped:
-                expected, _ = run_feeds(reference, _reference_feeds(shipped, reference, feeds))
-            latencies = time_runs(shipped, feeds[0], defaults.warmup_runs, defaults.latency_runs)
+            with clock.phase("run"):
+                outputs, _ = run_feeds(shipped, feeds)
+                expected = outputs
+                if reference is not shipped:
+                    expected, _ = run_feeds(reference, _reference_feeds(shipped, reference, feeds))
+            with clock.phase("latency"):
+                latencies = _host_latencies(
+                    shipped, feeds[0], defaults, warm=len(feeds) >= defaults.warmup_runs
+                )
         except ModelRuntimeError as e:
             hint = "; give real inputs with --samples" if generated else ""
             raise BuildError(f"running the models on the samples failed: {e}{hint}") from e
-        quantization = detect_quantization(req.model, shipped)
-        inputs, outputs_info = _tensor_infos(shipped.inputs), _tensor_infos(shipped.outputs)
+        version = get_runtime(shipped.runtime).version()
+        return _Runs(
+            outputs=outputs,
+            expected=expected,
+            stored=stored,
+            latencies=latencies,
+            inputs=_tensor_infos(shipped.inputs),
+            outputs_info=_tensor_infos(shipped.outputs),
+            quantization=detect_quantization(req.model, shipped, files.graph),
+            runtime_versions={shipped.runtime: version} if version else {},
+        )
     finally:
         shipped.close()
         if reference is not shipped:
             reference.close()
-    for name, values in expected.items():
+
+
+def _host_latencies(
+    model: LoadedModel, feed: dict[str, np.ndarray], defaults: BuildDefaults, *, warm: bool
+) -> list[float]:
+    """Latency in ms of runs of `feed`: at most `latency_runs`, and none begun after
+    `host_latency_s`. The warm-up runs are left out when the sample feeds warmed the model."""
+    if not warm:
+        for _ in range(defaults.warmup_runs):
+            model.run(feed)
+    latencies: list[float] = []
+    deadline = time.perf_counter() + defaults.host_latency_s
+    while len(latencies) < defaults.latency_runs:
+        start = time.perf_counter()
+        model.run(feed)
+        end = time.perf_counter()
+        latencies.append((end - start) * 1000.0)
+        if end >= deadline:
+            break
+    return latencies
+
+
+def _judge(
+    req: BuildRequest, runs: _Runs, defaults: BuildDefaults
+) -> tuple[tuple[OutputCheck, ...], Agreement, SmokeTest]:
+    """Each output's checks, the agreement with the reference, and the smoke test; raises
+    BuildError when the reference is not finite or the shipped model fails a check."""
+    for name, values in runs.expected.items():
         if not np.all(np.isfinite(values)):
             raise BuildError(
                 f"the reference gives NaN/Inf on output {name!r} for these samples; "
                 "a reference must be finite"
             )
-    declared = {t.name: t.shape for t in outputs_info}
-    checks = resolve_checks(req, expected, declared, defaults.checks)
+    declared = {t.name: t.shape for t in runs.outputs_info}
+    checks = resolve_checks(req, runs.expected, declared, defaults.checks)
     try:
-        agreement = compare_outputs(outputs, expected, {c.name: c.kind for c in checks})
+        agreement = compare_outputs(runs.outputs, runs.expected, {c.name: c.kind for c in checks})
     except ValueError as e:
         raise BuildError(f"model and reference disagree in shape: {e}") from e
     smoke = SmokeTest(
@@ -435,67 +612,94 @@ def build_bundle(
             f"feed{'' if agreement.samples == 1 else 's'}: "
             + "; ".join(failures)
         )
-    p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
-    inputs_npz, reference_npz = _npz_bytes(stored), _npz_bytes(expected)
-    model_bytes = files.total_bytes()
-    warnings = _warnings(req, checks, p95, len(inputs_npz) + len(reference_npz), model_bytes,
-                         defaults.smoke_warn_min_bytes)
-    model_file = f"model{req.model.suffix.lower()}"
-    manifest = Manifest(
-        name=req.name,
-        version=req.version,
-        sequence=req.sequence if req.sequence is not None else int(time.time()),
-        created=created,
-        expires=req.expires,
-        files=(),
-        models=(
-            ModelEntry(
-                name="model",
-                runtime=runtime,
-                file=model_file,
-                inputs=inputs,
-                outputs=outputs_info,
-                quantization=quantization,
-                reference_sha256=_sha256_file(req.reference) if req.reference else None,
-                data_files=files.data_files,
-                signature=req.signature,
-            ),
-        ),
-        smoke_tests=(smoke,),
-        health_policy=req.health_policy,
-        compatibility=Compatibility(
-            device_classes=req.device_classes,
-            architectures=req.architectures,
-            runtimes={runtime: MIN_RUNTIME_VERSION[runtime]},
-            min_agent_version=req.min_agent_version,
-        ),
-        description=req.description,
-        build={
-            "host": f"{platform.system()} {platform.machine()}",
-            "runtime_versions": installed_runtimes(),
-            "host_p50_ms": round(p50, 4),
-            "host_p95_ms": round(p95, 4),
-            "agreement": _json_safe(agreement.to_dict()),
-        },
-    )
-    payloads = [
-        Payload(model_file, req.model),
-        *(Payload(f, files.folder / f) for f in files.data_files),
-        Payload(INPUTS_PATH, inputs_npz),
-        Payload(REFERENCE_PATH, reference_npz),
-    ]
-    final = _write_atomically(out, manifest, payloads, keys, progress)
-    return BuildResult(
-        manifest=final,
-        agreement=agreement,
-        host_p50_ms=p50,
-        host_p95_ms=p95,
-        output=out,
-        bundle_bytes=out.stat().st_size,
-        bundle_sha256=_sha256_file(out),
-        model_bytes=model_bytes,
-        warnings=tuple(warnings),
-    )
+    return checks, agreement, smoke
+
+
+class _Clock:
+    """Seconds spent in each phase of a build (`bundle build --json` reports them)."""
+
+    def __init__(self) -> None:
+        self._start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self._start
+
+
+class _Cancelled(Exception):
+    """Raised inside the packer's progress hook to stop packing a build that was refused."""
+
+
+class _ModelPacker:
+    """Compresses and hashes the model's files into the bundle body on a thread of its own
+    while the build loads and runs the models."""
+
+    def __init__(
+        self, body: BundleBody, payloads: list[Payload], progress: Callable[[int], None] | None
+    ) -> None:
+        self._body = body
+        self._payloads = payloads
+        self._progress = progress
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self.seconds = 0.0  # how long packing took, on its own thread
+        self._thread = threading.Thread(target=self._pack, name="satchel-pack", daemon=True)
+        self._thread.start()
+
+    def _pack(self) -> None:
+        start = time.perf_counter()
+        try:
+            for payload in self._payloads:
+                self._body.add(payload, self._step)
+        except _Cancelled:
+            pass
+        except BaseException as e:  # handed over to the build's thread by wait()
+            self._error = e
+        self.seconds = time.perf_counter() - start
+
+    def _step(self, size: int) -> None:
+        if self._stop.is_set():
+            raise _Cancelled
+        if self._progress is not None:
+            self._progress(size)
+
+    def wait(self, out: Path) -> None:
+        """Block until the model's files are in the body. Raises BuildError when they could
+        not be written, and what else packing raised (BundleError, ValueError)."""
+        self._thread.join()
+        if isinstance(self._error, OSError):
+            reason = self._error.strerror or self._error
+            raise BuildError(f"cannot write bundle {out}: {reason}") from self._error
+        if self._error is not None:
+            raise self._error
+
+    def cancel(self) -> None:
+        """Stop packing (the build was refused) and wait for the thread to end."""
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def _bundle_body(out: Path, created: datetime, payloads: list[Payload]) -> Iterator[BundleBody]:
+    """A bundle body beside `out`, its chunk index sized by the model's files (the smoke data
+    is small beside them). Raises BuildError when the folder cannot be written."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        body = BundleBody(
+            int(created.timestamp()), index_chunk_size(payloads, DEFAULT_PACK), tmp_dir=out.parent
+        )
+    except OSError as e:
+        raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
+    with body:
+        yield body
 
 
 def _json_safe(value: Any) -> Any:
@@ -517,17 +721,12 @@ def _runtime_name(path: Path) -> str:
 
 
 def _write_atomically(
-    out: Path,
-    manifest: Manifest,
-    payloads: list[Payload],
-    keys: list[SigningKey],
-    progress: Callable[[int], None] | None,
+    out: Path, body: BundleBody, manifest: Manifest, keys: list[SigningKey]
 ) -> Manifest:
-    """Write the bundle through the durable-write helper. Raises BuildError, BundleError."""
-    out = Path(out)
+    """Sign and write the bundle through the durable-write helper. Raises BuildError,
+    BundleError."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(out) as f:
-            return write_bundle(f, manifest, payloads, keys, progress=progress, tmp_dir=out.parent)
+            return body.write(f, manifest, keys)
     except OSError as e:
         raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e

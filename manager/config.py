@@ -1,8 +1,10 @@
 """The manager's configuration: every limit and setting in one dataclass, with units.
 
-Sources, later ones winning: the defaults below, a TOML file (`[manager]` table, or top level),
-then the environment (`SATCHEL_<FIELD NAME IN CAPITALS>`, e.g. `SATCHEL_DATABASE_URL`,
-`SATCHEL_POLL_INTERVAL_S`), then explicit overrides (the `serve` options, a test's config).
+Sources, later ones winning: the defaults below, a TOML file (`--config FILE`, else
+$SATCHEL_CONFIG; the settings in a `[manager]` table or at the top level), the environment
+(`SATCHEL_<FIELD NAME IN CAPITALS>`, e.g. `SATCHEL_DATABASE_URL`, `SATCHEL_POLL_INTERVAL_S`),
+then explicit overrides (the command's options, a test's config). The loader is the agent's
+(`bundles.configfile`); docs/CONFIG.md is generated from this module.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
+from satchel.bundles.configfile import AT_LEAST_ONE, POSITIVE, Bounds, Schema
+from satchel.bundles.errors import ConfigError
 from satchel.manager.errors import UsageError
 
 ENV_PREFIX = "SATCHEL_"
@@ -24,10 +26,12 @@ CONFIG_ENV = "SATCHEL_CONFIG"  # path of a TOML file read by every `satchel` com
 
 @dataclass(frozen=True)
 class ManagerConfig:
-    data_dir: Path = field(default_factory=lambda: Path("satchel-data"))
+    data_dir: Path = field(default_factory=lambda: Path("satchel-data"))  # the SQLite file
+    # and the bundle store; the `satchel` command's default is ~/.local/share/satchel, and
+    # its --data-dir (or SATCHEL_DATA_DIR) wins over this file
     database_url: str = ""  # empty = SQLite at DATA_DIR/satchel.db
-    host: str = "127.0.0.1"
-    port: int = 8400
+    host: str = "127.0.0.1"  # address `satchel serve` listens on (0.0.0.0: every interface)
+    port: int = 8400  # TCP port `satchel serve` listens on (0: any free one)
     server: str = "auto"  # HTTP server: granian, waitress, or auto (granian when installed)
     workers: int = 1  # server processes sharing the listening port
     threads: int = 8  # request threads per server process
@@ -74,93 +78,56 @@ class ManagerConfig:
         return self.database_url or f"sqlite:///{self.sqlite_path}"
 
 
-_FIELDS = {f.name: f for f in fields(ManagerConfig)}
-
-
-def _coerce(name: str, value: Any) -> Any:
-    kind = _FIELDS[name].type
-    try:
-        if kind == "Path":
-            return Path(value)
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                    raise ValueError(value)
-                return value.lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"setting {name} has an invalid value {str(value)[:40]!r}") from e
-
-
-def _from_toml(path: Path) -> dict[str, Any]:
-    try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UsageError(f"cannot read config file {path}: {e.strerror}") from e
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"config file {path} is not valid TOML: {e}") from e
-    table = doc.get("manager", doc)
-    unknown = sorted(set(table) - set(_FIELDS))
-    if unknown:
-        raise UsageError(f"config file {path} has an unknown setting {unknown[0]!r}")
-    return dict(table)
-
-
-def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-    for name in _FIELDS:
-        value = environ.get(ENV_PREFIX + name.upper())
-        if value is not None and value != "":
-            found[name] = value
-    return found
+SCHEMA: Schema[ManagerConfig] = Schema(
+    cls=ManagerConfig,
+    env_prefix=ENV_PREFIX,
+    table="manager",
+    bounds={
+        "port": Bounds(low=0, high=65535),
+        "server": Bounds(choices=("auto", "granian", "waitress")),
+        "workers": AT_LEAST_ONE,
+        "threads": AT_LEAST_ONE,
+        "poll_interval_s": POSITIVE,
+        "poll_jitter": Bounds(low=0, high=1, high_open=True),
+        "enroll_token_ttl_s": POSITIVE,
+        "max_bundle_bytes": AT_LEAST_ONE,
+        "max_request_bytes": AT_LEAST_ONE,
+        "max_events_per_checkin": AT_LEAST_ONE,
+        "max_reports_per_import": AT_LEAST_ONE,
+        "max_report_bytes": AT_LEAST_ONE,
+        "upload_chunk_bytes": AT_LEAST_ONE,
+        "usb_plan_ttl_s": POSITIVE,
+        "db_pool_size": AT_LEAST_ONE,
+        "db_retries": AT_LEAST_ONE,
+        "deploy_success_ratio": Bounds(low=0, high=1, low_open=True),
+        "deploy_max_failure_ratio": Bounds(low=0, high=1, high_open=True),
+        "login_user_failures": AT_LEAST_ONE,
+        "login_address_failures": AT_LEAST_ONE,
+        "login_window_s": POSITIVE,
+    },
+)
 
 
 def load_config(
     config_file: Path | None = None,
     environ: Mapping[str, str] | None = None,
+    defaults: Mapping[str, Any] | None = None,
     **overrides: Any,
 ) -> ManagerConfig:
     """Build the configuration from defaults, a TOML file, the environment and overrides.
 
-    `config_file` defaults to $SATCHEL_CONFIG when set. Overrides whose value is None are
-    ignored. Raises UsageError for an unreadable file, an unknown setting or a bad value.
+    `config_file` defaults to $SATCHEL_CONFIG when set. `defaults` sit below the file (e.g.
+    the CLI's default data directory); overrides whose value is None are ignored. Raises
+    UsageError (one line naming the key and the file, variable or option) for an unreadable
+    file, an unknown setting or a bad value.
     """
     env = os.environ if environ is None else environ
     if config_file is None and env.get(CONFIG_ENV):
         config_file = Path(env[CONFIG_ENV])
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        values.update(_from_toml(config_file))
-    values.update(_from_env(env))
-    unknown = sorted(set(overrides) - set(_FIELDS))
-    if unknown:
-        raise UsageError(f"unknown setting {unknown[0]!r}")
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    config = ManagerConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    _check(config)
-    return config
-
-
-def _check(config: ManagerConfig) -> None:
-    if config.poll_interval_s <= 0 or not 0 <= config.poll_jitter < 1:
-        raise UsageError("poll_interval_s must be > 0 and poll_jitter in [0, 1)")
-    if config.workers < 1 or config.threads < 1:
-        raise UsageError("workers and threads must be at least 1")
-    if config.server not in ("auto", "granian", "waitress"):
-        raise UsageError("server must be granian, waitress or auto")
-    if config.login_user_failures < 1 or config.login_address_failures < 1:
-        raise UsageError("login_user_failures and login_address_failures must be at least 1")
-    if config.login_window_s <= 0 or config.admin_token_touch_s < 0:
-        raise UsageError("login_window_s must be > 0 and admin_token_touch_s >= 0")
-    if not 0 < config.deploy_success_ratio <= 1 or not 0 <= config.deploy_max_failure_ratio < 1:
-        raise UsageError(
-            "deploy_success_ratio must be in (0, 1], deploy_max_failure_ratio in [0, 1)"
-        )
+    try:
+        return SCHEMA.load(config_file, env, overrides, defaults=defaults)
+    except ConfigError as e:
+        raise UsageError(str(e)) from e
 
 
 def replace(config: ManagerConfig, **changes: Any) -> ManagerConfig:

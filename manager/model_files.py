@@ -7,12 +7,13 @@ leave it; a bundle carries those files under the same relative paths beside its 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from satchel.bundles.errors import WrongTypeError
 from satchel.bundles.manifest import check_payload_path
 from satchel.manager.errors import BuildError
+from satchel.manager.onnx_graph import GraphSummary, OnnxFormatError, read_graph_summary
 
 _RESERVED = ("smoke",)  # top-level payload folders the build itself writes
 
@@ -23,6 +24,7 @@ class ModelFiles:
 
     model: Path
     data_files: tuple[str, ...] = ()
+    graph: GraphSummary | None = field(default=None, compare=False)  # ONNX only
 
     @property
     def folder(self) -> Path:
@@ -44,38 +46,20 @@ def model_files(path: Path) -> ModelFiles:
     path = Path(path)
     if path.suffix.lower() != ".onnx":
         return ModelFiles(path)
-    locations = external_locations(path)
-    checked: list[str] = []
-    for location in locations:
-        checked.append(_checked_location(path, location))
-    return ModelFiles(path, tuple(checked))
+    graph = onnx_graph(path)
+    checked = tuple(_checked_location(path, loc) for loc in graph.external_locations)
+    return ModelFiles(path, checked, graph)
 
 
-def external_locations(path: Path) -> list[str]:
-    """The distinct `location`s of an ONNX model's external data, in order of appearance.
-
-    Reads the graph only (never the weights). Raises BuildError.
-    """
+def onnx_graph(path: Path) -> GraphSummary:
+    """What the build reads of an ONNX model before loading it: operators, initializer types,
+    external data files; the weights are stepped over, never read. Raises BuildError."""
     try:
-        import onnx
-        from onnx.external_data_helper import _get_all_tensors
-    except ImportError as e:  # the manager extra carries onnx
-        raise BuildError(
-            "the onnx package is needed to read ONNX models: install satchel[manager]"
-        ) from e
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf's DecodeError and friends
+        return read_graph_summary(path)
+    except OSError as e:
+        raise BuildError(f"cannot read {path.name}: {e.strerror or e}") from e
+    except OnnxFormatError as e:
         raise BuildError(f"{path.name} is not a readable ONNX model: {e}") from e
-    seen: list[str] = []
-    for tensor in _get_all_tensors(proto):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        entries = {e.key: e.value for e in tensor.external_data}
-        location = entries.get("location", "")
-        if location not in seen:
-            seen.append(location)
-    return seen
 
 
 def _checked_location(model: Path, location: str) -> str:

@@ -12,10 +12,9 @@ import os
 import shutil
 import signal
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from satchel.agent.config import CRASH_AT_ENV
-from satchel.agent.install.smoketest import SmokeReport
 from satchel.agent.install.states import stale_releases
 from satchel.agent.state import (
     FILES_DIR,
@@ -29,7 +28,10 @@ from satchel.agent.state import (
 )
 from satchel.bundles.canonical import encode_canonical
 from satchel.bundles.durable import atomic_write_bytes, fsync_dir
-from satchel.bundles.reader import VerifiedBundle, unpack_bundle
+
+if TYPE_CHECKING:
+    from satchel.agent.install.smoketest import SmokeReport
+    from satchel.bundles.reader import VerifiedBundle
 
 _TEMP_SUFFIX = ".tmp"  # bundles.durable's temp files: ".NAME.XXXX.tmp"
 
@@ -85,6 +87,10 @@ class ChannelStore:
 
         Returns the files directory. Raises bundles' PayloadError, StagingError; OSError.
         """
+        # Imported here: recovery and rollback (`satchel-agent status`, `rollback`) use this
+        # module too and need neither zstandard nor the signature code (issue 14).
+        from satchel.bundles.reader import unpack_bundle
+
         target = self.staged(name)
         if _remove_tree(target):
             fsync_dir(self.staging)

@@ -23,6 +23,9 @@ from satchel.bundles.reader import check_expiry
 from satchel.bundles.versions import at_least
 
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The satchel extra that installs each runtime, named in the refusal so that a technician
+# knows the one command that fixes it.
+RUNTIME_EXTRAS = {"onnxruntime": "agent-onnx", "tflite": "agent-tflite"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,11 @@ def check_device(manifest: Manifest, facts: DeviceFacts) -> None:
     for runtime, minimum in sorted(needed.items()):
         installed = facts.runtimes.get(runtime)
         if installed is None:
-            raise RuntimeMissingError(f"{what} needs runtime {runtime}, not installed here")
+            extra = RUNTIME_EXTRAS.get(runtime, "agent")
+            raise RuntimeMissingError(
+                f"{what} needs runtime {runtime}, not installed here: "
+                f"pip install 'satchel[{extra}]'"
+            )
         if not at_least(installed, minimum):
             raise RuntimeMissingError(
                 f"{what} needs {runtime} >= {minimum}, this device has {installed}"

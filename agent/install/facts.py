@@ -4,13 +4,45 @@ from __future__ import annotations
 
 import importlib.metadata
 import shutil
+from collections.abc import Iterator, Mapping
 
 from satchel.agent.install.compat import DeviceFacts
-from satchel.agent.runtimes import installed_runtimes
 from satchel.agent.state import DeviceState
 from satchel.bundles.timeutil import utcnow
 
 AGENT_DISTRIBUTION = "satchel"
+
+
+class RuntimeProbe(Mapping[str, str]):
+    """Runtime name -> installed version, found when first asked for.
+
+    Finding a runtime imports it (only an import proves it usable), which costs a few hundred
+    milliseconds each: an install asks only for the runtimes its bundle names, so an ONNX
+    bundle never loads TFLite. Iterating probes every runtime.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[str, str | None] = {}
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._found:
+            # Imported here: the runtimes package brings numpy, which status and rollback
+            # (they share this package) never need.
+            from satchel.agent.runtimes import known_runtimes, runtime_version
+
+            self._found[name] = runtime_version(name) if name in known_runtimes() else None
+        version = self._found[name]
+        if version is None:
+            raise KeyError(name)
+        return version
+
+    def __iter__(self) -> Iterator[str]:
+        from satchel.agent.runtimes import known_runtimes
+
+        return iter([name for name in known_runtimes() if name in self])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def agent_version() -> str:
@@ -33,5 +65,5 @@ def gather_facts(state: DeviceState) -> DeviceFacts:
         now=utcnow(),
         trusted_clock=identity.trusted_clock,
         newest_signed_time=state.newest_signed_time(),
-        runtimes=installed_runtimes(),
+        runtimes=RuntimeProbe(),
     )

@@ -9,10 +9,11 @@ so `recover()`, run first by every command, finishes or undoes an interrupted op
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.errors import (
@@ -25,8 +26,6 @@ from satchel.agent.errors import (
 )
 from satchel.agent.install import history
 from satchel.agent.install.channel_store import ChannelStore, crash_point, remove_temp_files
-from satchel.agent.install.compat import DeviceFacts, check_compatible, expiry_clock
-from satchel.agent.install.facts import gather_facts
 from satchel.agent.install.journal import (
     OP_INSTALL,
     OP_ROLLBACK,
@@ -37,7 +36,6 @@ from satchel.agent.install.journal import (
     write_journal,
 )
 from satchel.agent.install.lock import device_lock, try_device_lock
-from satchel.agent.install.smoketest import SmokeReport, SmokeRunner, default_runner
 from satchel.agent.install.states import (
     FINISHED,
     GENERATION,
@@ -71,11 +69,18 @@ from satchel.bundles.events import (
     HISTORY_SMOKE_TEST_FAILED,
     HISTORY_UNDONE,
 )
-from satchel.bundles.reader import VerifiedBundle, verify_bundle
 from satchel.bundles.timeutil import format_time, parse_time, utcnow
-from satchel.bundles.trust import Root, check_root_expiry, load_root
 
-FactsSource = Callable[[DeviceState], DeviceFacts]
+# The install path's heavy modules (signature checks, zstandard, the runtimes behind the smoke
+# test) are imported inside the functions that use them: recovery and rollback, which every
+# `satchel-agent status` and `rollback` run, need none of them (issue 14).
+if TYPE_CHECKING:
+    from satchel.agent.install.compat import DeviceFacts
+    from satchel.agent.install.smoketest import SmokeReport, SmokeRunner
+    from satchel.bundles.reader import VerifiedBundle
+    from satchel.bundles.trust import Root
+
+FactsSource = Callable[[DeviceState], "DeviceFacts"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class InstallResult:
     release: Release  # now active
     report: SmokeReport
     previous: str | None  # version that was active before, if any
+    seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds: verify
+    # (signatures, hashes), check (compatibility; finds the runtime), unpack, smoke_test,
+    # activate (promote, switch, history)
 
 
 # --- public operations ----------------------------------------------------------------------
@@ -94,7 +102,7 @@ def install(
     *,
     config: AgentConfig = DEFAULT_CONFIG,
     smoke_runner: SmokeRunner | None = None,
-    facts: FactsSource = gather_facts,
+    facts: FactsSource | None = None,
 ) -> InstallResult:
     """Verify, check, unpack, smoke-test and activate the bundle at `bundle_path`.
 
@@ -104,6 +112,9 @@ def install(
     SequenceRollbackError, IncompatibleError subclasses, SmokeTestFailedError,
     NotInitializedError, LockBusyError, StateCorruptError; OSError on a failing disk.
     """
+    from satchel.agent.install.facts import gather_facts
+    from satchel.agent.install.smoketest import default_runner
+
     state = DeviceState(state_dir)
     state.identity()
     layout = state.layout
@@ -112,7 +123,7 @@ def install(
         try:
             with _open_bundle(bundle_path) as f:
                 return _install_locked(state, f, config, smoke_runner or default_runner(config),
-                                       facts)
+                                       facts or gather_facts)
         except (AgentError, BundleError) as e:
             if not isinstance(e, SmokeTestFailedError):
                 history.record_event(layout, HISTORY_REFUSED, config, reason=str(e),
@@ -173,6 +184,8 @@ def _open_bundle(path: Path) -> BinaryIO:
 
 
 def _load_root(layout: Layout) -> Root:
+    from satchel.bundles.trust import load_root
+
     try:
         return load_root(layout.trust.read_bytes())
     except (OSError, BundleError) as e:
@@ -180,12 +193,17 @@ def _load_root(layout: Layout) -> Root:
 
 
 def _verify(f: BinaryIO, layout: Layout, facts: DeviceFacts) -> VerifiedBundle:
+    from satchel.agent.install.compat import expiry_clock
+    from satchel.bundles.reader import verify_bundle
+    from satchel.bundles.trust import check_root_expiry
+
     now, not_before = expiry_clock(facts)
     root = _load_root(layout)
     # A root past its expiry may be what an attacker keeps serving to freeze the device on
     # old keys: nothing is installed until a newer root.json arrives (judged like manifests).
     check_root_expiry(root, max(now, not_before) if not_before is not None else now)
-    return verify_bundle(f, root, now, not_before=not_before)
+    # Payloads with a signed chunk index are checked chunk by chunk as they unpack: one read.
+    return verify_bundle(f, root, now, not_before=not_before, defer_payloads=True)
 
 
 def _install_locked(
@@ -195,14 +213,21 @@ def _install_locked(
     runner: SmokeRunner,
     facts_source: FactsSource,
 ) -> InstallResult:
+    from satchel.agent.install.compat import check_compatible
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
     layout = state.layout
     facts = facts_source(state)
     verified = _verify(f, layout, facts)
+    seconds["verify"] = time.perf_counter() - started
+    started = time.perf_counter()
     manifest = verified.manifest
     record = read_record(layout, manifest.name)
     check_compatible(
         manifest, facts, record.highest_sequence if record else None, config.disk_margin_bytes
     )
+    seconds["check"] = time.perf_counter() - started
     name = release_name(manifest)
     journal = Journal(
         op=OP_INSTALL, id=new_id(), channel=manifest.name, target=name,
@@ -216,9 +241,10 @@ def _install_locked(
     write_journal(layout, journal)
     crash_point(OP_INSTALL, JOURNALED)
     try:
-        report = _stage_and_test(store, f, verified, journal, runner)
+        report = _stage_and_test(store, f, verified, journal, runner, seconds)
         if not report.passed:
             raise _smoke_failure(journal, record, report)
+        started = time.perf_counter()
         store.promote(name)
         write_journal(layout, journal.at(PROMOTED))
         crash_point(OP_INSTALL, PROMOTED)
@@ -242,17 +268,22 @@ def _install_locked(
     _finish_or_leave_to_recovery(layout, store, journal, new_record, config)
     release = load_release(layout, manifest.name, new_record.active)
     previous = record.active.version if record else None
-    return InstallResult(release, report, previous)
+    seconds["activate"] = time.perf_counter() - started
+    return InstallResult(release, report, previous, seconds)
 
 
 def _stage_and_test(
     store: ChannelStore, f: BinaryIO, verified: VerifiedBundle, journal: Journal,
-    runner: SmokeRunner,
+    runner: SmokeRunner, seconds: dict[str, float],
 ) -> SmokeReport:
+    started = time.perf_counter()
     files = store.stage(f, verified, journal.target)
     write_journal(store.layout, journal.at(UNPACKED))
     crash_point(OP_INSTALL, UNPACKED)
+    seconds["unpack"] = time.perf_counter() - started
+    started = time.perf_counter()
     report = runner.run(verified.manifest, files)
+    seconds["smoke_test"] = time.perf_counter() - started
     store.write_report(journal.target, report)
     if report.passed:
         write_journal(store.layout, journal.at(SMOKE_TESTED))

@@ -10,20 +10,29 @@ data already read), so it covers loading and every run. The kernel's peak counte
 first (writing "5" to /proc/self/clear_refs), so that an earlier peak cannot hide this one;
 where it cannot be reset the figure is the peak since process start, an upper bound.
 
-In-process, memory the allocator kept from earlier work (a model loaded before, in a
-long-running agent) is reused without showing as growth, so the figure can be too low.
-A budget is therefore judged only in a fresh child process
-(`python -m satchel.agent.install.smoketest`): the default runner tests in-process (fast)
-unless a smoke test of the bundle sets `max_memory_mb`. Each report says how its memory
-figure was taken.
+In a process that has worked before (a model loaded and freed, in a long-running agent), the
+allocator would reuse the memory it kept without showing it as growth, and the figure would
+be too low. So before the baseline is read, the allocator gives its free memory back to the
+kernel (glibc's malloc_trim): a model then grows the resident set as it would in a fresh
+process, and the budget is judged in-process, on the very session that will serve. Where
+that cannot be done (no glibc, no resettable peak) and a smoke test sets `max_memory_mb`,
+the test runs in a fresh child process (`python -m satchel.agent.install.smoketest`). Each
+report says how its memory figure was taken.
+
+Inside the service, a passing session is handed to its inference server
+(`agent.install.handoff`), so a release is loaded once and never twice in memory.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import gc
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,7 +40,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
+from satchel.agent.install.handoff import SessionHandoff, current_handoff
 from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
+from satchel.agent.runtimes.accel import CPU, Acceleration
 from satchel.agent.runtimes.samples import encoded_feeds, run_feeds, time_runs
 from satchel.bundles.manifest import Manifest, ModelEntry, SmokeTest, parse_manifest
 from satchel.bundles.smoke import accuracy_failures, compare_outputs, percentile, smoke_kinds
@@ -92,6 +103,27 @@ def _status_kib(name: str) -> int | None:
     return None
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None on a C library without it (musl, macOS)."""
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # the process's own libc
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+def release_free_memory() -> bool:
+    """Hand the allocator's free memory back to the kernel, so that memory reused later shows
+    as growth of the resident set. True when it could be done."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def can_reset_peak_rss() -> bool:
     """True when this kernel lets the process reset its own peak-RSS counter."""
     try:
@@ -106,13 +138,16 @@ class PeakMemory:
 
     def __init__(self) -> None:
         self.method = "unavailable"
+        self.trimmed = False  # the allocator's free memory went back first (see above)
         self._baseline: int | None = None
 
     def start(self) -> None:
+        trimmed = release_free_memory()
         resettable = can_reset_peak_rss()
         self._baseline = _status_kib("VmRSS")
         if self._baseline is not None:
             self.method = "vmhwm-reset" if resettable else "vmhwm-since-start"
+            self.trimmed = trimmed
 
     def growth_mb(self) -> float | None:
         peak = _status_kib("VmHWM")
@@ -142,12 +177,25 @@ def _json_safe(value: Any) -> Any:
 
 
 def run_smoke_test(
-    model: ModelEntry, test: SmokeTest | None, files: Path, threads: int | None = None
+    model: ModelEntry, test: SmokeTest | None, files: Path, threads: int | None = None,
+    acceleration: Acceleration = CPU,
 ) -> dict[str, Any]:
     """Run one smoke test (or, with `test` None, only load the model) and return its figures.
 
     Never raises for a bad model: load and run errors become failures in the result.
     """
+    result, loaded = _run_keeping_session(model, test, files, threads, acceleration)
+    if loaded is not None:
+        loaded.close()
+    return result
+
+
+def _run_keeping_session(
+    model: ModelEntry, test: SmokeTest | None, files: Path, threads: int | None,
+    acceleration: Acceleration = CPU,
+) -> tuple[dict[str, Any], LoadedModel | None]:
+    """`run_smoke_test`, returning the loaded session too (None when it did not load or
+    failed); the caller closes it."""
     result: dict[str, Any] = {"model": model.name, "runtime": model.runtime, "failures": []}
     failures: list[str] = result["failures"]
     memory = PeakMemory()
@@ -161,9 +209,10 @@ def run_smoke_test(
         memory.start()
         started = time.perf_counter()
         if model.signature is not None:
-            loaded = adapter.load(files / model.file, threads=threads, signature=model.signature)
+            loaded = adapter.load(files / model.file, threads=threads, signature=model.signature,
+                                  acceleration=acceleration)
         else:
-            loaded = adapter.load(files / model.file, threads=threads)
+            loaded = adapter.load(files / model.file, threads=threads, acceleration=acceleration)
         result["load_ms"] = (time.perf_counter() - started) * 1000.0
         if test is not None:
             _measure(loaded, test, inputs, reference, result)
@@ -171,19 +220,20 @@ def run_smoke_test(
         failures.append(str(e))
     except (OSError, ValueError, KeyError) as e:
         failures.append(f"smoke test data unusable: {e}")
-    finally:
-        if loaded is not None:
-            loaded.close()
     peak = memory.growth_mb()
     budget = test.max_memory_mb if test is not None else None
-    result["memory_mb"] = {"peak_growth": peak, "budget": budget, "method": memory.method}
+    result["memory_mb"] = {"peak_growth": peak, "budget": budget, "method": memory.method,
+                           "free_memory_returned": memory.trimmed}
     if budget is not None and "load_ms" in result:
         if peak is None:
             failures.append("memory budget set but peak memory cannot be measured here")
         elif peak > budget:
             failures.append(f"peak memory {peak:.1f} MiB > budget {budget:.4g} MiB")
     result["passed"] = not failures
-    return result
+    if failures and loaded is not None:
+        loaded.close()
+        loaded = None
+    return result, loaded
 
 
 def _measure(
@@ -224,17 +274,43 @@ def _measure(
         result["failures"].append(f"p95 latency {p95:.3g} ms > budget {budget:.4g} ms")
 
 
-def run_all(manifest: Manifest, files: Path, threads: int | None = None) -> SmokeReport:
-    """Run every smoke test of `manifest`; a model with no smoke test is at least loaded."""
+def run_all(
+    manifest: Manifest, files: Path, threads: int | None = None,
+    handoff: SessionHandoff | None = None, acceleration: Acceleration = CPU,
+) -> SmokeReport:
+    """Run every smoke test of `manifest`; a model with no smoke test is at least loaded.
+
+    With a `handoff`, the session of the model the server serves (the first), once its smoke
+    test ran, is kept there when the whole report passes, for the server to take.
+    """
     models = {m.name: m for m in manifest.models}
     planned: list[tuple[ModelEntry, SmokeTest | None]] = [
         (models[t.model], t) for t in manifest.smoke_tests
     ]
     tested = {t.model for t in manifest.smoke_tests}
     planned += [(m, None) for m in manifest.models if m.name not in tested]
-    tests = tuple(run_smoke_test(m, t, files, threads) for m, t in planned)
-    failures = tuple(f"{t['model']}: {reason}" for t in tests for reason in t["failures"])
-    return SmokeReport(passed=not failures, failures=failures, tests=tests)
+    served = manifest.models[0].name if manifest.models else None
+    kept: LoadedModel | None = None
+    tests = []
+    try:
+        for model, test in planned:
+            result, loaded = _run_keeping_session(model, test, files, threads, acceleration)
+            tests.append(result)
+            if loaded is None:
+                continue
+            # warmed up by its smoke test: the one session worth serving (one per model)
+            if handoff is not None and kept is None and test is not None and model.name == served:
+                kept = loaded
+            else:
+                loaded.close()
+        failures = tuple(f"{t['model']}: {reason}" for t in tests for reason in t["failures"])
+        if kept is not None and handoff is not None and not failures:
+            handoff.keep((manifest.name, manifest.version, manifest.sequence), threads, kept)
+            kept = None
+    finally:
+        if kept is not None:
+            kept.close()
+    return SmokeReport(passed=not failures, failures=failures, tests=tuple(tests))
 
 
 # --- runners --------------------------------------------------------------------------------
@@ -248,13 +324,18 @@ def _label(report: SmokeReport, isolation: str) -> SmokeReport:
 
 
 class InProcessSmokeRunner:
-    """Runs smoke tests in this process: fast; its memory figure may be too low (see above)."""
+    """Runs smoke tests in this process, handing a passing session to `handoff` (if any)."""
 
-    def __init__(self, config: AgentConfig = DEFAULT_CONFIG) -> None:
+    def __init__(
+        self, config: AgentConfig = DEFAULT_CONFIG, handoff: SessionHandoff | None = None
+    ) -> None:
         self.config = config
+        self.handoff = handoff
 
     def run(self, manifest: Manifest, files: Path) -> SmokeReport:
-        return _label(run_all(manifest, files, self.config.smoke_threads), "in-process")
+        report = run_all(manifest, files, self.config.smoke_threads, self.handoff,
+                         Acceleration.of(self.config))
+        return _label(report, "in-process")
 
 
 class ChildSmokeRunner:
@@ -267,6 +348,9 @@ class ChildSmokeRunner:
         command = [sys.executable, "-m", "satchel.agent.install.smoketest", str(files)]
         if self.config.smoke_threads is not None:
             command += ["--threads", str(self.config.smoke_threads)]
+        acceleration = Acceleration.of(self.config)
+        if acceleration != CPU:
+            command += ["--acceleration", json.dumps(acceleration.to_dict())]
         try:
             done = subprocess.run(
                 command,
@@ -284,32 +368,47 @@ class ChildSmokeRunner:
             return SmokeReport(False, (reason,), ())
 
 
-class AutoSmokeRunner:
-    """In a child process when a smoke test sets a memory budget, else in-process."""
+def measures_honestly_in_process() -> bool:
+    """True when this process can judge a memory budget itself: its peak counter resets
+    and its allocator gives free memory back (Linux with glibc)."""
+    return _malloc_trim() is not None and can_reset_peak_rss()
 
-    def __init__(self, config: AgentConfig = DEFAULT_CONFIG) -> None:
-        self.in_process = InProcessSmokeRunner(config)
+
+class AutoSmokeRunner:
+    """In-process (the session may then serve), unless a smoke test sets a memory budget
+    that this process cannot measure honestly: then in a child process."""
+
+    def __init__(
+        self, config: AgentConfig = DEFAULT_CONFIG, handoff: SessionHandoff | None = None
+    ) -> None:
+        self.in_process = InProcessSmokeRunner(config, handoff)
         self.child = ChildSmokeRunner(config)
 
     def run(self, manifest: Manifest, files: Path) -> SmokeReport:
         budgets = any(t.max_memory_mb is not None for t in manifest.smoke_tests)
-        return (self.child if budgets else self.in_process).run(manifest, files)
+        isolate = budgets and not measures_honestly_in_process()
+        return (self.child if isolate else self.in_process).run(manifest, files)
 
 
 def default_runner(config: AgentConfig = DEFAULT_CONFIG) -> SmokeRunner:
-    """The runner `config.smoke_isolation` asks for: "auto", "in-process" or "child"."""
-    runners: dict[str, type[AutoSmokeRunner | InProcessSmokeRunner | ChildSmokeRunner]] = {
-        "auto": AutoSmokeRunner, "in-process": InProcessSmokeRunner, "child": ChildSmokeRunner,
-    }
-    return runners.get(config.smoke_isolation, AutoSmokeRunner)(config)
+    """The runner `config.smoke_isolation` asks for: "auto", "in-process" or "child"; the
+    first two hand a passing session to this process's server when it serves."""
+    if config.smoke_isolation == "child":
+        return ChildSmokeRunner(config)
+    if config.smoke_isolation == "in-process":
+        return InProcessSmokeRunner(config, current_handoff())
+    return AutoSmokeRunner(config, current_handoff())
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m satchel.agent.install.smoketest FILES [--threads N]`: manifest on stdin,
-    report on stdout."""
-    threads = int(argv[2]) if len(argv) > 2 and argv[1] == "--threads" else None
+    """`python -m satchel.agent.install.smoketest FILES [--threads N] [--acceleration JSON]`:
+    manifest on stdin, report on stdout."""
+    options = dict(zip(argv[1::2], argv[2::2], strict=False))
+    threads = int(options["--threads"]) if "--threads" in options else None
+    acceleration = (Acceleration.from_dict(json.loads(options["--acceleration"]))
+                    if "--acceleration" in options else CPU)
     manifest = parse_manifest(sys.stdin.buffer.read())
-    report = run_all(manifest, Path(argv[0]), threads)
+    report = run_all(manifest, Path(argv[0]), threads, acceleration=acceleration)
     sys.stdout.write(json.dumps(report.to_dict(), allow_nan=False))
     return 0
 

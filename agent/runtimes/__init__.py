@@ -41,7 +41,9 @@ __all__ = [
     "dequantize",
     "get_runtime",
     "installed_runtimes",
+    "known_runtimes",
     "quantize",
+    "runtime_version",
     "runtime_for_file",
 ]
 
@@ -79,6 +81,18 @@ def get_runtime(name: str) -> RuntimeAdapter:
     if not adapter.available():
         raise RuntimeUnavailableError(f"runtime {name!r} is not installed on this device")
     return adapter
+
+
+def known_runtimes() -> list[str]:
+    """The names of every runtime an adapter exists for, installed here or not."""
+    return sorted(_ADAPTERS)
+
+
+def runtime_version(name: str) -> str | None:
+    """The installed version of one runtime, or None when it is unknown or not usable here.
+    Imports that runtime (and only it). Never raises."""
+    adapter = _ADAPTERS.get(name)
+    return adapter.version() if adapter is not None else None
 
 
 def installed_runtimes() -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from satchel.agent.runtimes.accel import CPU, Acceleration
 from satchel.agent.runtimes.errors import InferenceError
 
 # KServe v2 / Open Inference Protocol datatype names and their numpy dtypes.
@@ -84,9 +85,11 @@ class RuntimeAdapter(Protocol):
         ...
 
     def load(
-        self, path: Path, *, threads: int | None = None, signature: str | None = None
+        self, path: Path, *, threads: int | None = None, signature: str | None = None,
+        acceleration: Acceleration = CPU,
     ) -> LoadedModel:
-        """Load a model file; `signature` names the TFLite SignatureDef to run.
+        """Load a model file; `signature` names the TFLite SignatureDef to run;
+        `acceleration` the execution providers or delegates to run it on.
 
         Raises RuntimeUnavailableError, ModelLoadError.
         """

@@ -1,4 +1,5 @@
-"""onnxruntime adapter: CPU execution provider, quiet logging, configurable threads.
+"""onnxruntime adapter: the configured execution providers (CPU by default), quiet logging,
+configurable threads.
 
 onnxruntime is imported only when a model is loaded, so importing this module
 costs nothing on a device without it.
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from satchel.agent.runtimes.accel import CPU, Acceleration, check_onnx_providers
 from satchel.agent.runtimes.base import TensorSpec, check_feeds, first_line
 from satchel.agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
 
@@ -20,6 +22,9 @@ RUNTIME_NAME = "onnxruntime"
 # 0 verbose .. 4 fatal. Only fatal: a failing run is reported in one line by us, and ERROR
 # lines (ExecuteKernel ...) would reach a technician's terminal before it.
 _LOG_SEVERITY_FATAL = 4
+# External data entries are {key: "location", ...}: field 1, 8 bytes, as protobuf writes it.
+_EXTERNAL_DATA_KEY = b"\x0a\x08location"
+_EXTERNAL_DATA_SCAN_BYTES = 16 * 1024 * 1024  # bytes: larger graph files are not scanned
 _ORT_STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 # onnxruntime's tensor type strings -> KServe v2 datatype names.
@@ -49,6 +54,18 @@ def _tensor_spec(arg: Any) -> TensorSpec:
     """Describe an onnxruntime NodeArg; symbolic or unknown dimensions become -1."""
     shape = tuple(dim if isinstance(dim, int) and dim >= 0 else -1 for dim in arg.shape or ())
     return TensorSpec(name=arg.name, datatype=ORT_TO_DATATYPE.get(arg.type, arg.type), shape=shape)
+
+
+def _has_external_data(path: Path) -> bool:
+    """True when the model keeps weights in external data files: its graph file names a
+    "location" (the TensorProto external_data key, as protobuf encodes it). Such graph files
+    are small; a large file holds its weights itself and is not read here."""
+    try:
+        if path.stat().st_size > _EXTERNAL_DATA_SCAN_BYTES:
+            return False
+        return _EXTERNAL_DATA_KEY in path.read_bytes()
+    except OSError:
+        return False
 
 
 class OnnxModel:
@@ -86,7 +103,7 @@ class OnnxModel:
 
 
 class OnnxRuntimeAdapter:
-    """Loads `.onnx` files into onnxruntime on the CPU."""
+    """Loads `.onnx` files into onnxruntime, on the CPU unless told otherwise."""
 
     name = RUNTIME_NAME
 
@@ -103,9 +120,11 @@ class OnnxRuntimeAdapter:
         return str(ort.__version__)
 
     def load(
-        self, path: Path, *, threads: int | None = None, signature: str | None = None
+        self, path: Path, *, threads: int | None = None, signature: str | None = None,
+        acceleration: Acceleration = CPU,
     ) -> OnnxModel:
-        """Load an ONNX model; `threads` caps intra-op threads (None: runtime default).
+        """Load an ONNX model; `threads` caps intra-op threads (None: runtime default), on
+        the execution providers `acceleration` names (refused when one is not available).
 
         `signature` exists for TFLite's sake: any value but None is refused.
         Raises RuntimeUnavailableError, ModelLoadError.
@@ -122,13 +141,19 @@ class OnnxRuntimeAdapter:
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
+        check_onnx_providers(acceleration, ort)
         options = ort.SessionOptions()
         options.log_severity_level = _LOG_SEVERITY_FATAL
         if threads is not None:
             options.intra_op_num_threads = threads
+        if _has_external_data(path):
+            # onnxruntime maps external weights from the file instead of copying them;
+            # prepacking would copy them all again and double the model's memory
+            options.add_session_config_entry("session.disable_prepacking", "1")
         try:
             session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                str(path), sess_options=options,
+                providers=acceleration.onnx_session_providers(),
             )
         except Exception as e:  # invalid protobuf, unsupported opset, bad graph, ...
             raise ModelLoadError(f"onnxruntime cannot load {path.name}: {_reason(e)}") from e

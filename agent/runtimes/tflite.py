@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from satchel.agent.runtimes.accel import CPU, Acceleration, load_delegates
 from satchel.agent.runtimes.base import NUMPY_TO_DATATYPE, TensorSpec, check_feeds, first_line
 from satchel.agent.runtimes.errors import InferenceError, ModelLoadError, RuntimeUnavailableError
 
@@ -81,6 +82,18 @@ def _implementation() -> _Implementation | None:
         return _Implementation("tflite-runtime", module.Interpreter, _without_delegates(module))
     except (ImportError, OSError):
         return None
+
+
+def delegate_loader() -> Any:
+    """The interpreter package's `load_delegate(library, options)`.
+
+    Raises RuntimeUnavailableError when no TFLite runtime is usable.
+    """
+    implementation = _implementation()
+    if implementation is None:
+        raise RuntimeUnavailableError("tflite_delegates are set but no TFLite runtime is usable")
+    module = "ai_edge_litert" if implementation.package == "ai-edge-litert" else "tflite_runtime"
+    return importlib.import_module(f"{module}.interpreter").load_delegate
 
 
 def _without_delegates(module: Any) -> Any:
@@ -362,7 +375,8 @@ class TFLiteAdapter:
             raise ModelLoadError(f"tflite cannot load {path.name}: {first_line(e)}") from e
 
     def load(
-        self, path: Path, *, threads: int | None = None, signature: str | None = None
+        self, path: Path, *, threads: int | None = None, signature: str | None = None,
+        acceleration: Acceleration = CPU,
     ) -> TFLiteModel:
         """Load a TFLite model; `threads` sets the interpreter's threads (None: default).
 
@@ -370,11 +384,21 @@ class TFLiteAdapter:
         "serving_default" among several, or subgraph 0 when the model has none.
         A model with static inputs is allocated now, so a broken one fails here; one
         with dynamic inputs is allocated at its first run, at the feed's shapes, and
-        is only checked here for custom ops the interpreter lacks.
+        is only checked here for custom ops the interpreter lacks. `acceleration` adds
+        external delegates and may turn the default XNNPACK delegate off.
         Raises RuntimeUnavailableError, ModelLoadError.
         """
         implementation, path = self._check(path)
-        build = functools.partial(_new_interpreter, implementation, path, threads)
+        xnnpack = acceleration.tflite_xnnpack
+        if not xnnpack and implementation.without_default_delegates is None:
+            raise RuntimeUnavailableError(
+                f"tflite_xnnpack = false needs ai-edge-litert; {implementation.package} cannot "
+                "turn the XNNPACK delegate off"
+            )
+        delegates = (load_delegates(acceleration, delegate_loader())
+                     if acceleration.tflite_delegates else [])
+        build = functools.partial(_new_interpreter, implementation, path, threads,
+                                  delegates=delegates)
 
         def rebuild_without_delegates() -> _Binding:
             return _bind(build(default_delegates=False), chosen)
@@ -382,11 +406,11 @@ class TFLiteAdapter:
         can_rebuild = implementation.without_default_delegates is not None
         try:
             with _native_stderr_silenced():
-                interpreter = build(default_delegates=True)
+                interpreter = build(default_delegates=xnnpack)
                 keys = list(interpreter.get_signature_list())
                 chosen = _choose_signature(path.name, keys, signature)
                 binding = _bind(interpreter, chosen)
-                default_delegates = True
+                default_delegates = xnnpack
                 if _is_dynamic(binding):
                     _refuse_unresolved_ops(build(default_delegates=not can_rebuild), chosen)
                 else:
@@ -421,10 +445,16 @@ class TFLiteAdapter:
 
 
 def _new_interpreter(
-    implementation: _Implementation, path: Path, threads: int | None, *, default_delegates: bool
+    implementation: _Implementation, path: Path, threads: int | None, *, default_delegates: bool,
+    delegates: list[Any] | None = None,
 ) -> Any:
-    """A fresh interpreter over `path`. Raises ValueError, RuntimeError."""
+    """A fresh interpreter over `path`, with `delegates` (loaded external ones).
+
+    Raises ValueError, RuntimeError.
+    """
     options: dict[str, Any] = {"model_path": str(path), "num_threads": threads}
+    if delegates:
+        options["experimental_delegates"] = delegates
     if not default_delegates:
         options["experimental_op_resolver_type"] = implementation.without_default_delegates
     return implementation.interpreter(**options)

@@ -1,14 +1,18 @@
 """The device's inference server, assembled: `AgentServer` for tests and `serve` for the
 `satchel-agent run` command.
 
-Threads: one per HTTP listener, one per connection (at most `max_connections` over both
-listeners), a watcher that polls the device state's generation and hot-swaps, and the health
-monitor that judges probation, rolls back and writes the health history.
+Threads: the HTTP event loop (both listeners and every connection, at most
+`max_connections`), the inference pool (one thread per core by default; it batches requests
+that wait together), a watcher that polls the device state's generation and hot-swaps, and
+the health monitor that judges probation, rolls back and writes the health history.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,9 +24,11 @@ from satchel.agent.health.store import HEALTH_DIR, HealthStore
 from satchel.agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, SOCKET_NAME, ServerConfig
 from satchel.agent.server.connections import ConnectionSlots
 from satchel.agent.server.crashloop import record_clean_stop
+from satchel.agent.server.endpoints import Endpoints
 from satchel.agent.server.events import EventSink, MemoryEventSink
-from satchel.agent.server.http import TcpServer, UnixServer
 from satchel.agent.server.inference import InferenceService
+from satchel.agent.server.listeners import Listener, tcp_listener, unix_listener
+from satchel.agent.server.loop import HttpLoop
 from satchel.agent.server.monitor import HealthMonitor, RollbackFn
 from satchel.agent.server.registry import ModelLoader, ModelRegistry, StateView, load_model
 
@@ -96,8 +102,9 @@ class AgentServer:
         self._unix_socket = Path(unix_socket) if unix_socket is not None else None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._tcp: TcpServer | None = None
-        self._unix: UnixServer | None = None
+        self._tcp: Listener | None = None
+        self._unix: Listener | None = None
+        self._loop: HttpLoop | None = None
 
     @property
     def url(self) -> str:
@@ -110,25 +117,43 @@ class AgentServer:
     def unix_socket(self) -> Path | None:
         return self._unix.path if self._unix is not None else None
 
+    @property
+    def inference_workers(self) -> int:
+        """Threads of the inference pool: as configured, else one per core (at most 4)."""
+        return self.config.inference_workers or max(1, min(4, os.cpu_count() or 1))
+
     def start(self) -> AgentServer:
         """Bind the listeners, load what the state says is active, start serving.
 
         Raises ListenAddressError, ServerError (socket in use); the state's errors when it
         cannot be read at all.
         """
+        config = self.config
         try:
             if self._listen is not None:
-                self._tcp = TcpServer(self._listen, self.service, self.config, self.connections)
-                self._spawn("http-tcp", self._serve_forever(self._tcp))
+                self._tcp = tcp_listener(self._listen, config.listen_backlog)
             if self._unix_socket is not None:
-                self._unix = UnixServer(
-                    self._unix_socket, self.service, self.config, self.connections
+                self._unix = unix_listener(
+                    self._unix_socket, config.listen_backlog, config.socket_mode
                 )
-                self._spawn("http-unix", self._serve_forever(self._unix))
+            listeners = [x for x in (self._tcp, self._unix) if x is not None]
+            endpoints = Endpoints(self.service)
+            self._loop = HttpLoop(
+                listeners, endpoints, config, self.connections, self.inference_workers
+            )
+            self._loop.pool.start()
+            self._threads.extend(self._loop.pool.threads)
+            self._spawn("http", self._loop.run)
             self.registry.reload_now()
         except BaseException:
             self.stop()
             raise
+        # What start-up allocated (modules, models) lives as long as the server: out of the
+        # collector's sight, a full collection no longer stalls requests for tens of ms.
+        gc.collect()
+        gc.freeze()
+        if config.gil_switch_interval_s is not None:
+            sys.setswitchinterval(config.gil_switch_interval_s)
         self.monitor.check()
         self._spawn("state-watcher", self._watch_state)
         self._spawn("health-monitor", lambda: self.monitor.run(self._stop))
@@ -149,16 +174,14 @@ class AgentServer:
             return
         self._stop.set()
         self.monitor.poke()
-        listeners = [s for s in (self._tcp, self._unix) if s is not None]
-        stoppers = [threading.Thread(target=s.shutdown) for s in listeners]
-        for stopper in stoppers:  # in parallel: each takes up to listener_poll_s to notice
-            stopper.start()
-        for stopper in stoppers:
-            stopper.join()
-        for listener in listeners:
-            listener.server_close()
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop.pool.stop(self.config.stop_timeout_s)
         for thread in self._threads:
             thread.join(self.config.stop_timeout_s)
+        for listener in (self._tcp, self._unix):
+            if listener is not None:
+                listener.close()
         self.monitor.flush()
         record_clean_stop(self.state_dir, self.config)
 
@@ -172,9 +195,6 @@ class AgentServer:
         thread = threading.Thread(target=target, name=f"satchel-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
-
-    def _serve_forever(self, listener: TcpServer | UnixServer) -> Callable[[], None]:
-        return lambda: listener.serve_forever(poll_interval=self.config.listener_poll_s)
 
     def _watch_state(self) -> None:
         while not self._stop.wait(self.config.poll_interval_s):

@@ -1,121 +1,74 @@
-"""The bound on connections the inference server serves at once (one thread each).
+"""The bound on connections the inference server holds at once, and who gives way.
 
 A connection holds a slot from accept to close. It is *idle* while it waits for a request
 (its first, or the next one on a kept-alive connection), *reading* while its request arrives,
-and *working* while the request runs and is answered. When every slot is held, the listener
-that has a new connection makes room by closing the connection idle the longest: idle clients
-cannot crowd out one that has something to ask; failing that, a connection whose request has
-been arriving for longer than the read deadline (a slow-loris client trickling bytes, each
-within the idle timeout). When none qualifies, the listener waits for a slot, and further
-connections queue in the kernel's listen backlog (or are refused once it is full).
+and *busy* while the request runs and is answered. When every slot is held and a newcomer
+waits, the connection idle the longest is closed to make room: idle clients cannot crowd out
+one that has something to ask; failing that, one whose request has been arriving for longer
+than the read deadline (a slow-loris client trickling bytes, each within the idle timeout).
+When none qualifies, newcomers wait in the kernel's listen backlog (or are refused once it
+is full) until a slot frees.
+
+Owned by the server's event loop: only its thread changes it (`held` may be read anywhere).
 """
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
+from collections.abc import Hashable
+
+IDLE, READING, BUSY = "idle", "reading", "busy"
 
 
 class ConnectionSlots:
-    """At most `limit` connections at once, over every listener sharing this object.
-    Thread-safe; one lock, held for a few dictionary operations."""
+    """At most `limit` connections at once, over every listener of one event loop."""
 
     def __init__(self, limit: int, read_deadline_s: float = float("inf")) -> None:
         if limit < 1:
             raise ValueError("at least one connection must be allowed")
         self._limit = limit
         self._read_deadline_s = read_deadline_s
-        self._cond = threading.Condition()
-        self._held: dict[socket.socket, float | None] = {}  # -> idle since (monotonic s), or
-        # None while busy
-        self._reading: dict[socket.socket, float] = {}  # busy connections whose request is
-        # still arriving -> since (monotonic s)
-        self._closing: set[socket.socket] = set()  # closed to make room, slot not yet freed
-        self._closed = False
+        self._state: dict[Hashable, tuple[str, float]] = {}  # -> (state, since monotonic s)
 
     @property
     def held(self) -> int:
         """Connections holding a slot now."""
-        with self._cond:
-            return len(self._held)
+        return len(self._state)
 
-    def take(self, conn: socket.socket, stop: threading.Event, poll_s: float) -> bool:
-        """Give `conn` a slot (as idle), closing the longest-idle connection to make room
-        when every slot is held, or waiting for one when none is idle. False, and no slot,
-        when `stop` is set or the slots are closed meanwhile (checked every `poll_s`
-        seconds)."""
-        with self._cond:
-            while len(self._held) >= self._limit:
-                if stop.is_set() or self._closed:
-                    return False
-                # one at a time: its thread frees the slot at once
-                if not self._closing and not self._close_longest_idle():
-                    self._close_slowest_reader()
-                self._cond.wait(poll_s)
-            if self._closed:
-                return False
-            self._held[conn] = time.monotonic()
-            return True
+    @property
+    def full(self) -> bool:
+        return len(self._state) >= self._limit
 
-    def idle(self, conn: socket.socket) -> None:
+    def add(self, conn: Hashable, now: float) -> None:
+        """`conn` was accepted: it holds a slot, idle. The caller checked `full` first."""
+        self._state[conn] = (IDLE, now)
+
+    def idle(self, conn: Hashable, now: float) -> None:
         """`conn` waits for its next request: a newcomer may close it to take its slot."""
-        with self._cond:
-            self._reading.pop(conn, None)
-            if conn in self._held:
-                self._held[conn] = time.monotonic()
+        self._state[conn] = (IDLE, now)
 
-    def busy(self, conn: socket.socket) -> bool:
-        """`conn` has a request to serve. False when it was closed to make room meanwhile,
-        or the slots are closed: then the connection must end."""
-        with self._cond:
-            if conn in self._closing or conn not in self._held or self._closed:
-                return False
-            self._held[conn] = None
-            self._reading[conn] = time.monotonic()
-            return True
+    def reading(self, conn: Hashable, now: float) -> None:
+        """The first bytes of `conn`'s next request arrived."""
+        self._state[conn] = (READING, now)
 
-    def working(self, conn: socket.socket) -> None:
-        """`conn`'s request has fully arrived: it runs now, however long it takes."""
-        with self._cond:
-            self._reading.pop(conn, None)
+    def busy(self, conn: Hashable, now: float) -> None:
+        """`conn`'s request has fully arrived: it runs and is answered, however long that
+        takes."""
+        self._state[conn] = (BUSY, now)
 
-    def release(self, conn: socket.socket) -> None:
+    def release(self, conn: Hashable) -> None:
         """`conn` is closed: free its slot."""
-        with self._cond:
-            self._held.pop(conn, None)
-            self._reading.pop(conn, None)
-            self._closing.discard(conn)
-            self._cond.notify_all()
+        self._state.pop(conn, None)
 
-    def close(self) -> None:
-        """Take no more connections; close the idle ones now (busy ones end after their
-        current request). Idempotent."""
-        with self._cond:
-            self._closed = True
-            for conn, since in list(self._held.items()):
-                if since is not None:
-                    self._shut(conn)
-            self._cond.notify_all()
-
-    def _close_longest_idle(self) -> bool:
-        idle = [(since, id(conn), conn) for conn, since in self._held.items() if since is not None]
+    def make_room_by_closing(self, now: float) -> Hashable | None:
+        """The connection to close for a newcomer when every slot is held: the longest idle,
+        else the request arriving the longest past the read deadline; None when no one
+        qualifies (the newcomer waits)."""
+        idle = [(since, id(c), c) for c, (state, since) in self._state.items() if state == IDLE]
         if idle:
-            self._shut(min(idle)[2])
-        return bool(idle)
-
-    def _close_slowest_reader(self) -> bool:
-        """Close the connection whose request has been arriving longest, past the deadline."""
-        late = time.monotonic() - self._read_deadline_s
-        overdue = [(since, id(c), c) for c, since in self._reading.items() if since < late]
-        if overdue:
-            self._shut(min(overdue)[2])
-        return bool(overdue)
-
-    def _shut(self, conn: socket.socket) -> None:
-        # shutdown(), not close(): it wakes the connection's thread out of its read, and that
-        # thread closes the socket and frees the slot.
-        self._closing.add(conn)
-        with contextlib.suppress(OSError):  # closed by its peer or its thread meanwhile
-            conn.shutdown(socket.SHUT_RDWR)
+            return min(idle)[2]
+        late = now - self._read_deadline_s
+        overdue = [
+            (since, id(c), c) for c, (state, since) in self._state.items()
+            if state == READING and since < late
+        ]
+        return min(overdue)[2] if overdue else None

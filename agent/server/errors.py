@@ -47,6 +47,12 @@ class PayloadTooLargeError(RequestError):
     status = 413
 
 
+class HeadTooLargeError(RequestError):
+    """The request line and headers are longer than the server reads."""
+
+    status = 431
+
+
 class NotReadyError(RequestError):
     """The channel exists but no release of it is loaded (yet)."""
 

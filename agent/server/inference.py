@@ -6,8 +6,11 @@ from __future__ import annotations
 import importlib.metadata
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from satchel.agent.health.stats import HealthBook, has_nonfinite
 from satchel.agent.runtimes import InferenceError, check_feeds
@@ -18,6 +21,7 @@ from satchel.agent.server.errors import (
     InferenceFailedError,
     NotFoundError,
     NotReadyError,
+    RequestError,
 )
 from satchel.agent.server.metrics import MetricsSnapshot, render
 from satchel.agent.server.registry import ModelRegistry, ServingModel
@@ -44,6 +48,55 @@ class RequestCounter:
     def snapshot(self) -> dict[tuple[str, int], int]:
         with self._lock:
             return dict(self._counts)
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """One infer request as it arrived: the model it names and its (encoded) body."""
+
+    channel: str
+    version: str | None
+    body: bytes
+    header_length: int | None  # Inference-Header-Content-Length; None: the body is JSON
+    content_encoding: str = "identity"
+
+
+# An infer request's answer: (body, JSON header length or None), or the error it gets.
+InferOutcome = tuple[bytes, int | None] | RequestError
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    index: int
+    channel: str
+    serving: ServingModel
+    request: protocol.InferRequest
+    nonfinite_input: bool
+
+
+def batchable(serving: ServingModel) -> bool:
+    """Whether requests to this release may run as one batch: every input and output has a
+    first dimension the model leaves free (-1), the ONNX way of declaring a batch axis.
+    TFLite models (whose runtime resizes the first dimension per call) run one by one."""
+    model = serving.model
+    if serving.flexible_batch or not model.inputs:
+        return False
+    return all(spec.shape and spec.shape[0] == -1 for spec in (*model.inputs, *model.outputs))
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int | None:
+    """The batch size every input agrees on, or None."""
+    sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def _batch_key(prepared: _Prepared) -> tuple[object, ...]:
+    """Requests with equal keys may share a batch: same release, same inputs (names, types,
+    shapes but for the first dimension)."""
+    inputs = tuple(
+        (name, a.dtype.str, a.shape[1:]) for name, a in sorted(prepared.request.inputs.items())
+    )
+    return (id(prepared.serving), inputs)
 
 
 class InferenceService:
@@ -113,10 +166,39 @@ class InferenceService:
         Raises NotFoundError, NotReadyError, BadRequestError (InferenceFailedError when the
         runtime failed on a request that fitted the model; counted as an error).
         """
-        serving = self.serving(channel, version)
+        (outcome,) = self.infer_many([InferCall(channel, version, body, header_length)])
+        if isinstance(outcome, RequestError):
+            raise outcome
+        return outcome
+
+    def infer_many(self, calls: Sequence[InferCall]) -> list[InferOutcome]:
+        """Run infer requests that arrived together; each one's outcome, in order: its
+        response body and JSON header length, or the RequestError it is answered with.
+
+        Requests for the same release whose inputs differ only in their batch dimension
+        run as one batch (see `batchable`); what each is answered, and what its release's
+        health counts, is what running it alone gives.
+        """
+        outcomes: list[InferOutcome | None] = [None] * len(calls)
+        groups: dict[tuple[object, ...], list[_Prepared]] = {}
+        for i, call in enumerate(calls):
+            try:
+                prepared = self._prepare(i, call)
+            except RequestError as e:
+                outcomes[i] = e
+                continue
+            groups.setdefault(_batch_key(prepared), []).append(prepared)
+        for group in groups.values():
+            for prepared, outcome in self._run_group(group):
+                outcomes[prepared.index] = outcome
+        return [o if o is not None else InferenceFailedError("not run") for o in outcomes]
+
+    def _prepare(self, index: int, call: InferCall) -> _Prepared:
+        """Parse and check one call against the release serving it. Raises RequestError."""
+        serving = self.serving(call.channel, call.version)
         config = self._config
         request = protocol.parse_infer_request(
-            body, header_length,
+            call.body, call.header_length,
             max_elements=config.max_elements, max_json_bytes=config.max_json_bytes,
         )
         model = serving.model
@@ -132,19 +214,56 @@ class InferenceService:
                         f"unknown output {wanted.name!r}; the model produces {sorted(names)}"
                     )
         # NaN in, NaN out is the client's doing: counted apart, never against the model.
-        client_nonfinite = has_nonfinite(request.inputs)
+        return _Prepared(index, call.channel, serving, request, has_nonfinite(request.inputs))
+
+    def _run_group(
+        self, group: list[_Prepared]
+    ) -> list[tuple[_Prepared, InferOutcome]]:
+        serving = group[0].serving
+        rows = [_rows(p.request.inputs) for p in group]
+        if len(group) == 1 or not batchable(serving) or None in rows:
+            return [(p, self._run_one(p)) for p in group]
+        names = list(group[0].request.inputs)
+        feeds = {n: np.concatenate([p.request.inputs[n] for p in group]) for n in names}
         started = time.perf_counter()
         try:
-            produced = model.run(request.inputs)
+            produced = serving.model.run(feeds)
+        except InferenceError:  # one request may be at fault: each runs alone, as it would
+            return [(p, self._run_one(p)) for p in group]
+        total = sum(r for r in rows if r is not None)
+        if any(np.ndim(a) == 0 or len(a) != total for a in produced.values()):
+            return [(p, self._run_one(p)) for p in group]  # not a batch axis after all
+        answered = []
+        offset = 0
+        for prepared, count in zip(group, rows, strict=True):
+            assert count is not None
+            mine = {name: a[offset : offset + count] for name, a in produced.items()}
+            offset += count
+            answered.append((prepared, self._answer(prepared, mine, started)))
+        return answered
+
+    def _run_one(self, prepared: _Prepared) -> InferOutcome:
+        started = time.perf_counter()
+        try:
+            produced = prepared.serving.model.run(prepared.request.inputs)
         except InferenceError as e:
-            self._record(serving, started, error=True, nonfinite=False,
-                         nonfinite_input=client_nonfinite)
-            raise InferenceFailedError(f"inference failed: {e}") from None
+            self._record(prepared.serving, started, error=True, nonfinite=False,
+                         nonfinite_input=prepared.nonfinite_input)
+            return InferenceFailedError(f"inference failed: {e}")
+        return self._answer(prepared, produced, started)
+
+    def _answer(
+        self, prepared: _Prepared, produced: dict[str, np.ndarray], started: float
+    ) -> InferOutcome:
+        serving = prepared.serving
         self._record(serving, started, error=False, nonfinite=has_nonfinite(produced),
-                     nonfinite_input=client_nonfinite)
-        outputs = protocol.select_outputs(request, produced)
+                     nonfinite_input=prepared.nonfinite_input)
+        try:
+            outputs = protocol.select_outputs(prepared.request, produced)
+        except RequestError as e:
+            return e
         return protocol.encode_infer_response(
-            channel, serving.key.version, request.id, outputs
+            prepared.channel, serving.key.version, prepared.request.id, outputs
         )
 
     def metrics_text(self) -> str:

@@ -83,9 +83,11 @@ def load_model(release: Release, config: ServerConfig) -> LoadedModel:
     try:
         adapter = get_runtime(entry.runtime)
         if entry.signature is not None:
-            model = adapter.load(path, threads=config.runtime_threads, signature=entry.signature)
+            model = adapter.load(path, threads=config.runtime_threads, signature=entry.signature,
+                                 acceleration=config.acceleration)
         else:
-            model = adapter.load(path, threads=config.runtime_threads)
+            model = adapter.load(path, threads=config.runtime_threads,
+                                 acceleration=config.acceleration)
         feeds = {
             spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype)
             for spec in model.inputs

@@ -1,6 +1,7 @@
 """The REST API under /api/v1: one blueprint, one JSON error helper, an OpenAPI document.
 
-Every resource needs credentials (`Authorization: Bearer TOKEN`): without them it answers 401.
+Every resource needs credentials (`Authorization: Bearer TOKEN`): without them it answers 401;
+only the API's description (`/openapi.json`) and its reference page (`/docs`) are public.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from satchel.manager.api import (  # noqa: E402,F401  (routes register themselve
     devices,
     errors,
     openapi,
+    reference,
     tokens,
     trust,
+    usb,
 )

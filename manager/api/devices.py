@@ -97,8 +97,10 @@ def register_device() -> Response:
 @bp.get("/devices/<device_id>")
 @requires(ADMIN, DEVICE)
 def show_device(device_id: str) -> Response:
+    """Query `events`: how many recent events to include (default 50)."""
     current_principal().check_device(device_id)
-    return jsonify(state().db.run(lambda s: devices.detail(s, device_id)))
+    events = int_arg("events", 50, 0, 10_000)
+    return jsonify(state().db.run(lambda s: devices.detail(s, device_id, events)))
 
 
 @bp.delete("/devices/<device_id>")

@@ -1,4 +1,6 @@
-"""The OpenAPI 3.1 description of /api/v1, served at /api/v1/openapi.json.
+"""The OpenAPI 3.1 description of /api/v1, served at /api/v1/openapi.json without credentials
+(it is the same constant document for everyone, and holds no secret); /api/v1/docs renders it
+(`api/reference.py`).
 
 Its patterns and the names it lists (event kinds, channel states, token kinds and statuses)
 are taken from where the code defines them (`bundles.identifiers`, `bundles.events`,
@@ -17,8 +19,7 @@ from satchel.bundles import events
 from satchel.bundles.channels import STATE_PROBATION
 from satchel.bundles.identifiers import IDENTIFIER_RE, SHA256_RE
 from satchel.manager.api import bp
-from satchel.manager.api.guard import requires
-from satchel.manager.services.credentials import ADMIN, DEVICE, ENROLL
+from satchel.manager.services.credentials import ADMIN, ENROLL
 from satchel.manager.services.tokens import EXPIRED, REVOKED, VALID
 
 Security = list[dict[str, list[str]]]
@@ -26,6 +27,7 @@ ADMIN_ONLY: Security = [{"adminToken": []}]
 DEVICE_ONLY: Security = [{"deviceToken": []}]
 ADMIN_OR_DEVICE: Security = [{"adminToken": []}, {"deviceToken": []}]
 ENROLL_ONLY: Security = [{"enrollmentToken": []}]
+PUBLIC: Security = []  # no credentials: the API's description and its reference page
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -235,6 +237,18 @@ SCHEMAS: dict[str, Any] = {
             },
         },
     },
+    "UsbPlan": {
+        "type": "object",
+        "properties": {
+            "trust_root_version": {"type": "integer"},
+            "trust_root_versions": {"type": "array", "items": {"type": "integer"}},
+            "assignments": {"type": "array", "items": OBJ},
+        },
+    },
+    "UsbReportResult": {
+        "type": "object",
+        "properties": {"path": {"type": "string"}, "recorded": {"type": "boolean"}},
+    },
     "AdminTokens": {
         "type": "object",
         "required": ["admin_tokens"],
@@ -264,8 +278,16 @@ def _error_response(description: str) -> dict[str, Any]:
     return _json(_ref("Error"), description)
 
 
+def _public(summary: str, media: str) -> dict[str, Any]:
+    """An operation anyone may call: no security, no 401."""
+    return {"summary": summary, "security": PUBLIC,
+            "responses": {"200": {"description": "OK", "content": {media: {"schema": OBJ
+                                  if media == "application/json" else {"type": "string"}}}}}}
+
+
 PATHS: dict[str, Any] = {
-    "/openapi.json": {"get": _op("This document", ADMIN_OR_DEVICE, {"200": _json(OBJ)})},
+    "/openapi.json": {"get": _public("This document (no credentials needed)", "application/json")},
+    "/docs": {"get": _public("The API reference page, rendering this document", "text/html")},
     "/enroll": {
         "post": _op(
             "Trade a one-time enrollment token for a device credential",
@@ -305,6 +327,13 @@ PATHS: dict[str, Any] = {
             "One device: identity, channels, health, recent events",
             ADMIN_OR_DEVICE,
             {"200": _json(_ref("Device"))},
+            parameters=[
+                {
+                    "name": "events",
+                    "in": "query",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 10_000},
+                }
+            ],
         ),
         "delete": _op("Forget a device", ADMIN_ONLY, {"204": {"description": "Removed"}}),
     },
@@ -462,6 +491,52 @@ PATHS: dict[str, Any] = {
             requestBody=_body(_ref("NewToken")),
         ),
     },
+    "/tokens/{token_id}/revoke": {
+        "parameters": [_path_param("token_id", {"type": "integer"})],
+        "post": _op("Revoke an admin token", ADMIN_ONLY, {"204": {"description": "Revoked"}}),
+    },
+    "/usb/plan": {
+        "post": _op(
+            "Work out a USB plan's assignments (unsigned: the admin signs it)",
+            ADMIN_ONLY,
+            {
+                "200": _json(_ref("UsbPlan")),
+                "409": _error_response("No trust root, or the deployment is not active"),
+            },
+            requestBody={
+                "required": False,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {"deployment_id": {"type": "integer"}},
+                        }
+                    }
+                },
+            },
+        ),
+    },
+    "/usb/reports": {
+        "post": _op(
+            "Record one signed device report read from a stick",
+            ADMIN_ONLY,
+            {
+                "201": _json(_ref("UsbReportResult"), "Recorded"),
+                "200": _json(_ref("UsbReportResult"), "Imported before"),
+                "422": _error_response("Refused: unknown device, bad signature, malformed"),
+            },
+            parameters=[
+                {
+                    "name": "path",
+                    "in": "query",
+                    "required": True,
+                    "description": "where it lay on the stick: reports/DEVICE/REPORT.json",
+                    "schema": {"type": "string"},
+                }
+            ],
+            requestBody=_body(OBJ),
+        ),
+    },
 }
 
 DOCUMENT: dict[str, Any] = {
@@ -495,6 +570,6 @@ DOCUMENT: dict[str, Any] = {
 
 
 @bp.get("/openapi.json")
-@requires(ADMIN, DEVICE)
 def openapi_document() -> Response:
+    """The document, to anyone: every other resource answers 401 without credentials."""
     return jsonify(DOCUMENT)

@@ -9,7 +9,7 @@ from flask import Response, jsonify
 
 from satchel.bundles.timeutil import now
 from satchel.manager.api import bp
-from satchel.manager.api.common import int_arg, json_body
+from satchel.manager.api.common import int_arg, json_body, row_id
 from satchel.manager.api.guard import requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError
@@ -57,6 +57,16 @@ def create_token() -> Response:
     response = jsonify(state().db.run(work))
     response.status_code = 201
     return response
+
+
+@bp.post("/tokens/<int:token_id>/revoke")
+@requires(ADMIN)
+def revoke_token(token_id: int) -> Response:
+    """Revoke an admin token at once (it answers 401 from then on); revoking twice is fine."""
+    row_id(token_id, "admin token")
+    t = now()
+    state().db.run(lambda s: tokens.revoke_admin_token(s, token_id, t))
+    return Response(status=204)
 
 
 def _seconds(value: Any) -> float | None:

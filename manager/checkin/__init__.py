@@ -11,6 +11,7 @@ One package, its layers one way (top to bottom, held by `make lint`):
   paths evaluate
 - `answer`: what the device should install, and the answer it is sent
 - `parse`: the request, parsed and validated
+- `driver`: the fast path's statements, compiled once, run on the driver's own connection
 
 The released-targets query and the health-policy loader are the deployment engine's too:
 they live in `services/targets.py`.

@@ -9,6 +9,9 @@ root version (PostgreSQL: an UPDATE in a CTE, in autocommit; SQLite: two stateme
 transaction). Python then checks that the check-in moves no target, with the same
 `deployments.target_change` and health-policy loader the full path uses; events that no
 deployment acts on are then inserted (idempotent by (device_id, id), as on the full path).
+The statements are built with SQLAlchemy like the full path's and run on the driver's own
+connection (driver.py): SQLAlchemy's execution around them cost more CPU than the database
+spent on them.
 
 Anything else takes the full path (`record.record_with_token`): an unknown, revoked or
 foreign credential, a changed state, a report older than the state recorded, an install or
@@ -19,12 +22,14 @@ last_seen, state_at and health then; that is harmless, the full path writes the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
 
+from satchel.manager.checkin import driver
 from satchel.manager.checkin.answer import CheckinResult, offers
 from satchel.manager.checkin.device_row import (
     DEVICES,
@@ -33,15 +38,15 @@ from satchel.manager.checkin.device_row import (
     seen_is_newer,
     state_applies,
 )
-from satchel.manager.checkin.parse import CheckinReport
-from satchel.manager.checkin.record import LAN, insert_events
-from satchel.manager.db import Database
-from satchel.manager.errors import DiskFullError
+from satchel.manager.checkin.driver import DriverStatement
+from satchel.manager.checkin.parse import CheckinReport, DeviceEvent
+from satchel.manager.checkin.record import LAN, event_params, events_insert
+from satchel.manager.db import SQLITE_BEGIN, Database, is_disk_full
 from satchel.manager.models import TrustRoot, UTCDateTime
 from satchel.manager.services import deployments, targets
 from satchel.manager.services.credentials import DEVICE, hash_token, token_kind
-from satchel.manager.services.deployments import DeviceTarget
-from satchel.manager.services.targets import POLICIES, HealthPolicies
+from satchel.manager.services.deployments import BundleRef, DeviceTarget
+from satchel.manager.services.targets import POLICIES, HealthPolicies, ManifestReader
 
 _TRUST = cast(sa.Table, TrustRoot.__table__)
 _TRUST_VERSION = sa.select(sa.func.max(_TRUST.c.version))
@@ -84,16 +89,21 @@ def _pg_statement() -> sa.Select[Any]:
     )
 
 
-# built once: these run on every check-in (PostgreSQL prepares them after a few runs)
-_PG_STATEMENT = _pg_statement()
-_SQLITE_TOUCH = _touch_device()
+# compiled once per dialect, run on the driver's connection (driver.py): on every check-in
+_PG_STATEMENT = DriverStatement(_pg_statement())
+_SQLITE_TOUCH = DriverStatement(_touch_device())
 # (an outer join from the device, as on PostgreSQL, makes SQLite materialize every target)
-_SQLITE_TARGETS = targets.RELEASED_TARGETS.add_columns(_TRUST_VERSION.scalar_subquery())
+_SQLITE_TARGETS = DriverStatement(
+    targets.RELEASED_TARGETS.add_columns(_TRUST_VERSION.scalar_subquery())
+)
+_SQLITE_TRUST_VERSION = DriverStatement(_TRUST_VERSION)
+_MANIFEST = DriverStatement(targets.MANIFEST)  # a health policy, read once per process
 _TRUST_COLUMN = len(targets.COLUMNS)
 
 
 def touch(
-    conn: sa.Connection,
+    cursor: Any,
+    dialect: sa.Dialect,
     token_hash: str,
     device_id: str,
     digest: str,
@@ -102,27 +112,28 @@ def touch(
     via: str,
 ) -> tuple[list[DeviceTarget], int | None] | None:
     """Record an unchanged check-in; return the device's targets and the trust root version,
-    or None when the fast path does not apply (nothing was written then). PostgreSQL: `conn`
-    should be in autocommit; SQLite: in a transaction. Raises sqlalchemy errors."""
+    or None when the fast path does not apply (nothing was written then). `cursor` is a DBAPI
+    cursor of `dialect` (driver.py); PostgreSQL: in autocommit; SQLite: in a transaction.
+    Raises the driver's errors."""
     params = {
         "device_id": device_id,
         "credential": token_hash,
         "digest": digest,
         **sighting.params(),
         "seen_capped": sighting.seen_capped,
-        "new_health": dict(health),
+        "new_health": health,
         "new_via": via,
     }
-    if conn.dialect.name == "postgresql":
-        rows = conn.execute(_PG_STATEMENT, params).all()
+    if dialect.name == "postgresql":
+        rows = _PG_STATEMENT.rows(cursor, dialect, params)
         if not rows:
             return None
     else:
-        if conn.execute(_SQLITE_TOUCH, params).first() is None:
+        if not _SQLITE_TOUCH.rows(cursor, dialect, params):
             return None
-        rows = conn.execute(_SQLITE_TARGETS, {"device_id": device_id}).all()
+        rows = _SQLITE_TARGETS.rows(cursor, dialect, {"device_id": device_id})
         if not rows:
-            return [], conn.scalar(_TRUST_VERSION)
+            return [], _SQLITE_TRUST_VERSION.rows(cursor, dialect, {})[0][0]
     found = [targets.target(r) for r in rows if r[0] is not None]
     return found, rows[0][_TRUST_COLUMN]
 
@@ -134,19 +145,40 @@ def may_move_a_target(event: deployments.ReportedEvent) -> bool:
 
 
 def moves_a_target(
-    conn: sa.Connection,
     found: list[DeviceTarget],
     channels: Mapping[str, deployments.ChannelReport],
     health: Mapping[str, Any],
+    read_manifest: ManifestReader,
     policies: HealthPolicies = POLICIES,
 ) -> bool:
     """True when this check-in (with no event that `may_move_a_target`) would change one of
-    the device's targets, i.e. the full path must record its progress. Raises sqlalchemy
-    errors (reading a health policy)."""
-    policy_of = policies.lookup(conn, found)
+    the device's targets, i.e. the full path must record its progress. Raises what
+    `read_manifest` raises (reading a health policy on first need)."""
+    policy_of = policies.lookup_by(read_manifest, found)
     return any(
         deployments.target_change(dt, channels, health, (), policy_of) is not None for dt in found
     )
+
+
+def _manifest(cursor: Any, dialect: sa.Dialect, bundle: BundleRef) -> Mapping[str, Any] | None:
+    rows = _MANIFEST.rows(cursor, dialect, targets.manifest_params(bundle))
+    return rows[0][0] if rows else None
+
+
+def _insert_events(
+    cursor: Any, dialect: sa.Dialect, device_id: str, events: tuple[DeviceEvent, ...], now: datetime
+) -> set[str]:
+    """The full path's INSERT of events (record.py), one statement: the new ids."""
+    if not events:
+        return set()
+    statement = _events_statement(dialect.name, len(events))
+    params = event_params(device_id, events, LAN, now)
+    return {row[0] for row in statement.rows(cursor, dialect, params)}
+
+
+@functools.lru_cache(maxsize=32)
+def _events_statement(dialect_name: str, count: int) -> DriverStatement:
+    return DriverStatement(events_insert(dialect_name, count))
 
 
 def record_unchanged(
@@ -163,10 +195,15 @@ def record_unchanged(
     if any(may_move_a_target(e.reported()) for e in report.events):
         return None
     sighting = Sighting(report.sent_at, now)
+    engine = db.autocommit_engine()
+    dialect = engine.dialect
+    # PostgreSQL: each statement its own transaction; SQLite: one, holding the write lock
+    begin = SQLITE_BEGIN if dialect.name == "sqlite" else None
     try:
-        with db.autocommit() as conn:
+        with driver.connection(engine, begin) as cursor:
             touched = touch(
-                conn,
+                cursor,
+                dialect,
                 hash_token(token),
                 device_id,
                 report.state_digest,
@@ -177,15 +214,18 @@ def record_unchanged(
             if touched is None:
                 return None
             found, trust_version = touched
-            if moves_a_target(conn, found, report.channels, report.health):
+
+            def read_manifest(bundle: BundleRef) -> Mapping[str, Any] | None:
+                return _manifest(cursor, dialect, bundle)
+
+            if moves_a_target(found, report.channels, report.health, read_manifest):
                 return None
-            new_ids = insert_events(conn, device_id, report.events, LAN, now)
+            new_ids = _insert_events(cursor, dialect, device_id, report.events, now)
     except sa.exc.DBAPIError as e:
-        if e.connection_invalidated:  # a dropped connection: the full path retries
+        # a dropped connection: the full path retries; a full disk: it refuses the check-in
+        if e.connection_invalidated or is_disk_full(e):
             return None
         raise
-    except DiskFullError:
-        return None
     return CheckinResult(
         device_id=device_id,
         offers=offers(found, report.channels),

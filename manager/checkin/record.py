@@ -9,8 +9,9 @@ imported twice) records nothing twice.
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -29,6 +30,47 @@ from satchel.manager.services.targets import POLICIES, released_targets
 LAN, USB = "lan", "usb"  # how a check-in came (devices.last_via, events.via)
 
 
+_EVENTS = cast(sa.Table, Event.__table__)
+_EVENT_COLUMNS = (
+    "device_id", "event_id", "kind", "channel", "version", "sequence", "bundle_sha256",
+    "deployment_id", "passed", "reason", "figures", "occurred_at", "received_at", "via",
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=32)
+def events_insert(dialect_name: str, count: int) -> sa.Insert:
+    """The INSERT of `count` events (parameters `COLUMN_I`, see `event_params`), skipping ids
+    already recorded for the device and returning the new ids. One statement per count, so
+    it is compiled once, not at every check-in that carries events."""
+    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    rows = [
+        {name: sa.bindparam(f"{name}_{i}", type_=_EVENTS.c[name].type) for name in _EVENT_COLUMNS}
+        for i in range(count)
+    ]
+    return (
+        insert(_EVENTS)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
+        .returning(_EVENTS.c.event_id)
+    )
+
+
+def event_params(
+    device_id: str, events: tuple[DeviceEvent, ...], via: str, now: datetime
+) -> dict[str, Any]:
+    """The parameters of `events_insert(..., len(events))` for these events."""
+    params: dict[str, Any] = {}
+    for i, e in enumerate(events):
+        row = (
+            device_id, e.event_id, e.kind, e.channel, e.version, e.sequence, e.bundle_sha256,
+            e.deployment_id, e.passed, e.reason, e.figures, e.occurred_at, now, via,
+        )  # fmt: skip
+        params.update(
+            (f"{name}_{i}", value) for name, value in zip(_EVENT_COLUMNS, row, strict=True)
+        )
+    return params
+
+
 def insert_events(
     db: so.Session | sa.Connection,
     device_id: str,
@@ -40,34 +82,9 @@ def insert_events(
     Raises sqlalchemy errors."""
     if not events:
         return set()
-    rows = [
-        {
-            "device_id": device_id,
-            "event_id": e.event_id,
-            "kind": e.kind,
-            "channel": e.channel,
-            "version": e.version,
-            "sequence": e.sequence,
-            "bundle_sha256": e.bundle_sha256,
-            "deployment_id": e.deployment_id,
-            "passed": e.passed,
-            "reason": e.reason,
-            "figures": e.figures,
-            "occurred_at": e.occurred_at,
-            "received_at": now,
-            "via": via,
-        }
-        for e in events
-    ]
     bind = db if isinstance(db, sa.Connection) else db.get_bind()
-    insert = postgresql.insert if bind.dialect.name == "postgresql" else sqlite.insert
-    stmt = (
-        insert(Event)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["device_id", "event_id"])
-        .returning(Event.event_id)
-    )
-    return set(db.execute(stmt).scalars())
+    stmt = events_insert(bind.dialect.name, len(events))
+    return set(db.execute(stmt, event_params(device_id, events, via, now)).scalars())
 
 
 def _sync_channels(

@@ -1,9 +1,8 @@
 """`satchel bundle build|inspect|verify|add|list`: make and check signed model bundles, and
 store them in the manager.
 
-`add` and `list` work on the manager's database and store: `manager.cli` adds them to the
-group only when the manager extra (SQLAlchemy, Flask) is installed, and they import it when
-they run, so the other commands work on the bundle core alone."""
+`add` and `list` work on the manager's fleet (its database, or its API with `--url`), which
+they import when they run: the other commands work on the bundle core alone."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ import click
 
 from satchel.bundles.manifest import HealthPolicy
 from satchel.bundles.reader import check_payloads, read_unverified, verify_bundle
-from satchel.bundles.timeutil import now, utcnow
+from satchel.bundles.timeutil import utcnow
 from satchel.manager.commands.common import (
     echo_json,
     human_bytes,
@@ -24,8 +23,9 @@ from satchel.manager.commands.common import (
     passphrase_from,
     refusals_exit_1,
 )
+from satchel.manager.commands.context import fleet_of
 from satchel.manager.commands.reports import describe, output_line
-from satchel.manager.errors import KeyDirError, UsageError
+from satchel.manager.errors import KeyDirError
 from satchel.manager.keydir import key_names, read_root
 
 
@@ -316,31 +316,14 @@ def verify_cmd(file: Path, trust: Path, as_json: bool) -> None:
     )
 
 
-@click.command("add")
+@bundle.command("add")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the stored bundle as JSON.")
 @click.pass_context
 @refusals_exit_1
 def bundle_add(ctx: click.Context, file: Path, as_json: bool) -> None:
     """Verify FILE against the trust root and store it; a refused bundle leaves nothing."""
-    # the manager extra, imported here: see the module's docstring
-    from satchel.manager.commands.context import config_of, run_service
-    from satchel.manager.services import bundles
-    from satchel.manager.store import BundleStore
-
-    config = config_of(ctx)
-    store = BundleStore(config.store_dir, config.upload_chunk_bytes)
-    t = now()
-
-    def work(s: Any) -> tuple[dict[str, Any], bool]:
-        with open(file, "rb") as f:
-            added = bundles.add(s, store, f, t, config.max_bundle_bytes)
-        return bundles.summary(added.bundle), added.created
-
-    try:
-        info, created = run_service(ctx, work)
-    except OSError as e:  # the store's own writes raise StoreWriteError, not this
-        raise UsageError(f"cannot read {file}: {e.strerror or e}") from e
+    info, created = fleet_of(ctx).add_bundle(file)
     if as_json:
         echo_json({**info, "created": created})
         return
@@ -352,18 +335,14 @@ def bundle_add(ctx: click.Context, file: Path, as_json: bool) -> None:
     click.echo(info["sha256"])
 
 
-@click.command("list")
+@bundle.command("list")
 @click.option("--name", default=None, help="Only this channel.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 @refusals_exit_1
 def bundle_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
     """List the bundles in the manager's store."""
-    # the manager extra, imported here: see the module's docstring
-    from satchel.manager.commands.context import run_service
-    from satchel.manager.services import bundles
-
-    found = run_service(ctx, lambda s: [bundles.summary(b) for b in bundles.list_bundles(s, name)])
+    found = fleet_of(ctx).list_bundles(name)
     if as_json:
         echo_json({"bundles": found})
         return
@@ -376,6 +355,3 @@ def bundle_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
             f"{b['name']:<20} {b['version']:<16} {b['sequence']:>12} "
             f"{human_bytes(b['size']):>10}  {b['sha256'][:16]}"
         )
-
-
-STORE_COMMANDS = (bundle_add, bundle_list)  # added by `manager.cli` with the manager extra

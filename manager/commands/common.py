@@ -9,14 +9,15 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from satchel.bundles.errors import BundleError, KeyFileError
-from satchel.bundles.keys import SigningKey
 from satchel.manager.errors import ManagerError, UsageError
-from satchel.manager.keydir import load_key
+
+if TYPE_CHECKING:
+    from satchel.bundles.keys import SigningKey
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,6 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass
 class CliContext:
     data_dir: Path
+    url: str | None = None  # a manager's base URL: act on its REST API, not the database
+    token_file: Path | None = None  # where the admin token for `url` is kept
 
 
 def refusals_exit_1(func: F) -> F:
@@ -64,7 +67,11 @@ def passphrase_from(passphrase_file: Path | None) -> bytes | None:
 
 
 def load_keys(paths: tuple[Path, ...], passphrase: bytes | None) -> list[SigningKey]:
-    """Load private keys, prompting once for a passphrase on a terminal when one is needed."""
+    """Load private keys, prompting once for a passphrase on a terminal when one is needed.
+
+    Raises KeyDirError (unreadable), KeyFileError (bad key or passphrase)."""
+    from satchel.manager.keydir import load_key  # cryptography: only for commands that sign
+
     keys: list[SigningKey] = []
     for path in paths:
         try:

@@ -6,11 +6,9 @@ from typing import Any
 
 import click
 
-from satchel.bundles.timeutil import now
 from satchel.manager.commands.common import echo_json, refusals_exit_1
-from satchel.manager.commands.context import config_of, run_service
-from satchel.manager.services import deployments
-from satchel.manager.services.deployments import Selectors
+from satchel.manager.commands.context import fleet_of
+from satchel.manager.fleet import NewDeployment
 
 
 @click.group()
@@ -50,25 +48,10 @@ def deploy_create(
 
     Without any --device-class, --tag or --device, every compatible device is a target.
     """
-    config = config_of(ctx)
-    selectors = Selectors.from_dict(
-        {"device_classes": list(classes), "tags": list(tags), "devices": list(device_ids)}
+    new = NewDeployment(
+        bundle_ref, classes, tags, device_ids, waves, success_ratio, max_failure_ratio
     )
-    t = now()
-
-    def work(s: Any) -> dict[str, Any]:
-        dep = deployments.create(
-            s,
-            bundle_ref,
-            selectors,
-            waves or config.deploy_default_waves,
-            success_ratio if success_ratio is not None else config.deploy_success_ratio,
-            max_failure_ratio if max_failure_ratio is not None else config.deploy_max_failure_ratio,
-            t,
-        )
-        return deployments.summary(s, dep)
-
-    info = run_service(ctx, work)
+    info = fleet_of(ctx).create_deployment(new)
     if as_json:
         echo_json(info)
         return
@@ -82,16 +65,15 @@ def deploy_create(
 
 
 @deploy.command("list")
-@click.option("--state", default=None, type=click.Choice(deployments.DEPLOYMENT_STATES))
+@click.option(
+    "--state", default=None, help="Only deployments in this state (active, paused, halted...)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 @refusals_exit_1
 def deploy_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
     """List deployments, newest first."""
-    found = run_service(
-        ctx,
-        lambda s: [deployments.summary(s, d) for d in deployments.list_deployments(s, state)],
-    )
+    found = fleet_of(ctx).list_deployments(state)
     if as_json:
         echo_json({"deployments": found})
         return
@@ -114,8 +96,7 @@ def deploy_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
 @refusals_exit_1
 def deploy_status(ctx: click.Context, deployment_id: int, as_json: bool) -> None:
     """Show a deployment, its waves and every device's progress."""
-    t = now()
-    info = run_service(ctx, lambda s: deployments.status(s, deployment_id, t))
+    info = fleet_of(ctx).deployment_status(deployment_id)
     if as_json:
         echo_json(info)
         return
@@ -123,7 +104,8 @@ def deploy_status(ctx: click.Context, deployment_id: int, as_json: bool) -> None
 
 
 def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{n} {state}" for state, n in counts.items()) or "nothing yet"
+    """"1 activated, 3 pending": by state name, as JSON brings them from a remote manager."""
+    return ", ".join(f"{counts[state]} {state}" for state in sorted(counts)) or "nothing yet"
 
 
 def _print_status(info: dict[str, Any]) -> None:
@@ -147,11 +129,8 @@ def _print_status(info: dict[str, Any]) -> None:
 
 
 def _act(ctx: click.Context, deployment_id: int, action: str, reason: str = "") -> None:
-    t = now()
-    new_state = run_service(
-        ctx, lambda s: deployments.act(s, deployment_id, action, t, reason).state
-    )
-    click.echo(f"deployment {deployment_id} is {new_state}")
+    info = fleet_of(ctx).act_on_deployment(deployment_id, action, reason)
+    click.echo(f"deployment {deployment_id} is {info['state']}")
 
 
 @deploy.command("pause")

@@ -8,11 +8,8 @@ from typing import Any
 
 import click
 
-from satchel.bundles.timeutil import now
 from satchel.manager.commands.common import echo_json, refusals_exit_1
-from satchel.manager.commands.context import run_service
-from satchel.manager.services import devices
-from satchel.manager.services.devices import Identity
+from satchel.manager.commands.context import fleet_of
 
 
 @click.group()
@@ -30,12 +27,7 @@ def device_list(
     ctx: click.Context, device_class: str | None, tag: str | None, as_json: bool
 ) -> None:
     """List devices with their class, tags and when they were last seen."""
-    found = run_service(
-        ctx,
-        lambda s: [
-            devices.summary(d) for d in devices.list_devices(s, device_class, tag, 1_000_000)
-        ],
-    )
+    found = fleet_of(ctx).list_devices(device_class, tag)
     if as_json:
         echo_json({"devices": found})
         return
@@ -55,12 +47,18 @@ def device_list(
 @device.command("show")
 @click.argument("device_id")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-@click.option("--events", type=int, default=20, show_default=True, help="Recent events shown.")
+@click.option(
+    "--events",
+    type=click.IntRange(0, 10_000),
+    default=20,
+    show_default=True,
+    help="Recent events shown.",
+)
 @click.pass_context
 @refusals_exit_1
 def device_show(ctx: click.Context, device_id: str, as_json: bool, events: int) -> None:
     """Show one device: identity, what each channel runs, health, recent events."""
-    info = run_service(ctx, lambda s: devices.detail(s, device_id, events))
+    info = fleet_of(ctx).device_detail(device_id, events)
     if as_json:
         echo_json(info)
         return
@@ -99,7 +97,7 @@ def _print_device(info: dict[str, Any]) -> None:
 def device_tag(ctx: click.Context, device_id: str, tags: tuple[str, ...], remove: bool) -> None:
     """Add (or --remove) TAGS of DEVICE_ID."""
     add, drop = ([], list(tags)) if remove else (list(tags), [])
-    now_tags = run_service(ctx, lambda s: devices.set_tags(s, device_id, add, drop))
+    now_tags = fleet_of(ctx).set_device_tags(device_id, add, drop)
     click.echo(f"{device_id}: {', '.join(now_tags) or 'no tags'}")
 
 
@@ -121,11 +119,9 @@ def device_add(
     key_text = public_key
     if Path(public_key).is_file():
         key_text = Path(public_key).read_text(encoding="utf-8", errors="replace")
-    ident = Identity.from_dict(
+    fleet_of(ctx).register_device(
         {"device_id": device_id, "device_class": device_class, "public_key": key_text, "arch": arch}
     )
-    t = now()
-    run_service(ctx, lambda s: devices.register(s, ident, t).id)
     click.echo(f"device {device_id} registered")
 
 
@@ -135,5 +131,5 @@ def device_add(
 @refusals_exit_1
 def device_remove(ctx: click.Context, device_id: str) -> None:
     """Forget DEVICE_ID: its credential, state and events."""
-    run_service(ctx, lambda s: devices.remove(s, device_id))
+    fleet_of(ctx).remove_device(device_id)
     click.echo(f"device {device_id} removed")

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import click
 
-from satchel.bundles.timeutil import now
 from satchel.manager.commands.common import echo_json, refusals_exit_1
-from satchel.manager.commands.context import config_of, run_service
-from satchel.manager.services import tokens
+from satchel.manager.commands.context import fleet_of
+from satchel.manager.fleet import NewToken
 
 
 @click.group()
@@ -44,50 +43,39 @@ def token_create(
         raise click.UsageError("--device-class applies to --enroll tokens")
     if kind == "enroll" and name:
         raise click.UsageError("--name applies to --admin tokens")
-    config = config_of(ctx)
-    t = now()
-    lifetime = ttl if ttl is not None else config.enroll_token_ttl_s
-    issued = run_service(
-        ctx,
-        lambda s: (
-            tokens.create_admin_token(s, name, now=t, ttl_s=ttl)
-            if kind == "admin"
-            else tokens.create_enrollment_token(s, t, lifetime, device_class)
-        ),
-    )
+    issued = fleet_of(ctx).create_token(NewToken(kind, name, device_class, ttl))
     if as_json:
-        echo_json(issued.to_dict())
+        echo_json(issued)
         return
-    expires = issued.expires_at.isoformat() if issued.expires_at else "never"
+    expires = issued["expires_at"] or "never"
     if kind == "admin":
-        click.echo(f"admin token {issued.id}, expires {expires} (shown once; keep it secret):")
+        click.echo(f"admin token {issued['id']}, expires {expires} (shown once; keep it secret):")
     else:
         limit = f" for class {device_class}" if device_class else ""
         click.echo(f"one-time enrollment token{limit}, valid until {expires}:")
-    click.echo(issued.token)
+    click.echo(issued["token"])
 
 
 @token.command("list")
-@click.option("--limit", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 10_000), default=1000, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.pass_context
 @refusals_exit_1
 def token_list(ctx: click.Context, limit: int, as_json: bool) -> None:
     """List admin tokens: state, name, owner, expiry and last use (never the secrets)."""
-    t = now()
-    found = run_service(ctx, lambda s: tokens.list_admin_tokens(s, t, limit))
+    found = fleet_of(ctx).list_admin_tokens(limit)
     if as_json:
-        echo_json({"admin_tokens": [v.to_dict() for v in found]})
+        echo_json({"admin_tokens": found})
         return
     if not found:
         click.echo("no admin tokens")
         return
     click.echo(f"{'ID':>5} {'STATE':<8} {'NAME':<24} {'OWNER':<16} {'EXPIRES':<26} LAST USED")
     for v in found:
-        expires = v.expires_at.isoformat() if v.expires_at else "never"
-        used = v.last_used_at.isoformat() if v.last_used_at else "never"
+        expires, used = v["expires_at"] or "never", v["last_used_at"] or "never"
         click.echo(
-            f"{v.id:>5} {v.status:<8} {v.name or '-':<24} {v.owner or '-':<16} {expires:<26} {used}"
+            f"{v['id']:>5} {v['status']:<8} {v['name'] or '-':<24} {v['owner'] or '-':<16} "
+            f"{expires:<26} {used}"
         )
 
 
@@ -97,6 +85,5 @@ def token_list(ctx: click.Context, limit: int, as_json: bool) -> None:
 @refusals_exit_1
 def token_revoke(ctx: click.Context, token_id: int) -> None:
     """Revoke the admin token TOKEN_ID."""
-    t = now()
-    run_service(ctx, lambda s: tokens.revoke_admin_token(s, token_id, t))
+    fleet_of(ctx).revoke_admin_token(token_id)
     click.echo(f"admin token {token_id} revoked")

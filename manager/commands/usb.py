@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from satchel.bundles.timeutil import now
 from satchel.manager.commands.common import (
     echo_json,
     load_keys,
@@ -14,11 +13,8 @@ from satchel.manager.commands.common import (
     passphrase_from,
     refusals_exit_1,
 )
-from satchel.manager.commands.context import config_of
-from satchel.manager.db import open_database
+from satchel.manager.commands.context import fleet_of
 from satchel.manager.errors import ReportRefusedError
-from satchel.manager.store import BundleStore
-from satchel.manager.usb import export_stick, import_stick
 
 
 @click.group()
@@ -57,22 +53,12 @@ def usb_export(
     passphrase_file: Path | None,
     as_json: bool,
 ) -> None:
-    """Write the trust root, the bundles and a signed plan of who gets what to PATH."""
-    config = config_of(ctx)
+    """Write the trust root, the bundles and a signed plan of who gets what to PATH.
+
+    With --url the manager works out the plan and the bundles are downloaded from it; the
+    plan is signed here, with --key, which never leaves this machine."""
     keys = load_keys(key_paths, passphrase_from(passphrase_file))
-    db = open_database(config)
-    try:
-        result = export_stick(
-            db,
-            BundleStore(config.store_dir, config.upload_chunk_bytes),
-            path,
-            keys,
-            now(),
-            ttl if ttl is not None else config.usb_plan_ttl_s,
-            deployment_id,
-        )
-    finally:
-        db.dispose()
+    result = fleet_of(ctx).export_stick(path, keys, ttl, deployment_id)
     plan = result.plan
     if as_json:
         echo_json(
@@ -101,19 +87,7 @@ def usb_import(ctx: click.Context, path: Path, as_json: bool) -> None:
 
     Reports already imported are skipped. Exit code 1 if any report was refused.
     """
-    config = config_of(ctx)
-    db = open_database(config)
-    try:
-        result = import_stick(
-            db,
-            path,
-            now(),
-            config.max_reports_per_import,
-            config.max_report_bytes,
-            config.max_events_per_checkin,
-        )
-    finally:
-        db.dispose()
+    result = fleet_of(ctx).import_stick(path)
     if as_json:
         echo_json(result.to_dict())
     else:

@@ -9,7 +9,7 @@ is tracked (active, paused or halted).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -71,6 +71,19 @@ def released_targets(db: so.Session | sa.Connection, device_id: str) -> list[Dev
     return [target(r) for r in db.execute(RELEASED_TARGETS, {"device_id": device_id})]
 
 
+# the manifest of a bundle, if it is still the one with this sha256
+MANIFEST = sa.select(BUNDLES.c.manifest).where(
+    BUNDLES.c.id == sa.bindparam("bundle_id"), BUNDLES.c.sha256 == sa.bindparam("sha256")
+)
+# reads MANIFEST for a bundle: None when the bundle is gone
+ManifestReader = Callable[[BundleRef], Mapping[str, Any] | None]
+
+
+def manifest_params(bundle: BundleRef) -> dict[str, Any]:
+    """The parameters of MANIFEST for `bundle`."""
+    return {"bundle_id": bundle.id, "sha256": bundle.sha256}
+
+
 class HealthPolicies:
     """Health policies of bundles, read once per process: a bundle's manifest never changes,
     and the key includes its sha256, so a reused row id cannot return another's policy.
@@ -80,18 +93,14 @@ class HealthPolicies:
         self._lock = threading.Lock()
         self._policies: dict[tuple[int, str], dict[str, Any]] = {}
 
-    def policy(self, db: so.Session | sa.Connection, bundle: BundleRef) -> Mapping[str, Any]:
+    def policy(self, read: ManifestReader, bundle: BundleRef) -> Mapping[str, Any]:
         """The `health_policy` of `bundle`'s manifest ({} when it has none, or the bundle
-        is gone). Raises sqlalchemy errors."""
+        is gone), read by `read` on first need. Raises what `read` raises."""
         key = (bundle.id, bundle.sha256)
         with self._lock:
             found = self._policies.get(key)
         if found is None:
-            manifest = db.scalar(
-                sa.select(BUNDLES.c.manifest).where(
-                    BUNDLES.c.id == bundle.id, BUNDLES.c.sha256 == bundle.sha256
-                )
-            )
+            manifest = read(bundle)
             found = dict((manifest or {}).get("health_policy", {}))
             if manifest is not None:  # a bundle removed meanwhile is not remembered
                 with self._lock:
@@ -101,9 +110,14 @@ class HealthPolicies:
     def lookup(
         self, db: so.Session | sa.Connection, targets: Iterable[DeviceTarget]
     ) -> PolicyLookup:
-        """The policy of a bundle of `targets` by its id, read on first need."""
+        """The policy of a bundle of `targets` by its id, read through `db` on first need.
+        The lookup raises sqlalchemy errors."""
+        return self.lookup_by(lambda b: db.scalar(MANIFEST, manifest_params(b)), targets)
+
+    def lookup_by(self, read: ManifestReader, targets: Iterable[DeviceTarget]) -> PolicyLookup:
+        """The policy of a bundle of `targets` by its id, read by `read` on first need."""
         by_id = {dt.bundle.id: dt.bundle for dt in targets}
-        return lambda bundle_id: self.policy(db, by_id[bundle_id])
+        return lambda bundle_id: self.policy(read, by_id[bundle_id])
 
 
 POLICIES = HealthPolicies()  # one per process; see HealthPolicies

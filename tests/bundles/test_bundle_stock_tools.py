@@ -1,6 +1,7 @@
 """A bundle can be checked with stock tools alone, no Satchel code in the checking path:
-`tar -xf`, `openssl pkeyutl -verify -rawin`, `zstd -d`, `sha256sum`, and the system python3
-with only its standard library (isolated mode) to read the JSON."""
+`tar -xf`, `openssl pkeyutl -verify -rawin`, `zstd -d`, `sha256sum` (and `split` for the
+chunk index), and the system python3 with only its standard library (isolated mode) to read
+the JSON."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.factory.bundles import BuiltBundle, build_test_bundle
 from tests.factory.keys import Keyring
 from tests.factory.spans import flip_byte, span_of
 
-TOOLS = ("tar", "zstd", "openssl", "sha256sum", "base64", "python3")
+TOOLS = ("tar", "zstd", "openssl", "sha256sum", "split", "base64", "python3")
 
 CHECK_SCRIPT = r"""
 set -euo pipefail
@@ -43,17 +44,20 @@ openssl pkeyutl -verify -rawin -pubin -inkey "$pubkey" -in manifest.json -sigfil
 derived=$(openssl pkey -pubin -in "$pubkey" -outform DER | tail -c 32 | sha256sum | cut -d' ' -f1)
 test "$derived" = "$keyid"
 
-# Every payload: compressed size and hash, then decompressed size and hash.
+# Every payload: compressed size, hash and chunk index, then decompressed size and hash.
 python3 -I -c '
 import json
 for f in json.load(open("manifest.json"))["files"]:
-    print(f["path"], f["size"], f["sha256"], f["compressed_size"], f["compressed_sha256"])
+    print(f["path"], f["size"], f["sha256"], f["compressed_size"], f["compressed_sha256"],
+          f["chunk_size"], ",".join(f["chunk_sha256"]))
 ' > files.txt
 count=0
-while read -r path size sha csize csha; do
+while read -r path size sha csize csha chunk chunks; do
     member="payload/$path.zst"
     test "$(wc -c < "$member")" -eq "$csize"
     test "$(sha256sum < "$member" | cut -d' ' -f1)" = "$csha"
+    test "$(split -b "$chunk" --filter=sha256sum "$member" | cut -d' ' -f1 | paste -sd,)" \
+        = "$chunks"
     zstd -q -d -c "$member" > content
     test "$(wc -c < content)" -eq "$size"
     test "$(sha256sum < content | cut -d' ' -f1)" = "$sha"
@@ -75,7 +79,7 @@ def _stock_check(bundle: Path, pubkey: Path) -> subprocess.CompletedProcess[str]
 @pytest.fixture
 def mixed_bundle(tmp_path: Path, keys: Keyring) -> BuiltBundle:
     payloads = {
-        "model.onnx": os.urandom(200_000),
+        "model.onnx": os.urandom(2 * 1024 * 1024 + 200_000),  # three chunks of the index
         "smoke/inputs.npz": b"inputs" * 1000,
         "smoke/reference.npz": b"",
         "extra/deep/labels.txt": b"cat\ndog\n",
@@ -106,6 +110,22 @@ class TestStockTools:
         proc = _stock_check(tampered, keys.directory / "signing.pub")
         assert proc.returncode != 0
         assert "verified" not in proc.stdout
+
+    def test_chunk_index_that_disagrees_with_the_member_fails_the_stock_tool_check(
+        self, tmp_path: Path, keys: Keyring
+    ) -> None:
+        def lie(doc: dict) -> None:
+            doc["files"][0]["chunk_sha256"][1] = "0" * 64
+
+        payloads = {"model.onnx": os.urandom(2 * 1024 * 1024 + 1), "smoke/inputs.npz": b"i",
+                    "smoke/reference.npz": b"r"}
+        lying = build_test_bundle(
+            tmp_path / "lying.satchel", keys=keys, payloads=payloads, mutate_manifest=lie
+        )
+        proc = _stock_check(lying.path, keys.directory / "signing.pub")
+        assert proc.returncode != 0
+        assert "Signature Verified Successfully" in proc.stdout  # signed, but inconsistent
+        assert "payloads" not in proc.stdout
 
     def test_signature_by_another_key_fails_the_stock_tool_check(
         self, tmp_path: Path, keys: Keyring

@@ -22,13 +22,14 @@ CONTRACT_COMMANDS = {
 
 
 def _command_paths() -> list[tuple[str, ...]]:
-    """Every group and command under the admin groups of this issue."""
+    """Every group of `satchel` and every command under it (the groups load on demand)."""
+    ctx = click.Context(main)
     paths: list[tuple[str, ...]] = [()]
-    for name in ADMIN_GROUPS:
-        group = main.commands[name]
-        assert isinstance(group, click.Group)
+    for name in main.list_commands(ctx):
+        group = main.get_command(ctx, name)
         paths.append((name,))
-        paths.extend((name, sub) for sub in sorted(group.commands))
+        if isinstance(group, click.Group):
+            paths.extend((name, sub) for sub in sorted(group.commands))
     return paths
 
 

@@ -101,6 +101,14 @@ class BuiltBundle:
     payloads: dict[str, bytes]
 
 
+def chunk_hashes(compressed: bytes, chunk_size: int) -> list[str]:
+    """The chunk index of a compressed member: the sha256 of each `chunk_size` bytes."""
+    return [
+        hashlib.sha256(compressed[i : i + chunk_size]).hexdigest()
+        for i in range(0, len(compressed), chunk_size)
+    ]
+
+
 def sign_manifest(manifest_bytes: bytes, keys: list[SigningKey]) -> bytes:
     """The manifest.sig member for `manifest_bytes` signed by `keys`."""
     return encode_canonical([s.to_dict() for s in sign_all(manifest_bytes, keys)])
@@ -163,6 +171,8 @@ def _resign(
             continue
         entry["compressed_size"] = len(compressed)
         entry["compressed_sha256"] = hashlib.sha256(compressed).hexdigest()
+        if "chunk_size" in entry:
+            entry["chunk_sha256"] = chunk_hashes(compressed, entry["chunk_size"])
         index = next(i for i, m in enumerate(members) if m.name == member_name(entry["path"]))
         members[index] = replace(members[index], data=compressed)
     result = mutate(doc) if mutate is not None else None

@@ -16,6 +16,7 @@ RULES: dict[str, dict[str, Any]] = {
     "any": {"none": 401, "other": OK, "device": OK, "admin": OK},
     "device-only": {"none": 401, "other": 403, "device": OK, "admin": 403},
     "enroll-token": {"none": 401, "other": 401, "device": 401, "admin": 401},
+    "public": {"none": OK, "other": OK, "device": OK, "admin": OK},  # the API's description
 }
 
 
@@ -23,7 +24,8 @@ def _rows(fleet: Fleet, device: SimDevice, sha: str, dep: int) -> list[tuple[str
     d = device.device_id
     new_key = SigningKey.generate().public.raw.hex()
     return [
-        ("GET", "/api/v1/openapi.json", None, "any"),
+        ("GET", "/api/v1/openapi.json", None, "public"),
+        ("GET", "/api/v1/docs", None, "public"),
         (
             "POST",
             "/api/v1/enroll",
@@ -62,6 +64,9 @@ def _rows(fleet: Fleet, device: SimDevice, sha: str, dep: int) -> list[tuple[str
         ("POST", "/api/v1/trust", fleet.keys.root_json, "admin"),
         ("POST", "/api/v1/tokens", {"kind": "enroll"}, "admin"),
         ("GET", "/api/v1/tokens", None, "admin"),
+        ("POST", "/api/v1/tokens/999999/revoke", None, "admin"),
+        ("POST", "/api/v1/usb/plan", {}, "admin"),
+        ("POST", "/api/v1/usb/reports?path=reports/x/y.json", b"{}", "admin"),
         ("DELETE", f"/api/v1/devices/{d}", None, "admin"),
     ]
 
@@ -99,7 +104,7 @@ def _sha(data: bytes) -> str:
 
 
 def _template(path: str) -> str:
-    parts = path.split("/")
+    parts = path.split("?")[0].split("/")
     out = []
     for i, p in enumerate(parts):
         prev = parts[i - 1] if i else ""
@@ -109,6 +114,8 @@ def _template(path: str) -> str:
             out.append("<sha256>")
         elif prev == "deployments" and p.isdigit():
             out.append("<int:deployment_id>")
+        elif prev == "tokens" and p.isdigit():
+            out.append("<int:token_id>")
         elif prev == "roots" and p.endswith(".json"):
             out.append("<int:version>.json")
         else:

@@ -151,4 +151,4 @@ def test_serve_refuses_an_unknown_setting(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert r.returncode == 1 and r.stderr.strip().endswith("unknown setting 'pool'")
+    assert r.returncode == 2 and r.stderr.strip().endswith("unknown setting 'pool'")

@@ -15,8 +15,10 @@ import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
+from satchel.bundles import plan as stick
 from satchel.bundles.keys import SigningKey
 from tests.manager.helpers import Fleet
 from tests.reliability.dbstate import dump
@@ -36,6 +38,8 @@ class Operation:
 
     def expected(self, who: str) -> int | str:
         """401, 403, or "2xx"."""
+        if not self.security:
+            return "2xx"  # public: the API's description and its reference page
         if who == "none" or self.security == {"enrollmentToken"}:
             return 401
         kind = "adminToken" if who == "admin" else "deviceToken"
@@ -74,10 +78,11 @@ class Matrix:
         self.deployment = fleet.deploy("vision:1.0.0", devices=["cam-1"], waves="100%")["id"]
         self.headers = {"none": {}, "other": self.other.headers,
                         "device": self.device.headers, "admin": fleet.admin}
+        self.token_id = 0
 
     def url(self, op: Operation) -> str:
         values = {"device_id": "cam-1", "sha256": self.sha, "version": "1",
-                  "deployment_id": str(self.deployment)}
+                  "deployment_id": str(self.deployment), "token_id": str(self.token_id)}
         return re.sub(r"\{([a-z0-9_]+)\}", lambda m: values[m.group(1)], op.template)
 
     def request(self, op: Operation) -> dict[str, Any]:
@@ -88,6 +93,10 @@ class Matrix:
     def prepare(self, op: Operation) -> None:
         """A deployment of its own for each deployment operation, in a state where the
         operation is possible (paused, for resume)."""
+        if "{token_id}" in op.template:  # a spare admin token: the matrix's own stays valid
+            r = self.fleet.client.post("/api/v1/tokens", headers=self.fleet.admin,
+                                       json={"kind": "admin", "name": "spare"})
+            self.token_id = r.json["id"]
         if "{deployment_id}" not in op.template:
             return
         n = next(_numbers)
@@ -124,7 +133,17 @@ BODIES: dict[tuple[str, str], Callable[[Matrix], dict[str, Any]]] = {
     ("POST", "/api/v1/trust"): lambda m: {"data": m.fleet.keys.root_json,
                                           "content_type": "application/json"},
     ("POST", "/api/v1/tokens"): lambda m: {"json": {"kind": "enroll"}},
+    ("POST", "/api/v1/usb/reports"): lambda m: _usb_report(m),
 }
+
+
+def _usb_report(m: Matrix) -> dict[str, Any]:
+    """A report of cam-1 as `satchel-agent usb` leaves it on a stick, and where it lay."""
+    report = stick.Report(report_id=f"r-{next(_numbers)}", device_id="cam-1",
+                          created=datetime.now(timezone.utc).replace(microsecond=0),
+                          checkin=m.device.body(), plan_id=None)
+    return {"data": stick.sign_report(report, m.device.key), "query_string": {"path": report.path},
+            "content_type": "application/json"}
 
 
 def test_every_documented_endpoint_enforces_its_credentials(

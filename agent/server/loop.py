@@ -1,0 +1,432 @@
+"""The inference server's event loop: one thread holds every socket (both listeners and
+every connection), non-blocking, with `selectors`. Every endpoint but infer is answered in
+the loop. An infer request that arrives alone, with nothing else in flight, runs in the loop
+too (no thread hand-off: the shortest path a request can take); otherwise infer requests go
+to the inference pool, which batches those that wait together, and come back through a
+wake-up socket.
+
+A connection reads its request (head, then the body its Content-Length announces), is
+answered in order, and waits for the next one (keep-alive) or is closed. The loop enforces
+every bound: `max_connections` over both listeners (`ConnectionSlots` says who gives way),
+`idle_timeout_s` without a byte while waiting for or reading a request (or while a response
+is not being taken), `read_deadline_s` for a request to arrive when a newcomer needs its
+slot, `max_head_bytes` and `max_body_bytes`. After a response that ends a connection the
+loop stops writing and drains what the client still sends for `linger_s`, so the client
+reads the answer instead of a reset.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import selectors
+import socket
+import threading
+import time
+
+from satchel.agent.server.config import ServerConfig
+from satchel.agent.server.connections import ConnectionSlots
+from satchel.agent.server.endpoints import Endpoints
+from satchel.agent.server.errors import HeadTooLargeError, RequestError
+from satchel.agent.server.http import (
+    CONTINUE,
+    HEAD_END,
+    RequestHead,
+    Response,
+    encode_response,
+    error_response,
+    find_head_end,
+    parse_head,
+)
+from satchel.agent.server.inference import InferCall
+from satchel.agent.server.listeners import Listener
+from satchel.agent.server.pool import InferencePool, InferJob
+
+log = logging.getLogger(__name__)
+
+RECV_BYTES = 256 * 1024  # bytes asked of one recv()
+ACCEPTS_PER_WAKE = 64  # connections accepted per readiness event of a listener
+_READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+# Connection states: waiting for a request, reading one, running it, writing the answer,
+# draining before close.
+IDLE, READING, BUSY, WRITING, LINGERING = range(5)
+
+
+class _Connection:
+    __slots__ = (
+        "sock", "state", "inbuf", "head", "head_end", "out", "last_io", "events",
+        "endpoint", "head_only", "keep_alive", "http_1_0", "close_after", "closed",
+        "linger_until", "scanned",
+    )
+
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
+        self.state = IDLE
+        self.inbuf = bytearray()
+        self.head: RequestHead | None = None
+        self.head_end = 0
+        self.out: memoryview | None = None
+        self.last_io = now  # monotonic s of the last byte read or written (or accept)
+        self.events = 0  # what the selector watches for
+        self.endpoint = "other"
+        self.head_only = False
+        self.keep_alive = True
+        self.http_1_0 = False
+        self.close_after = False
+        self.closed = False
+        self.linger_until = 0.0
+        self.scanned = 0  # bytes of `inbuf` searched for the end of the head already
+
+
+class HttpLoop:
+    """Serves `listeners` until `stop()`. `run()` is the loop's thread body."""
+
+    def __init__(
+        self, listeners: list[Listener], endpoints: Endpoints, config: ServerConfig,
+        slots: ConnectionSlots, workers: int,
+    ) -> None:
+        self._listeners = listeners
+        self._endpoints = endpoints
+        self._requests = endpoints.service.requests
+        self._config = config
+        self._slots = slots
+        self.pool = InferencePool(
+            endpoints.service, self._deliver, workers=workers, max_batch=config.max_batch,
+            max_body_bytes=config.max_body_bytes,
+        )
+        self._selector = selectors.DefaultSelector()
+        self._conns: set[_Connection] = set()
+        self._answered: collections.deque[list[tuple[InferJob, Response]]] = (
+            collections.deque()
+        )
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._stopping = threading.Event()
+        self._paused = False  # listeners unwatched: a connection waits for a slot
+        self._waiting: socket.socket | None = None  # accepted, waiting for a slot
+        self._ready: list[InferJob] = []  # infer requests read in this round of the loop
+        self._in_flight = 0  # infer requests handed to the pool and not answered yet
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """The loop: until `stop()`, then every connection is closed."""
+        selector = self._selector
+        selector.register(self._wake_r, _READ, None)
+        for listener in self._listeners:
+            selector.register(listener.sock, _READ, listener)
+        tick = self._config.timer_resolution_s
+        next_sweep = time.monotonic() + tick
+        try:
+            while not self._stopping.is_set():
+                try:
+                    for key, mask in selector.select(tick):
+                        self._on_event(key.data, mask)
+                    now = time.monotonic()
+                    self._take_answers(now)
+                    if now >= next_sweep:  # before inference in the loop, which may be long
+                        self._sweep(now)
+                        next_sweep = now + tick
+                    while self._ready:
+                        self._run_ready(now)
+                except Exception:  # a bug must cost a round of the loop, never the server
+                    log.exception("the HTTP event loop failed a round")
+        finally:
+            if self._waiting is not None:
+                self._waiting.close()
+                self._waiting = None
+            for conn in list(self._conns):
+                self._close(conn)
+            selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+
+    # --- events -----------------------------------------------------------------------
+
+    def _on_event(self, data: object, mask: int) -> None:
+        now = time.monotonic()
+        if data is None:
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
+        elif isinstance(data, Listener):
+            self._accept(data, now)
+        else:
+            assert isinstance(data, _Connection)
+            try:
+                if mask & _READ:
+                    self._on_readable(data, now)
+                if mask & _WRITE and not data.closed:
+                    self._flush(data, now)
+                self._serve_pipelined(data, now)
+            except Exception:  # a bug must cost one connection, never the loop
+                log.exception("serving a connection failed")
+                self._close(data)
+
+    def _accept(self, listener: Listener, now: float) -> None:
+        for _ in range(ACCEPTS_PER_WAKE):
+            try:
+                sock, _ = listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # out of file descriptors: listen again at the next sweep
+                log.warning("accepting a connection failed: %s", e)
+                self._pause_listeners()
+                return
+            sock.setblocking(False)
+            if listener.is_tcp:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._slots.full:
+                victim = self._slots.make_room_by_closing(now)
+                if victim is None:  # it waits for a slot; later ones in the backlog
+                    self._waiting = sock
+                    self._pause_listeners()
+                    return
+                assert isinstance(victim, _Connection)
+                self._close(victim)
+            self._admit(sock, now)
+
+    def _admit(self, sock: socket.socket, now: float) -> None:
+        conn = _Connection(sock, now)
+        self._conns.add(conn)
+        self._slots.add(conn, now)
+        self._watch(conn, _READ)
+        # What a client sent with its connection makes it a reader at once, not an idle
+        # connection a newcomer may close.
+        self._on_readable(conn, now)
+        self._serve_pipelined(conn, now)
+
+    def _on_readable(self, conn: _Connection, now: float) -> None:
+        try:
+            data = conn.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:  # reset by the client
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        if conn.state == LINGERING:
+            return  # drained and dropped
+        conn.last_io = now
+        conn.inbuf += data
+        if conn.state == IDLE:
+            conn.state = READING
+            self._slots.reading(conn, now)
+
+    def _serve_pipelined(self, conn: _Connection, now: float) -> None:
+        """Serve every complete request in the buffer, in order, while answers are
+        immediate; stop at one that must wait (read more, or run in the pool)."""
+        while not conn.closed and conn.state in (IDLE, READING) and conn.inbuf:
+            if conn.state == IDLE:
+                conn.state = READING
+                self._slots.reading(conn, now)
+            if not self._serve_one(conn, now):
+                return
+
+    def _serve_one(self, conn: _Connection, now: float) -> bool:
+        """Serve the request at the head of the buffer if it has fully arrived; False when
+        it has not."""
+        config = self._config
+        if conn.head is None:
+            end = find_head_end(conn.inbuf, conn.scanned)
+            conn.scanned = max(0, len(conn.inbuf) - len(HEAD_END) + 1)
+            if end < 0 or end > config.max_head_bytes:
+                if end > config.max_head_bytes or len(conn.inbuf) > config.max_head_bytes:
+                    message = f"the request head is over {config.max_head_bytes} bytes"
+                    self._refuse(conn, HeadTooLargeError(message), now)
+                return False
+            try:
+                conn.head = parse_head(bytes(conn.inbuf[:end]),
+                                       max_body_bytes=config.max_body_bytes)
+            except RequestError as e:
+                self._refuse(conn, e, now)
+                return False
+            conn.head_end = end
+            if conn.head.expects_continue and len(conn.inbuf) < end + conn.head.body_length:
+                with contextlib.suppress(OSError):  # 7 bytes fit any empty send buffer
+                    conn.sock.send(CONTINUE)
+        head = conn.head
+        needed = conn.head_end + head.body_length
+        if len(conn.inbuf) < needed:
+            return False
+        with memoryview(conn.inbuf) as view:
+            body = bytes(view[conn.head_end : needed])
+        del conn.inbuf[:needed]
+        conn.head = None
+        conn.scanned = 0
+        conn.state = BUSY
+        self._slots.busy(conn, now)
+        self._watch(conn, 0)
+        conn.head_only = head.method == "HEAD"
+        conn.keep_alive = head.keep_alive
+        conn.http_1_0 = head.version == "HTTP/1.0"
+        conn.endpoint, answer = self._endpoints.answer(head, body)
+        if isinstance(answer, InferCall):
+            self._ready.append(InferJob(conn, answer))
+            return False
+        self._respond(conn, answer, now)
+        return True
+
+    def _refuse(self, conn: _Connection, error: RequestError, now: float) -> None:
+        """Answer a request that cannot be read (bad head, too large), then close."""
+        conn.state = BUSY
+        self._slots.busy(conn, now)
+        conn.endpoint, conn.head_only, conn.keep_alive = "other", False, False
+        self._respond(conn, error_response(error.status, str(error), error.headers), now)
+
+    def _respond(self, conn: _Connection, response: Response, now: float) -> None:
+        self._requests.add(conn.endpoint, response.status)
+        if not conn.keep_alive:
+            response.close = True
+        conn.close_after = response.close
+        conn.out = memoryview(encode_response(
+            response, head_only=conn.head_only, keep_alive_1_0=conn.http_1_0
+        ))
+        conn.state = WRITING
+        conn.last_io = now
+        self._flush(conn, now)
+
+    def _flush(self, conn: _Connection, now: float) -> None:
+        if conn.out is None:
+            return
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:  # the client went away
+            self._close(conn)
+            return
+        if sent:
+            conn.out = conn.out[sent:]
+            conn.last_io = now
+        if conn.out:
+            self._watch(conn, _WRITE)
+            return
+        conn.out = None
+        if conn.close_after:
+            self._linger(conn, now)
+            return
+        conn.state = IDLE
+        self._slots.idle(conn, now)
+        self._watch(conn, _READ)
+
+    def _linger(self, conn: _Connection, now: float) -> None:
+        """No more answers on this connection: say so (FIN), and drop what the client still
+        sends until it closes or `linger_s` passes; closing with unread bytes would send a
+        reset that can destroy the answer before the client reads it."""
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._close(conn)
+            return
+        conn.state = LINGERING
+        conn.inbuf.clear()
+        conn.linger_until = now + self._config.linger_s
+        self._slots.idle(conn, now)  # a newcomer may have its slot at once
+        self._watch(conn, _READ)
+
+    # --- inference: in the loop or in the pool, timers --------------------------------
+
+    def _run_ready(self, now: float) -> None:
+        """Run the infer requests that arrived in this round: a lone one here when nothing
+        else is in flight, else in the pool (where those that wait together batch)."""
+        ready, self._ready = self._ready, []
+        if len(ready) == 1 and self._in_flight == 0:
+            (job,) = ready
+            (response,) = self.pool.answer(ready)
+            self._answer(job, response, time.monotonic())
+            return
+        self._in_flight += len(ready)
+        for job in ready:
+            self.pool.submit(job)
+
+    def _deliver(self, answered: list[tuple[InferJob, Response]]) -> None:
+        """From a pool thread: hand answers to the loop."""
+        self._answered.append(answered)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # full: a wake-up is pending
+            self._wake_w.send(b"\0")
+
+    def _take_answers(self, now: float) -> None:
+        while self._answered:
+            answered = self._answered.popleft()
+            self._in_flight -= len(answered)
+            for job, response in answered:
+                self._answer(job, response, now)
+
+    def _answer(self, job: InferJob, response: Response, now: float) -> None:
+        conn = job.token
+        assert isinstance(conn, _Connection)
+        if conn.closed:
+            return
+        try:
+            self._respond(conn, response, now)
+            self._serve_pipelined(conn, now)
+        except Exception:  # a bug must cost one connection, never the loop
+            log.exception("answering a connection failed")
+            self._close(conn)
+
+    def _sweep(self, now: float) -> None:
+        """Close connections past their timeouts; listen again when a slot can be had."""
+        idle_timeout = self._config.idle_timeout_s
+        for conn in list(self._conns):
+            if conn.state == LINGERING:
+                if now >= conn.linger_until:
+                    self._close(conn)
+            elif conn.state != BUSY and now - conn.last_io > idle_timeout:
+                self._close(conn)
+        if self._waiting is not None:
+            victim = self._slots.make_room_by_closing(now)
+            if isinstance(victim, _Connection):
+                self._close(victim)  # and the waiting connection takes its slot
+        elif self._paused:
+            self._resume_listeners()
+
+    # --- bookkeeping ------------------------------------------------------------------
+
+    def _watch(self, conn: _Connection, events: int) -> None:
+        if events == conn.events or conn.closed:
+            return
+        if events == 0:
+            self._selector.unregister(conn.sock)
+        elif conn.events == 0:
+            self._selector.register(conn.sock, events, conn)
+        else:
+            self._selector.modify(conn.sock, events, conn)
+        conn.events = events
+
+    def _close(self, conn: _Connection) -> None:
+        if conn.closed:
+            return
+        self._watch(conn, 0)
+        conn.closed = True
+        conn.sock.close()
+        self._conns.discard(conn)
+        self._slots.release(conn)
+        if self._waiting is not None:
+            sock, self._waiting = self._waiting, None
+            self._admit(sock, time.monotonic())
+        if self._paused:
+            self._resume_listeners()
+
+    def _pause_listeners(self) -> None:
+        if not self._paused:
+            for listener in self._listeners:
+                self._selector.unregister(listener.sock)
+            self._paused = True
+
+    def _resume_listeners(self) -> None:
+        if self._paused:
+            for listener in self._listeners:
+                self._selector.register(listener.sock, _READ, listener)
+            self._paused = False

@@ -1,0 +1,117 @@
+"""The inference pool: a few threads that run infer calls off the event loop, batching
+the calls that wait together.
+
+A worker takes the oldest waiting call and, with it, every call already waiting (up to
+`max_batch`), so a lone request never waits for company, and under load requests for the
+same release and input shapes run as one batch (`InferenceService.infer_many`). The event
+loop runs a lone request itself (`answer`) when nothing else is in flight: a hand-off to a
+worker and back would cost two thread wake-ups, which is most of a small model's time. Sized to
+the machine's cores: onnxruntime and TFLite release the GIL while they run, and more threads
+than cores would only queue for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from satchel.agent.server.endpoints import decode_body, infer_response
+from satchel.agent.server.errors import RequestError
+from satchel.agent.server.http import Response, error_response
+from satchel.agent.server.inference import InferCall, InferenceService, InferOutcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferJob:
+    token: object  # the caller's, handed back with the response (the loop's connection)
+    call: InferCall
+
+
+Done = Callable[[list[tuple[InferJob, Response]]], None]
+
+
+class InferencePool:
+    """`workers` threads answering `InferJob`s; each batch's responses go to `done`, from
+    the worker's thread."""
+
+    def __init__(
+        self, service: InferenceService, done: Done, *, workers: int, max_batch: int,
+        max_body_bytes: int,
+    ) -> None:
+        if workers < 1 or max_batch < 1:
+            raise ValueError("an inference pool needs at least one worker and a batch of one")
+        self._service = service
+        self._done = done
+        self._max_batch = max_batch
+        self._max_body_bytes = max_body_bytes
+        self._queue: queue.SimpleQueue[InferJob | None] = queue.SimpleQueue()
+        self.threads = [
+            threading.Thread(target=self._work, name=f"satchel-inference-{i}", daemon=True)
+            for i in range(workers)
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, job: InferJob) -> None:
+        self._queue.put(job)
+
+    def stop(self, timeout_s: float) -> None:
+        """Let the workers finish the calls they run, then end them."""
+        for _ in self.threads:
+            self._queue.put(None)
+        for thread in self.threads:
+            if thread.is_alive():
+                thread.join(timeout_s)
+
+    def _work(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            stopping = False
+            while len(jobs) < self._max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                jobs.append(more)
+            try:
+                self._done(list(zip(jobs, self.answer(jobs), strict=True)))
+            except Exception:  # a bug must cost these requests, never the pool
+                log.exception("answering %d infer request(s) failed", len(jobs))
+            if stopping:
+                return
+
+    def answer(self, jobs: list[InferJob]) -> list[Response]:
+        """Run `jobs` as one batch in the caller's thread; their responses, in order."""
+        try:
+            calls: list[InferCall | RequestError] = []
+            for job in jobs:
+                try:
+                    body = decode_body(job.call.body, job.call.content_encoding,
+                                       self._max_body_bytes)
+                    calls.append(InferCall(job.call.channel, job.call.version, body,
+                                           job.call.header_length))
+                except RequestError as e:
+                    calls.append(e)
+            runnable = [c for c in calls if isinstance(c, InferCall)]
+            outcomes = iter(self._service.infer_many(runnable))
+            answered: list[InferOutcome] = [
+                c if isinstance(c, RequestError) else next(outcomes) for c in calls
+            ]
+            return [infer_response(outcome) for outcome in answered]
+        except Exception as e:  # a bug must cost these requests, never the server
+            log.exception("infer request failed")
+            return [error_response(500, f"internal error: {type(e).__name__}", close=True)
+                    for _ in jobs]

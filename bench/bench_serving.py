@@ -1,0 +1,348 @@
+"""Serving throughput, tail latency, memory and start-up of the device's inference server,
+against MLServer 1.7.1 on the same onnxruntime, measured in the same run.
+
+`python -m bench.bench_serving [--seconds S] [--no-mlserver]` prints one JSON object.
+
+Each server runs as its own process on 127.0.0.1 (`satchel-agent run` over a device state
+with the model installed by the real installer; `mlserver start` with the onnxruntime model
+class of `bench/mlserver_onnx.py`, in-process inference as MLServer runs it with
+`parallel_workers: 0`, both with the agent's intra-op threads per run). The load comes from wrk in
+another process: keep-alive connections posting the same JSON infer request for a fixed
+time, at concurrency 1 and 8, after a warm-up. Two models: a small ONNX MLP 64-512-10 and a
+~21 MB one (1024-5120-10), float32, realistic random weights, batch 1.
+
+Reported per server and model: requests/s, p50/p90/p99/max latency, server memory (VmHWM,
+VmRSS of its processes), time from exec to ready, and the machine's idle share and the share
+other processes took (`bench.machine`; the servers' CPU, read from /proc, counts as ours).
+MLServer runs in its own venv, made on first use: bench/out/mlserver-venv.
+
+Goals (issue 14): at concurrency 1, p99 <= 3x p50 on the small model; at concurrency 8,
+requests/s >= 1.5x concurrency 1 on the 21 MB model; >= 3x MLServer's requests/s and <= 1/2
+its memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.bench_hotswap import CHANNEL, BenchDevice
+from bench.machine import Quiet, wait_for_quiet
+from satchel.agent.server import DEFAULT_CONFIG
+from satchel.manager.modelgen import INPUT_NAME, sample_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+MLSERVER_VENV = OUT / "mlserver-venv"
+MLSERVER_VERSION = "1.7.1"
+LUA = ROOT / "bench" / "serving.lua"
+MODELS = {"small": (64, 512), "21mb": (1024, 5120)}  # name -> (in_dim, hidden); 10 outputs
+CONCURRENCY = (1, 8)
+GOAL_TAIL = 3.0  # p99 / p50 at concurrency 1, small model, at most
+GOAL_SCALING = 1.5  # requests/s at concurrency 8 / concurrency 1, 21 MB model, at least
+GOAL_VS_MLSERVER_RPS = 3.0  # our requests/s / MLServer's, at least
+GOAL_VS_MLSERVER_MEMORY = 0.5  # our peak memory / MLServer's, at most
+
+
+# --- servers as processes ---------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _tree(pid: int) -> list[int]:
+    """`pid` and every process below it."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of `pid` and its live descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def _memory_mb(pid: int) -> dict[str, float]:
+    """VmHWM and VmRSS of `pid` and its descendants, summed, in MB."""
+    sums = {"VmHWM": 0.0, "VmRSS": 0.0}
+    for p in _tree(pid):
+        try:
+            with open(f"/proc/{p}/status", encoding="ascii") as f:
+                for line in f:
+                    key, _, value = line.partition(":")
+                    if key in sums:
+                        sums[key] += int(value.split()[0]) / 1024
+        except (OSError, ValueError):
+            continue
+    return {"peak_rss_mb": round(sums["VmHWM"], 1), "rss_mb": round(sums["VmRSS"], 1)}
+
+
+@dataclass
+class Running:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    ready_s: float
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, started: float, log: Path,
+                timeout_s: float = 120.0) -> float:
+    while time.perf_counter() - started < timeout_s:
+        if proc.poll() is not None:
+            last = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(
+                f"the server exited with {proc.returncode} before it was ready: {last[0]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return time.perf_counter() - started
+        except (OSError, urllib.error.URLError):
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"{url} not ready after {timeout_s} s")
+
+
+def start_satchel(state_dir: Path, log: Path) -> Running:
+    port = _free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "satchel.agent", "--state-dir", str(state_dir), "run",
+         "--listen", f"127.0.0.1:{port}", "--no-socket"],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+    )
+    ready = _wait_ready(proc, f"http://127.0.0.1:{port}/v2/models/{CHANNEL}/ready", started, log)
+    return Running("satchel", proc, port, ready)
+
+
+def mlserver_python() -> Path:
+    """MLServer's venv (made with pip on first use) with the agent's onnxruntime version."""
+    import onnxruntime  # type: ignore[import-untyped]
+
+    python = MLSERVER_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(MLSERVER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q",
+                        f"mlserver=={MLSERVER_VERSION}", f"onnxruntime=={onnxruntime.__version__}"],
+                       check=True)
+    return python
+
+
+def start_mlserver(model_file: Path, work: Path, log: Path) -> Running:
+    python = mlserver_python()
+    port = _free_port()
+    repo = work / "mlserver-models"
+    model_dir = repo / CHANNEL
+    model_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(model_file, model_dir / "model.onnx")
+    parameters: dict[str, Any] = {"uri": "./model.onnx"}
+    if DEFAULT_CONFIG.runtime_threads is not None:  # the same threads as the agent's
+        parameters["extra"] = {"intra_op_num_threads": DEFAULT_CONFIG.runtime_threads}
+    (model_dir / "model-settings.json").write_text(json.dumps({
+        "name": CHANNEL, "implementation": "mlserver_onnx.OnnxModel", "parameters": parameters,
+    }))
+    (repo / "settings.json").write_text(json.dumps({
+        "http_port": port, "grpc_port": _free_port(), "metrics_port": _free_port(),
+        "host": "127.0.0.1", "parallel_workers": 0, "debug": False,
+    }))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "bench"))
+    started = time.perf_counter()
+    proc = subprocess.Popen([str(python.parent / "mlserver"), "start", str(repo)],
+                            stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=env,
+                            cwd=repo)
+    try:
+        ready = _wait_ready(proc, f"http://127.0.0.1:{port}/v2/models/{CHANNEL}/ready", started,
+                            log)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return Running("mlserver", proc, port, ready)
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+def wrk(port: int, body_file: Path, connections: int, seconds: float) -> dict[str, Any]:
+    """wrk in its own process (one thread), `connections` keep-alive connections."""
+    proc = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+         "-s", str(LUA), f"http://127.0.0.1:{port}", "--", f"/v2/models/{CHANNEL}/infer",
+         str(body_file)],
+        capture_output=True, text=True, check=True,
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("{"))
+    raw = json.loads(line)
+    duration_s = raw["duration_us"] / 1e6
+    return {
+        "connections": connections,
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / duration_s, 1),
+        "errors": raw["non2xx"] + raw["socket_errors"],
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "p99_over_p50": round(raw["p99_us"] / max(1, raw["p50_us"]), 2),
+    }
+
+
+def measure(server: Running, body_file: Path, seconds: float, warmup_s: float) -> dict[str, Any]:
+    """Warm up, then every concurrency in turn; the server's memory, CPU and the machine."""
+    wrk(server.port, body_file, max(CONCURRENCY), warmup_s)
+    wait_for_quiet(timeout_s=30.0)
+    runs: dict[str, Any] = {}
+    cpu_before = _cpu_s(server.proc.pid)
+    with Quiet() as quiet:
+        for c in CONCURRENCY:
+            runs[f"c{c}"] = wrk(server.port, body_file, c, seconds)
+        quiet.extra_own_cpu_s = _cpu_s(server.proc.pid) - cpu_before
+    return {
+        **runs,
+        "startup_to_ready_s": round(server.ready_s, 3),
+        "memory": _memory_mb(server.proc.pid),
+        "server_cpu_s": round(quiet.extra_own_cpu_s, 2),
+        "machine": quiet.report(),
+    }
+
+
+def bench_model(name: str, in_dim: int, hidden: int, work: Path, seconds: float,
+                warmup_s: float, with_mlserver: bool) -> dict[str, Any]:
+    device = BenchDevice(work / name, in_dim, hidden)
+    model_file = device.model(seed=1)
+    device.install(device.build(model_file)[0], in_process=True)
+    x = np.abs(sample_inputs(in_dim, 1, 7))
+    body_file = work / f"{name}-body.json"
+    body_file.write_text(json.dumps({"inputs": [{
+        "name": INPUT_NAME, "shape": list(x.shape), "datatype": "FP32",
+        "data": x.ravel().tolist()}]}))
+    result: dict[str, Any] = {
+        "model": f"ONNX MLP {in_dim}-{hidden}-10, float32, batch 1",
+        "model_mb": round(model_file.stat().st_size / 1e6, 1),
+    }
+    starters = [("satchel", lambda: start_satchel(device.state_dir, work / f"{name}-satchel.log"))]
+    if with_mlserver:
+        starters.append(("mlserver", lambda: start_mlserver(
+            model_file, work / f"{name}-mls", work / f"{name}-mlserver.log")))
+    for server_name, start in starters:
+        server = start()
+        try:
+            result[server_name] = measure(server, body_file, seconds, warmup_s)
+        finally:
+            server.stop()
+    return result
+
+
+# --- goals --------------------------------------------------------------------------------
+
+
+def _ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+    ratios = {f"rps_c{c}": round(ours[f"c{c}"]["rps"] / theirs[f"c{c}"]["rps"], 2)
+              for c in CONCURRENCY}
+    ratios["peak_memory"] = round(
+        ours["memory"]["peak_rss_mb"] / theirs["memory"]["peak_rss_mb"], 3)
+    ratios["startup"] = round(theirs["startup_to_ready_s"] / ours["startup_to_ready_s"], 2)
+    return ratios
+
+
+def goals(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    small, big = models["small"]["satchel"], models["21mb"]["satchel"]
+    out: dict[str, Any] = {
+        "tail_small_c1": {"value": small["c1"]["p99_over_p50"], "goal": f"<= {GOAL_TAIL}",
+                          "ok": small["c1"]["p99_over_p50"] <= GOAL_TAIL},
+    }
+    scaling = round(big["c8"]["rps"] / big["c1"]["rps"], 2)
+    out["scaling_21mb_c8_over_c1"] = {"value": scaling, "goal": f">= {GOAL_SCALING}",
+                                      "ok": scaling >= GOAL_SCALING}
+    if all("mlserver" in m for m in models.values()):
+        rps = min(m["vs_mlserver"][f"rps_c{c}"] for m in models.values() for c in CONCURRENCY)
+        memory = max(m["vs_mlserver"]["peak_memory"] for m in models.values())
+        out["rps_vs_mlserver_min"] = {"value": rps, "goal": f">= {GOAL_VS_MLSERVER_RPS}",
+                                      "ok": rps >= GOAL_VS_MLSERVER_RPS}
+        out["peak_memory_vs_mlserver_max"] = {
+            "value": memory, "goal": f"<= {GOAL_VS_MLSERVER_MEMORY}",
+            "ok": memory <= GOAL_VS_MLSERVER_MEMORY}
+    out["ok"] = all(g["ok"] for g in out.values() if isinstance(g, dict))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency")
+    parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--no-mlserver", action="store_true")
+    parser.add_argument("--models", nargs="*", choices=sorted(MODELS), default=list(MODELS))
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    models: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        for name in args.models:
+            in_dim, hidden = MODELS[name]
+            r = bench_model(name, in_dim, hidden, Path(tmp), args.seconds, args.warmup_s,
+                            not args.no_mlserver)
+            if "mlserver" in r:
+                r["vs_mlserver"] = _ratios(r["satchel"], r["mlserver"])
+            models[name] = r
+    result: dict[str, Any] = {
+        "load": f"wrk, 1 thread, keep-alive, {args.seconds:g} s per concurrency "
+                f"{', '.join(map(str, CONCURRENCY))}, same JSON request",
+        "mlserver": f"MLServer {MLSERVER_VERSION}, parallel_workers 0, bench/mlserver_onnx.py",
+        "runtime_threads": DEFAULT_CONFIG.runtime_threads or "onnxruntime's default",
+        "models": models,
+    }
+    if set(models) == set(MODELS):
+        result["goals"] = goals(models)
+    json.dump(result, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Each `satchel-agent` command, run in a fresh interpreter, loads only what it uses (issue 14).
+
+A technician waits for `status`; a device installs on a slow CPU. So `status`, `history`,
+`rollback` and `--help` load no ML runtime, no numpy, no HTTP client and no inference server;
+`install` of an ONNX bundle loads onnxruntime (its smoke test) but neither TFLite, nor the
+HTTP client, nor the server; `usb` loads no HTTP client and no server. The lists are checked
+on `sys.modules` at exit, so an import added at the top of a module cannot creep back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from satchel.agent.cli import DEFAULT_LISTEN
+from tests.agent.devices import SPAWN_TIMEOUT_S
+
+# Runs the real console entry point, then writes every loaded module's name at exit.
+PROBE = """
+import atexit, json, os, sys
+def write_modules():
+    with open(os.environ["PROBE_MODULES"], "w") as f:
+        json.dump(sorted(sys.modules), f)
+atexit.register(write_modules)
+from satchel.agent.cli import main
+sys.argv = ["satchel-agent", *json.loads(os.environ["PROBE_ARGS"])]
+main()
+"""
+
+HTTP_CLIENT = ["requests", "urllib3", "http.client"]
+SERVER = ["satchel.agent.server", "http.server", "socketserver", "satchel.agent.service"]
+RUNTIMES = ["onnxruntime", "ai_edge_litert", "tflite_runtime", "satchel.agent.runtimes"]
+NUMERIC = ["numpy"]
+BUNDLE_FORMAT = ["zstandard", "cryptography"]  # nothing to verify or unpack
+
+READ_ONLY = HTTP_CLIENT + SERVER + RUNTIMES + NUMERIC
+
+
+def loaded_by(tmp_path: Path, *args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+    out = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
+    env = {**os.environ, "PROBE_MODULES": str(out), "PROBE_ARGS": json.dumps(list(args))}
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True,
+                          text=True, timeout=SPAWN_TIMEOUT_S, check=False)
+    return set(json.loads(out.read_text())), done
+
+
+def offenders(modules: set[str], forbidden: list[str]) -> list[str]:
+    return sorted(m for m in modules
+                  if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+@pytest.fixture
+def installed(device, make_bundle):
+    """A device with two kws releases, so that rollback has somewhere to go."""
+    device.run("install", str(make_bundle(version="1.0.0", sequence=1))).ok()
+    device.run("install", str(make_bundle(version="1.1.0", sequence=2))).ok()
+    return device
+
+
+def test_help_loads_nothing_heavy(tmp_path):
+    modules, done = loaded_by(tmp_path, "--help")
+
+    assert done.returncode == 0, done.stderr
+    assert offenders(modules, READ_ONLY + BUNDLE_FORMAT + ["satchel.agent.state"]) == []
+
+
+@pytest.mark.parametrize("args", [["status", "--json"], ["history"]], ids=["status", "history"])
+def test_status_and_history_load_no_runtime_client_or_server(tmp_path, installed, args):
+    modules, done = loaded_by(tmp_path, "--state-dir", str(installed.state_dir), *args)
+
+    assert done.returncode == 0, done.stderr
+    assert offenders(modules, READ_ONLY + BUNDLE_FORMAT) == []
+
+
+def test_rollback_loads_no_runtime_client_or_server(tmp_path, installed):
+    modules, done = loaded_by(tmp_path, "--state-dir", str(installed.state_dir),
+                              "rollback", "kws")
+
+    assert done.returncode == 0, done.stderr
+    assert installed.status()["channels"]["kws"]["active"]["version"] == "1.0.0"
+    assert offenders(modules, READ_ONLY) == []
+
+
+def test_install_of_an_onnx_bundle_loads_onnxruntime_only(tmp_path, device, make_bundle):
+    modules, done = loaded_by(tmp_path, "--state-dir", str(device.state_dir),
+                              "install", str(make_bundle()))
+
+    assert done.returncode == 0, done.stderr
+    assert "onnxruntime" in modules  # the smoke test ran on the real runtime
+    assert offenders(modules, HTTP_CLIENT + SERVER + ["ai_edge_litert", "tflite_runtime"]) == []
+
+
+def test_usb_loads_no_http_client_or_server(tmp_path, device):
+    stick = tmp_path / "stick"
+    stick.mkdir()
+
+    modules, done = loaded_by(tmp_path, "--state-dir", str(device.state_dir), "usb", str(stick))
+
+    assert done.returncode == 1 and done.stderr.startswith("error: ")  # an empty stick
+    assert "satchel.agent.sync.usb" in modules
+    assert offenders(modules, HTTP_CLIENT + SERVER) == []
+
+
+def test_help_shows_the_servers_own_default_address():
+    from satchel.agent.server.config import DEFAULT_LISTEN as SERVER_DEFAULT_LISTEN
+
+    assert DEFAULT_LISTEN == SERVER_DEFAULT_LISTEN

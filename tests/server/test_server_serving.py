@@ -1,0 +1,258 @@
+"""The event-loop server and its inference pool: HTTP/1.1 as clients use it (pipelining,
+100-continue, HTTP/1.0, oversized heads), and batching that answers each request what it
+would get alone and counts each in its release's health."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any, cast
+
+import numpy as np
+import pytest
+import requests
+
+from satchel.agent.health.stats import ReleaseKey
+from satchel.agent.runtimes.base import TensorSpec
+from satchel.agent.server import AgentServer
+from satchel.agent.server.inference import InferCall, batchable
+from satchel.agent.server.registry import ServingModel
+from tests.factory.model_makers import make_mlp_weights, mlp_forward
+from tests.server.clients import infer_body
+from tests.server.devices import CHANNEL, HIDDEN, IN_DIM, OUT_DIM, Device, Models, positive_inputs
+from tests.server.servers import FAST, ServerFactory
+
+WEIGHTS_1 = make_mlp_weights(IN_DIM, HIDDEN, OUT_DIM, seed=1)
+INFER = f"/v2/models/{CHANNEL}/infer"
+COUNTERS = ("count", "errors", "nonfinite", "nonfinite_inputs")
+
+
+@pytest.fixture
+def server(device: Device, models: Models, start_server: ServerFactory) -> AgentServer:
+    device.install(models.good, version="1.0.0", sequence=1)
+    return start_server()
+
+
+def _connect(server: AgentServer) -> socket.socket:
+    host, port = server.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.settimeout(10)
+    return sock
+
+
+def _request(method: str, target: str, body: bytes = b"", *extra: str,
+             version: str = "HTTP/1.1") -> bytes:
+    head = [f"{method} {target} {version}", "Host: x", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class _Reader:
+    """Reads HTTP/1.1 responses (framed by Content-Length) off one socket, in order."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self) -> bool:
+        chunk = self.sock.recv(65536)
+        self.buffer += chunk
+        return bool(chunk)
+
+    def response(self) -> tuple[int, dict[str, str], bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            assert self._fill(), "connection closed before a response"
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(self.buffer) < length:
+            assert self._fill(), "connection closed inside a response body"
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(lines[0].split()[1]), headers, body
+
+    def closed(self) -> bool:
+        try:
+            return not self._fill()
+        except ConnectionResetError:
+            return True
+
+
+def _logits(body: bytes, rows: int) -> np.ndarray:
+    (out,) = json.loads(body)["outputs"]
+    return np.array(out["data"], np.float32).reshape(rows, OUT_DIM)
+
+
+# --- HTTP/1.1 as clients speak it -------------------------------------------------------------
+
+
+def test_pipelined_requests_are_answered_in_order_on_one_connection(
+    server: AgentServer,
+) -> None:
+    x = positive_inputs(2, seed=3)
+    with _connect(server) as sock:
+        sock.sendall(_request("GET", "/v2/health/live")
+                     + _request("POST", INFER, infer_body(x))
+                     + _request("GET", "/v2/nothing")
+                     + _request("POST", INFER, infer_body(x[:1])))
+        reader = _Reader(sock)
+        assert reader.response()[::2] == (200, b'{"live":true}')
+        status, _, body = reader.response()
+        assert status == 200
+        np.testing.assert_allclose(_logits(body, 2), mlp_forward(WEIGHTS_1, x), atol=1e-4)
+        assert reader.response()[0] == 404
+        status, _, body = reader.response()
+        assert status == 200 and _logits(body, 1).shape == (1, OUT_DIM)
+
+
+def test_expect_100_continue_is_answered_before_the_body_is_sent(server: AgentServer) -> None:
+    body = infer_body(positive_inputs(1))
+    with _connect(server) as sock:
+        head = _request("POST", INFER, body, "Expect: 100-continue")[: -len(body)]
+        sock.sendall(head)
+        reader = _Reader(sock)
+        assert reader.response()[0] == 100
+        sock.sendall(body)
+        assert reader.response()[0] == 200
+
+
+def test_http_1_0_without_keep_alive_is_closed_after_its_answer(server: AgentServer) -> None:
+    with _connect(server) as sock:
+        sock.sendall(_request("GET", "/v2/health/live", version="HTTP/1.0"))
+        reader = _Reader(sock)
+        status, headers, _ = reader.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert reader.closed()
+
+
+def test_a_head_past_the_limit_gets_431_and_the_server_goes_on(
+    device: Device, models: Models, start_server: ServerFactory,
+) -> None:
+    device.install(models.good, version="1.0.0", sequence=1)
+    server = start_server(config=replace(FAST, max_head_bytes=1024))
+    with _connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nX-Padding: " + b"a" * 4096)
+        reader = _Reader(sock)
+        status, headers, body = reader.response()
+        assert status == 431 and "error" in json.loads(body)
+        assert headers["connection"] == "close" and reader.closed()
+    assert requests.get(f"{server.url}/v2/health/live", timeout=10).status_code == 200
+
+
+# --- batching: each request answered and counted as if alone -----------------------------------
+
+
+def test_concurrent_clients_each_get_the_answer_to_their_own_inputs(
+    server: AgentServer,
+) -> None:
+    clients, rounds = 8, 25
+    wrong: list[str] = []
+
+    def client(seed: int) -> None:
+        session = requests.Session()
+        for i in range(rounds):
+            x = positive_inputs(1 + (seed + i) % 3, seed=seed * 1000 + i)
+            response = session.post(f"{server.url}{INFER}", data=infer_body(x), timeout=30)
+            got = _logits(response.content, len(x))
+            if not np.allclose(got, mlp_forward(WEIGHTS_1, x), atol=1e-4):
+                wrong.append(f"client {seed} round {i}")
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert wrong == []
+    totals = server.book.totals(ReleaseKey(CHANNEL, "1.0.0", 1))
+    assert (totals.count, totals.errors) == (clients * rounds, 0)
+
+
+def test_a_batch_answers_and_counts_what_running_each_request_alone_does(
+    device: Device, models: Models, start_server: ServerFactory,
+) -> None:
+    device.install(models.good, version="1.0.0", sequence=1)
+    key = ReleaseKey(CHANNEL, "1.0.0", 1)
+    inputs = [positive_inputs(n, seed=n) for n in (1, 3, 2)]
+    nan = positive_inputs(1, seed=9)
+    nan[0, 0] = np.nan
+    calls = [InferCall(CHANNEL, None, infer_body(x, id=f"r{i}"), None)
+             for i, x in enumerate([*inputs, nan])]
+    calls.append(InferCall(CHANNEL, None, b"{not json", None))
+    calls.append(InferCall(CHANNEL, None, infer_body(positive_inputs(1), name="wrong"), None))
+
+    alone = start_server(unix_socket=None)
+    one_by_one = [alone.service.infer_many([call])[0] for call in calls]
+    alone_totals = alone.book.totals(key)
+    alone.stop()
+    batched = start_server(unix_socket=None).service
+    seeded = batched.book.totals(key)  # what the first server's health history holds
+    together = batched.infer_many(calls)
+
+    for single, joint in zip(one_by_one, together, strict=True):
+        assert type(single) is type(joint)
+        if isinstance(single, tuple):
+            assert isinstance(joint, tuple)
+            a, b = json.loads(single[0]), json.loads(joint[0])
+            assert a["id"] == b["id"] and a["outputs"][0]["shape"] == b["outputs"][0]["shape"]
+            np.testing.assert_allclose(
+                np.array(b["outputs"][0]["data"], np.float32),
+                np.array(a["outputs"][0]["data"], np.float32), atol=1e-5)
+        else:
+            assert str(single) == str(joint)
+    totals = batched.book.totals(key)
+    counted = [getattr(totals, f) - getattr(seeded, f) for f in COUNTERS]
+    assert counted == [getattr(alone_totals, f) for f in COUNTERS] == [4, 0, 0, 1]
+
+
+def _serving(inputs: list[tuple[int, ...]], outputs: list[tuple[int, ...]],
+             flexible_batch: bool = False) -> ServingModel:
+    model = SimpleNamespace(
+        inputs=[TensorSpec(f"i{n}", "FP32", shape) for n, shape in enumerate(inputs)],
+        outputs=[TensorSpec(f"o{n}", "FP32", shape) for n, shape in enumerate(outputs)],
+    )
+    return cast(ServingModel, SimpleNamespace(model=model, flexible_batch=flexible_batch))
+
+
+@pytest.mark.parametrize(
+    ("inputs", "outputs", "flexible", "expected"),
+    [
+        ([(-1, 8)], [(-1, 3)], False, True),
+        ([(-1, 8), (-1, 2, 2)], [(-1, 3)], False, True),
+        ([(1, 8)], [(1, 3)], False, False),  # a fixed batch of one
+        ([(-1, 8), ()], [(-1, 3)], False, False),  # a scalar input (a sample rate)
+        ([(-1, 8)], [(3, -1)], False, False),  # an output without a leading batch axis
+        ([(-1, 8)], [(-1, 3)], True, False),  # TFLite resizes per call
+    ],
+)
+def test_only_models_with_a_free_leading_axis_everywhere_are_batched(
+    inputs: list[tuple[int, ...]], outputs: list[tuple[int, ...]], flexible: bool,
+    expected: bool,
+) -> None:
+    assert batchable(_serving(inputs, outputs, flexible)) is expected
+
+
+def test_a_batch_whose_outputs_lose_the_batch_axis_is_rerun_one_by_one(
+    server: AgentServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    serving = server.registry.get(CHANNEL)
+    assert serving is not None
+    real_run = serving.model.run
+    batch_sizes: list[int] = []
+
+    def run(feeds: dict[str, Any]) -> dict[str, Any]:
+        rows = len(next(iter(feeds.values())))
+        batch_sizes.append(rows)
+        produced = real_run(feeds)
+        return {k: v.sum(axis=0, keepdims=True) if rows > 2 else v for k, v in produced.items()}
+
+    monkeypatch.setattr(serving.model, "run", run)
+    xs = [positive_inputs(1, seed=s) for s in range(3)]
+    outcomes = server.service.infer_many([InferCall(CHANNEL, None, infer_body(x), None)
+                                          for x in xs])
+    assert batch_sizes == [3, 1, 1, 1]
+    for x, outcome in zip(xs, outcomes, strict=True):
+        assert isinstance(outcome, tuple)
+        np.testing.assert_allclose(_logits(outcome[0], 1), mlp_forward(WEIGHTS_1, x), atol=1e-4)
