@@ -33,6 +33,8 @@ from satchel.agent.config import (
 )
 from satchel.agent.errors import AgentError, SmokeTestFailedError, UsbInstallFailedError
 from satchel.bundles.errors import BundleError, ConfigError
+from satchel.bundles.logsetup import FORMATS, LEVELS
+from satchel.bundles.logsetup import configure as configure_logs
 
 if TYPE_CHECKING:
     from satchel.agent.event_queue import EventQueue
@@ -95,11 +97,19 @@ def refusals_exit_1(func: F) -> F:
     help=f"Settings file (TOML; docs/CONFIG.md). Env: {CONFIG_FILE_ENV}.  "
     f"[default: {DEFAULT_CONFIG_FILE}, when it exists]",
 )
+@click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None,
+              help="Least severe log lines written (setting `log_level`).  [default: info]")
+@click.option("--log-format", type=click.Choice(FORMATS), default=None,
+              help="Log lines as text or one JSON object each (setting `log_format`).  "
+                   "[default: text]")
 @click.version_option(package_name="satchel")
 @click.pass_context
-def main(ctx: click.Context, state_dir: Path, config_file: Path | None) -> None:
+def main(ctx: click.Context, state_dir: Path, config_file: Path | None, log_level: str | None,
+         log_format: str | None) -> None:
     """satchel-agent: verify, smoke-test, activate and roll back models on this device."""
     logging.getLogger().addHandler(logging.NullHandler())  # commands print their own lines
+    if log_level or log_format:  # `run` reads them with the other settings (_config)
+        configure_logs((log_level or "info").lower(), log_format or "text")
     ctx.obj = CliContext(state_dir=state_dir)
 
 
@@ -300,9 +310,9 @@ def history_command(obj: CliContext, channel: str | None, limit: int, as_json: b
 def _quiet_logs(verbose: bool) -> None:
     """Commands other than `run` print their own one-line results; their modules' log lines
     show only with --verbose."""
-    if verbose:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s",
-                            force=True)
+    root = click.get_current_context().find_root().params
+    if verbose and not root.get("log_level"):
+        configure_logs("info", root.get("log_format") or "text")
 
 
 def _check_url(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -320,7 +330,11 @@ def _config(**options: Any) -> AgentConfig:
     $SATCHEL_AGENT_CONFIG, else /etc/satchel-agent/agent.toml when it exists), the
     SATCHEL_AGENT_<NAME> variables, then the command's `options`. A bad setting is a usage
     error: one line naming the key and where it was given, exit code 2, nothing done."""
-    config_file = click.get_current_context().find_root().params.get("config_file")
+    root = click.get_current_context().find_root().params
+    config_file = root.get("config_file")
+    for option in ("log_level", "log_format"):  # `satchel-agent --log-level` wins over the file
+        if root.get(option) and options.get(option) is None:
+            options[option] = root[option].lower()
     try:
         return load_agent_config(config_file, **options)
     except ConfigError as e:
@@ -435,8 +449,7 @@ def run_command(obj: CliContext, listen: str | None, socket_path: Path | None, n
 
     config = _runtime_config(listen=listen,
                              usb_roots=tuple(str(r) for r in usb_roots) or None)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    configure_logs(config.log_level, config.log_format)  # journald-aware (bundles.logsetup)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

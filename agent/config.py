@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from satchel.bundles.configfile import AT_LEAST_ONE, FRACTION, POSITIVE, Bounds, Schema
+from satchel.bundles.logsetup import FORMATS, LEVELS
 
 STATE_DIR_ENV = "SATCHEL_AGENT_STATE_DIR"
 DEFAULT_STATE_DIR = Path("/var/lib/satchel-agent")
@@ -98,6 +99,11 @@ class AgentConfig:
     # is refused at start
     tflite_xnnpack: bool = True  # TFLite's built-in XNNPACK CPU delegate; false = the
     # builtin kernels only
+    # --- logs, of the service and the commands (bundles.logsetup) ---
+    log_level: str = "info"  # the least severe lines written: debug, info, warning, error,
+    # critical (`satchel-agent --log-level`)
+    log_format: str = "text"  # "text" or "json", one object per line (`--log-format`); under
+    # journald no timestamp of ours and a syslog priority prefix either way
 
 
 DEFAULT_CONFIG = AgentConfig()
@@ -135,6 +141,8 @@ SCHEMA: Schema[AgentConfig] = Schema(
         "usb_plans_remembered": AT_LEAST_ONE,
         "watchdog_fallback_s": POSITIVE,
         "health_sample_interval_s": POSITIVE,
+        "log_level": Bounds(choices=LEVELS),
+        "log_format": Bounds(choices=FORMATS),
     },
     relations=(
         lambda c: ("min_poll_interval_s", "must not exceed max_poll_interval_s")

@@ -261,22 +261,46 @@ class _Bounded:
         return data
 
 
-def _open_in(dir_fd: int, rel: str) -> tuple[int, int]:
-    """Create the parents of `rel` under `dir_fd`; return (parent_fd, file_fd)."""
-    parts = rel.split("/")
+def _open_dir_in(dir_fd: int, parts: list[str], create: bool) -> int:
+    """Open the directory `parts` under `dir_fd` (creating what is missing if `create`),
+    following no link."""
     parent = os.dup(dir_fd)
     try:
-        for part in parts[:-1]:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(part, 0o755, dir_fd=parent)
+        for part in parts:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=parent)
             child = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
             os.close(parent)
             parent = child
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        return parent, os.open(parts[-1], flags, 0o644, dir_fd=parent)
+        return parent
     except BaseException:
         os.close(parent)
         raise
+
+
+def _open_in(dir_fd: int, rel: str) -> int:
+    """Create the parents of `rel` under `dir_fd` and the file itself; return its fd."""
+    parts = rel.split("/")
+    parent = _open_dir_in(dir_fd, parts[:-1], create=True)
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(parts[-1], flags, 0o644, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _fsync_dirs(dir_fd: int, paths: list[str]) -> None:
+    """Make the entries of every directory under `dir_fd` that holds one of `paths`
+    durable, deepest first, each once, then `dir_fd` itself."""
+    dirs = {tuple(p.split("/")[:depth]) for p in paths for depth in range(1, p.count("/") + 1)}
+    for parts in sorted(dirs, key=len, reverse=True):
+        fd = _open_dir_in(dir_fd, list(parts), create=False)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.fsync(dir_fd)
 
 
 class _HashingSinkThread:
@@ -391,7 +415,7 @@ def _unpack_member(
     fsync: bool,
     progress: Progress | None,
 ) -> None:
-    parent, fd = _open_in(dir_fd, member.entry.path)
+    fd = _open_in(dir_fd, member.entry.path)
     try:
         _decompress_member(
             f,
@@ -402,11 +426,9 @@ def _unpack_member(
             progress,
         )
         if fsync:
-            os.fsync(fd)
-            os.fsync(parent)
+            os.fsync(fd)  # its directory entry is made durable with the others, at the end
     finally:
         os.close(fd)
-        os.close(parent)
 
 
 def check_payloads(
@@ -476,7 +498,7 @@ def unpack_bundle(
         for member in verified.members:
             _unpack_member(f, member, dir_fd, dctx, limits, fsync, progress)
         if fsync:
-            os.fsync(dir_fd)
+            _fsync_dirs(dir_fd, [m.entry.path for m in verified.members])
     except OSError as e:
         _clear(target)
         raise StagingError(f"cannot write to staging directory {target}: {e.strerror}") from e

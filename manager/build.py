@@ -45,7 +45,7 @@ from satchel.agent.runtimes.samples import (
     run_feeds,
     stored_samples,
 )
-from satchel.bundles.config import DEFAULT_PACK
+from satchel.bundles.config import DEFAULT_PACK, PackOptions
 from satchel.bundles.durable import atomic_writer
 from satchel.bundles.identifiers import CHANNEL_RE, VERSION_RE
 from satchel.bundles.keys import SigningKey
@@ -90,6 +90,9 @@ class BuildDefaults:
     warmup_runs: int = 3  # the device's smoke test; on this host only if no feed ran before
     latency_runs: int = 20  # the device's smoke test; at most this many on this host
     host_latency_s: float = 0.25  # seconds; this host's latency runs stop after this
+    # zstd on the packing thread itself (0 workers): it runs beside the model, whose runtime
+    # wants the cores; zstd's own workers would take them and ~100 MB of buffers besides.
+    pack: PackOptions = replace(DEFAULT_PACK, zstd_threads=0)
     progress_min_bytes: int = 32 * 1024 * 1024  # show a progress bar above this model size
     max_feeds: int = 10_000  # sample feeds in one smoke test
     smoke_warn_min_bytes: int = 1024 * 1024  # smoke data below this is never warned about
@@ -387,7 +390,7 @@ def build_bundle(
         Payload(_model_file(req.model), req.model),
         *(Payload(f, files.folder / f) for f in files.data_files),
     ]
-    with _bundle_body(out, created, model_payloads) as body:
+    with _bundle_body(out, created, model_payloads, defaults.pack) as body:
         packer = _ModelPacker(body, model_payloads, progress)
         try:
             runs = _run_models(req, files, raw_samples, defaults, clock)
@@ -688,14 +691,15 @@ class _ModelPacker:
 
 
 @contextmanager
-def _bundle_body(out: Path, created: datetime, payloads: list[Payload]) -> Iterator[BundleBody]:
+def _bundle_body(
+    out: Path, created: datetime, payloads: list[Payload], options: PackOptions
+) -> Iterator[BundleBody]:
     """A bundle body beside `out`, its chunk index sized by the model's files (the smoke data
     is small beside them). Raises BuildError when the folder cannot be written."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        body = BundleBody(
-            int(created.timestamp()), index_chunk_size(payloads, DEFAULT_PACK), tmp_dir=out.parent
-        )
+        chunk_size = index_chunk_size(payloads, options)
+        body = BundleBody(int(created.timestamp()), chunk_size, options, tmp_dir=out.parent)
     except OSError as e:
         raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
     with body:

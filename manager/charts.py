@@ -1,4 +1,6 @@
-"""Server-side SVG line charts: health over time, with rollbacks marked as vertical lines.
+"""Server-side SVG line charts: health over time, one line per release in its own colour,
+with rollbacks marked as vertical lines and the breach that caused each one as a ringed,
+labelled point.
 
 Pure functions from points to SVG markup: no JavaScript, no external assets, so a chart reads
 the same with no internet. Colours come from CSS classes (the dashboard's stylesheet styles
@@ -17,7 +19,11 @@ from html import escape
 
 PERCENT, MILLISECONDS = "%", "ms"
 _TIME_STEPS_S = (  # candidate spacings of the time axis ticks, in seconds
+    10,
+    15,
+    30,
     60,
+    120,
     300,
     900,
     1800,
@@ -31,7 +37,9 @@ _TIME_STEPS_S = (  # candidate spacings of the time axis ticks, in seconds
     14 * 86400,
     30 * 86400,
 )
-_MIN_SPAN_S = 3600  # seconds shown when every point and marker falls at one instant
+_MIN_SPAN_S = 60  # seconds shown, at least: a single instant is widened to this
+_EDGE_SHARE = 0.04  # share of the data's span added at each end, so no point sits on an edge
+SERIES_STYLES = 6  # distinct series colours in the stylesheet (`.series-0` .. `.series-5`)
 
 
 @dataclass(frozen=True)
@@ -52,6 +60,24 @@ class ChartSize:
 class Point:
     at: datetime  # timezone-aware
     value: float
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line: `label` names it (a release), `style` picks its colour (0..SERIES_STYLES-1)."""
+
+    label: str
+    points: Sequence[Point]
+    style: int = 0
+
+
+@dataclass(frozen=True)
+class Breach:
+    """The figure that broke a limit: a ringed point at (`at`, `value`) labelled `label`."""
+
+    at: datetime  # timezone-aware
+    value: float
+    label: str
 
 
 @dataclass(frozen=True)
@@ -91,6 +117,8 @@ def _utc(t: datetime) -> datetime:
 
 def _time_label(t: datetime, span_s: float) -> str:
     t = _utc(t)
+    if span_s <= 600:
+        return t.strftime("%H:%M:%S")
     if span_s <= 2 * 86400:
         return t.strftime("%H:%M")
     return t.strftime("%d %b")
@@ -109,56 +137,80 @@ def _time_ticks(start: datetime, end: datetime, wanted: int) -> list[datetime]:
 
 
 def time_range(
-    points: Sequence[Point], markers: Sequence[Marker]
+    points: Sequence[Point],
+    markers: Sequence[Marker],
+    window_s: float | None = None,
 ) -> tuple[datetime, datetime] | None:
-    """The span covering every point and marker, widened when it is a single instant;
-    None when there is nothing to show."""
+    """The time axis: it follows the data. Without `window_s`, the span from the first to the
+    last point or marker, with a small margin (a minute at least); with it, the `window_s`
+    seconds that end at the newest point or marker. None when there is nothing to show."""
     times = [p.at for p in points] + [m.at for m in markers]
     if not times:
         return None
     start, end = min(times), max(times)
-    if (end - start).total_seconds() < _MIN_SPAN_S:
-        pad = timedelta(seconds=_MIN_SPAN_S / 2)
-        start, end = start - pad, end + pad
-    return start, end
+    if window_s is not None:
+        return end - timedelta(seconds=window_s), end + timedelta(seconds=window_s * _EDGE_SHARE)
+    span = (end - start).total_seconds()
+    if span < _MIN_SPAN_S:
+        pad = timedelta(seconds=(_MIN_SPAN_S - span) / 2)
+        return start - pad, end + pad
+    margin = timedelta(seconds=span * _EDGE_SHARE)
+    return start - margin, end + margin
+
+
+def in_span(points: Sequence[Point], span: tuple[datetime, datetime] | None) -> list[Point]:
+    """The points inside `span` (all of them when it is None)."""
+    if span is None:
+        return list(points)
+    return [p for p in points if span[0] <= p.at <= span[1]]
 
 
 def line_chart(
     chart_id: str,
     title: str,
-    points: Sequence[Point],
+    points: Sequence[Point] = (),
     *,
     unit: str,
+    series: Sequence[Series] = (),
     markers: Sequence[Marker] = (),
+    breaches: Sequence[Breach] = (),
     limit: float | None = None,
     span: tuple[datetime, datetime] | None = None,
     size: ChartSize | None = None,
 ) -> str:
-    """SVG markup of a line chart of `points` over time.
+    """SVG markup of a line chart over time: `points` as one line, or several `series` (one
+    per release, each in its colour).
 
-    `markers` are drawn as labelled vertical lines (rollbacks), `limit` as a dashed horizontal
-    line (the health policy's threshold). `span` fixes the time axis (so several charts of
-    one device line up); by default it covers the points and markers. `chart_id` must be
-    unique in the page (it names the SVG's title for screen readers).
+    `markers` are drawn as labelled vertical lines (rollbacks), `breaches` as ringed,
+    labelled points (the figure that caused a rollback), `limit` as a dashed horizontal line
+    (the health policy's threshold). `span` fixes the time axis (so several charts of one
+    device line up; points outside it are left out); by default it follows the data.
+    `chart_id` must be unique in the page (it names the SVG's title for screen readers).
 
     Text is placed in pixels and percentages of the width; the series is drawn in a nested
     SVG stretched to the plot (strokes and dots keep their size: non-scaling strokes).
     """
     size = size or ChartSize()
-    points = sorted(points, key=lambda p: p.at)
-    span = span or time_range(points, markers)
+    lines = list(series) or ([Series("", points)] if points else [])
+    lines = [
+        Series(s.label, sorted(in_span(s.points, span), key=lambda p: p.at), s.style) for s in lines
+    ]
+    everything = [p for s in lines for p in s.points]
+    span = span or time_range(everything + [Point(b.at, b.value) for b in breaches], markers)
+    breaches = [b for b in breaches if span is None or span[0] <= b.at <= span[1]]
     top, plot_h = size.top, size.height - size.top - size.bottom
     ident = escape(chart_id, quote=True)
     out = [
         f'<svg class="chart" width="100%" height="{size.height}" role="img" '
         f'aria-labelledby="{ident}-title {ident}-desc">',
         f'<title id="{ident}-title">{escape(title)}</title>',
-        f'<desc id="{ident}-desc">{escape(_summary(title, points, markers, unit))}</desc>',
+        f'<desc id="{ident}-desc">{escape(_summary(title, lines, markers, breaches, unit))}</desc>',
         f'<text class="chart-title" x="8" y="18">{escape(title)}</text>',
         f'<rect class="plot" x="{size.gutter:.1f}%" y="{top}" width="{100 - size.gutter:.1f}%" '
         f'height="{plot_h}"/>',
     ]
-    top_value = max([p.value for p in points] + ([limit] if limit is not None else []) + [0.0])
+    values = [p.value for p in everything] + [b.value for b in breaches]
+    top_value = max(values + ([limit] if limit is not None else []) + [0.0])
     if unit == PERCENT:
         top_value = min(max(top_value, 0.01), 1.0)
     step = nice_ceiling(top_value * 1.1 / size.y_ticks) if top_value > 0 else 0.25
@@ -180,7 +232,7 @@ def line_chart(
             f'<text class="axis-label y-label" x="{size.gutter:.1f}%" dx="-5" y="{y + 4:.1f}" '
             f'text-anchor="end">{escape(format_value(value, unit))}</text>'
         )
-    if span is None or not points:
+    if span is None or not everything:
         out.append(
             f'<text class="chart-empty" x="50%" y="{top + plot_h / 2 + 4:.1f}" '
             'text-anchor="middle">No health samples yet</text>'
@@ -211,32 +263,12 @@ def line_chart(
         out.append(
             f'<line class="limit" x1="{size.gutter:.1f}%" y1="{y:.1f}" x2="100%" y2="{y:.1f}">'
             f"<title>{escape(label)}</title></line>"
-            f'<text class="limit-label" x="{size.gutter:.1f}%" dx="4" y="{y - 4:.1f}">'
+            f'<text class="limit-label" x="100%" dx="-4" y="{y - 4:.1f}" text-anchor="end">'
             f"{escape(label)}</text>"
         )
-    if points:
-        out.append(
-            f'<svg x="0" y="{top}" width="100%" height="{plot_h}" viewBox="0 0 1000 1000" '
-            'preserveAspectRatio="none" overflow="visible">'
-        )
-
-        def xy(p: Point) -> str:
-            y = 1000 - min(max(p.value, 0.0) / y_max, 1.0) * 1000
-            return f"{x_pct(p.at) * 10:.1f} {y:.1f}"
-
-        if len(points) > 1:
-            coords = " ".join(xy(p) for p in points)
-            out.append(f'<polyline class="series" points="{coords}"/>')
-        for p in points:
-            when = _utc(p.at).strftime("%Y-%m-%d %H:%M UTC")
-            out.append(
-                f'<path class="point" d="M{xy(p)} h0">'
-                f"<title>{escape(when)}: {escape(format_value(p.value, unit))}</title></path>"
-            )
-        out.append("</svg>")
     for m in sorted(markers, key=lambda m: m.at):
         x = x_pct(m.at)
-        when = _utc(m.at).strftime("%Y-%m-%d %H:%M UTC")
+        when = _utc(m.at).strftime("%Y-%m-%d %H:%M:%S UTC")
         tip = f"{m.label} at {when}" + (f": {m.detail}" if m.detail else "")
         anchor, dx = ("end", -4) if x > 75 else ("start", 4)
         out.append(
@@ -245,20 +277,72 @@ def line_chart(
             f'<text x="{x:.2f}%" dx="{dx}" y="{top + 12}" text-anchor="{anchor}">'
             f"{escape(m.label)}</text></g>"
         )
+    if everything or breaches:
+        out.append(
+            f'<svg x="0" y="{top}" width="100%" height="{plot_h}" viewBox="0 0 1000 1000" '
+            'preserveAspectRatio="none" overflow="visible">'
+        )
+
+        def xy(at: datetime, value: float) -> str:
+            y = 1000 - min(max(value, 0.0) / y_max, 1.0) * 1000
+            return f"{x_pct(at) * 10:.1f} {y:.1f}"
+
+        for line in lines:
+            style = line.style % SERIES_STYLES
+            name = f"{line.label}: " if line.label else ""
+            out.append(f'<g class="series-{style}" data-series="{escape(line.label, quote=True)}">')
+            if len(line.points) > 1:
+                coords = " ".join(xy(p.at, p.value) for p in line.points)
+                out.append(
+                    f'<polyline class="series" points="{coords}">'
+                    f"<title>{escape(line.label)}</title></polyline>"
+                )
+            for p in line.points:
+                when = _utc(p.at).strftime("%Y-%m-%d %H:%M:%S UTC")
+                out.append(
+                    f'<path class="point" d="M{xy(p.at, p.value)} h0"><title>{escape(name)}'
+                    f"{escape(when)}: {escape(format_value(p.value, unit))}</title></path>"
+                )
+            out.append("</g>")
+        for b in breaches:
+            out.append(
+                f'<path class="breach-ring" d="M{xy(b.at, b.value)} h0">'
+                f"<title>{escape(b.label)}</title></path>"
+            )
+        out.append("</svg>")
+    for b in breaches:
+        x = x_pct(b.at)
+        y = max(y_px(b.value) - 10, top + 26)
+        anchor, dx = ("end", -8) if x > 60 else ("start", 8)
+        out.append(
+            f'<text class="breach-label" x="{x:.2f}%" dx="{dx}" y="{y:.1f}" '
+            f'text-anchor="{anchor}">{escape(b.label)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
 
-def _summary(title: str, points: Sequence[Point], markers: Sequence[Marker], unit: str) -> str:
-    if not points:
-        text = f"{title}: no samples."
-    else:
-        last = points[-1]
-        peak = max(p.value for p in points)
-        text = (
-            f"{title}: {len(points)} samples, latest {format_value(last.value, unit)}, "
-            f"highest {format_value(peak, unit)}."
+def _summary(
+    title: str,
+    lines: Sequence[Series],
+    markers: Sequence[Marker],
+    breaches: Sequence[Breach],
+    unit: str,
+) -> str:
+    parts = []
+    for line in lines:
+        if not line.points:
+            continue
+        last = line.points[-1]
+        peak = max(p.value for p in line.points)
+        name = f"{line.label}: " if line.label else ""
+        parts.append(
+            f"{name}{len(line.points)} samples, latest {format_value(last.value, unit)}, "
+            f"highest {format_value(peak, unit)}"
         )
+    text = f"{title}: " + ("; ".join(parts) if parts else "no samples") + "."
     if markers:
         text += f" {len(markers)} rollback(s) marked."
+    for b in breaches:
+        text += f" {b.label}."
     return text

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from satchel.bundles.logsetup import FORMATS, LEVELS
+from satchel.bundles.logsetup import configure as configure_logs
 from satchel.manager.commands.common import CliContext, refusals_exit_1
 from satchel.manager.commands.lazy import LazyCommand, LazyGroup
 
@@ -93,6 +95,18 @@ COMMANDS = {
     help="File holding the admin token for --url, mode 0600.  "
     "[default: ~/.config/satchel/credentials]",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default=None,
+    help="Least severe log lines written (setting `log_level`).  [default: info]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="Log lines as text or one JSON object each (setting `log_format`).  [default: text]",
+)
 @click.version_option(package_name="satchel")
 @click.pass_context
 def main(
@@ -101,6 +115,8 @@ def main(
     config_file: Path | None,
     url: str | None,
     token_file: Path | None,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Satchel: signed, smoke-tested, offline-first model updates for device fleets."""
     url = url or None  # SATCHEL_URL= (empty) means the local database
@@ -112,4 +128,6 @@ def main(
             err=True,
         )
         ctx.exit(2)
+    if log_level or log_format:  # `serve` reads them with the other settings (config_of)
+        configure_logs((log_level or "info").lower(), log_format or "text")
     ctx.obj = CliContext(data_dir=data_dir, url=url, token_file=token_file)

@@ -18,6 +18,7 @@ from typing import Any
 
 from satchel.bundles.configfile import AT_LEAST_ONE, POSITIVE, Bounds, Schema
 from satchel.bundles.errors import ConfigError
+from satchel.bundles.logsetup import FORMATS, LEVELS
 from satchel.manager.errors import UsageError
 
 ENV_PREFIX = "SATCHEL_"
@@ -61,7 +62,11 @@ class ManagerConfig:
     admin_token_touch_s: float = 60.0  # seconds between two writes of a token's last use
     trusted_proxies: int = 0  # reverse proxies in front of the manager whose X-Forwarded-For
     # (and -Proto, -Host) to believe: the client address log-ins are throttled by
-    log_requests: bool = True  # one JSON log line per HTTP request
+    log_requests: bool = True  # one log line per HTTP request (logger satchel.access)
+    log_level: str = "info"  # the least severe lines written: debug, info, warning, error,
+    # critical (`satchel --log-level`)
+    log_format: str = "text"  # "text" or "json", one object per line with the request id
+    # (`satchel --log-format`); under journald no timestamp of ours and a syslog priority
     check_schema: bool = True  # refuse to start unless the database is at the head revision
 
     @property
@@ -104,6 +109,8 @@ SCHEMA: Schema[ManagerConfig] = Schema(
         "login_user_failures": AT_LEAST_ONE,
         "login_address_failures": AT_LEAST_ONE,
         "login_window_s": POSITIVE,
+        "log_level": Bounds(choices=LEVELS),
+        "log_format": Bounds(choices=FORMATS),
     },
 )
 

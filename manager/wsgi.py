@@ -25,8 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from satchel.bundles.logsetup import configure as configure_logs
 from satchel.manager.config import ManagerConfig
 from satchel.manager.db import make_engine, require_head
+from satchel.manager.metrics.multiproc import prepare as prepare_metrics_dir
 
 RESTART_DELAY_S = 1.0  # seconds before a dead worker is replaced
 STOP_GRACE_S = 10.0  # seconds workers get to finish after SIGTERM
@@ -40,6 +42,7 @@ def __getattr__(name: str) -> Any:
         from satchel.manager.app import create_app  # Flask and every blueprint: see _create_app
 
         globals()["app"] = create_app()
+        _configure_logs(globals()["app"].extensions["satchel"].config)
         return globals()["app"]
     raise AttributeError(name)
 
@@ -92,6 +95,8 @@ def serve(config: ManagerConfig, announce: Callable[[str], None] = print) -> Non
             require_head(engine)
     finally:
         engine.dispose()
+    _configure_logs(config)
+    prepare_metrics_dir()  # before any worker starts, before prometheus_client is imported
     server = server_name(config)
     database = "postgresql" if config.database_url.startswith("postgres") else "sqlite"
 
@@ -139,12 +144,13 @@ def _serve_granian(config: ManagerConfig, ready: Callable[[str, int], None]) -> 
     server.serve(target_loader=lambda: _create_app(config), wrap_loader=False)
 
 
-# stdout carries only the announcement (scripts read it); granian's own lines go to stderr
+# stdout carries only the announcement (scripts read it); granian's own lines go to the
+# root logger, in the format and at the level of `--log-format` and `--log-level`, on stderr
 _GRANIAN_LOGS_TO_STDERR = {
-    "handlers": {
-        handler: {"formatter": form, "class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
-        for handler, form in (("console", "generic"), ("access", "access"))
-    }
+    "handlers": {},
+    "loggers": {
+        name: {"handlers": [], "propagate": True} for name in ("_granian", "granian.access")
+    },
 }
 
 
@@ -153,7 +159,12 @@ def _create_app(config: ManagerConfig) -> Any:
     # (through `manager.commands.serve`), and Flask with every blueprint would slow them all.
     from satchel.manager.app import create_app
 
+    _configure_logs(config)  # a spawned (not forked) worker starts with no handler
     return create_app(_as_overrides(config))
+
+
+def _configure_logs(config: ManagerConfig) -> None:
+    configure_logs(config.log_level, config.log_format)
 
 
 def _free_port(host: str) -> int:

@@ -1,17 +1,31 @@
-"""Prometheus text exposition (format 0.0.4) of the inference server's counters.
+"""`GET /metrics` of the inference server: its counters as Prometheus text, through
+prometheus_client.
 
-Pure formatting: the server takes a `MetricsSnapshot` and this module turns it into the text
-`GET /metrics` answers. Latencies are exported in seconds, as Prometheus convention asks.
+The server keeps its own counters (health per release, requests per endpoint); at each scrape
+it hands a `MetricsSnapshot` to `render`, which turns it into metric families beside
+`process_*` (memory on a device matters) and `satchel_build_info`, with the label names the
+manager uses (`code` for an HTTP status). Latencies are exported in seconds, as Prometheus
+convention asks. docs/OPERATIONS.md lists every family.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import importlib.metadata
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+
+from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from satchel.agent.health.stats import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_RELEASE = ("channel", "version", "sequence")
 
 
 @dataclass(frozen=True)
@@ -33,75 +47,84 @@ class MetricsSnapshot:
     http_requests: Mapping[tuple[str, int], int]  # (endpoint, HTTP status) -> requests
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def satchel_version() -> str:
+    try:
+        return importlib.metadata.version("satchel")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
 
 
-def _labels(**labels: str) -> str:
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+def _release(key: ReleaseKey) -> list[str]:
+    return [key.channel, key.version, str(key.sequence)]
 
 
-def _release_labels(key: ReleaseKey) -> dict[str, str]:
-    return {"channel": key.channel, "version": key.version, "sequence": str(key.sequence)}
-
-
-class _Text:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(self, name: str, kind: str, help_text: str) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
-
-    def sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        text = str(value) if isinstance(value, int) else repr(float(value))
-        self.lines.append(f"{name}{_labels(**labels)} {text}")
-
-
-def _histogram(text: _Text, name: str, releases: Mapping[ReleaseKey, HealthStats]) -> None:
-    text.family(name, "histogram", "Model run time per inference, in seconds.")
+def _latency(releases: Mapping[ReleaseKey, HealthStats]) -> HistogramMetricFamily:
+    family = HistogramMetricFamily("satchel_inference_latency_seconds",
+                                   "Model run time per inference, in seconds.", labels=_RELEASE)
     for key, stats in sorted(releases.items()):
-        labels = _release_labels(key)
-        cumulative = 0
+        buckets, cumulative = [], 0
         for bound, n in zip(LATENCY_BUCKETS_MS, stats.latency_buckets, strict=False):
             cumulative += n
-            text.sample(f"{name}_bucket", {**labels, "le": f"{bound / 1000:g}"}, cumulative)
-        text.sample(f"{name}_bucket", {**labels, "le": "+Inf"}, stats.count)
-        text.sample(f"{name}_sum", labels, stats.latency_ms_sum / 1000)
-        text.sample(f"{name}_count", labels, stats.count)
+            buckets.append((f"{bound / 1000:g}", cumulative))
+        buckets.append(("+Inf", stats.count))
+        family.add_metric(_release(key), buckets, stats.latency_ms_sum / 1000)
+    return family
 
 
-def render(snapshot: MetricsSnapshot) -> str:
-    """The snapshot as Prometheus text, ending with a newline."""
-    text = _Text()
-    text.family("satchel_http_requests_total", "counter", "HTTP requests by endpoint and status.")
+def families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
+    """The server's metric families, from `snapshot`."""
+    requests = CounterMetricFamily("satchel_http_requests_total",
+                                   "HTTP requests answered, by endpoint and status code.",
+                                   labels=("endpoint", "code"))
     for (endpoint, status), n in sorted(snapshot.http_requests.items()):
-        text.sample("satchel_http_requests_total", {"endpoint": endpoint, "code": str(status)}, n)
+        requests.add_metric([endpoint, str(status)], n)
+    yield requests
     releases = snapshot.releases
     for name, field, help_text in (
         ("satchel_inferences_total", "count", "Inferences run, failed ones included."),
         ("satchel_inference_errors_total", "errors", "Inferences the runtime failed."),
-        ("satchel_inference_nonfinite_total", "nonfinite", "Inferences with NaN/Inf outputs."),
+        ("satchel_inference_nonfinite_total", "nonfinite",
+         "Inferences with NaN/Inf outputs from finite inputs."),
         ("satchel_inference_nonfinite_inputs_total", "nonfinite_inputs",
          "Inferences fed NaN/Inf inputs (the client's fault, not the model's)."),
     ):
-        text.family(name, "counter", help_text)
+        counter = CounterMetricFamily(name, help_text, labels=_RELEASE)
         for key, stats in sorted(releases.items()):
-            text.sample(name, _release_labels(key), getattr(stats, field))
-    _histogram(text, "satchel_inference_latency_seconds", releases)
+            counter.add_metric(_release(key), getattr(stats, field))
+        yield counter
+    yield _latency(releases)
     channels = sorted(snapshot.channels, key=lambda c: c.channel)
-    text.family("satchel_model_active", "gauge", "1 for the release each channel serves.")
+    active = GaugeMetricFamily("satchel_model_active", "1 for the release each channel serves.",
+                               labels=_RELEASE)
+    probation = GaugeMetricFamily("satchel_model_on_probation",
+                                  "1 while the serving release is judged.", labels=("channel",))
+    swaps = CounterMetricFamily("satchel_model_swaps_total", "Releases swapped in.",
+                                labels=("channel",))
+    rollbacks = CounterMetricFamily("satchel_model_rollbacks_total",
+                                    "Swaps back to an older release.", labels=("channel",))
     for c in channels:
         if c.version is not None:
-            labels = {"channel": c.channel, "version": c.version, "sequence": str(c.sequence)}
-            text.sample("satchel_model_active", labels, 1)
-    text.family("satchel_model_on_probation", "gauge", "1 while the serving release is judged.")
-    for c in channels:
-        text.sample("satchel_model_on_probation", {"channel": c.channel}, int(c.on_probation))
-    text.family("satchel_model_swaps_total", "counter", "Releases swapped in.")
-    for c in channels:
-        text.sample("satchel_model_swaps_total", {"channel": c.channel}, c.swaps)
-    text.family("satchel_model_rollbacks_total", "counter", "Swaps back to an older release.")
-    for c in channels:
-        text.sample("satchel_model_rollbacks_total", {"channel": c.channel}, c.rollbacks)
-    return "\n".join(text.lines) + "\n"
+            active.add_metric([c.channel, c.version, str(c.sequence)], 1)
+        probation.add_metric([c.channel], int(c.on_probation))
+        swaps.add_metric([c.channel], c.swaps)
+        rollbacks.add_metric([c.channel], c.rollbacks)
+    yield from (active, probation, swaps, rollbacks)
+    info = GaugeMetricFamily("satchel_build_info", "The Satchel release running; always 1.",
+                             labels=("version",))
+    info.add_metric([satchel_version()], 1)
+    yield info
+    yield from ProcessCollector(registry=None).collect()
+
+
+class _Scrape:
+    def __init__(self, snapshot: MetricsSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        return families(self.snapshot)
+
+
+def render(snapshot: MetricsSnapshot) -> str:
+    """The snapshot, build info and process metrics as Prometheus text, ending with a
+    newline (served under CONTENT_TYPE)."""
+    return generate_latest(_Scrape(snapshot)).decode("utf-8")

@@ -3,9 +3,7 @@ the calls that wait together.
 
 A worker takes the oldest waiting call and, with it, every call already waiting (up to
 `max_batch`), so a lone request never waits for company, and under load requests for the
-same release and input shapes run as one batch (`InferenceService.infer_many`). The event
-loop runs a lone request itself (`answer`) when nothing else is in flight: a hand-off to a
-worker and back would cost two thread wake-ups, which is most of a small model's time. Sized to
+same release and input shapes run as one batch (`InferenceService.infer_many`). Sized to
 the machine's cores: onnxruntime and TFLite release the GIL while they run, and more threads
 than cores would only queue for it.
 """
@@ -87,14 +85,14 @@ class InferencePool:
                     break
                 jobs.append(more)
             try:
-                self._done(list(zip(jobs, self.answer(jobs), strict=True)))
+                self._done(list(zip(jobs, self._answer(jobs), strict=True)))
             except Exception:  # a bug must cost these requests, never the pool
                 log.exception("answering %d infer request(s) failed", len(jobs))
             if stopping:
                 return
 
-    def answer(self, jobs: list[InferJob]) -> list[Response]:
-        """Run `jobs` as one batch in the caller's thread; their responses, in order."""
+    def _answer(self, jobs: list[InferJob]) -> list[Response]:
+        """Run `jobs` as one batch; their responses, in order."""
         try:
             calls: list[InferCall | RequestError] = []
             for job in jobs:

@@ -23,7 +23,7 @@ def count(metrics: Metrics, result: CheckinResult) -> None:
     """Count a recorded LAN check-in and its new events."""
     metrics.inc("satchel_checkins_total", via=LAN)
     if result.fast:
-        metrics.inc("satchel_checkins_fast_total")
+        metrics.inc("satchel_checkins_fast_total", via=LAN)
     if result.events_recorded:
         metrics.inc("satchel_events_recorded_total", result.events_recorded)
 

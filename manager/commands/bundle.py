@@ -6,6 +6,7 @@ they import when they run: the other commands work on the bundle core alone."""
 
 from __future__ import annotations
 
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ def bundle() -> None:
 
 
 def _progress_bar(total: int, label: str) -> Any:
+    """A progress bar on stderr when it is a terminal, else None."""
+    if not sys.stderr.isatty():  # tqdm would draw nothing (disable=None): spare its import
+        return None
     from tqdm import tqdm  # a quarter second to import: only when a bar is drawn
 
     return tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=None, leave=False)

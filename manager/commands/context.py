@@ -35,6 +35,9 @@ def config_of(
     config_file = config_file or root.params.get("config_file")
     data_dir = {"data_dir": root.obj.data_dir}
     given = root.get_parameter_source("data_dir") not in (ParameterSource.DEFAULT, None)
+    for option in ("log_level", "log_format"):  # `satchel --log-level ...` wins over the file
+        if root.params.get(option) and overrides.get(option) is None:
+            overrides[option] = root.params[option].lower()
     try:
         return load_config(config_file, defaults=None if given else data_dir,
                            **(data_dir if given else {}), **overrides)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from satchel.bundles.logsetup import FORMATS, LEVELS
 from satchel.manager.commands.common import refusals_exit_1
 from satchel.manager.commands.context import config_of
 from satchel.manager.wsgi import serve as run
@@ -31,6 +32,18 @@ from satchel.manager.wsgi import serve as run
     default=None,
     help="HTTP server (auto: granian when installed).  Env: SATCHEL_SERVER.",
 )
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default=None,
+    help="Least severe log lines written.  Env: SATCHEL_LOG_LEVEL.  [default: info]",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(FORMATS),
+    default=None,
+    help="text, or json: one object per line with the request id.  Env: SATCHEL_LOG_FORMAT.",
+)
 @click.pass_context
 @refusals_exit_1
 def serve(
@@ -41,6 +54,8 @@ def serve(
     workers: int | None,
     threads: int | None,
     server: str | None,
+    log_level: str | None,
+    log_format: str | None,
 ) -> None:
     """Run the manager (REST API, downloads, /metrics) on a production WSGI server.
 
@@ -49,7 +64,8 @@ def serve(
     PostgreSQL), then these options.
     """
     config = config_of(
-        ctx, config_file, host=host, port=port, workers=workers, threads=threads, server=server
+        ctx, config_file, host=host, port=port, workers=workers, threads=threads, server=server,
+        log_level=log_level.lower() if log_level else None, log_format=log_format,
     )
     with contextlib.suppress(KeyboardInterrupt):
         run(config, announce=lambda line: click.echo(line))

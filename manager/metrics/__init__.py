@@ -1,13 +1,15 @@
-"""Observability: Prometheus `/metrics` (text exposition format 0.0.4) and the structured
-request log, one job per module.
+"""Observability: Prometheus `/metrics` through prometheus_client, and the request log, one job
+per module.
 
-- `registry`: the counters and latency histograms of one process;
-- `exposition`: the Prometheus text of the registry and the fleet gauges;
-- `request_log`: one request's record (counted, timed, one JSON log line) and the Flask hooks
-  that make it for every request;
+- `registry`: the counters and the latency histogram of one app;
+- `multiproc`: the directory where `satchel serve`'s workers keep their counters, so a scrape
+  adds up every worker's (prometheus_client's multiprocess mode);
+- `process`: `process_*` of the serving process and its workers;
+- `exposition`: the text of a scrape: counters, the fleet's gauges (read from the database at
+  scrape time, the same whichever worker answers), `satchel_build_info`, `process_*`;
+- `request_log`: one request's record (counted, timed, one log line with its request id) and
+  the Flask hooks that make it for every request;
 - `endpoint`: the `/metrics` blueprint.
 
-Counters live in the process; with several server workers each scrape sees the worker that
-answered it (the `worker` label tells which). Fleet gauges are read from the database at
-scrape time, so they are the same whichever worker answers.
+docs/OPERATIONS.md lists every metric (tests/metrics_reference.py writes the list).
 """

@@ -1,53 +1,87 @@
-"""The Prometheus text exposition format 0.0.4: a registry snapshot and the fleet gauges as
-the text `/metrics` answers. Every counter and histogram series carries the `worker` label."""
+"""The text `/metrics` answers: the counters (every worker's, added up, under `satchel
+serve`), the fleet's gauges read from the database, `satchel_build_info` and `process_*`, in
+prometheus_client's text format, under its Content-Type."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib.metadata
+from collections.abc import Iterable, Iterator
 
-from satchel.manager.metrics.registry import LATENCY_BUCKETS_S, Labels, Snapshot
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-DURATION = "satchel_http_request_duration_seconds"  # the one histogram: request latency
+from satchel.manager.metrics.multiproc import multiproc_dir
+from satchel.manager.metrics.process import ProcessGroupCollector
+from satchel.manager.metrics.registry import Metrics
+from satchel.manager.services.fleet_counts import FleetCounts
 
-Gauges = dict[str, list[tuple[Labels, float]]]  # gauge name -> (labels, value) per series
-
-
-def render(snapshot: Snapshot, gauges: Gauges, worker: str) -> str:
-    """The text exposition of every counter and histogram of `snapshot` (labelled with
-    `worker`), the process start time, and `gauges`."""
-    own = (("worker", worker),)
-    lines: list[str] = []
-    for name in sorted(snapshot.counters):
-        lines.append(f"# TYPE {name} counter")
-        for labels, value in sorted(snapshot.counters[name].items()):
-            lines.append(f"{name}{_labels(own + labels)} {_num(value)}")
-    lines.append(f"# TYPE {DURATION} histogram")
-    for labels, h in sorted(snapshot.histograms.items()):
-        for i, bound in enumerate(LATENCY_BUCKETS_S):
-            le = (("le", _num(bound)),)
-            lines.append(f"{DURATION}_bucket{_labels(own + labels + le)} {_num(h[i])}")
-        inf = (("le", "+Inf"),)
-        lines.append(f"{DURATION}_bucket{_labels(own + labels + inf)} {_num(h[-1])}")
-        lines.append(f"{DURATION}_sum{_labels(own + labels)} {h[-2]!r}")
-        lines.append(f"{DURATION}_count{_labels(own + labels)} {_num(h[-1])}")
-    lines.append("# TYPE satchel_process_start_time_seconds gauge")
-    lines.append(f"satchel_process_start_time_seconds{_labels(own)} {snapshot.started!r}")
-    for name in sorted(gauges):
-        lines.append(f"# TYPE {name} gauge")
-        for labels, value in gauges[name]:
-            lines.append(f"{name}{_labels(labels)} {_num(value)}")
-    return "\n".join(lines) + "\n"
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def satchel_version() -> str:
+    try:
+        return importlib.metadata.version("satchel")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
 
 
-def _labels(labels: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-    return "{" + inner + "}" if inner else ""
+def build_info(version: str) -> GaugeMetricFamily:
+    """`satchel_build_info{version="..."} 1`, as on the agent."""
+    info = GaugeMetricFamily("satchel_build_info", "The Satchel release running; always 1.",
+                             labels=("version",))
+    info.add_metric((version,), 1)
+    return info
 
 
-def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
+def fleet_families(fleet: FleetCounts) -> list[Metric]:
+    """The fleet's gauges: devices, their channels by state, devices not seen within each
+    window, bundles, deployments by state, and the wave each halted deployment stopped at."""
+    devices = GaugeMetricFamily("satchel_devices", "Devices enrolled or registered.")
+    devices.add_metric((), fleet.devices)
+    channels = GaugeMetricFamily(
+        "satchel_device_channels", "Devices per channel and channel state (active, "
+        "probation, rolled-back, installing, rolling-back), as last reported.",
+        labels=("channel", "state"))
+    for channel, state, n in fleet.channels_by_state:
+        channels.add_metric((channel, state), n)
+    not_seen = GaugeMetricFamily(
+        "satchel_devices_not_seen", "Devices with no check-in or USB report within the "
+        "window (never seen ones included).", labels=("window",))
+    for window, n in fleet.not_seen:
+        not_seen.add_metric((window,), n)
+    bundles = GaugeMetricFamily("satchel_bundles", "Bundles in the store.")
+    bundles.add_metric((), fleet.bundles)
+    deployments = GaugeMetricFamily("satchel_deployments", "Deployments by state.",
+                                    labels=("state",))
+    for state, n in fleet.deployments_by_state:
+        deployments.add_metric((state,), n)
+    halted = GaugeMetricFamily(
+        "satchel_wave_halted", "1 for the wave each halted deployment stopped at.",
+        labels=("deployment", "wave"))
+    for deployment, wave in fleet.halted_waves:
+        halted.add_metric((str(deployment), str(wave)), 1)
+    return [devices, channels, not_seen, bundles, deployments, halted]
+
+
+class _Scrape:
+    """Every family of one scrape, in order."""
+
+    def __init__(self, parts: Iterable[Collector | Iterable[Metric]]) -> None:
+        self.parts = parts
+
+    def collect(self) -> Iterator[Metric]:
+        for part in self.parts:
+            yield from part.collect() if hasattr(part, "collect") else part
+
+
+def render(metrics: Metrics, fleet: FleetCounts) -> bytes:
+    """The text exposition of the counters, `fleet`, build info and process metrics."""
+    shared = multiproc_dir()
+    counters: Collector = (
+        metrics.registry if shared is None else MultiProcessCollector(None, str(shared))
+    )
+    scrape = _Scrape([counters, fleet_families(fleet), [build_info(satchel_version())],
+                      ProcessGroupCollector()])
+    return generate_latest(scrape)

@@ -1,56 +1,68 @@
-"""The counters and latency histograms of one manager process, safe to update from any
-request thread."""
+"""The manager's counters and latency histogram, kept by prometheus_client.
+
+Each app owns one `Metrics` (its own registry, so two apps in one process, as in the tests,
+count apart). Under `satchel serve` every worker process writes its values to files in the
+multiprocess directory (`multiproc.py`), and a scrape, whichever worker answers it, adds up
+every worker's: one series per counter, rising monotonically, for `rate()`.
+"""
 
 from __future__ import annotations
 
-import threading
-import time
-from collections import defaultdict
 from dataclasses import dataclass
 
-LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
-Labels = tuple[tuple[str, str], ...]
+# `*_created` series would double every family and no rule of ours reads them
+disable_created_metrics()
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # seconds
+REQUEST_DURATION = "satchel_http_request_duration_seconds"
 
 
 @dataclass(frozen=True)
-class Snapshot:
-    """The registry's values at one instant, copied, so rendering them needs no lock."""
+class CounterSpec:
+    """A counter family: its name (with `_total`), what it counts, its label names."""
 
-    started: float  # when the process started, Unix time in seconds
-    counters: dict[str, dict[Labels, float]]
-    histograms: dict[Labels, list[float]]  # labels -> a count per bucket, then sum and count
+    name: str
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+# Every counter the manager keeps; `Metrics.inc` takes one of these names.
+COUNTERS = (
+    CounterSpec("satchel_http_requests_total",
+                "HTTP requests answered, by method, route and status code.",
+                ("method", "endpoint", "code")),
+    CounterSpec("satchel_checkins_total", "Device check-ins recorded, by transport.", ("via",)),
+    CounterSpec("satchel_checkins_fast_total",
+                "Check-ins of unchanged devices recorded on the fast path, by transport.",
+                ("via",)),
+    CounterSpec("satchel_events_recorded_total",
+                "Device events (downloaded, activated, rolled back, ...) recorded."),
+    CounterSpec("satchel_enrollments_total", "Devices enrolled."),
+    CounterSpec("satchel_bundle_downloads_total", "Bundle downloads started (Range included)."),
+)
 
 
 class Metrics:
-    """Thread-safe counters and latency histograms of one manager process."""
+    """The counters and the request-latency histogram of one manager app; thread-safe."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.started = time.time()
-        self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self.histograms: dict[Labels, list[float]] = {}  # labels -> bucket counts + [sum, count]
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._counters = {
+            spec.name: Counter(spec.name, spec.help, spec.labels, registry=self.registry)
+            for spec in COUNTERS
+        }
+        self._duration = Histogram(
+            REQUEST_DURATION, "Time to answer an HTTP request, by route, in seconds.",
+            ("endpoint",), buckets=LATENCY_BUCKETS_S, registry=self.registry,
+        )
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            self.counters[name][key] += amount
+        """Add `amount` to the counter `name` (one of COUNTERS) for `labels`."""
+        counter = self._counters[name]
+        (counter.labels(**labels) if labels else counter).inc(amount)
 
     def observe(self, seconds: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            h = self.histograms.setdefault(key, [0.0] * (len(LATENCY_BUCKETS_S) + 2))
-            for i, bound in enumerate(LATENCY_BUCKETS_S):
-                if seconds <= bound:
-                    h[i] += 1
-            h[-2] += seconds
-            h[-1] += 1
-
-    def snapshot(self) -> Snapshot:
-        """A consistent copy of every counter and histogram."""
-        with self._lock:
-            return Snapshot(
-                started=self.started,
-                counters={name: dict(series) for name, series in self.counters.items()},
-                histograms={labels: list(h) for labels, h in self.histograms.items()},
-            )
+        """Count one request that took `seconds` in the latency histogram."""
+        self._duration.labels(**labels).observe(seconds)

@@ -1,56 +1,31 @@
-"""One request's record: counted and timed in the registry, and one JSON line in the access log
-when request logging is on.
+"""One request's record: counted and timed in the registry, and one line in the access log
+(logger `satchel.access`, in the format `--log-format` chose) when request logging is on.
 
-`instrument(app)` makes the record for every request Flask answers; the check-in fast path
-(`manager/checkin/route.py`) makes it, through `record_request`, for the ones it answers
-before Flask, so both leave the same trace.
+`instrument(app)` makes the record for every request Flask answers, and puts the request id in
+`bundles.logsetup.REQUEST_ID` while the request runs, so every line logged meanwhile carries
+it; the check-in fast path (`manager/checkin/route.py`) makes the record, through
+`record_request`, for the ones it answers before Flask, so both leave the same trace.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import sys
 import time
 import uuid
 
 from flask import Flask, Response, g, request
 
+from satchel.bundles.logsetup import REQUEST_ID
 from satchel.manager.context import state
 from satchel.manager.metrics.registry import Metrics
 
 ACCESS_LOGGER = "satchel.access"
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any `extra` fields."""
-
-    _SKIP = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        out.update({k: v for k, v in record.__dict__.items() if k not in self._SKIP})
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
-
-
 def access_logger() -> logging.Logger:
-    """The structured request log (one JSON line per request on stderr)."""
-    logger = logging.getLogger(ACCESS_LOGGER)
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter())
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-    return logger
+    """The request log: one line per request, through the handlers `logsetup` installed."""
+    return logging.getLogger(ACCESS_LOGGER)
 
 
 def new_request_id(header: str | None) -> str:
@@ -73,18 +48,19 @@ def record_request(
     principal: str | None,
 ) -> None:
     """Count and time one request (`elapsed` in seconds); log it when `logger` is given."""
-    metrics.inc("satchel_http_requests_total", method=method, endpoint=endpoint, status=str(status))
+    metrics.inc("satchel_http_requests_total", method=method, endpoint=endpoint, code=str(status))
     metrics.observe(elapsed, endpoint=endpoint)
-    if logger is not None:
+    if logger is not None and logger.isEnabledFor(logging.INFO):
+        duration_ms = round(elapsed * 1000, 2)
         logger.info(
-            "request",
+            "%s %s %d %.2f ms", method, path, status, duration_ms,
             extra={
                 "request_id": request_id,
                 "method": method,
                 "path": path,
                 "endpoint": endpoint,
                 "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
+                "duration_ms": duration_ms,
                 "bytes": size,
                 "remote": remote,
                 "principal": principal,
@@ -93,13 +69,14 @@ def record_request(
 
 
 def instrument(app: Flask, log_requests: bool) -> None:
-    """Count and time every request; log one JSON line per request when `log_requests`."""
+    """Count and time every request; log one line per request when `log_requests`."""
     logger = access_logger() if log_requests else None
 
     @app.before_request
     def _start() -> None:
         g.request_started = time.perf_counter()
         g.request_id = new_request_id(request.headers.get("X-Request-Id"))
+        g.request_id_token = REQUEST_ID.set(g.request_id)
 
     @app.after_request
     def _finish(response: Response) -> Response:
@@ -121,3 +98,10 @@ def instrument(app: Flask, log_requests: bool) -> None:
             principal=who,
         )
         return response
+
+    @app.teardown_request
+    def _forget(_error: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            with contextlib.suppress(ValueError):  # set in another context: nothing to undo
+                REQUEST_ID.reset(token)

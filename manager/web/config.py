@@ -24,7 +24,9 @@ class WebConfig:
     usb_stale_s: float = 30 * 86400.0  # seconds without a report before a USB device is
     attention_window_s: float = 7 * 86400.0  # seconds a rollback or failure stays flagged
     attention_shown: int = 50  # devices in the "needs attention" list, at most
-    page_size: int = 100  # devices per page of the fleet table
+    page_size: int = 100  # devices per page of the fleet table, unless the admin picks one
+    page_sizes: tuple[int, ...] = (25, 50, 100, 250)  # page sizes offered; any size up to
+    #                                                   the largest may be asked in the URL
     events_shown: int = 100  # events on a device page
     samples_read: int = 2000  # health and rollback events read for a device's charts
     targets_shown: int = 20  # deployments listed on a device page

@@ -10,7 +10,7 @@ from satchel.bundles.timeutil import now
 from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
 from satchel.manager.services import deployments
-from satchel.manager.services.dashboard.deployments import deployments_page
+from satchel.manager.services.dashboard.deployments import deployments_page, wave_line
 from satchel.manager.web import bp, forms
 from satchel.manager.web.common import done, page_arg, refused, run
 from satchel.manager.web.config import web_config
@@ -89,6 +89,7 @@ def deployment(deployment_id: int) -> str:
     return render_template(
         "deployment.html",
         d=found,
+        wave_lines=[wave_line(found, w) for w in found["waves"]],
         targets=targets[(page - 1) * size : page * size],
         page=page,
         pages=pages,

@@ -9,8 +9,8 @@ from flask.blueprints import BlueprintSetupState
 
 from satchel.bundles.timeutil import now
 from satchel.manager.services.dashboard.figures import flatten_figures
-from satchel.manager.services.dashboard.states import STATE_LABELS
 from satchel.manager.web import bp, csrf
+from satchel.manager.web.badges import badge_of
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -85,10 +85,14 @@ def size(n: int | None) -> str:
 
 @bp.app_template_filter("label")
 def label(state: str | None) -> str:
-    """A state name as words: "rolled_back" -> "Rolled back"."""
-    if not state:
-        return "-"
-    return STATE_LABELS.get(state, state.replace("_", " ").capitalize())
+    """A state's words, from the one badge vocabulary: "rolled-back" -> "Rolled back"."""
+    return badge_of(state).label
+
+
+@bp.app_template_filter("tone")
+def tone(state: str | None) -> str:
+    """A state's badge tone (a `.tone-*` class of the stylesheet)."""
+    return badge_of(state).tone
 
 
 @bp.app_template_filter("number")

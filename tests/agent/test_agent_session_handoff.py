@@ -71,9 +71,9 @@ def test_a_session_of_another_release_or_thread_count_is_not_served(tmp_path, mo
 
 def test_memory_freed_earlier_in_the_process_does_not_hide_a_models_growth(tmp_path):
     """A long-running agent has loaded and dropped models before; the allocator keeps that
-    memory and would hand it out again unseen (the figure then showed about one copy of the
-    weights). onnxruntime holds the weights twice while it builds a session (the parsed file
-    and the tensors), and the in-process figure must show it, as a fresh child process does
+    memory and would hand it out again unseen (it hid about one copy of the weights).
+    onnxruntime holds the weights twice while it builds a session (the parsed file and the
+    tensors): the in-process figure must show it, near what a fresh child process shows
     (whose figure also holds the runtime's own first-use set-up)."""
     weights = make_mlp_weights(256, 8000, 4, seed=1)  # ~8 MB of random float32 weights
     x = np.random.default_rng(2).standard_normal((4, 256)).astype(np.float32)
@@ -91,8 +91,8 @@ def test_memory_freed_earlier_in_the_process_does_not_hide_a_models_growth(tmp_p
     child = ChildSmokeRunner().run(manifest, files).tests[0]["memory_mb"]
 
     assert in_process["free_memory_returned"]
-    assert 1.5 * model_mb <= in_process["peak_growth"] <= child["peak_growth"], (
-        model_mb, in_process, child)
+    assert in_process["peak_growth"] >= 1.5 * model_mb, (model_mb, in_process)
+    assert in_process["peak_growth"] >= 0.5 * child["peak_growth"], (in_process, child)
     shutil.rmtree(files)
 
 

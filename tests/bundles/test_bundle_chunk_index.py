@@ -371,3 +371,34 @@ def test_pack_without_index_writes_what_older_agents_read(
     assert not any(e.indexed for e in final.files)
     assert b"chunk_s" not in path.read_bytes()  # no field an older agent would refuse
     assert device.install(path.read_bytes()) == payloads
+
+
+# --- durability ----------------------------------------------------------------------------
+
+
+def test_fsynced_unpack_syncs_every_file_and_every_directory_once(
+    tmp_path: Path, keys: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    payloads = {
+        "model.onnx": os.urandom(5000),
+        "smoke/inputs.npz": b"i",
+        "smoke/reference.npz": b"r",
+        "extra/deep/labels.txt": b"cat\n",
+    }
+    nested = build_test_bundle(tmp_path / "n.satchel", keys=keys, payloads=payloads)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), staging))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    f = io.BytesIO(nested.data)
+    unpack_bundle(f, verify_bundle(f, keys.root, NOW, defer_payloads=True), staging, fsync=True)
+    assert sorted(synced) == sorted([*payloads, "smoke", "extra/deep", "extra", "."])
+    assert synced[-1] == "."  # the staging directory last, its children before it
+    assert synced.index("extra/deep") < synced.index("extra")
+    assert read_tree(staging) == payloads

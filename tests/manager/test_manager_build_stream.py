@@ -69,7 +69,7 @@ def test_streamed_build_writes_the_bundle_write_bundle_writes(
             *(Payload(name, model.parent / name) for name in data_files),
             Payload(INPUTS_PATH, (staged / INPUTS_PATH).read_bytes()),
             Payload(REFERENCE_PATH, (staged / REFERENCE_PATH).read_bytes()),
-        ], [keys.signing])
+        ], [keys.signing], options=BuildDefaults().pack)
     assert streamed.read_bytes() == one_pass.read_bytes()
     assert (staged / "model.onnx").read_bytes() == model.read_bytes()
     assert not _pack_threads()

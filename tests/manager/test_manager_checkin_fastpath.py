@@ -180,4 +180,4 @@ def test_fast_answer_over_http_has_the_api_headers(fleet: Fleet) -> None:
     assert r.headers["X-Request-Id"] == "trace-42"
     assert _same(r.json(), first) and _fast_checkins(fleet) == 1
     text = fleet.client.get("/metrics").text
-    assert 'endpoint="/api/v1/devices/<device_id>/checkin",method="POST",status="200"} 2' in text
+    assert 'code="200",endpoint="/api/v1/devices/<device_id>/checkin",method="POST"} 2.0' in text

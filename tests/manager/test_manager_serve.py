@@ -130,7 +130,7 @@ def test_serve_logs_one_json_line_per_request(config: ManagerConfig, tmp_path: P
     import json
 
     toml = tmp_path / "manager.toml"
-    toml.write_text("[manager]\nlog_requests = true\n")
+    toml.write_text('[manager]\nlog_requests = true\nlog_format = "json"\n')
     s = _start(config, toml, 1)
     try:
         requests.get(f"{s.url}/api/v1/devices", timeout=30)

@@ -112,11 +112,31 @@ def tag(fleet: Fleet, device_id: str, *tags: str) -> None:
     assert r.status_code == 200, r.json
 
 
+def rollback_stats(count: int, errors: int = 0, nonfinite: int = 0) -> dict[str, Any]:
+    """The counters an agent's monitor judged when it rolled back (`HealthStats.to_dict`)."""
+    return {
+        "count": count,
+        "errors": errors,
+        "nonfinite": nonfinite,
+        "latency_ms_sum": 2.0 * count,
+        "latency_buckets": [],
+        "nonfinite_inputs": 0,
+    }
+
+
 def rolled_back_events(
-    version: str, sequence: int, back_to: str, hours_ago: float = 0.0, reason: str = ""
+    version: str,
+    sequence: int,
+    back_to: str,
+    hours_ago: float = 0.0,
+    reason: str = "",
+    stats: dict[str, Any] | None = None,
+    health_before: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """What an agent reports when it installed a release and its health policy rolled it
-    back: downloaded, verified, smoke test passed, activated, rolled_back."""
+    back: downloaded, verified, smoke test passed, activated, the release's own `health`
+    samples (`health_before`: figures, one a minute, the last a minute before the rollback),
+    rolled_back with the counters it judged (`stats`)."""
     when = at(hours_ago + 0.2)
     steps = [
         event(k, CHANNEL, sequence, version=version, time=when) for k in ("downloaded", "verified")
@@ -129,10 +149,31 @@ def rolled_back_events(
             version=version,
             time=when,
             passed=True,
-            figures={"max_abs_error": 0.012, "cosine": 0.9998, "p95_ms": 1.9},
+            figures={
+                "max_abs_error": 0.012,
+                "min_sqnr_db": 38.17,
+                "min_cosine": 0.9998,
+                "top1_agreement": 1.0,
+                "nonfinite": 0,
+                "p95_ms": 3.1,
+                "peak_memory_mb": 12.4,
+            },
         )
     )
     steps.append(event("activated", CHANNEL, sequence, version=version, time=when))
+    samples = health_before or []
+    for i, figures in enumerate(samples):
+        minutes = len(samples) - i
+        steps.append(
+            event(
+                "health",
+                CHANNEL,
+                sequence,
+                version=version,
+                time=at(hours_ago + minutes / 60),
+                figures=figures,
+            )
+        )
     steps.append(
         event(
             "rolled_back",
@@ -141,7 +182,10 @@ def rolled_back_events(
             version=version,
             time=at(hours_ago),
             reason=reason or "health: error rate 0.40 > 0.05 over 50 inferences",
-            figures={"to_version": back_to},
+            figures={
+                "to_version": back_to,
+                "stats": stats or rollback_stats(50, errors=20),
+            },
         )
     )
     return steps

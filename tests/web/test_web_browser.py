@@ -2,9 +2,11 @@
 
 A fleet is seeded through the REST API (enrollment tokens, check-ins with states, health and
 events, a bundle upload, a deployment) and a USB stick report is imported; then an admin logs
-in, reads the fleet, starts a deployment, pauses it, and sees a rollback a device reports
-appear on its page and on its charts. Every page is saved as a screenshot at laptop and tablet
-sizes into tests/screenshots/ (git-ignored).
+in, reads the fleet, starts a deployment, pauses it, and sees a rollback for a NaN rate a
+device reports appear on its page and on its charts (the rolled-back release's line in its own
+colour, the breach ringed and labelled). Every page is saved as a screenshot at laptop
+(1366x768), tablet (768x1024) and phone (390 px wide) sizes into tests/screenshots/, and at
+each nothing may stick out sideways.
 
 Needs Debian's `chromium` (/usr/bin/chromium) and the `playwright` Python package; skipped
 with the reason when either is missing. Playwright's own browser download is never used.
@@ -30,7 +32,7 @@ from satchel.manager.config import load_config
 from satchel.manager.services import tokens, trust, users
 from satchel.manager.usb import import_stick
 from tests.factory.keys import make_keys
-from tests.manager.helpers import Fleet
+from tests.manager.helpers import Fleet, event
 from tests.web.forms import ADMIN_PASSWORD, ADMIN_USER
 from tests.web.seed import (
     CHANNEL,
@@ -38,6 +40,8 @@ from tests.web.seed import (
     Seeded,
     after_rollback,
     checkin,
+    health,
+    rollback_stats,
     rolled_back_events,
     seed,
 )
@@ -55,6 +59,7 @@ CHROMIUM_ARGS = [
 ]
 LAPTOP = {"width": 1366, "height": 768}
 TABLET = {"width": 768, "height": 1024}
+PHONE = {"width": 390, "height": 844}
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "screenshots"
 SATCHEL = Path(sys.executable).with_name("satchel")
 STOP_TIMEOUT_S = 20
@@ -203,10 +208,10 @@ def log_in(page: Any, served: Served, path: str = "/") -> None:
 
 
 def shoot(page: Any, name: str) -> None:
-    """Save the page at laptop and tablet sizes; at both, nothing may stick out sideways
-    (wide tables scroll inside their own box)."""
+    """Save the page at laptop, tablet and phone sizes; at each, nothing may stick out
+    sideways (tables stack into labelled rows or scroll inside their own box)."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    for label, size in (("laptop", LAPTOP), ("tablet", TABLET)):
+    for label, size in (("laptop", LAPTOP), ("tablet", TABLET), ("phone", PHONE)):
         page.set_viewport_size(size)
         page.screenshot(path=str(SCREENSHOTS / f"{name}-{label}.png"), full_page=True)
         overflow = page.evaluate(
@@ -255,21 +260,55 @@ def test_admin_starts_and_pauses_a_deployment_then_sees_a_rollback(
     assert page.locator("button#resume").is_visible()
     assert deployment_state(served, dep_id) == "paused"
 
-    # the canary had already started: it reports that its health policy rolled 1.1.0 back
+    # the canary had already started: its health samples of 1.1.0 show NaN outputs, and its
+    # health policy rolls 1.1.0 back for a NaN rate of 0.30 (12 of 40 inferences)
     cam2 = served.seeded.devices["cam-02"]
     after_rollback(cam2)
     reason = "health: nan rate 0.30 > 0.00 over 40 inferences"
-    checkin(served.fleet, cam2, rolled_back_events("1.1.0", 2, "1.0.0", reason=reason))
+    events = rolled_back_events(
+        "1.1.0",
+        2,
+        "1.0.0",
+        reason=reason,
+        stats=rollback_stats(40, nonfinite=12),
+        health_before=[health(20, nan=4), health(20, nan=8)],
+    )
+    checkin(served.fleet, cam2, events)
 
     page.goto(f"{served.url}/devices/cam-02")
     assert "Rolled back" in page.locator("h1 .badge").inner_text()
     assert reason in page.locator(".why-line").inner_text()
     timeline = page.locator("ol.timeline li.k-rolled_back")
     assert timeline.count() == 1 and reason in timeline.inner_text()
-    markers = page.locator(f"#channel-{CHANNEL} svg.chart .rollback-marker")
+    channel = page.locator(f"#channel-{CHANNEL}")
+    markers = channel.locator("svg.chart .rollback-marker")
     assert markers.count() == 3  # one on each health chart
     assert reason in markers.first.locator("title").text_content()
-    shoot(page, "device-rolled-back")
+    assert channel.locator(".chart-legend").inner_text().split("\n") == [
+        "1.0.0",
+        "1.1.0 (rolled back)",
+    ]
+    nan_chart = channel.locator("svg.chart").nth(2)
+    assert "NaN/Inf rate" in nan_chart.locator("title").first.text_content()
+    bad_line = nan_chart.locator("g[data-series='1.1.0 (rolled back)']")
+    assert bad_line.locator("path.point").count() == 3  # two samples and the rollback's
+    assert "30%" in bad_line.locator("path.point").last.locator("title").text_content()
+    assert nan_chart.locator("text.breach-label").text_content() == (
+        "NaN/Inf 30% > 0%: 1.1.0 rolled back"
+    )
+    y_top = nan_chart.locator("text.y-label").last.text_content() or ""
+    assert float(y_top.rstrip("%")) >= 30  # the axis reaches the breach, not 0%
+    assert "Top-1 agreement" in channel.locator("table.releases-table").inner_text()
+    assert "38.2 dB" in channel.locator("table.releases-table").inner_text()
+    shoot(page, "device-rolled-back-nan")
+
+    # the last 15 minutes of data: the rollback and its breach fill the chart
+    channel.locator("nav.windows >> text=15 min").click()
+    page.wait_for_url("**window=15m**")
+    nan_chart = page.locator(f"#channel-{CHANNEL} svg.chart").nth(2)
+    assert nan_chart.locator("text.breach-label").count() == 1
+    assert nan_chart.locator("g[data-series='1.0.0'] path.point").count() == 0  # hours ago
+    shoot(page, "device-rolled-back-nan-15min")
 
     # the deployment shows the canary failed, and stays paused
     page.goto(f"{served.url}/deployments/{dep_id}")
@@ -291,6 +330,9 @@ def test_every_page_at_laptop_and_tablet_size(page: Any, served: Served) -> None
     for device in ("cam-05", "cam-04", "usb-01", "new-01"):
         page.goto(f"{served.url}/devices/{device}")
         shoot(page, f"device-{device}")
+    icon = page.locator("link[rel=icon]").get_attribute("href")
+    served_icon = page.request.get(served.url + icon)
+    assert served_icon.ok and served_icon.headers["content-type"].startswith("image/svg+xml")
     page.goto(served.url + "/bundles")
     shoot(page, "bundles")
     page.click("table.bundles-table >> text=1.0.0")
@@ -381,3 +423,46 @@ def test_admin_adds_a_user_and_removing_them_ends_their_login(
     other.goto(served.url + "/tokens")
     assert "/login" in other.url
     hers.close()
+
+
+def test_fleet_search_and_paging(page: Any, served: Served) -> None:
+    log_in(page, served)
+    page.fill("form.search input[name=q]", "CANARY")  # a tag, any case
+    page.click("form.search button:has-text('Search')")
+    rows = page.locator("table.fleet-table tbody tr")
+    assert rows.count() == 1 and rows.first.get_attribute("data-device") == "cam-01"
+    assert "matching “CANARY”" in page.locator("h2").nth(1).inner_text()
+    shoot(page, "fleet-search")
+
+    page.goto(served.url + "/?per_page=25")
+    page.fill("form.search input[name=q]", "cam-")
+    page.select_option("form.search select[name=state]", "ok")
+    page.click("form.search button:has-text('Search')")
+    found = page.locator("table.fleet-table tbody tr")
+    ids = [found.nth(i).get_attribute("data-device") for i in range(found.count())]
+    assert ids and all(i.startswith("cam-") for i in ids)
+    assert "per_page=25" in page.url and "state=ok" in page.url
+
+    page.goto(served.url + "/?per_page=3")
+    assert page.locator("table.fleet-table tbody tr").count() == 3
+    first = page.locator("table.fleet-table tbody tr").first.get_attribute("data-device")
+    page.click("nav.pager >> text=Next")
+    assert "page=2" in page.url and "per_page=3" in page.url
+    assert page.locator("table.fleet-table tbody tr").first.get_attribute("data-device") != first
+    shoot(page, "fleet-page-2")
+
+
+def test_a_halted_wave_says_it_halted(page: Any, served: Served) -> None:
+    dep = served.fleet.deploy("vision:1.1.0", devices=["cam-01"], waves="1,100%")
+    cam1 = served.seeded.devices["cam-01"]
+    failed = event(
+        "install_failed", CHANNEL, 2, version="1.1.0", reason="smoke test failed: NaN in y"
+    )
+    checkin(served.fleet, cam1, [failed])
+    assert deployment_state(served, int(dep["id"])) == "halted"
+    log_in(page, served, f"/deployments/{dep['id']}")
+    waves = page.locator("ol.waves li .wave-line")
+    assert waves.nth(0).inner_text() == "halted here: 0 of 1 healthy, 1 failed"
+    assert "needs 0" not in page.locator("ol.waves").inner_text()
+    assert "Halted" in page.locator("h1 .badge").inner_text()
+    shoot(page, "deployment-halted")

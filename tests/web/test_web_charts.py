@@ -98,7 +98,55 @@ def test_nice_ceiling_rounds_up_to_one_two_two_and_a_half_or_five() -> None:
     ]
 
 
-def test_a_single_instant_gets_an_hour_of_axis() -> None:
+def test_a_minute_of_data_fills_the_axis_instead_of_an_hour() -> None:
+    minute = [Point(T0 + timedelta(seconds=10 * i), 0.1) for i in range(7)]
+    start, end = charts.time_range(minute, [])  # type: ignore[misc]
+    assert timedelta(seconds=60) <= end - start < timedelta(seconds=70)
+    svg = charts.line_chart("c", "x", minute, unit=charts.PERCENT)
+    labels = [t.text or "" for t in _parse(svg).iter(f"{NS}text") if t.get("class") == "axis-label"]
+    assert any(label.count(":") == 2 for label in labels)  # seconds on a short axis
+
+
+def test_a_single_instant_gets_a_minute_of_axis() -> None:
     start, end = charts.time_range([Point(T0, 1.0)], [])  # type: ignore[misc]
-    assert end - start == timedelta(hours=1)
+    assert end - start == timedelta(minutes=1)
     assert charts.time_range([], []) is None
+
+
+def test_a_window_shows_its_span_ending_at_the_newest_data_and_drops_older_points() -> None:
+    day = _series(24)
+    span = charts.time_range(day, [], window_s=3600)
+    assert span is not None
+    assert span[0] == T0 + timedelta(hours=22)
+    svg = charts.line_chart("c", "x", day, unit=charts.MILLISECONDS, span=span)
+    assert len([p for p in _parse(svg).iter(f"{NS}path") if p.get("class") == "point"]) == 2
+
+
+def test_each_release_is_its_own_line_in_its_own_colour() -> None:
+    old = charts.Series("1.0.0", _series(5, 0.0), 0)
+    bad = charts.Series("1.1.0 (rolled back)", [Point(T0 + timedelta(hours=5), 0.3)], 1)
+    svg = charts.line_chart("c", "NaN/Inf rate", unit=charts.PERCENT, series=[old, bad])
+    groups = {g.get("data-series"): g.get("class") for g in _parse(svg).iter(f"{NS}g")}
+    assert groups["1.0.0"] == "series-0"
+    assert groups["1.1.0 (rolled back)"] == "series-1"
+    assert "1.1.0 (rolled back): 1 samples, latest 30%" in svg
+
+
+def test_the_breach_that_caused_a_rollback_is_a_labelled_point() -> None:
+    at = T0 + timedelta(hours=5)
+    svg = charts.line_chart(
+        "c",
+        "NaN/Inf rate",
+        _series(5, 0.0),
+        unit=charts.PERCENT,
+        markers=[Marker(at, "rollback 1.1.0")],
+        breaches=[charts.Breach(at, 0.3, "NaN/Inf 30% > 0%: 1.1.0 rolled back")],
+        limit=0.05,
+    )
+    root = _parse(svg)
+    rings = [p for p in root.iter(f"{NS}path") if p.get("class") == "breach-ring"]
+    assert len(rings) == 1
+    labels = [t.text for t in root.iter(f"{NS}text") if t.get("class") == "breach-label"]
+    assert labels == ["NaN/Inf 30% > 0%: 1.1.0 rolled back"]
+    y_labels = [t.text for t in root.iter(f"{NS}text") if "y-label" in t.get("class", "")]
+    assert float((y_labels[-1] or "0").rstrip("%")) >= 30  # the axis reaches the breach

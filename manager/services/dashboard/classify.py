@@ -3,7 +3,7 @@ the whole fleet (or one device), and the state and reason `classify` gives them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -31,7 +31,7 @@ from satchel.manager.services.deployments.health import health_breach
 
 
 @dataclass(frozen=True)
-class _Outcome:
+class Outcome:
     channel: str | None
     kind: str
     passed: bool | None
@@ -52,11 +52,11 @@ class DeviceFacts:
     health: dict[str, Any]
     tags: list[str] = field(default_factory=list)
     channels: list[tuple[str, str | None, int | None, str]] = field(default_factory=list)
-    outcomes: list[_Outcome] = field(default_factory=list)
+    outcomes: list[Outcome] = field(default_factory=list)
     usb: tuple[datetime | None, datetime | None] = (None, None)
 
 
-def _outcome_line(o: _Outcome) -> tuple[str, str] | None:
+def outcome_line(o: Outcome) -> tuple[str, str] | None:
     """(state, why) for a device whose newest outcome on a channel is `o`."""
     where = f"{o.channel}: " if o.channel else ""
     version = f" {o.version}" if o.version else ""
@@ -87,7 +87,7 @@ def classify(
     """The dashboard state of a device and why, worst reason first."""
     found: list[tuple[str, str]] = []
     for o in facts.outcomes:
-        judged = _outcome_line(o)
+        judged = outcome_line(o)
         if judged:
             found.append(judged)
     for name, _version, sequence, _state in facts.channels:
@@ -119,10 +119,11 @@ def health_policies(session: so.Session) -> dict[tuple[str, int], dict[str, Any]
     return {(r.name, r.sequence): dict(r.manifest.get("health_policy") or {}) for r in rows}
 
 
-def _latest_outcomes(
-    session: so.Session, since: datetime, device_id: str | None = None
-) -> Iterable[tuple[str, _Outcome]]:
-    """(device id, newest outcome event) per device and channel since `since`."""
+def latest_outcomes(
+    session: so.Session, since: datetime, device_ids: Collection[str] | None = None
+) -> Iterable[tuple[str, Outcome]]:
+    """(device id, newest outcome event) per device and channel since `since`, of every
+    device or only of `device_ids`."""
     rank = (
         sa.func.row_number()
         .over(
@@ -141,18 +142,26 @@ def _latest_outcomes(
         Event.occurred_at,
         rank,
     ).where(Event.kind.in_(OUTCOME_EVENTS), Event.occurred_at >= since)
-    if device_id is not None:
-        query = query.where(Event.device_id == device_id)
+    if device_ids is not None:
+        query = query.where(Event.device_id.in_(device_ids))
     ranked = query.subquery()
     rows = session.execute(sa.select(ranked).where(ranked.c.rank == 1))
     for r in rows:
-        yield r.device_id, _Outcome(r.channel, r.kind, r.passed, r.reason, r.version, r.occurred_at)
+        yield r.device_id, Outcome(r.channel, r.kind, r.passed, r.reason, r.version, r.occurred_at)
 
 
 def gather(
-    session: so.Session, now: datetime, th: Thresholds, device_id: str | None = None
+    session: so.Session,
+    now: datetime,
+    th: Thresholds,
+    device_id: str | None = None,
+    *,
+    device_ids: Collection[str] | None = None,
 ) -> dict[str, DeviceFacts]:
-    """The facts of every device (or only `device_id`), by device id."""
+    """The facts of every device (or only `device_id`, or only `device_ids`: one page of the
+    fleet), by device id."""
+    if device_id is not None:
+        device_ids = (device_id,)
     query = sa.select(
         Device.id,
         Device.device_class,
@@ -161,8 +170,8 @@ def gather(
         Device.token_hash.is_not(None).label("lan"),
         Device.health,
     ).order_by(Device.id)
-    if device_id is not None:
-        query = query.where(Device.id == device_id)
+    if device_ids is not None:
+        query = query.where(Device.id.in_(device_ids))
     facts = {
         r.id: DeviceFacts(
             r.id, r.device_class, r.last_seen_at, r.last_via, bool(r.lan), r.health or {}
@@ -173,7 +182,7 @@ def gather(
         return facts
 
     def only(column: Any, q: Any) -> Any:
-        return q if device_id is None else q.where(column == device_id)
+        return q if device_ids is None else q.where(column.in_(device_ids))
 
     for did, tag in session.execute(
         only(DeviceTag.device_id, sa.select(DeviceTag.device_id, DeviceTag.tag))
@@ -196,7 +205,7 @@ def gather(
             (r.channel, r.active_version, r.active_sequence, r.state)
         )
     since = now - timedelta(seconds=th.attention_window_s)
-    for did, outcome in _latest_outcomes(session, since, device_id):
+    for did, outcome in latest_outcomes(session, since, device_ids):
         if did in facts:
             facts[did].outcomes.append(outcome)
     usb = session.execute(

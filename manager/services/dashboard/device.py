@@ -30,7 +30,9 @@ from satchel.manager.services.dashboard.classify import (
 from satchel.manager.services.dashboard.figures import flatten_figures
 from satchel.manager.services.dashboard.health import (
     HealthSample,
+    ReleaseHealth,
     RollbackMark,
+    by_release,
     health_sample,
     health_series,
 )
@@ -71,6 +73,7 @@ class ChannelView:
     releases: tuple[ReleaseView, ...]
     samples: tuple[HealthSample, ...]  # oldest first
     rollbacks: tuple[RollbackMark, ...]  # oldest first
+    release_health: tuple[ReleaseHealth, ...] = ()  # samples by release, the rollbacks' too
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,19 @@ def _releases(
     )
 
 
+def _reported_versions(status: Mapping[str, Any], name: str) -> dict[int, str]:
+    """sequence -> version of the releases the device reports on channel `name`."""
+    reported = (status.get("channels") or {}).get(name)
+    releases = reported.get("releases") if isinstance(reported, dict) else None
+    out: dict[int, str] = {}
+    for r in releases if isinstance(releases, list) else []:
+        if isinstance(r, dict) and isinstance(r.get("version"), str):
+            seq = r.get("sequence")
+            if isinstance(seq, int) and not isinstance(seq, bool):
+                out[seq] = r["version"]
+    return out
+
+
 def _timeline(session: so.Session, device_id: str, limit: int) -> list[Event]:
     """A device's newest events but its health samples (those are charted)."""
     return list(
@@ -241,9 +257,12 @@ def device_page(
         c = rows.get(name)
         sequence = c.active_sequence if c else None
         policy = policies.get((name, sequence), {}) if sequence is not None else {}
-        snapshot = health_sample(device.state_at or now, health.get(name))
+        snapshot = health_sample(
+            device.state_at or now, health.get(name), c.active_version if c else None, sequence
+        )
         breach = health_breach(policy, health.get(name)) if policy else None
         channel_samples = series.get(name) or ([snapshot] if snapshot else [])
+        rollbacks = marks.get(name, [])
         channels.append(
             ChannelView(
                 name=name,
@@ -256,7 +275,10 @@ def device_page(
                 policy=policy,
                 releases=_releases(session, name, status, sequence, smoke),
                 samples=tuple(channel_samples),
-                rollbacks=tuple(marks.get(name, [])),
+                rollbacks=tuple(rollbacks),
+                release_health=by_release(
+                    channel_samples, rollbacks, _reported_versions(status, name)
+                ),
             )
         )
     usb = session.scalars(
