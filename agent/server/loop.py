@@ -2,8 +2,8 @@
 every connection), non-blocking, with `selectors`. Every endpoint but infer is answered in
 the loop; infer requests go to the inference pool, which batches those that wait together,
 and their answers come back through a wake-up socket. (Running a lone request in the loop
-itself, to spare two thread wake-ups, measured slower on a busy two-core machine, up to 4x
-on a 21 MB model: the loop thread then competes for a core with everything else.)
+itself, to spare two thread wake-ups, measured slower here: on a busy two-core machine, a
+21 MB model answered one client 1.3x to 5x fewer requests per second.)
 
 A connection reads its request (head, then the body its Content-Length announces), is
 answered in order, and waits for the next one (keep-alive) or is closed. The loop enforces
