@@ -35,6 +35,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
               ["--mb", "50", "--repeat", "1"]),
     "checkin-sqlite": ("bench.bench_checkin", ["--db", "sqlite"],
                        ["--db", "sqlite", "--seconds", "8"]),
+    "dashboard": ("bench.bench_dashboard", ["--db", "both", "--repeat", "15"],
+                  ["--db", "both", "--devices", "10000", "--repeat", "5"]),
 }
 
 
@@ -409,6 +411,33 @@ def render_build(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def render_dashboard(r: dict[str, Any]) -> list[str]:
+    names = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
+    first = next(iter(r.values()), {})
+    lines = [
+        "## Fleet page with 10,000 devices (issue 16)",
+        "",
+        f"`python -m bench.bench_dashboard`: {first.get('devices', 0):,} devices seeded in bulk "
+        f"SQL as check-ins leave them ({first.get('events', 0):,} events: hourly health, "
+        "activations, rollbacks; 1% each rolled back, failing its health policy, not seen, "
+        "never seen, on probation), a real `satchel serve` (one worker), GET of the fleet page "
+        f"logged in, {first.get('repeat')} times each after a warm-up; median and p90. Goal: "
+        "every median under 300 ms.",
+        "",
+        "| database | page | median | p90 | page size | goal | machine |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for db, x in r.items():
+        m = x.get("machine", {})
+        shares = (f"idle {m.get('idle_share', 0):.0%}, others {m.get('others_share', 0):.0%} "
+                  f"(before: {m.get('others_share_before', 0):.0%})")
+        for name, p in x.get("pages", {}).items():
+            ok = "met" if p["median_ms"] < x.get("goal_ms", 300) else "**not met in this run**"
+            lines.append(f"| {names.get(db, db)} | {name} | **{p['median_ms']} ms** | "
+                         f"{p['p90_ms']} ms | {p['bytes'] // 1024} KiB | {ok} | {shares} |")
+    return lines
+
+
 def render_generic(name: str, r: dict[str, Any]) -> list[str]:
     return [f"## {name}", "", "```json", json.dumps(r, indent=2), "```"]
 
@@ -422,6 +451,7 @@ RENDERERS = {
     "checkin-postgres": render_checkin,
     "checkin-sqlite": render_checkin,
     "build": render_build,
+    "dashboard": render_dashboard,
 }
 
 

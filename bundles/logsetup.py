@@ -153,3 +153,4 @@ def configure(level: str = "info", fmt: str = "text", stream: IO[str] | None = N
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_number(level))
+    logging.captureWarnings(True)  # a library's warning is a log line too, in our format

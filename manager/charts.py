@@ -263,7 +263,7 @@ def line_chart(
         out.append(
             f'<line class="limit" x1="{size.gutter:.1f}%" y1="{y:.1f}" x2="100%" y2="{y:.1f}">'
             f"<title>{escape(label)}</title></line>"
-            f'<text class="limit-label" x="100%" dx="-4" y="{y - 4:.1f}" text-anchor="end">'
+            f'<text class="limit-label" x="{size.gutter:.1f}%" dx="4" y="{y - 4:.1f}">'
             f"{escape(label)}</text>"
         )
     for m in sorted(markers, key=lambda m: m.at):

@@ -28,6 +28,7 @@ def restore_root_logger() -> Iterator[None]:
         if h not in handlers:
             root.removeHandler(h)
     root.setLevel(level)
+    logging.captureWarnings(False)
 
 
 def _journal_env(stream_file: Path) -> dict[str, str]:

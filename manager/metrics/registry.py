@@ -9,6 +9,7 @@ every worker's: one series per counter, rising monotonically, for `rate()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
@@ -57,12 +58,22 @@ class Metrics:
             REQUEST_DURATION, "Time to answer an HTTP request, by route, in seconds.",
             ("endpoint",), buckets=LATENCY_BUCKETS_S, registry=self.registry,
         )
+        # the series already used, by (counter name, label values...) or endpoint: the hot
+        # path (every check-in) then costs a dict lookup and the value's own lock
+        self._children: dict[Any, Any] = {}
 
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         """Add `amount` to the counter `name` (one of COUNTERS) for `labels`."""
-        counter = self._counters[name]
-        (counter.labels(**labels) if labels else counter).inc(amount)
+        key = (name, *labels.values())
+        child = self._children.get(key)
+        if child is None:  # once per series: prometheus_client's labels() checks and locks
+            counter = self._counters[name]
+            child = self._children[key] = counter.labels(**labels) if labels else counter
+        child.inc(amount)
 
-    def observe(self, seconds: float, **labels: str) -> None:
-        """Count one request that took `seconds` in the latency histogram."""
-        self._duration.labels(**labels).observe(seconds)
+    def observe(self, seconds: float, endpoint: str) -> None:
+        """Count one request to `endpoint` that took `seconds` in the latency histogram."""
+        child = self._children.get(endpoint)
+        if child is None:
+            child = self._children[endpoint] = self._duration.labels(endpoint=endpoint)
+        child.observe(seconds)

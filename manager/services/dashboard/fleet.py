@@ -49,6 +49,7 @@ from satchel.manager.services.dashboard.states import (
 from satchel.manager.services.deployments.health import health_breach
 
 MAX_QUERY_CHARS = 64  # characters of a search kept
+TRUE = sa.true()  # "no search"
 
 
 @dataclass(frozen=True)
@@ -159,26 +160,35 @@ def flagged_devices(
     return found
 
 
-def _sql_state(now: datetime, th: Thresholds, flagged: Mapping[str, str]) -> Any:
-    """The dashboard state of a device row as a SQL CASE, `classify`'s rules in its order."""
+def _probation(session: so.Session) -> list[str]:
+    """Ids of the devices with a channel on probation (few at any time)."""
+    return list(
+        session.scalars(
+            sa.select(DeviceChannel.device_id)
+            .where(DeviceChannel.state == STATE_PROBATION)
+            .distinct()
+        )
+    )
+
+
+def _sql_state(
+    now: datetime, th: Thresholds, flagged: Mapping[str, str], probation: Sequence[str]
+) -> Any:
+    """The dashboard state of a device row as a SQL CASE, `classify`'s rules in its order;
+    the states known by id (flagged, on probation) are id lists, so no row runs a subquery."""
     usb_only = (Device.last_via == "usb") | Device.token_hash.is_(None)
     stale = sa.case(
         (usb_only, Device.last_seen_at < now - timedelta(seconds=th.usb_stale_s)),
         else_=Device.last_seen_at < now - timedelta(seconds=th.lan_stale_s),
-    )
-    probation = sa.exists().where(
-        DeviceChannel.device_id == Device.id, DeviceChannel.state == STATE_PROBATION
     )
     whens: list[tuple[Any, str]] = []
     for state in (ROLLED_BACK, FAILING):
         ids = sorted(d for d, s in flagged.items() if s == state)
         if ids:
             whens.append((Device.id.in_(ids), state))
-    whens += [
-        (Device.last_seen_at.is_(None), NEVER_SEEN),
-        (stale, NOT_SEEN),
-        (probation, UPDATING),
-    ]
+    whens += [(Device.last_seen_at.is_(None), NEVER_SEEN), (stale, NOT_SEEN)]
+    if probation:
+        whens.append((Device.id.in_(sorted(probation)), UPDATING))
     return sa.case(*whens, else_=OK)
 
 
@@ -186,8 +196,10 @@ def _search(text: str) -> Any:
     """Devices whose id, class or one of whose tags contains `text` (case-insensitive)."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     like = f"%{escaped.lower()}%"
-    tagged = sa.exists().where(
-        DeviceTag.device_id == Device.id, sa.func.lower(DeviceTag.tag).like(like, escape="\\")
+    tagged = Device.id.in_(
+        sa.select(DeviceTag.device_id).where(
+            sa.func.lower(DeviceTag.tag).like(like, escape="\\")
+        )
     )
     return (
         sa.func.lower(Device.id).like(like, escape="\\")
@@ -229,7 +241,7 @@ def fleet_overview(
     query = query or FleetQuery()
     policies = health_policies(session)
     flagged = flagged_devices(session, now, thresholds, policies)
-    state = _sql_state(now, thresholds, flagged)
+    state = _sql_state(now, thresholds, flagged, _probation(session))
 
     def count_by_state(where: Any) -> dict[str, int]:
         counts = {s: 0 for s in DEVICE_STATES}
@@ -241,16 +253,32 @@ def fleet_overview(
 
     def page_of(where: Any, counts: Mapping[str, int], limit: int, offset: int) -> list[str]:
         """Ids of `limit` devices from `offset`, worst state first then by id: one query per
-        state the page reaches, each in id order (no sort of the whole fleet)."""
+        state the page reaches, each in id order (no sort of the whole fleet); a search, which
+        scans anyway, in one query ordered by state."""
+        if where is not TRUE:
+            wanted = [s for s in DEVICE_STATES if counts[s]]
+            rank = sa.case({s: i for i, s in enumerate(DEVICE_STATES)}, value=state)
+            return list(
+                session.scalars(
+                    sa.select(Device.id)
+                    .where(where, state.in_(wanted))
+                    .order_by(rank, Device.id)
+                    .limit(limit)
+                    .offset(offset)
+                )
+            )
         out: list[str] = []
         for judged in DEVICE_STATES:
             n = counts[judged]
             if offset >= n:
                 offset -= n
                 continue
+            known = sorted(d for d, f in flagged.items() if f == judged)
+            # flagged states by their ids: an index lookup, not a scan for the few that match
+            of_state = Device.id.in_(known) if known else (state == judged)
             out += session.scalars(
                 sa.select(Device.id)
-                .where(where, state == judged)
+                .where(where, of_state)
                 .order_by(Device.id)
                 .limit(limit - len(out))
                 .offset(offset)
@@ -260,11 +288,11 @@ def fleet_overview(
                 break
         return out
 
-    counts = count_by_state(sa.true())
+    counts = count_by_state(TRUE)
     attention_counts = {s: counts[s] if s in ATTENTION else 0 for s in DEVICE_STATES}
-    attention = page_of(sa.true(), attention_counts, attention_limit, 0)
+    attention = page_of(TRUE, attention_counts, attention_limit, 0)
     text = query.text.strip()[:MAX_QUERY_CHARS]
-    where = _search(text) if text else sa.true()
+    where = _search(text) if text else TRUE
     matching = count_by_state(where) if text else counts
     if query.state is not None:
         matching = {s: matching[s] if s == query.state else 0 for s in DEVICE_STATES}
