@@ -134,6 +134,14 @@ def test_the_agent_unit_waits_for_ready_and_feeds_the_watchdog() -> None:
     assert "sdnotify.ready(" in agent_code and "sdnotify.watchdog()" in agent_code
 
 
+def test_the_agent_unit_restarts_on_failure_and_is_hardened() -> None:
+    service = _service("satchel-agent.service")
+    for key, value in (("Restart", "on-failure"), ("ProtectSystem", "strict"),
+                       ("NoNewPrivileges", "yes"), ("PrivateTmp", "yes"),
+                       ("ProtectHome", "yes"), ("StateDirectory", "satchel-agent")):
+        assert service[key] == [value], key
+
+
 def test_the_accelerator_drop_in_only_opens_devices() -> None:
     dropin = configparser.ConfigParser(strict=False, interpolation=None)
     dropin.optionxform = str  # type: ignore[assignment,method-assign]
