@@ -49,7 +49,8 @@ class AgentConfig:
     smoke_isolation: str = "auto"  # "in-process", "child", or "auto" (in-process, the session
     # then serving; a child only for a memory budget this process cannot measure honestly)
     smoke_child_timeout_s: float = 600.0  # seconds a child-process smoke test may take
-    smoke_threads: int | None = None  # runtime threads for smoke tests; None = runtime default
+    runtime_threads: int | None = 1  # intra-op threads per model run, for the smoke test and
+    # serving alike (the server's pool runs one request per core); None = the runtime's default
     # --- talking to the manager (agent.sync.client) ---
     connect_timeout_s: float = 5.0  # seconds to open a connection to the manager
     read_timeout_s: float = 30.0  # seconds the manager may stay silent during one call
@@ -119,7 +120,7 @@ SCHEMA: Schema[AgentConfig] = Schema(
         "lock_poll_s": POSITIVE,
         "smoke_isolation": Bounds(choices=("auto", "in-process", "child")),
         "smoke_child_timeout_s": POSITIVE,
-        "smoke_threads": AT_LEAST_ONE,
+        "runtime_threads": AT_LEAST_ONE,
         "connect_timeout_s": POSITIVE,
         "read_timeout_s": POSITIVE,
         "retry_attempts": AT_LEAST_ONE,

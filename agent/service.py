@@ -77,8 +77,10 @@ class AgentService:
         self.usb_roots = [Path(r) for r in usb_roots]
         self.config = config
         # the server loads models on the providers the smoke test ran them on
+        # with the threads it measured them with, so a smoke-tested session is served as is
         self.server_config = dataclasses.replace(server_config,
-                                                 acceleration=Acceleration.of(config))
+                                                 acceleration=Acceleration.of(config),
+                                                 runtime_threads=config.runtime_threads)
         self.stopping = threading.Event()
         self.events = EventQueue(self.state_dir, config)
         self.server: AgentServer | None = None

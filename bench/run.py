@@ -403,6 +403,9 @@ def render_build(r: dict[str, Any]) -> list[str]:
         f"{_f(a['sha256_model_s'])} + {_f(a['sha256_bundle_s'])} s) | |",
         f"| (build - session load) / anchors | **{_f(r['ratio'])}x** | <= "
         f"{_f(r['goal_ratio_at_most'], 1)}x, {_verdict(r['ok_time'])} |",
+        f"| CPU: (build - session load) / anchors | {_f(r.get('cpu_ratio'))}x "
+        f"({_f(b.get('cpu_s'))} s vs {_f(a.get('cpu_s'))} s; what a busy machine distorts least) "
+        "| |",
         f"| peak RSS / model size | **{_f(r['rss_ratio'])}x** ({_f(b['peak_rss_mb'], 0)} MB) | "
         f"<= {_f(r['goal_rss_ratio_at_most'], 1)}x, {_verdict(r['ok_rss'])} |",
         "",

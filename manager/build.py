@@ -391,7 +391,7 @@ def build_bundle(
         *(Payload(f, files.folder / f) for f in files.data_files),
     ]
     with _bundle_body(out, created, model_payloads, defaults.pack) as body:
-        packer = _ModelPacker(body, model_payloads, progress)
+        packer = _ModelPacker(body, model_payloads, progress, also_hash=req.reference)
         try:
             runs = _run_models(req, files, raw_samples, defaults, clock)
             with clock.phase("judge"):
@@ -409,10 +409,11 @@ def build_bundle(
                 "host_latency_runs": len(runs.latencies),
                 "agreement": _json_safe(agreement.to_dict()),
             }
-            manifest = _manifest(req, created, runtime, files, runs, smoke, build_info)
             with clock.phase("pack_wait"):
                 packer.wait(out)
             clock.seconds["pack"] = packer.seconds
+            manifest = _manifest(req, created, runtime, files, runs, smoke, build_info,
+                                 packer.hashed)
             with clock.phase("write"):
                 body.add(Payload(INPUTS_PATH, inputs_npz))
                 body.add(Payload(REFERENCE_PATH, reference_npz))
@@ -444,6 +445,7 @@ def _manifest(
     runs: _Runs,
     smoke: SmokeTest,
     build_info: dict[str, Any],
+    reference_sha256: str | None,
 ) -> Manifest:
     """The release's manifest, its files to be filled in by packing."""
     return Manifest(
@@ -461,7 +463,7 @@ def _manifest(
                 inputs=runs.inputs,
                 outputs=runs.outputs_info,
                 quantization=runs.quantization,
-                reference_sha256=_sha256_file(req.reference) if req.reference else None,
+                reference_sha256=reference_sha256,
                 data_files=files.data_files,
                 signature=req.signature,
             ),
@@ -643,14 +645,22 @@ class _Cancelled(Exception):
 
 class _ModelPacker:
     """Compresses and hashes the model's files into the bundle body on a thread of its own
-    while the build loads and runs the models."""
+    while the build loads and runs the models; then hashes `also_hash` (the reference model,
+    whose sha256 the manifest names) into `hashed`."""
 
     def __init__(
-        self, body: BundleBody, payloads: list[Payload], progress: Callable[[int], None] | None
+        self,
+        body: BundleBody,
+        payloads: list[Payload],
+        progress: Callable[[int], None] | None,
+        *,
+        also_hash: Path | None = None,
     ) -> None:
         self._body = body
         self._payloads = payloads
         self._progress = progress
+        self._also_hash = also_hash
+        self.hashed: str | None = None
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self.seconds = 0.0  # how long packing took, on its own thread
@@ -662,11 +672,20 @@ class _ModelPacker:
         try:
             for payload in self._payloads:
                 self._body.add(payload, self._step)
+            if self._also_hash is not None:
+                self.hashed = self._hash(self._also_hash)
         except _Cancelled:
             pass
         except BaseException as e:  # handed over to the build's thread by wait()
             self._error = e
         self.seconds = time.perf_counter() - start
+
+    @staticmethod
+    def _hash(path: Path) -> str:
+        try:
+            return _sha256_file(path)
+        except OSError as e:
+            raise BuildError(f"cannot read {path.name}: {e.strerror or e}") from e
 
     def _step(self, size: int) -> None:
         if self._stop.is_set():
@@ -675,8 +694,9 @@ class _ModelPacker:
             self._progress(size)
 
     def wait(self, out: Path) -> None:
-        """Block until the model's files are in the body. Raises BuildError when they could
-        not be written, and what else packing raised (BundleError, ValueError)."""
+        """Block until the model's files are in the body and `hashed` is set. Raises
+        BuildError when they could not be written or read, and what else packing raised
+        (BundleError, ValueError)."""
         self._thread.join()
         if isinstance(self._error, OSError):
             reason = self._error.strerror or self._error

@@ -333,7 +333,7 @@ class InProcessSmokeRunner:
         self.handoff = handoff
 
     def run(self, manifest: Manifest, files: Path) -> SmokeReport:
-        report = run_all(manifest, files, self.config.smoke_threads, self.handoff,
+        report = run_all(manifest, files, self.config.runtime_threads, self.handoff,
                          Acceleration.of(self.config))
         return _label(report, "in-process")
 
@@ -346,8 +346,8 @@ class ChildSmokeRunner:
 
     def run(self, manifest: Manifest, files: Path) -> SmokeReport:
         command = [sys.executable, "-m", "satchel.agent.install.smoketest", str(files)]
-        if self.config.smoke_threads is not None:
-            command += ["--threads", str(self.config.smoke_threads)]
+        if self.config.runtime_threads is not None:
+            command += ["--threads", str(self.config.runtime_threads)]
         acceleration = Acceleration.of(self.config)
         if acceleration != CPU:
             command += ["--acceleration", json.dumps(acceleration.to_dict())]

@@ -42,8 +42,8 @@ class ServerConfig:
     health_max_buckets_per_segment: int = 2000  # (release, minute) buckets in one file
     crash_history: int = 32  # service starts remembered for crash-loop detection
     warmup_runs: int = 1  # inferences run on a freshly loaded release before it serves
-    runtime_threads: int | None = None  # intra-op threads per model run; None = the
-    # runtime's default (one per core)
+    runtime_threads: int | None = 1  # intra-op threads per model run (the pool runs one request
+    # per core); None = the runtime's default (one per core). The service sets the agent's.
     acceleration: Acceleration = CPU  # execution providers and delegates (the agent's settings)
     socket_mode: int = 0o660  # permissions of the Unix socket
     stop_timeout_s: float = 5.0  # seconds to wait for worker threads when stopping

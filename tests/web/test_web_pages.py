@@ -22,7 +22,7 @@ def text(r: TestResponse) -> str:
 
 
 def _rows(html: str, table: str) -> list[str]:
-    body = html.split(f'class="devices {table}"', 1)[1].split("</table>", 1)[0]
+    body = html.split(f'class="devices {table}', 1)[1].split("</table>", 1)[0]
     return re.findall(r'<tr data-device="([^"]+)"', body)
 
 
@@ -102,8 +102,11 @@ def test_device_page_shows_releases_with_their_smoke_test_figures(
     html = text(admin.get("/devices/cam-05"))
     releases = html.split("<h3>Releases</h3>")[1].split("</table>")[0]
     assert "1.1.0" in releases and "1.0.0" in releases
-    assert "cosine" in releases and "0.9998" in releases  # 1.1.0's smoke test
-    assert "max abs error" in releases and "0.01" in releases  # 1.0.0's
+    assert "Cosine similarity (min)" in releases and "0.9998" in releases  # 1.1.0's smoke test
+    assert "SQNR (worst output)" in releases and "38.2 dB" in releases
+    assert "Top-1 agreement" in releases and "100%" in releases
+    assert "Max abs error" in releases and "0.01" in releases  # 1.0.0's
+    assert "top1 agreement" not in releases and "min_sqnr_db" not in releases  # no raw keys
     assert releases.count("Passed") == 2
 
 
@@ -116,7 +119,13 @@ def test_device_page_charts_health_and_marks_the_rollback(
     for chart in charts:
         assert chart.count('class="marker rollback-marker"') == 1
         assert "health: error rate 0.40 &gt; 0.05" in chart
-        assert chart.count('class="point"') == 12  # the hourly health samples
+        running = chart.split('data-series="1.0.0">', 1)[1].split("</g>", 1)[0]
+        assert running.count('class="point"') == 12  # the hourly health samples
+    # the release rolled back is drawn too: its counters at the rollback (20 errors of 50)
+    rolled = charts[1].split('data-series="1.1.0 (rolled back)">', 1)[1].split("</g>", 1)[0]
+    assert rolled.count('class="point"') == 1 and "40%" in rolled
+    assert "errors 40% &gt; 5%: 1.1.0 rolled back" in charts[1]  # the breach, labelled
+    assert "breach-label" not in charts[2]  # not a NaN breach
     assert "Latency p95" in charts[0] and "Error rate" in charts[1] and "NaN/Inf" in charts[2]
     timeline = html.split('<ol class="timeline">')[1]
     assert "k-rolled_back" in timeline and "k-health" not in timeline
