@@ -249,7 +249,11 @@ class Event(Base):
     """Something a device reports happened; (device_id, event_id) makes re-delivery a no-op."""
 
     __tablename__ = "events"
-    __table_args__ = (sa.UniqueConstraint("device_id", "event_id", name="uq_events_device_event"),)
+    __table_args__ = (
+        sa.UniqueConstraint("device_id", "event_id", name="uq_events_device_event"),
+        # the fleet page finds rolled-back and failing devices by kind and time
+        sa.Index("ix_events_kind_occurred_at", "kind", "occurred_at"),
+    )
 
     id: so.Mapped[int] = so.mapped_column(BigId, primary_key=True)
     device_id: so.Mapped[str] = so.mapped_column(

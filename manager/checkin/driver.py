@@ -27,6 +27,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
 Processor = Callable[[Any], Any] | None
+_CURSOR = "satchel.checkin.driver.cursor"  # key of the connection's cursor in its pool `info`
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,11 @@ def connection(engine: sa.Engine, begin: str | None = None) -> Iterator[Any]:
         raise _translated(dialect, e, dialect.is_disconnect(e, None, None)) from e
     cursor = None
     try:
-        cursor = pooled.cursor()
+        # one cursor per connection, kept with it across checkouts (`info` lives as long as
+        # the connection): a new cursor would set up its parameter and row adapters again
+        cursor = pooled.info.get(_CURSOR)
+        if cursor is None:
+            cursor = pooled.info[_CURSOR] = pooled.cursor()
         if begin is not None:
             cursor.execute(begin)
         try:
@@ -119,14 +124,15 @@ def connection(engine: sa.Engine, begin: str | None = None) -> Iterator[Any]:
                     pooled.rollback()
             raise
     except error as e:
+        pooled.info.pop(_CURSOR, None)
         dropped = dialect.is_disconnect(e, pooled, cursor)
         if dropped:
             pooled.invalidate(e)
-        raise _translated(dialect, e, dropped) from e
-    finally:
-        if cursor is not None:
+        elif cursor is not None:
             with contextlib.suppress(error):
                 cursor.close()
+        raise _translated(dialect, e, dropped) from e
+    finally:
         pooled.close()
 
 
