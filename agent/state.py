@@ -342,6 +342,20 @@ class DeviceState:
         """The release a rollback would go back to, or None. Raises StateCorruptError."""
         return self._release(channel, 1)
 
+    def kept_releases(self, channel: str) -> list[Release]:
+        """Every release the channel keeps, active first; one that vanishes under a concurrent
+        prune is left out. Raises StateCorruptError."""
+        record = self.record(channel)
+        if record is None:
+            return []
+        kept = []
+        for entry in record.releases:
+            try:
+                kept.append(load_release(self.layout, channel, entry))
+            except FileNotFoundError:
+                continue
+        return kept
+
     def _release(self, channel: str, index: int) -> Release | None:
         for attempt in range(self._ATTEMPTS):
             record = self.record(channel)

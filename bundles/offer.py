@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from satchel.bundles.errors import OfferError
 from satchel.bundles.identifiers import SHA256_RE
@@ -26,10 +27,13 @@ class Offer:
     size: int  # bytes of the bundle file
     url: str  # where the bundle is: a path on the manager (LAN), a file on the stick (USB)
     deployment_id: int | None = None  # the deployment it is part of, if any
+    # where the manager may redirect the download (scheme://host[:port]; its object store
+    # when it hands out pre-signed URLs): the device follows a redirect to these alone
+    origins: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The offer as an entry of a check-in answer's `install` list."""
-        return {
+        out = {
             "channel": self.channel,
             "version": self.version,
             "sequence": self.sequence,
@@ -38,6 +42,9 @@ class Offer:
             "url": self.url,
             "deployment_id": self.deployment_id,
         }
+        if self.origins:
+            out["origins"] = list(self.origins)
+        return out
 
     @classmethod
     def from_dict(cls, d: Any) -> Offer:
@@ -54,12 +61,32 @@ class Offer:
                 url=str(d["url"]),
                 deployment_id=None if d.get("deployment_id") is None
                 else _int(d["deployment_id"]),
+                origins=_origins(d.get("origins")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise OfferError(f"a malformed install entry ({e})") from e
         if not SHA256_RE.fullmatch(offer.bundle_sha256) or offer.size < 0:
             raise OfferError("an install entry with a bad sha256 or size")
         return offer
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port] of an http(s) URL, lowercase; "" when it has none."""
+    split = urlsplit(url)
+    if split.scheme.lower() not in ("http", "https") or not split.hostname:
+        return ""
+    return f"{split.scheme}://{split.netloc.rpartition('@')[2]}".lower()
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("'origins' is not a list of strings")
+    for v in value:
+        if origin_of(v) != v.lower().rstrip("/"):
+            raise ValueError(f"{v[:80]!r} is not an origin (scheme://host[:port])")
+    return tuple(v.lower().rstrip("/") for v in value)
 
 
 def _int(value: Any) -> int:

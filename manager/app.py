@@ -23,7 +23,7 @@ from satchel.manager.db import open_database
 from satchel.manager.metrics.endpoint import bp as metrics_bp
 from satchel.manager.metrics.registry import Metrics
 from satchel.manager.metrics.request_log import instrument
-from satchel.manager.store import BundleStore
+from satchel.manager.store import open_store
 from satchel.manager.web import bp as web_bp
 
 
@@ -63,7 +63,7 @@ def create_app(test_config: dict[str, Any] | None = None, config_file: Path | No
     app.extensions[EXTENSION] = ManagerState(
         config=config,
         db=db,
-        store=BundleStore(config.store_dir, config.upload_chunk_bytes),
+        store=open_store(config),
         metrics=Metrics(),
     )
 

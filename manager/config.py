@@ -31,6 +31,20 @@ class ManagerConfig:
     # and the bundle store; the `satchel` command's default is ~/.local/share/satchel, and
     # its --data-dir (or SATCHEL_DATA_DIR) wins over this file
     database_url: str = ""  # empty = SQLite at DATA_DIR/satchel.db
+    store: str = ""  # where bundles live: empty = the folder DATA_DIR/store; s3://BUCKET/PREFIX
+    # = an S3-compatible object store (credentials only from the standard AWS variables or
+    # credentials file; `pip install 'satchel[s3]'`)
+    store_endpoint: str = ""  # the object store's URL; empty = $AWS_ENDPOINT_URL, else AWS S3
+    store_region: str = ""  # the object store's region; empty = $AWS_REGION, else us-east-1
+    store_presign: bool = False  # devices download bundles straight from the object store:
+    # the download answers 302 to a pre-signed URL (admins are always proxied)
+    store_presign_ttl_s: int = 300  # seconds a pre-signed download URL stays valid
+    store_public_url: str = ""  # the object store's URL as devices reach it (pre-signed URLs
+    # point there, check-in offers name its origin); empty = store_endpoint
+    store_part_bytes: int = 16 * 1024 * 1024  # bytes of one multipart upload part (the memory
+    # an upload to the object store takes)
+    store_timeout_s: float = 30.0  # seconds to connect to, or wait on, the object store
+    store_retries: int = 3  # attempts of one object store call that failed transiently
     host: str = "127.0.0.1"  # address `satchel serve` listens on (0.0.0.0: every interface)
     port: int = 8400  # TCP port `satchel serve` listens on (0: any free one)
     server: str = "auto"  # HTTP server: granian, waitress, or auto (granian when installed)
@@ -101,6 +115,10 @@ SCHEMA: Schema[ManagerConfig] = Schema(
         "max_reports_per_import": AT_LEAST_ONE,
         "max_report_bytes": AT_LEAST_ONE,
         "upload_chunk_bytes": AT_LEAST_ONE,
+        "store_presign_ttl_s": Bounds(low=1, high=7 * 86400),  # SigV4's longest validity
+        "store_part_bytes": Bounds(low=5 * 1024 * 1024, high=5 * 1024**3),  # S3's part sizes
+        "store_timeout_s": POSITIVE,
+        "store_retries": AT_LEAST_ONE,
         "usb_plan_ttl_s": POSITIVE,
         "db_pool_size": AT_LEAST_ONE,
         "db_retries": AT_LEAST_ONE,

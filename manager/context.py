@@ -12,7 +12,7 @@ from flask import current_app
 from satchel.manager.config import ManagerConfig
 from satchel.manager.db import Database
 from satchel.manager.metrics.registry import Metrics
-from satchel.manager.store import BundleStore
+from satchel.manager.store import Store
 
 EXTENSION = "satchel"  # the key of the state in `app.extensions`
 MAX_ROW_ID = 2**31 - 1  # the largest id or version an INTEGER column holds on every database
@@ -22,7 +22,7 @@ MAX_ROW_ID = 2**31 - 1  # the largest id or version an INTEGER column holds on e
 class ManagerState:
     config: ManagerConfig
     db: Database
-    store: BundleStore
+    store: Store
     metrics: Metrics
 
 

@@ -81,3 +81,8 @@ class DiskFullError(StorageError):
 
 class StoreWriteError(StorageError):
     """The bundle store cannot be written; no file was left in it."""
+
+
+class StoreUnavailableError(StorageError):
+    """The bundle store cannot be read or reached (an object store down, its credentials
+    refused); the same request succeeds once it is back."""

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from satchel.bundles import plan as stick
 from satchel.bundles.keys import SigningKey
@@ -79,8 +79,9 @@ def stick_contents(
 class BundleFiles(Protocol):
     """Where an export finds a bundle's file: the store, or downloads from a manager."""
 
-    def require(self, sha256: str) -> Path:
-        """The file of bundle `sha256`. Raises NotFoundError, ManagerError."""
+    def open(self, sha256: str) -> BinaryIO:
+        """The bytes of bundle `sha256` (the caller closes it). Raises NotFoundError,
+        ManagerError."""
 
 
 def _refuse_links(disk: StickDir) -> None:
@@ -112,7 +113,7 @@ def _write_into(
         if there is not None and stat.S_ISREG(there.st_mode) and there.st_size == sizes[sha]:
             present += 1
             continue
-        with open(store.require(sha), "rb") as src, disk.writer(f"{temp}/{rel}") as out:
+        with store.open(sha) as src, disk.writer(f"{temp}/{rel}") as out:
             shutil.copyfileobj(src, out, COPY_CHUNK_BYTES)
         written.append(rel)
     documents = [(stick.root_file(v), doc) for v, doc in contents.roots]

@@ -47,7 +47,6 @@ from satchel.manager.sticks import (
     stick_contents,
     write_stick,
 )
-from satchel.manager.store import BundleStore
 
 __all__ = [
     "BundleFiles", "ExportResult", "ImportResult", "StickContents", "check_keys", "export_stick",
@@ -120,7 +119,7 @@ def plan_stick(
 
 def export_stick(
     db: Database,
-    store: BundleStore,
+    store: BundleFiles,
     dest: Path,
     keys: list[SigningKey],
     now: datetime,

@@ -115,7 +115,9 @@ def check_feeds(
         if spec.name not in feeds:
             raise InferenceError(f"missing input {spec.name!r}")
         array = np.asarray(feeds[spec.name])
-        got = NUMPY_TO_DATATYPE.get(array.dtype, str(array.dtype))
+        # strings travel as object arrays (what onnxruntime takes for tensor(string))
+        got = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(
+            array.dtype, str(array.dtype))
         if got != spec.datatype:
             raise InferenceError(f"input {spec.name!r} must be {spec.datatype}, got {got}")
         if not _shape_matches(spec.shape, array.shape, flexible_batch):

@@ -6,6 +6,7 @@ inference pool runs (and batches), and `infer_response` turns its outcome into t
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import zlib
@@ -32,11 +33,15 @@ log = logging.getLogger(__name__)
 
 INFER = "infer"
 _MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?"
+# First match wins: "/v2/models/stats" is the statistics of every model, not a model.
 _ROUTES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"/v2/?"), "GET", "server_metadata"),
     (re.compile(r"/v2/health/live"), "GET", "live"),
     (re.compile(r"/v2/health/ready"), "GET", "ready"),
+    (re.compile(r"/v2/models/stats"), "GET", "stats"),
+    (re.compile(r"/v2/repository/index"), "POST", "repository_index"),
     (re.compile(_MODEL), "GET", "model_metadata"),
+    (re.compile(_MODEL + r"/stats"), "GET", "stats"),
     (re.compile(_MODEL + r"/ready"), "GET", "model_ready"),
     (re.compile(_MODEL + r"/infer"), "POST", INFER),
     (re.compile(r"/metrics"), "GET", "metrics"),
@@ -84,6 +89,7 @@ class Endpoints:
         self, endpoint: str, params: dict[str, str | None], head: RequestHead, body: bytes
     ) -> Response | InferCall:
         service = self.service
+        catalog = service.catalog
         name, version = params.get("name"), params.get("version")
         if endpoint == "live":
             return json_response(200, {"live": True})
@@ -94,16 +100,34 @@ class Endpoints:
             return json_response(200, service.server_metadata())
         if endpoint == "metrics":
             return Response(200, service.metrics_text().encode("utf-8"), METRICS_CONTENT_TYPE)
+        if endpoint == "stats":
+            return json_response(200, catalog.model_stats(name, version))
+        if endpoint == "repository_index":
+            return json_response(200, catalog.repository_index(_ready_only(body)))
         assert name is not None
         if endpoint == "model_metadata":
-            return json_response(200, service.model_metadata(name, version))
+            return json_response(200, catalog.model_metadata(name, version))
         if endpoint == "model_ready":
-            return json_response(200, service.model_ready(name, version))
+            return json_response(200, catalog.model_ready(name, version))
         service.serving(name, version)  # an unknown model is answered here, not queued
         return InferCall(
             name, version, body, _header_length(head),
             (head.headers.get("content-encoding") or "identity").strip().lower(),
         )
+
+
+def _ready_only(body: bytes) -> bool:
+    """The repository index request's `ready` flag (an empty body asks for everything).
+    Raises BadRequestError."""
+    if not body.strip():
+        return False
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadRequestError("the repository index request must be a JSON object") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("ready", False), bool):
+        raise BadRequestError("the repository index request's 'ready' must be true or false")
+    return bool(doc.get("ready", False))
 
 
 def _header_length(head: RequestHead) -> int | None:
@@ -141,7 +165,7 @@ def infer_response(outcome: InferOutcome) -> Response:
     error."""
     if isinstance(outcome, RequestError):
         return error_response(outcome.status, str(outcome), outcome.headers)
-    data, json_length = outcome
-    if json_length is None:
-        return Response(200, data)
-    return Response(200, data, "application/octet-stream", {HEADER_LENGTH: str(json_length)})
+    if outcome.json_length is None:
+        return Response(200, outcome.body, request_id=outcome.request_id)
+    return Response(200, outcome.body, "application/octet-stream",
+                    {HEADER_LENGTH: str(outcome.json_length)}, request_id=outcome.request_id)

@@ -41,6 +41,12 @@ class MethodNotAllowedError(RequestError):
     status = 405
 
 
+class NotLoadedError(RequestError):
+    """The version named is kept on the device but not loaded, so it cannot answer."""
+
+    status = 409
+
+
 class PayloadTooLargeError(RequestError):
     """The request body is larger than the server accepts."""
 

@@ -129,6 +129,7 @@ class Response:
     content_type: str = JSON
     headers: dict[str, str] = field(default_factory=dict)
     close: bool = False  # close the connection once this response is written
+    request_id: str | None = None  # the id the request carried (infer's `id`), for the log
 
 
 def json_response(status: int, doc: Any) -> Response:

@@ -1,5 +1,6 @@
-"""What each endpoint answers, without the HTTP plumbing: metadata, readiness, inference
-(counted into the release's health), and the metrics text."""
+"""Inference without the HTTP plumbing: infer requests run (batched when they can be),
+counted into the release's health and statistics; the server metadata and the metrics
+text. What the server says about its models is `catalog`'s."""
 
 from __future__ import annotations
 
@@ -8,23 +9,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias
 
 import numpy as np
 
 from satchel.agent.health.stats import HealthBook, has_nonfinite
 from satchel.agent.runtimes import InferenceError, check_feeds
-from satchel.agent.server import protocol
+from satchel.agent.server import protocol, tensors
+from satchel.agent.server.catalog import ModelCatalog
 from satchel.agent.server.config import ServerConfig
 from satchel.agent.server.errors import (
     BadRequestError,
     InferenceFailedError,
-    NotFoundError,
-    NotReadyError,
     RequestError,
 )
 from satchel.agent.server.metrics import MetricsSnapshot, render
 from satchel.agent.server.registry import ModelRegistry, ServingModel
+from satchel.agent.server.stats import InferenceStats, RequestTimes
 
 
 def agent_version() -> str:
@@ -59,10 +60,18 @@ class InferCall:
     body: bytes
     header_length: int | None  # Inference-Header-Content-Length; None: the body is JSON
     content_encoding: str = "identity"
+    queued_ns: int = 0  # nanoseconds it waited for a worker of the pool
+    decode_ns: int = 0  # nanoseconds spent undoing its Content-Encoding
 
 
-# An infer request's answer: (body, JSON header length or None), or the error it gets.
-InferOutcome = tuple[bytes, int | None] | RequestError
+class InferAnswer(NamedTuple):
+    body: bytes
+    json_length: int | None  # length of the JSON header when outputs follow as binary
+    request_id: str | None  # the request's `id`, echoed
+
+
+# An infer request's answer, or the error it gets.
+InferOutcome: TypeAlias = InferAnswer | RequestError
 
 
 @dataclass(frozen=True)
@@ -72,6 +81,8 @@ class _Prepared:
     serving: ServingModel
     request: protocol.InferRequest
     nonfinite_input: bool
+    queued_ns: int
+    input_ns: int  # decoding, parsing and checking the request
 
 
 def batchable(serving: ServingModel) -> bool:
@@ -88,6 +99,27 @@ def _rows(inputs: dict[str, np.ndarray]) -> int | None:
     """The batch size every input agrees on, or None."""
     sizes = {a.shape[0] if a.ndim else None for a in inputs.values()}
     return sizes.pop() if len(sizes) == 1 else None
+
+
+def _inferences(serving: ServingModel, inputs: dict[str, np.ndarray]) -> int:
+    """Inferences a request holds: its rows when the model has a batch axis, else one."""
+    if serving.flexible_batch or batchable(serving):
+        return _rows(inputs) or 1
+    return 1
+
+
+def _check_datatypes(
+    channel: str, specs: Sequence[Any], inputs: dict[str, np.ndarray]
+) -> None:
+    """Raises BadRequestError naming the datatypes the model takes when an input's differs."""
+    for spec in specs:
+        given = inputs.get(spec.name)
+        if given is not None and tensors.datatype_of(given) != spec.datatype:
+            takes = ", ".join(f"{s.name} {s.datatype}" for s in specs)
+            raise BadRequestError(
+                f"input {spec.name!r} is {tensors.datatype_of(given)}, but model {channel!r}"
+                f" takes {takes}"
+            )
 
 
 def _batch_key(prepared: _Prepared) -> tuple[object, ...]:
@@ -111,6 +143,8 @@ class InferenceService:
     ) -> None:
         self.registry = registry
         self.book = book
+        self.stats = InferenceStats()
+        self.catalog = ModelCatalog(registry, self.stats)
         self.requests = RequestCounter()
         self._poke = on_probation_inference
         self._config = config
@@ -128,34 +162,11 @@ class InferenceService:
         return all(registry.get(c.channel) is not None for c in registry.channel_info())
 
     def serving(self, channel: str, version: str | None) -> ServingModel:
-        """The release serving `channel` (and `version`, when given).
+        """The loaded release answering `channel` (and `version`, when given).
 
-        Raises NotFoundError for an unknown channel or a version not serving, NotReadyError
-        for a known channel with nothing loaded.
+        Raises NotFoundError, NotLoadedError, NotReadyError (see `ModelCatalog.serving`).
         """
-        serving = self.registry.get(channel)
-        if serving is None:
-            if self.registry.is_known(channel):
-                raise NotReadyError(f"model {channel!r} is not ready")
-            raise NotFoundError(f"unknown model {channel!r}")
-        if version is not None and version != serving.key.version:
-            raise NotFoundError(
-                f"model {channel!r} serves version {serving.key.version!r}, not {version!r}"
-            )
-        return serving
-
-    def model_metadata(self, channel: str, version: str | None) -> dict[str, Any]:
-        """Raises NotFoundError, NotReadyError."""
-        serving = self.serving(channel, version)
-        model = serving.model
-        return protocol.model_metadata(
-            channel, serving.key.version, model.runtime, model.inputs, model.outputs
-        )
-
-    def model_ready(self, channel: str, version: str | None) -> dict[str, Any]:
-        """Raises NotFoundError, NotReadyError."""
-        serving = self.serving(channel, version)
-        return {"name": channel, "version": serving.key.version, "ready": True}
+        return self.catalog.serving(channel, version)
 
     def infer(
         self, channel: str, version: str | None, body: bytes, header_length: int | None
@@ -163,13 +174,14 @@ class InferenceService:
         """Run one infer request; returns the response body and its JSON header length
         (None when the body is all JSON).
 
-        Raises NotFoundError, NotReadyError, BadRequestError (InferenceFailedError when the
-        runtime failed on a request that fitted the model; counted as an error).
+        Raises NotFoundError, NotLoadedError, NotReadyError, BadRequestError
+        (InferenceFailedError when the runtime failed on a request that fitted the model;
+        counted as an error).
         """
         (outcome,) = self.infer_many([InferCall(channel, version, body, header_length)])
         if isinstance(outcome, RequestError):
             raise outcome
-        return outcome
+        return outcome.body, outcome.json_length
 
     def infer_many(self, calls: Sequence[InferCall]) -> list[InferOutcome]:
         """Run infer requests that arrived together; each one's outcome, in order: its
@@ -183,8 +195,16 @@ class InferenceService:
         groups: dict[tuple[object, ...], list[_Prepared]] = {}
         for i, call in enumerate(calls):
             try:
-                prepared = self._prepare(i, call)
+                serving = self.serving(call.channel, call.version)
             except RequestError as e:
+                outcomes[i] = e
+                continue
+            started = time.perf_counter_ns()
+            try:
+                prepared = self._prepare(i, call, serving, started)
+            except RequestError as e:
+                self.stats.failed(serving.key, call.queued_ns + call.decode_ns
+                                  + time.perf_counter_ns() - started, self._now_ms())
                 outcomes[i] = e
                 continue
             groups.setdefault(_batch_key(prepared), []).append(prepared)
@@ -193,15 +213,17 @@ class InferenceService:
                 outcomes[prepared.index] = outcome
         return [o if o is not None else InferenceFailedError("not run") for o in outcomes]
 
-    def _prepare(self, index: int, call: InferCall) -> _Prepared:
+    def _prepare(
+        self, index: int, call: InferCall, serving: ServingModel, started_ns: int
+    ) -> _Prepared:
         """Parse and check one call against the release serving it. Raises RequestError."""
-        serving = self.serving(call.channel, call.version)
         config = self._config
         request = protocol.parse_infer_request(
             call.body, call.header_length,
             max_elements=config.max_elements, max_json_bytes=config.max_json_bytes,
         )
         model = serving.model
+        _check_datatypes(call.channel, model.inputs, request.inputs)
         try:
             check_feeds(model.inputs, request.inputs, flexible_batch=serving.flexible_batch)
         except InferenceError as e:
@@ -214,7 +236,10 @@ class InferenceService:
                         f"unknown output {wanted.name!r}; the model produces {sorted(names)}"
                     )
         # NaN in, NaN out is the client's doing: counted apart, never against the model.
-        return _Prepared(index, call.channel, serving, request, has_nonfinite(request.inputs))
+        nonfinite_input = has_nonfinite(request.inputs)
+        input_ns = call.decode_ns + time.perf_counter_ns() - started_ns
+        return _Prepared(index, call.channel, serving, request, nonfinite_input,
+                         call.queued_ns, input_ns)
 
     def _run_group(
         self, group: list[_Prepared]
@@ -226,45 +251,68 @@ class InferenceService:
         names = list(group[0].request.inputs)
         feeds = {n: np.concatenate([p.request.inputs[n] for p in group]) for n in names}
         started = time.perf_counter()
+        started_ns = time.perf_counter_ns()
         try:
             produced = serving.model.run(feeds)
         except InferenceError:  # one request may be at fault: each runs alone, as it would
             return [(p, self._run_one(p)) for p in group]
+        infer_ns = time.perf_counter_ns() - started_ns
         total = sum(r for r in rows if r is not None)
         if any(np.ndim(a) == 0 or len(a) != total for a in produced.values()):
             return [(p, self._run_one(p)) for p in group]  # not a batch axis after all
+        self.stats.executed(serving.key, total, infer_ns)
         answered = []
         offset = 0
         for prepared, count in zip(group, rows, strict=True):
             assert count is not None
             mine = {name: a[offset : offset + count] for name, a in produced.items()}
             offset += count
-            answered.append((prepared, self._answer(prepared, mine, started)))
+            answered.append((prepared, self._answer(prepared, mine, started, infer_ns)))
         return answered
 
     def _run_one(self, prepared: _Prepared) -> InferOutcome:
+        serving = prepared.serving
         started = time.perf_counter()
+        started_ns = time.perf_counter_ns()
         try:
-            produced = prepared.serving.model.run(prepared.request.inputs)
+            produced = serving.model.run(prepared.request.inputs)
         except InferenceError as e:
-            self._record(prepared.serving, started, error=True, nonfinite=False,
+            infer_ns = time.perf_counter_ns() - started_ns
+            self._record(serving, started, error=True, nonfinite=False,
                          nonfinite_input=prepared.nonfinite_input)
+            self.stats.failed(serving.key, prepared.queued_ns + prepared.input_ns + infer_ns,
+                              self._now_ms())
             return InferenceFailedError(f"inference failed: {e}")
-        return self._answer(prepared, produced, started)
+        infer_ns = time.perf_counter_ns() - started_ns
+        self.stats.executed(serving.key, _inferences(serving, prepared.request.inputs), infer_ns)
+        return self._answer(prepared, produced, started, infer_ns)
 
     def _answer(
-        self, prepared: _Prepared, produced: dict[str, np.ndarray], started: float
+        self, prepared: _Prepared, produced: dict[str, np.ndarray], started: float,
+        infer_ns: int,
     ) -> InferOutcome:
         serving = prepared.serving
         self._record(serving, started, error=False, nonfinite=has_nonfinite(produced),
                      nonfinite_input=prepared.nonfinite_input)
+        output_started = time.perf_counter_ns()
+        request = prepared.request
         try:
-            outputs = protocol.select_outputs(prepared.request, produced)
+            outputs = protocol.select_outputs(request, produced)
         except RequestError as e:
+            self.stats.failed(serving.key, prepared.queued_ns + prepared.input_ns + infer_ns
+                              + time.perf_counter_ns() - output_started, self._now_ms())
             return e
-        return protocol.encode_infer_response(
-            prepared.channel, serving.key.version, prepared.request.id, outputs
+        body, json_length = protocol.encode_infer_response(
+            prepared.channel, serving.key.version, request.id, outputs
         )
+        times = RequestTimes(prepared.queued_ns, prepared.input_ns, infer_ns,
+                             time.perf_counter_ns() - output_started)
+        self.stats.succeeded(serving.key, times, _inferences(serving, request.inputs),
+                             self._now_ms())
+        return InferAnswer(body, json_length, request.id)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
 
     def metrics_text(self) -> str:
         return render(MetricsSnapshot(

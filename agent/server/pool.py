@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from satchel.agent.server.endpoints import decode_body, infer_response
 from satchel.agent.server.errors import RequestError
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 class InferJob:
     token: object  # the caller's, handed back with the response (the loop's connection)
     call: InferCall
+    submitted_ns: int = field(default_factory=time.perf_counter_ns)  # when it was queued
 
 
 Done = Callable[[list[tuple[InferJob, Response]]], None]
@@ -95,12 +97,17 @@ class InferencePool:
         """Run `jobs` as one batch; their responses, in order."""
         try:
             calls: list[InferCall | RequestError] = []
+            taken = time.perf_counter_ns()
             for job in jobs:
+                decoding = time.perf_counter_ns()
                 try:
                     body = decode_body(job.call.body, job.call.content_encoding,
                                        self._max_body_bytes)
-                    calls.append(InferCall(job.call.channel, job.call.version, body,
-                                           job.call.header_length))
+                    calls.append(InferCall(
+                        job.call.channel, job.call.version, body, job.call.header_length,
+                        queued_ns=taken - job.submitted_ns,
+                        decode_ns=time.perf_counter_ns() - decoding,
+                    ))
                 except RequestError as e:
                     calls.append(e)
             runnable = [c for c in calls if isinstance(c, InferCall)]

@@ -4,7 +4,9 @@ Requests carry tensors as JSON (`data`, flat or nested, row-major) or, with Trit
 tensor data extension (what `tritonclient.http` sends by default), as raw little-endian
 bytes after a JSON header whose length is the `Inference-Header-Content-Length` header.
 Responses use the same two forms, chosen per output by `parameters.binary_data` or for all
-outputs by the request parameter `binary_data_output`.
+outputs by the request parameter `binary_data_output`. `BYTES` tensors and the classification
+extension's answers are coded in `tensors`. Parameters the server has no use for (on the
+request, an input or an output) are ignored, as the protocol asks.
 """
 
 from __future__ import annotations
@@ -13,15 +15,16 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from satchel.agent.runtimes.base import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE, TensorSpec
+from satchel.agent.runtimes.base import DATATYPE_TO_NUMPY, NUMPY_TO_DATATYPE
+from satchel.agent.server import tensors
 from satchel.agent.server.errors import BadRequestError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-EXTENSIONS = ("binary_tensor_data",)
+EXTENSIONS = ("binary_tensor_data", "classification", "statistics", "model_repository")
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tflite": "tflite"}
 
 
@@ -29,6 +32,7 @@ PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tflite": "tflite"}
 class RequestedOutput:
     name: str
     binary: bool  # answer this output as raw bytes after the JSON header
+    classification: int = 0  # answer the top-k classes of this output instead (0: no)
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ def _dtype(entry: Mapping[str, Any], name: str) -> np.dtype[Any]:
     datatype = entry.get("datatype")
     if not isinstance(datatype, str):
         raise _fail(f"input {name!r}: 'datatype' must be a string such as \"FP32\"")
+    if datatype == tensors.BYTES:
+        return tensors.BYTES_DTYPE
     dtype = DATATYPE_TO_NUMPY.get(datatype)
     if dtype is None:
         raise _fail(f"input {name!r}: datatype {datatype[:20]!r} is not supported")
@@ -128,6 +134,8 @@ def _parse_input(
     if count > max_elements:
         raise _fail(f"input {name!r}: {count} elements is more than the {max_elements} allowed")
     size = _binary_size(entry, name)
+    if dtype == tensors.BYTES_DTYPE:
+        return _parse_bytes_input(entry, name, shape, count, size, binary, offset)
     if size is not None:
         if size != count * dtype.itemsize:
             raise _fail(
@@ -150,6 +158,27 @@ def _parse_input(
     return name, array.reshape(shape), 0
 
 
+def _parse_bytes_input(
+    entry: Mapping[str, Any], name: str, shape: tuple[int, ...], count: int, size: int | None,
+    binary: memoryview, offset: int,
+) -> tuple[str, np.ndarray, int]:
+    if size is not None:
+        chunk = binary[offset : offset + size]
+        if len(chunk) != size:
+            raise _fail(f"input {name!r}: the request body ends inside its binary data")
+        return name, tensors.strings_from_binary(chunk, count, name).reshape(shape), size
+    if "data" not in entry:
+        raise _fail(f"input {name!r} has no 'data'")
+    return name, tensors.strings_from_json(entry["data"], count, name).reshape(shape), 0
+
+
+def _classification(parameters: Mapping[str, Any], name: str) -> int:
+    k = parameters.get("classification", 0)
+    if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+        raise _fail(f"output {name!r}: 'classification' must be a non-negative integer")
+    return k
+
+
 def _parse_outputs(doc: Mapping[str, Any]) -> tuple[RequestedOutput, ...] | None:
     outputs = doc.get("outputs")
     if outputs is None:
@@ -163,9 +192,10 @@ def _parse_outputs(doc: Mapping[str, Any]) -> tuple[RequestedOutput, ...] | None
         parameters = entry.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise _fail(f"output {entry['name']!r}: 'parameters' must be an object")
-        if parameters.get("classification"):
-            raise _fail("the classification extension is not supported")
-        parsed.append(RequestedOutput(entry["name"], bool(parameters.get("binary_data", False))))
+        parsed.append(RequestedOutput(
+            entry["name"], bool(parameters.get("binary_data", False)),
+            _classification(parameters, entry["name"]),
+        ))
     return tuple(parsed)
 
 
@@ -226,7 +256,10 @@ def select_outputs(
     for wanted in request.outputs:
         if wanted.name not in produced:
             raise _fail(f"unknown output {wanted.name!r}; the model produces {sorted(produced)}")
-        selected.append((wanted.name, produced[wanted.name], wanted.binary))
+        array = produced[wanted.name]
+        if wanted.classification:
+            array = tensors.classify(array, wanted.classification, wanted.name)
+        selected.append((wanted.name, array, wanted.binary))
     return selected
 
 
@@ -245,17 +278,21 @@ def encode_infer_response(
     blobs: list[bytes] = []
     for name, array, binary in outputs:
         a = np.asarray(array)
+        strings = tensors.is_bytes(a)
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": NUMPY_TO_DATATYPE.get(a.dtype) or str(a.dtype),
+            "datatype": tensors.BYTES if strings else NUMPY_TO_DATATYPE.get(a.dtype, str(a.dtype)),
             "shape": list(a.shape),
         }
         if binary:
-            blob = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+            if strings:
+                blob = tensors.encode_binary(a)
+            else:
+                blob = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = a.ravel().tolist()
+            entry["data"] = tensors.json_strings(a) if strings else a.ravel().tolist()
         described.append(entry)
     doc: dict[str, Any] = {
         "model_name": model_name,
@@ -270,13 +307,24 @@ def encode_infer_response(
     return b"".join([header, *blobs]), len(header)
 
 
-def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
+def _tensor_metadata(spec: Tensor) -> dict[str, Any]:
     return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
 
 
+class Tensor(Protocol):
+    """A tensor's description: a runtime's `TensorSpec` or a manifest's `TensorInfo`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def datatype(self) -> str: ...
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+
 def model_metadata(
-    channel: str, version: str, runtime: str, inputs: Sequence[TensorSpec],
-    outputs: Sequence[TensorSpec],
+    channel: str, version: str, runtime: str, inputs: Sequence[Tensor],
+    outputs: Sequence[Tensor],
 ) -> dict[str, Any]:
     """The model metadata response: name, versions, platform, inputs, outputs."""
     return {

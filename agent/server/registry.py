@@ -23,7 +23,7 @@ import numpy as np
 from satchel.agent.errors import AgentError
 from satchel.agent.health.stats import HealthBook, ReleaseKey, probation_end
 from satchel.agent.health.store import HealthStore
-from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
+from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, TensorSpec, get_runtime
 from satchel.agent.server.config import ServerConfig
 from satchel.agent.server.errors import ReleaseLoadError
 from satchel.agent.server.events import Event, EventSink
@@ -57,6 +57,7 @@ class StateView(Protocol):
     def channels(self) -> list[str]: ...
     def active_release(self, channel: str) -> Release | None: ...
     def previous_release(self, channel: str) -> Release | None: ...
+    def kept_releases(self, channel: str) -> list[Release]: ...
     def generation(self) -> int: ...
 
 
@@ -88,10 +89,7 @@ def load_model(release: Release, config: ServerConfig) -> LoadedModel:
         else:
             model = adapter.load(path, threads=config.runtime_threads,
                                  acceleration=config.acceleration)
-        feeds = {
-            spec.name: np.zeros([d if d > 0 else 1 for d in spec.shape], dtype=spec.dtype)
-            for spec in model.inputs
-        }
+        feeds = {spec.name: _warmup_feed(spec) for spec in model.inputs}
         for _ in range(config.warmup_runs):
             model.run(feeds)
     except (ModelRuntimeError, KeyError) as e:
@@ -99,6 +97,14 @@ def load_model(release: Release, config: ServerConfig) -> LoadedModel:
             f"{release.channel} {release.version}: cannot load its model: {e}"
         ) from e
     return model
+
+
+def _warmup_feed(spec: TensorSpec) -> np.ndarray:
+    """Zeros of the input's shape (dynamic dimensions 1); empty strings for a BYTES input."""
+    shape = [d if d > 0 else 1 for d in spec.shape]
+    if spec.datatype == "BYTES":
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype=spec.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -156,6 +162,8 @@ class ModelRegistry:
         self._clock = clock
         self._lock = threading.RLock()
         self._slots: Mapping[str, ChannelSlot] = {}
+        self._kept: Mapping[str, tuple[Release, ...]] = {}  # as of the last reload
+        self._load_errors: dict[tuple[str, int], str] = {}  # (channel, sequence): reason
         self._known: frozenset[str] = frozenset()
         self._generation: int | None = None
         self._failures: list[LoadFailure] = []
@@ -179,6 +187,31 @@ class ModelRegistry:
 
     def slots(self) -> Mapping[str, ChannelSlot]:
         return self._slots
+
+    def slot(self, channel: str) -> ChannelSlot | None:
+        return self._slots.get(channel)
+
+    def loaded(self, channel: str, version: str) -> ServingModel | None:
+        """The loaded release of `channel` with `version`: the active one, or the one it
+        replaced while the new one is on probation; None when that version is not loaded."""
+        slot = self._slots.get(channel)
+        if slot is None:
+            return None
+        for serving in (slot.active, slot.previous):
+            if serving is not None and serving.key.version == version:
+                return serving
+        return None
+
+    def kept(self, channel: str) -> tuple[Release, ...]:
+        """The releases the device keeps for `channel` (active first), as of the last reload."""
+        return self._kept.get(channel, ())
+
+    def known_channels(self) -> list[str]:
+        return sorted(self._known | set(self._slots))
+
+    def load_error(self, release: Release) -> str | None:
+        """Why `release` failed to load, if it did since the state last moved."""
+        return self._load_errors.get((release.channel, release.sequence))
 
     # --- keeping in step with the state -----------------------------------------------
 
@@ -204,14 +237,19 @@ class ModelRegistry:
             generation = self._state.generation()
             if generation != self._generation:
                 self._failed.clear()  # the state moved on: failed releases may load now
+                self._load_errors.clear()
             channels = sorted(self._state.channels())
+            kept: dict[str, tuple[Release, ...]] = {}
             for channel in channels:
                 try:
                     self._sync_channel(channel)
+                    kept[channel] = tuple(self._state.kept_releases(channel))
                 except AgentError as e:  # one damaged channel must not stop the others
                     log.error("%s: cannot read its releases: %s", channel, e)
+                    kept[channel] = self._kept.get(channel, ())
             for gone in set(self._slots) - set(channels):
                 self._assign(gone, None)
+            self._kept = kept
             self._known = frozenset(channels)
             self._generation = generation
             self._book.forget(self._loaded_keys())
@@ -338,6 +376,7 @@ class ModelRegistry:
 
     def _record_failure(self, release: Release, reason: str, judged: bool) -> None:
         log.error("%s", reason)
+        self._load_errors[(release.channel, release.sequence)] = reason
         now = self._clock()
         policy = release.manifest.health_policy
         on_probation = judged and now < probation_end(policy, epoch_seconds(release.activated_at))

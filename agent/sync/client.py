@@ -11,6 +11,9 @@ Downloads go to DIR/<sha256>.part and resume where they stopped with `Range` and
 `If-Range: "<sha256>"` (the manager's strong ETag), so a changed file restarts from zero
 instead of being spliced. The finished file's sha256 must equal the announced one before it
 is renamed to DIR/<sha256>.satchel; the installer then checks its signature as for any bundle.
+A manager with an object store may answer a download with a redirect to a pre-signed URL:
+it is followed only to an origin the offer names (`Offer.origins`), without the device's
+credential, and every resume asks the manager again (the URL expires).
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ from satchel.agent.errors import (
 )
 from satchel.bundles.durable import fsync_dir
 from satchel.bundles.errors import OfferError
-from satchel.bundles.offer import Offer
+from satchel.bundles.offer import Offer, origin_of
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _CONTENT_RANGE_RE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _MiB = 1024 * 1024
+_REDIRECTS = (302, 303, 307)  # the manager hands the download to its object store
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 
 
@@ -307,17 +311,56 @@ class ManagerClient:
             headers["Range"] = f"bytes={have}-"
             headers["If-Range"] = f'"{offer.bundle_sha256}"'
         with self._send("GET", offer.url, headers=headers, what="download",
-                        ok=(200, 206, 416)) as response:
-            if response.status_code == 416:  # nothing after `have`: the file is complete
+                        ok=(200, 206, 416, *_REDIRECTS)) as response:
+            if response.status_code in _REDIRECTS:
+                location = response.headers.get("Location", "")
+                with self._from_store(offer, location, have) as redirected:
+                    self._take_body(redirected, part, have, offer, progress, deadline)
                 return
-            start = 0
-            if response.status_code == 206:
-                start = _range_start(response.headers.get("Content-Range", ""))
-                if start != have:
-                    raise ManagerUnreachableError(
-                        f"the manager resumed at byte {start}, not {have}"
-                    )
-            self._write_body(response, part, start, offer, progress, deadline)
+            self._take_body(response, part, have, offer, progress, deadline)
+
+    def _take_body(self, response: requests.Response, part: Path, have: int, offer: Offer,
+                   progress: _Progress, deadline: float) -> None:
+        if response.status_code == 416:  # nothing after `have`: the file is complete
+            return
+        start = 0
+        if response.status_code == 206:
+            start = _range_start(response.headers.get("Content-Range", ""))
+            if start != have:
+                raise ManagerUnreachableError(f"the server resumed at byte {start}, not {have}")
+        self._write_body(response, part, start, offer, progress, deadline)
+
+    @contextlib.contextmanager
+    def _from_store(self, offer: Offer, location: str, have: int) -> Iterator[requests.Response]:
+        """Follow the manager's redirect to its object store: only to an origin the offer
+        names, without the device's credential, and without If-Range (the store's ETag is
+        not the sha256; its key is, so the bytes cannot change under it, and the whole file
+        is hashed at the end anyway). The URL is signed: only its origin is ever logged.
+        Raises DownloadError (an origin the offer does not name), ManagerUnreachableError."""
+        url = urljoin(self.base_url + "/", location)
+        origin = origin_of(url)
+        if not origin or origin not in offer.origins:
+            raise DownloadError(
+                f"the manager redirected the download of {offer.channel} {offer.version} to "
+                f"{origin or 'a URL that is not http(s)'}, which its offer does not name; "
+                f"not followed"
+            )
+        headers = {"Accept-Encoding": "identity"}
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        timeout = (self.config.connect_timeout_s, self.config.read_timeout_s)
+        try:
+            response = self.session.get(url, headers=headers, timeout=timeout, stream=True,
+                                        allow_redirects=False)
+        except requests.RequestException as e:
+            raise ManagerUnreachableError(f"download: the bundle store {origin} is "
+                                          f"unreachable: {_no_url(e)}") from None
+        with response:
+            if response.status_code not in (200, 206, 416):
+                # an expired URL (403) or a store hiccup: the next try asks the manager anew
+                raise ManagerUnreachableError(
+                    f"download: the bundle store {origin} answered {response.status_code}")
+            yield response
 
     def _write_body(
         self, response: requests.Response, part: Path, start: int, offer: Offer,
@@ -507,6 +550,14 @@ def _read_chunks(response: requests.Response, size: int, deadline: float,
         if not chunk:
             return
         yield chunk
+
+
+def _no_url(e: Exception) -> str:
+    """One line for a failed request to a signed URL, quoting none of it."""
+    if isinstance(e, (requests.Timeout, urllib3.exceptions.TimeoutError)):
+        return "timed out"
+    found = _ERRNO_RE.search(str(e))
+    return found.group(1).strip() if found else type(e).__name__
 
 
 def _error_message(response: requests.Response, limit: int, deadline: float) -> str:

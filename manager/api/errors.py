@@ -34,6 +34,7 @@ STATUS: list[tuple[type[Exception], int, str]] = [
     (e.DatabaseNotReadyError, 503, "database_not_ready"),
     (e.DiskFullError, 503, "disk_full"),
     (e.StoreWriteError, 503, "store_unwritable"),
+    (e.StoreUnavailableError, 503, "store_unavailable"),
     (e.InvalidRequestError, 400, "invalid_request"),
     (e.UsageError, 400, "invalid_request"),
     (BundleError, 400, "invalid_request"),

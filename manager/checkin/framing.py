@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,7 @@ from satchel.manager.checkin.answer import CheckinResult, jittered
 from satchel.manager.checkin.record import LAN
 from satchel.manager.config import ManagerConfig
 from satchel.manager.metrics.registry import Metrics
+from satchel.manager.store import download_origins
 
 RULE = "/devices/<device_id>/checkin"  # the Flask rule, under the API blueprint's /api/v1
 ENDPOINT = f"/api/v1{RULE}"  # the rule as metrics name it
@@ -31,4 +33,8 @@ def count(metrics: Metrics, result: CheckinResult) -> None:
 def answer(config: ManagerConfig, result: CheckinResult, now: datetime) -> dict[str, Any]:
     """The JSON answer to a check-in, with a freshly jittered poll interval."""
     interval = jittered(config.poll_interval_s, config.poll_jitter)
+    origins = download_origins(config)  # where a download may be redirected (the store)
+    if origins and result.offers:
+        offers = tuple(dataclasses.replace(o, origins=origins) for o in result.offers)
+        result = dataclasses.replace(result, offers=offers)
     return result.to_dict(interval, now)

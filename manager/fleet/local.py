@@ -17,7 +17,7 @@ from satchel.manager.services.credentials import ADMIN
 from satchel.manager.services.deployments import Selectors
 from satchel.manager.services.devices import Identity
 from satchel.manager.sticks import ExportResult, ImportResult
-from satchel.manager.store import BundleStore
+from satchel.manager.store import Store, open_store
 from satchel.manager.usb import export_stick, import_stick
 
 if TYPE_CHECKING:
@@ -44,8 +44,8 @@ class DatabaseFleet:
         finally:
             db.dispose()
 
-    def _store(self) -> BundleStore:
-        return BundleStore(self.config.store_dir, self.config.upload_chunk_bytes)
+    def _store(self) -> Store:
+        return open_store(self.config)
 
     def add_bundle(self, file: Path) -> tuple[dict[str, Any], bool]:
         store, t = self._store(), now()

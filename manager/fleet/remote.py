@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 from satchel.bundles import plan as stick
@@ -155,12 +155,12 @@ class _Downloads:
         self.api = api
         self.spool = spool
 
-    def require(self, sha256: str) -> Path:
+    def open(self, sha256: str) -> BinaryIO:
         target = self.spool / f"{sha256}.satchel"
         if not target.exists():
             with open(target, "wb") as out:
                 self.api.download(f"/bundles/{sha256}/download", out, sha256)
-        return target
+        return open(target, "rb")  # noqa: SIM115  (the caller closes it)
 
 
 def _document(answer: Any) -> dict[str, Any]:

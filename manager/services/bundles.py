@@ -25,7 +25,7 @@ from satchel.manager.errors import (
 )
 from satchel.manager.models import Bundle, Deployment, DeploymentTarget
 from satchel.manager.services import trust
-from satchel.manager.store import BundleStore
+from satchel.manager.store import Store
 
 # deployment states and target states under which a device may fetch a bundle
 FETCHABLE_DEPLOYMENT_STATES = ("active", "paused", "halted", "completed")
@@ -39,7 +39,7 @@ class Added:
 
 
 def add(
-    session: so.Session, store: BundleStore, source: BinaryIO, now: datetime, max_bytes: int
+    session: so.Session, store: Store, source: BinaryIO, now: datetime, max_bytes: int
 ) -> Added:
     """Receive a bundle from `source`, verify it against the trust root, store it.
 

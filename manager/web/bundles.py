@@ -26,7 +26,7 @@ def bundle_list() -> str:
 
 def _open_stored(sha256: str) -> BinaryIO:
     """The stored bundle file. Raises NotFoundError (missing from the store), OSError."""
-    return open(state().store.require(sha256), "rb")  # noqa: SIM115  (the caller closes it)
+    return state().store.open(sha256)
 
 
 @bp.get("/bundles/<sha256>")
