@@ -24,6 +24,8 @@ class ServerConfig:
     # past it, a connection still sending may be closed when a newcomer needs its slot
     listen_backlog: int = 128  # connections the kernel queues per listener while they wait
     max_head_bytes: int = 64 * 1024  # bytes; a longer request line and headers get 431
+    max_index_body_bytes: int = 64 * 1024  # bytes of a repository index request (parsed in
+    # the event loop, so kept small); larger ones get 413
     linger_s: float = 2.0  # seconds a connection ended by the server drains what its client
     # still sends, so the client reads the answer rather than a reset
     timer_resolution_s: float = 0.05  # seconds between the event loop's looks at timeouts

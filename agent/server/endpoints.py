@@ -103,7 +103,8 @@ class Endpoints:
         if endpoint == "stats":
             return json_response(200, catalog.model_stats(name, version))
         if endpoint == "repository_index":
-            return json_response(200, catalog.repository_index(_ready_only(body)))
+            limit = service.config.max_index_body_bytes
+            return json_response(200, catalog.repository_index(_ready_only(body, limit)))
         assert name is not None
         if endpoint == "model_metadata":
             return json_response(200, catalog.model_metadata(name, version))
@@ -116,9 +117,11 @@ class Endpoints:
         )
 
 
-def _ready_only(body: bytes) -> bool:
+def _ready_only(body: bytes, limit: int) -> bool:
     """The repository index request's `ready` flag (an empty body asks for everything).
-    Raises BadRequestError."""
+    Raises BadRequestError, PayloadTooLargeError (a body over `limit` bytes)."""
+    if len(body) > limit:
+        raise PayloadTooLargeError(f"a repository index request is at most {limit} bytes")
     if not body.strip():
         return False
     try:

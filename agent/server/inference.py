@@ -151,6 +151,10 @@ class InferenceService:
         self._clock = clock
         self._version = agent_version()
 
+    @property
+    def config(self) -> ServerConfig:
+        return self._config
+
     def server_metadata(self) -> dict[str, Any]:
         return protocol.server_metadata(self._version)
 

@@ -435,11 +435,12 @@ def _log_access(conn: _Connection, response: Response, now: float) -> None:
     if request_id is None:
         request_id = f"agent-{next(_made_up_ids)}"
     method, path = (head.method, head.path) if head is not None else ("-", "-")
+    duration_ms = round((now - conn.request_started) * 1000, 3)
     access_log.debug(
-        "%s %s %d", method, path, response.status,
+        "%s %s %d %.2f ms", method, path, response.status, duration_ms,
         extra={
             "request_id": request_id, "method": method, "path": path,
             "status": response.status, "endpoint": conn.endpoint,
-            "duration_ms": round((time.monotonic() - conn.request_started) * 1000, 3),
+            "duration_ms": duration_ms,
         },
     )
