@@ -67,10 +67,15 @@ class Bounds:
             return "one of " + ", ".join(self.choices)
         parts = []
         if self.low is not None:
-            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+            parts.append(f"{'>' if self.low_open else '>='} {_figure(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+            parts.append(f"{'<' if self.high_open else '<='} {_figure(self.high)}")
         return " and ".join(parts) or "any number"
+
+
+def _figure(x: float) -> str:
+    """A bound as a reader writes it: integers in full (5242880, not 5.24288e+06)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
 
 
 AT_LEAST_ONE = Bounds(low=1)

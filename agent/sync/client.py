@@ -348,6 +348,7 @@ class ManagerClient:
         headers = {"Accept-Encoding": "identity"}
         if have:
             headers["Range"] = f"bytes={have}-"
+        log.info("fetching %s %s from the bundle store %s", offer.channel, offer.version, origin)
         timeout = (self.config.connect_timeout_s, self.config.read_timeout_s)
         try:
             response = self.session.get(url, headers=headers, timeout=timeout, stream=True,

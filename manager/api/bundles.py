@@ -74,6 +74,17 @@ def show_bundle(sha256: str) -> Response:
     return jsonify(state().db.run(lambda s: bundles.detail(_visible(s, sha256))))
 
 
+@bp.delete("/bundles/<sha256>")
+@requires(ADMIN)
+def remove_bundle(sha256: str) -> Response:
+    """Forget a bundle no deployment refers to and delete its file from the store; answers
+    its summary. The path may also name it NAME:VERSION or by a unique prefix (8+ hex)."""
+    st = state()
+    removed = st.db.run(lambda s: bundles.remove(s, bundles.get_by_ref(s, sha256)))
+    st.store.delete(removed["sha256"])  # after the commit: see bundles.remove
+    return jsonify(removed)
+
+
 @bp.get("/bundles/<sha256>/download")
 @requires(ADMIN, DEVICE)
 def download_bundle(sha256: str) -> Response:

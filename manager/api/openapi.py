@@ -191,6 +191,7 @@ SCHEMAS: dict[str, Any] = {
             "size": {"type": "integer"},
             "url": {"type": "string"},
             "deployment_id": {"type": "integer"},
+            "origins": {"type": "array", "items": {"type": "string"}},
         },
     },
     "CheckinAnswer": {
@@ -397,6 +398,11 @@ PATHS: dict[str, Any] = {
             ADMIN_OR_DEVICE,
             {"200": _json(_ref("Bundle"))},
         ),
+        "delete": _op(
+            "Forget a bundle no deployment refers to (409 while one does) and delete its file",
+            ADMIN_ONLY,
+            {"200": _json(_ref("Bundle"))},
+        ),
     },
     "/bundles/{sha256}/download": {
         "parameters": [SHA256],
@@ -406,6 +412,9 @@ PATHS: dict[str, Any] = {
             {
                 "200": {"description": "The whole file"},
                 "206": {"description": "The requested range"},
+                "302": {"description": "To devices, when the manager hands out pre-signed "
+                        "URLs of its object store (`store_presign`): the URL, valid a few "
+                        "minutes, at an origin the check-in offer names (`origins`)"},
                 "304": {"description": "Not modified"},
                 "416": {"description": "Range not satisfiable"},
             },

@@ -1,8 +1,8 @@
-"""`satchel bundle build|inspect|verify|add|list`: make and check signed model bundles, and
-store them in the manager.
+"""`satchel bundle build|inspect|verify|add|list|remove`: make and check signed model bundles,
+and store them in the manager.
 
-`add` and `list` work on the manager's fleet (its database, or its API with `--url`), which
-they import when they run: the other commands work on the bundle core alone."""
+`add`, `list` and `remove` work on the manager's fleet (its database, or its API with
+`--url`), which they import when they run: the other commands work on the bundle core alone."""
 
 from __future__ import annotations
 
@@ -337,6 +337,21 @@ def bundle_add(ctx: click.Context, file: Path, as_json: bool) -> None:
         f"{human_bytes(info['size'])})"
     )
     click.echo(info["sha256"])
+
+
+@bundle.command("remove")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print the removed bundle as JSON.")
+@click.pass_context
+@refusals_exit_1
+def bundle_remove(ctx: click.Context, ref: str, as_json: bool) -> None:
+    """Forget bundle REF (NAME:VERSION or sha256) and delete its file from the store;
+    refused while a deployment refers to it."""
+    removed = fleet_of(ctx).remove_bundle(ref)
+    if as_json:
+        echo_json(removed)
+        return
+    click.echo(f"removed: {removed['name']} {removed['version']} ({removed['sha256'][:16]})")
 
 
 @bundle.command("list")

@@ -57,6 +57,9 @@ class Fleet(Protocol):
 
     def list_bundles(self, name: str | None) -> list[dict[str, Any]]: ...
 
+    def remove_bundle(self, ref: str) -> dict[str, Any]:
+        """Forget a bundle no deployment refers to and delete its file: its summary."""
+
     def create_deployment(self, new: NewDeployment) -> dict[str, Any]:
         """Create and start a deployment: its summary."""
 

@@ -60,6 +60,11 @@ class DatabaseFleet:
         except OSError as e:  # the store's own writes raise StoreWriteError, not this
             raise UsageError(f"cannot read {file}: {e.strerror or e}") from e
 
+    def remove_bundle(self, ref: str) -> dict[str, Any]:
+        removed = self.run(lambda s: bundles.remove(s, bundles.get_by_ref(s, ref)))
+        self._store().delete(removed["sha256"])  # after the commit: see bundles.remove
+        return removed
+
     def list_bundles(self, name: str | None) -> list[dict[str, Any]]:
         return self.run(lambda s: [bundles.summary(b) for b in bundles.list_bundles(s, name)])
 

@@ -49,6 +49,9 @@ class ApiFleet:
         summary = {k: v for k, v in stored.items() if k not in ("created", "manifest")}
         return summary, created  # the detail less its manifest is the summary
 
+    def remove_bundle(self, ref: str) -> dict[str, Any]:
+        return _document(self.api.send("DELETE", f"/bundles/{_segment(ref)}"))
+
     def list_bundles(self, name: str | None) -> list[dict[str, Any]]:
         return _list(self.api.get("/bundles", name=name), "bundles")
 

@@ -102,6 +102,32 @@ def add(
     return Added(bundle, True)
 
 
+def remove(session: so.Session, bundle: Bundle) -> dict[str, Any]:
+    """Forget a bundle that no deployment refers to, and return its summary; the caller
+    deletes its file from the store once the transaction is committed (a file without a row
+    is harmless and a later add reuses it; a row without its file is not). Raises
+    ConflictError (a deployment refers to it: its history names the bundle, so the bundle
+    stays)."""
+    used = list(session.scalars(
+        sa.select(Deployment.id).where(Deployment.bundle_id == bundle.id)
+        .order_by(Deployment.id).limit(6)
+    ))
+    if used:
+        ids = ", ".join(str(i) for i in used[:5]) + (", ..." if len(used) > 5 else "")
+        raise ConflictError(
+            f"bundle {bundle.name} {bundle.version} is kept: deployment {ids} refers to it"
+        )
+    out = summary(bundle)
+    try:
+        with session.begin_nested():
+            session.delete(bundle)
+    except sa.exc.IntegrityError as e:  # a deployment of it was created meanwhile
+        raise ConflictError(
+            f"bundle {bundle.name} {bundle.version} is kept: a deployment refers to it"
+        ) from e
+    return out
+
+
 def read_signatures(f: BinaryIO) -> list[str]:
     """The key ids that signed the bundle file `f` (no trust check). Raises BundleError."""
     _manifest, sigs = read_unverified(f)

@@ -59,8 +59,11 @@ def parse_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of `s3://BUCKET/PREFIX`. Raises UsageError."""
     split = urlsplit(url)
     bucket = split.netloc
-    if split.scheme != "s3" or not bucket or split.query or split.fragment or "@" in bucket:
-        raise UsageError(f"store {url!r} is not s3://BUCKET/PREFIX")
+    if "@" in bucket:  # never echo it: what precedes the @ would be a credential
+        raise UsageError("store: credentials do not belong in the store URL; use the AWS "
+                         "variables or a credentials file")
+    if split.scheme != "s3" or not bucket or split.query or split.fragment:
+        raise UsageError(f"store {url[:200]!r} is not s3://BUCKET/PREFIX")
     return bucket, split.path.strip("/")
 
 
@@ -95,9 +98,10 @@ class S3Store:
             raise UsageError("an S3 store needs boto3: pip install 'satchel[s3]'")
         bucket, prefix = parse_url(config.store)
         endpoint, public, region = endpoints(config, os.environ if environ is None else environ)
-        for url in (endpoint, public):
-            if not origin_of(url):
-                raise UsageError(f"store endpoint {url[:80]!r} is not http(s)://HOST[:PORT]")
+        for name, url in (("store_endpoint", endpoint), ("store_public_url", public)):
+            if not origin_of(url) or "@" in urlsplit(url).netloc:
+                raise UsageError(f"{name}: the object store's URL must be "
+                                 f"http(s)://HOST[:PORT], with no credentials in it")
         boto_config = BotoConfig(
             signature_version="s3v4",
             s3={"addressing_style": "path"},  # what every S3-compatible store understands

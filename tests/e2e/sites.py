@@ -22,9 +22,10 @@ class ManagerProcess:
     """`satchel serve` on 127.0.0.1 over its own data dir; stop and start it again on the
     same port to take it away from the fleet for a while."""
 
-    def __init__(self, data_dir: Path, kit: Kit) -> None:
+    def __init__(self, data_dir: Path, kit: Kit, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.kit = kit
+        self.env = env or {}  # settings of every command and of the server (an S3 store)
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.cli("db", "upgrade")
@@ -38,7 +39,7 @@ class ManagerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run(SATCHEL, "--data-dir", self.data_dir, *args, check=check)
+        return run(SATCHEL, "--data-dir", self.data_dir, *args, check=check, env=self.env)
 
     def start(self) -> None:
         with open(self.data_dir / "serve.log", "ab") as log:
@@ -46,7 +47,7 @@ class ManagerProcess:
                 [str(SATCHEL), "--data-dir", str(self.data_dir), "serve", "--port",
                  str(self.port)],
                 stdout=subprocess.PIPE, stderr=log, text=True,
-                env=satchel_env({"SATCHEL_POLL_INTERVAL_S": POLL_S}),
+                env=satchel_env({"SATCHEL_POLL_INTERVAL_S": POLL_S, **self.env}),
             )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

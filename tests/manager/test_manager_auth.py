@@ -67,6 +67,7 @@ def _rows(fleet: Fleet, device: SimDevice, sha: str, dep: int) -> list[tuple[str
         ("POST", "/api/v1/tokens/999999/revoke", None, "admin"),
         ("POST", "/api/v1/usb/plan", {}, "admin"),
         ("POST", "/api/v1/usb/reports?path=reports/x/y.json", b"{}", "admin"),
+        ("DELETE", f"/api/v1/bundles/{sha}", None, "admin"),  # kept by a deployment: 409
         ("DELETE", f"/api/v1/devices/{d}", None, "admin"),
     ]
 

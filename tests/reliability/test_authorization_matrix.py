@@ -97,6 +97,9 @@ class Matrix:
             r = self.fleet.client.post("/api/v1/tokens", headers=self.fleet.admin,
                                        json={"kind": "admin", "name": "spare"})
             self.token_id = r.json["id"]
+        if op.method == "DELETE" and "{sha256}" in op.template:  # a bundle no deployment keeps
+            n = next(_numbers)
+            self.sha = sha256_of(self.fleet.bundle(f"1.2.{n}", 200 + n).data)
         if "{deployment_id}" not in op.template:
             return
         n = next(_numbers)

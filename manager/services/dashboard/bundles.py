@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from satchel.bundles.errors import BundleError
-from satchel.manager.errors import NotFoundError, NoTrustRootError
+from satchel.manager.errors import NotFoundError, NoTrustRootError, StoreUnavailableError
 from satchel.manager.models import Bundle, Deployment
 from satchel.manager.services import bundles as bundle_service
 from satchel.manager.services import trust
@@ -54,7 +54,7 @@ def bundle_page(
     try:
         with bundle_file(sha256) as f:
             keyids = bundle_service.read_signatures(f)
-    except (OSError, NotFoundError, BundleError) as e:
+    except (OSError, NotFoundError, StoreUnavailableError, BundleError) as e:
         error = f"the bundle file cannot be read: {e}"
     deps = session.execute(
         sa.select(Deployment.id, Deployment.state, Deployment.created_at)
