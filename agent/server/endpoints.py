@@ -26,7 +26,7 @@ from satchel.agent.server.http import (
     route_params,
 )
 from satchel.agent.server.inference import InferCall, InferenceService, InferOutcome
-from satchel.agent.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from satchel.agent.server.metrics import content_type as metrics_content_type
 from satchel.agent.server.protocol import HEADER_LENGTH
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ class Endpoints:
         if endpoint == "server_metadata":
             return json_response(200, service.server_metadata())
         if endpoint == "metrics":
-            return Response(200, service.metrics_text().encode("utf-8"), METRICS_CONTENT_TYPE)
+            return Response(200, service.metrics_text().encode("utf-8"),
+                            metrics_content_type())
         if endpoint == "stats":
             return json_response(200, catalog.model_stats(name, version))
         if endpoint == "repository_index":

@@ -13,18 +13,13 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-
-from prometheus_client import CONTENT_TYPE_LATEST, ProcessCollector, generate_latest
-from prometheus_client.metrics_core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from typing import TYPE_CHECKING
 
 from satchel.agent.health.stats import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+if TYPE_CHECKING:  # prometheus_client (~9 MB of memory) is imported at the first scrape
+    from prometheus_client.metrics_core import HistogramMetricFamily, Metric
+
 _RELEASE = ("channel", "version", "sequence")
 
 
@@ -58,7 +53,16 @@ def _release(key: ReleaseKey) -> list[str]:
     return [key.channel, key.version, str(key.sequence)]
 
 
+def content_type() -> str:
+    """The Content-Type of the text `render` returns (prometheus_client's)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return str(CONTENT_TYPE_LATEST)
+
+
 def _latency(releases: Mapping[ReleaseKey, HealthStats]) -> HistogramMetricFamily:
+    from prometheus_client.metrics_core import HistogramMetricFamily
+
     family = HistogramMetricFamily("satchel_inference_latency_seconds",
                                    "Model run time per inference, in seconds.", labels=_RELEASE)
     for key, stats in sorted(releases.items()):
@@ -73,6 +77,9 @@ def _latency(releases: Mapping[ReleaseKey, HealthStats]) -> HistogramMetricFamil
 
 def families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
     """The server's metric families, from `snapshot`."""
+    from prometheus_client import ProcessCollector
+    from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily
+
     requests = CounterMetricFamily("satchel_http_requests_total",
                                    "HTTP requests answered, by endpoint and status code.",
                                    labels=("endpoint", "code"))
@@ -126,5 +133,7 @@ class _Scrape:
 
 def render(snapshot: MetricsSnapshot) -> str:
     """The snapshot, build info and process metrics as Prometheus text, ending with a
-    newline (served under CONTENT_TYPE)."""
+    newline (served under `content_type()`)."""
+    from prometheus_client import generate_latest
+
     return generate_latest(_Scrape(snapshot)).decode("utf-8")

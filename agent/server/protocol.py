@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,7 +47,22 @@ def _fail(message: str) -> BadRequestError:
     return BadRequestError(message)
 
 
+_fast_loads: Callable[[bytes], Any] | None
+try:  # a parser written in Rust: a tenth of the standard library's time on long number lists
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson comes with the agent extras
+    _fast_loads = None
+
+
 def _load_json(data: bytes) -> dict[str, Any]:
+    if _fast_loads is not None:
+        try:
+            doc = _fast_loads(data)
+        except ValueError:  # NaN/Infinity tokens, huge integers, bad JSON: the standard
+            pass  # library reads the first two and words the error for the last
+        else:
+            if isinstance(doc, dict):
+                return doc
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as e:
