@@ -15,6 +15,7 @@ import contextlib
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.errors import (
@@ -27,7 +28,7 @@ from satchel.agent.errors import (
 )
 from satchel.agent.event_queue import EventQueue
 from satchel.agent.state import DeviceState
-from satchel.agent.sync.client import Backoff, CheckinAnswer, ManagerClient, TrustInfo
+from satchel.agent.sync.backoff import Backoff
 from satchel.agent.sync.credentials import Credentials, require_credentials
 from satchel.agent.sync.install_events import LAN, BundleOrigin, active_sequence, install_offered
 from satchel.agent.sync.report import TotalsSource, checkin_body, health_summary
@@ -40,6 +41,9 @@ from satchel.bundles.events import (
     TRUST_UPDATED,
 )
 from satchel.bundles.offer import Offer
+
+if TYPE_CHECKING:  # the LAN client (and requests, 14 MB) is loaded once a manager is known
+    from satchel.agent.sync.client import CheckinAnswer, ManagerClient, TrustInfo
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +167,8 @@ class CheckinLoop:
         ):
             if client is not None:
                 client.close()
+            from satchel.agent.sync.client import ManagerClient
+
             client = self._client = ManagerClient(url, credentials.token, config=self.config,
                                                   stop=self.stop)
         return client

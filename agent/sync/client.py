@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
@@ -43,6 +42,7 @@ from satchel.agent.errors import (
     ManagerRefusedError,
     ManagerUnreachableError,
 )
+from satchel.agent.sync.backoff import Backoff
 from satchel.bundles.durable import fsync_dir
 from satchel.bundles.errors import OfferError
 from satchel.bundles.offer import Offer, origin_of
@@ -110,28 +110,6 @@ def _number(value: Any) -> float | None:
 
 
 # --- backoff ------------------------------------------------------------------------------
-
-
-class Backoff:
-    """Exponential backoff with jitter: base, 2 x base, 4 x base ... capped at `max_s`,
-    each spread at random by +/- `jitter` so a fleet that lost its manager does not come
-    back in step."""
-
-    def __init__(self, config: AgentConfig = DEFAULT_CONFIG,
-                 rng: random.Random | None = None) -> None:
-        self._config = config
-        self._rng = rng or random.Random()
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        """Seconds to wait after one more failure."""
-        c = self._config
-        delay = min(c.backoff_max_s, c.backoff_base_s * 2 ** min(self.failures, 30))
-        self.failures += 1
-        return max(0.0, delay * (1 + self._rng.uniform(-c.backoff_jitter, c.backoff_jitter)))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 def with_retries(

@@ -110,3 +110,14 @@ def test_help_shows_the_servers_own_default_address():
     from satchel.agent.server.config import DEFAULT_LISTEN as SERVER_DEFAULT_LISTEN
 
     assert DEFAULT_LISTEN == SERVER_DEFAULT_LISTEN
+
+
+def test_a_service_with_no_manager_loads_no_http_client_or_metrics_library():
+    """A USB-only device never talks to a manager: its service loads the LAN client (and
+    requests, 14 MB) only once it is enrolled, and prometheus_client only when scraped."""
+    probe = ("import json, sys; import satchel.agent.service; "
+             "print(json.dumps(sorted(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=SPAWN_TIMEOUT_S, check=True)
+    modules = set(json.loads(done.stdout))
+    assert offenders(modules, ["requests", "urllib3", "prometheus_client"]) == []
