@@ -59,14 +59,17 @@ def _pg_cluster(synchronous_commit: str) -> contextlib.AbstractContextManager[pg
     return pgcluster.private_cluster(bindir, settings, prefix="satchel-bench-pg-")
 
 
-def _bundle(path: Path, key: Any) -> None:
+def tiny_bundle(path: Path, key: Any, version: str = "1.0.0", sequence: int = 1,
+                device_classes: tuple[str, ...] = ("edge-box",)) -> None:
+    """A signed bundle of 4 KiB of random bytes as its model: what the manager stores and
+    offers, for benchmarks that never run the model."""
     from satchel.bundles.manifest import Compatibility, Manifest, ModelEntry, TensorInfo
     from satchel.bundles.pack import Payload, write_bundle
 
     manifest = Manifest(
         name="vision",
-        version="1.0.0",
-        sequence=1,
+        version=version,
+        sequence=sequence,
         created=datetime.now(timezone.utc).replace(microsecond=0),
         files=(),
         models=(
@@ -79,7 +82,7 @@ def _bundle(path: Path, key: Any) -> None:
             ),
         ),
         smoke_tests=(),
-        compatibility=Compatibility(device_classes=("edge-box",)),
+        compatibility=Compatibility(device_classes=device_classes),
     )
     with open(path, "wb") as f:
         write_bundle(f, manifest, [Payload("model.onnx", os.urandom(4096))], [key])
@@ -150,7 +153,7 @@ def setup(data_dir: Path, url: str, devices: int) -> list[tuple[str, str]]:
         for i in range(0, len(channels), 5000):
             s.execute(sa.insert(DeviceChannel), channels[i : i + 5000])
     bundle_path = data_dir / "b.satchel"
-    _bundle(bundle_path, signing)
+    tiny_bundle(bundle_path, signing)
     store = BundleStore(config.store_dir)
     with db.transaction() as s, open(bundle_path, "rb") as f:
         bundles.add(s, store, f, now, config.max_bundle_bytes)

@@ -38,6 +38,7 @@ from typing import Any
 import requests
 
 from bench import checkin_load as load
+from bench.bench_checkin import tiny_bundle
 from bench.machine import Quiet, wait_for_quiet
 from tests import pgcluster  # the one PostgreSQL bootstrap, shared with the manager's tests
 
@@ -53,32 +54,6 @@ PAGES = {  # what is timed: name -> path
     "state failing": "/?state=failing",
     "250 per page": "/?per_page=250&page=3",
 }
-
-
-def _bundle(path: Path, key: Any, version: str, sequence: int) -> None:
-    from satchel.bundles.manifest import Compatibility, Manifest, ModelEntry, TensorInfo
-    from satchel.bundles.pack import Payload, write_bundle
-
-    manifest = Manifest(
-        name="vision",
-        version=version,
-        sequence=sequence,
-        created=datetime.now(timezone.utc).replace(microsecond=0),
-        files=(),
-        models=(
-            ModelEntry(
-                "main",
-                "onnxruntime",
-                "model.onnx",
-                (TensorInfo("x", "FP32", (1, 4)),),
-                (TensorInfo("y", "FP32", (1, 2)),),
-            ),
-        ),
-        smoke_tests=(),
-        compatibility=Compatibility(device_classes=CLASSES),
-    )
-    with open(path, "wb") as f:
-        write_bundle(f, manifest, [Payload("model.onnx", os.urandom(4096))], [key])
 
 
 def _kind(i: int) -> str:
@@ -114,7 +89,7 @@ def seed(data_dir: Path, url: str, devices: int) -> None:
     store = BundleStore(config.store_dir)
     for version, sequence in (("1.0.0", 1), ("1.1.0", 2)):
         path = data_dir / f"{version}.satchel"
-        _bundle(path, signing, version, sequence)
+        tiny_bundle(path, signing, version, sequence, CLASSES)
         with db.transaction() as s, open(path, "rb") as f:
             bundles.add(s, store, f, now, config.max_bundle_bytes)
     pub = SigningKey.generate().public.raw.hex()
