@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from satchel.agent.cli import main
+from satchel.agent.quickstatus import main
 
 main()

@@ -122,16 +122,22 @@ def main(ctx: click.Context, state_dir: Path, config_file: Path | None, log_leve
 @click.option("--no-trusted-clock", is_flag=True,
               help="This device's clock cannot be trusted: judge expiry by the newest signed "
                    "time seen instead.")
+@click.option("--decryption-key", "decryption_keys", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A device class's or fleet's X25519 private key (PEM) that encrypted "
+                   "bundles may be wrapped for; copied in, mode 0600. Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the identity as JSON.")
 @click.pass_obj
 @refusals_exit_1
 def init(obj: CliContext, trust: Path, device_id: str, device_class: str,
-         no_trusted_clock: bool, as_json: bool) -> None:
-    """Set up this device: trust root, its own Ed25519 key, id, class, CPU architecture."""
+         no_trusted_clock: bool, decryption_keys: tuple[Path, ...], as_json: bool) -> None:
+    """Set up this device: trust root, its own Ed25519 key, its X25519 decryption key, id,
+    class, CPU architecture."""
     from satchel.agent.provision import init_device
 
     identity = init_device(obj.state_dir, trust.read_bytes(), device_id, device_class,
-                           trusted_clock=not no_trusted_clock)
+                           trusted_clock=not no_trusted_clock,
+                           decryption_keys=decryption_keys)
     if as_json:
         _echo_json(identity.to_dict())
     else:
@@ -142,6 +148,44 @@ def init(obj: CliContext, trust: Path, device_id: str, device_class: str,
                    "device the admin runs: satchel device add "
                    f"{identity.device_id} --device-class {identity.device_class} --public-key "
                    "device.pub")
+        _echo_recipient(obj.state_dir, identity.device_id)
+
+
+def _echo_recipient(state_dir: Path, device_id: str) -> None:
+    from satchel.agent.install.decrypt import DEVICE_PUB, device_recipient, key_dir
+
+    recipient = device_recipient(state_dir, device_id)
+    click.echo(f"decryption key {key_dir(state_dir) / DEVICE_PUB} (fingerprint "
+               f"{recipient.fingerprint}); encrypt bundles to it with: satchel bundle build "
+               f"--encrypt-to {device_id}=device.pub ...")
+
+
+@main.command(name="recipient")
+@click.option("--add", "add", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Also hold this X25519 private key (a device class's or fleet's), mode "
+                   "0600.")
+@click.option("--json", "as_json", is_flag=True, help="Print the public keys as JSON.")
+@click.pass_obj
+@refusals_exit_1
+def recipient_command(obj: CliContext, add: Path | None, as_json: bool) -> None:
+    """Print this device's X25519 public key (PEM), the one encrypted bundles are wrapped
+    for, and the fingerprints of every decryption key it holds. Private keys never leave."""
+    from satchel.agent.install.decrypt import add_key, device_recipient, load_identities
+    from satchel.agent.state import DeviceState
+
+    identity = DeviceState(obj.state_dir).identity()
+    own = device_recipient(obj.state_dir, identity.device_id)
+    if add is not None:
+        add_key(obj.state_dir, add)
+    held = [i.recipient for i in load_identities(obj.state_dir)]
+    if as_json:
+        _echo_json({"device_id": identity.device_id, "public_key": own.to_pem().decode(),
+                    "fingerprint": own.fingerprint,
+                    "keys": [{"name": r.name, "fingerprint": r.fingerprint} for r in held]})
+        return
+    click.echo(own.to_pem().decode().rstrip())
+    for r in held:
+        click.echo(f"holds {r.name} (fingerprint {r.fingerprint})")
 
 
 @main.command(name="install")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from satchel.agent.variants.settings import VariantSettings
 from satchel.bundles.configfile import AT_LEAST_ONE, FRACTION, POSITIVE, Bounds, Schema
 from satchel.bundles.logsetup import FORMATS, LEVELS
 
@@ -100,6 +101,22 @@ class AgentConfig:
     # is refused at start
     tflite_xnnpack: bool = True  # TFLite's built-in XNNPACK CPU delegate; false = the
     # builtin kernels only
+    # --- staged activation: shadow, ramp and field captures (agent.staging) ---
+    activation_shadow: str = "allow"  # "allow" the shadow stage a bundle asks for, or
+    # "forbid" it: the release then skips it (reported) and goes to its ramp, if any
+    max_shadow_requests: int | None = None  # compared requests that end a shadow stage at
+    # most (shortens a bundle's policy); None = as the bundle says
+    shadow_cpu_share: float = 0.25  # fraction of one core the shadow copies may take
+    shadow_queue: int = 8  # shadow copies waiting at most; more are dropped (and counted)
+    activation_capture: str = "allow"  # "allow" keeping field inputs a bundle asks for,
+    # or "forbid" it
+    capture_max_samples: int = 200  # field inputs kept at most (the bundle's cap if smaller)
+    capture_max_mb: float = 32.0  # megabytes of field inputs kept at most (idem)
+    captures_per_upload: int = 20  # captures sent after one check-in at most
+    # --- variants: the model a release answers with, by the device's state (agent.variants) ---
+    variants: VariantSettings = field(default_factory=VariantSettings)  # `[variants]` table:
+    # power_supply_dir, thermal_dir, meminfo_file, loadavg_file, poll_s, policy, dwell_s,
+    # live_window, min_live_samples (docs/VARIANTS.md)
     # --- logs, of the service and the commands (bundles.logsetup) ---
     log_level: str = "info"  # the least severe lines written: debug, info, warning, error,
     # critical (`satchel-agent --log-level`)
@@ -142,6 +159,14 @@ SCHEMA: Schema[AgentConfig] = Schema(
         "usb_plans_remembered": AT_LEAST_ONE,
         "watchdog_fallback_s": POSITIVE,
         "health_sample_interval_s": POSITIVE,
+        "activation_shadow": Bounds(choices=("allow", "forbid")),
+        "max_shadow_requests": AT_LEAST_ONE,
+        "shadow_cpu_share": FRACTION,
+        "shadow_queue": AT_LEAST_ONE,
+        "activation_capture": Bounds(choices=("allow", "forbid")),
+        "capture_max_samples": AT_LEAST_ONE,
+        "capture_max_mb": POSITIVE,
+        "captures_per_upload": AT_LEAST_ONE,
         "log_level": Bounds(choices=LEVELS),
         "log_format": Bounds(choices=FORMATS),
     },
@@ -153,8 +178,25 @@ SCHEMA: Schema[AgentConfig] = Schema(
         lambda c: ("onnx_providers", "must name at least one provider (CPUExecutionProvider)")
         if not c.onnx_providers else None,
         lambda c: _listen_refusal(c.listen),
+        lambda c: _variants_refusal(c.variants),
     ),
 )
+
+
+def _variants_refusal(settings: VariantSettings) -> tuple[str, str] | None:
+    from satchel.bundles.errors import BundleError
+    from satchel.bundles.variants import parse_policy
+
+    if not settings.poll_s > 0 or settings.live_window < 1 or settings.min_live_samples < 1:
+        return "variants", "poll_s, live_window and min_live_samples must be positive"
+    if settings.dwell_s is not None and settings.dwell_s < 0:
+        return "variants", "dwell_s must not be negative"
+    if settings.policy:
+        try:
+            parse_policy(settings.policy, "policy")
+        except BundleError as e:
+            return "variants", f"policy: {e}"
+    return None
 
 
 def _listen_refusal(listen: str) -> tuple[str, str] | None:

@@ -72,6 +72,11 @@ class SequenceRollbackError(AgentError):
     """The bundle's sequence is not greater than the highest ever installed on its channel."""
 
 
+class DeltaBaseMissingError(IncompatibleError):
+    """A delta bundle needs a base release this device no longer keeps, or whose files on
+    disk differ from the ones its patches were made against: the full bundle is needed."""
+
+
 class OfferMismatchError(AgentError):
     """The bundle's manifest names another channel, version or sequence than the manager's
     offer or the USB plan's assignment that brought it (a mix-and-match attack, or a mistake
@@ -98,6 +103,11 @@ class UnknownChannelError(AgentError):
 
 class NoPreviousReleaseError(AgentError):
     """A rollback was asked for but the channel keeps no older good release."""
+
+
+class CandidateGoneError(AgentError):
+    """A staged release was to be activated or refused, but the channel no longer judges it
+    (a newer install replaced it, or it was decided already)."""
 
 
 class RollbackSupersededError(AgentError):

@@ -24,6 +24,7 @@ def init_device(
     *,
     trusted_clock: bool = True,
     architecture: str | None = None,
+    decryption_keys: tuple[Path, ...] = (),
 ) -> DeviceIdentity:
     """Set up an empty state directory: trust root, a fresh Ed25519 device key, identity.
 
@@ -47,6 +48,12 @@ def init_device(
     atomic_write_bytes(layout.device_key, key.to_pem(), KEY_MODE)
     atomic_write_bytes(layout.device_pub, key.public.to_pem())
     atomic_write_bytes(layout.trust, trust)
+    # The X25519 key encrypted bundles are wrapped for, and any class or fleet keys given.
+    from satchel.agent.install.decrypt import add_key, device_recipient
+
+    device_recipient(state_dir, device_id)
+    for path in decryption_keys:
+        add_key(state_dir, path)
     if not layout.channels.is_dir():
         layout.channels.mkdir(mode=0o755)
         fsync_dir(layout.root)

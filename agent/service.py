@@ -80,7 +80,8 @@ class AgentService:
         # with the threads it measured them with, so a smoke-tested session is served as is
         self.server_config = dataclasses.replace(server_config,
                                                  acceleration=Acceleration.of(config),
-                                                 runtime_threads=config.runtime_threads)
+                                                 runtime_threads=config.runtime_threads,
+                                                 variants=config.variants)
         self.stopping = threading.Event()
         self.events = EventQueue(self.state_dir, config)
         self.server: AgentServer | None = None
@@ -106,7 +107,7 @@ class AgentService:
         self.server = AgentServer(
             self.state_dir, listen=self.listen, unix_socket=self.unix_socket,
             event_sink=sink, config=self.server_config,
-            loader=taking_over(open_handoff(), load_model),
+            loader=taking_over(open_handoff(), load_model), agent_config=self.config,
         ).start()
         try:
             self._start_loops(sink, self.server)

@@ -370,6 +370,21 @@ class DeviceState:
                     ) from None
         return None
 
+    def candidate_release(self, channel: str) -> Release | None:
+        """The release being judged in shadow or ramp (installed, not active), or None.
+        Raises StateCorruptError."""
+        from satchel.agent.staging.record import read_candidate
+
+        candidate = read_candidate(self.layout, channel)
+        if candidate is None:
+            return None
+        kept = KeptRelease(candidate.name, candidate.version, candidate.sequence,
+                           candidate.installed_at, candidate.installed_at)
+        try:
+            return load_release(self.layout, channel, kept)
+        except FileNotFoundError:
+            return None
+
     def generation(self) -> int:
         """A counter that changes on every activation or rollback; one small file read."""
         return read_generation(self.layout)
@@ -397,19 +412,30 @@ class DeviceState:
 
     def status(self) -> dict[str, Any]:
         """The SPEC's `status --json` object. Raises NotInitializedError, StateCorruptError."""
+        from satchel.agent.staging.record import candidate_status
+        from satchel.agent.variants.status import variant_status
+
         identity = self.identity()
         channels: dict[str, Any] = {}
         for channel in self.channels():
             record = self.record(channel)
             if record is None:
                 continue
+            state = self.channel_state(record)
+            candidate = candidate_status(self.layout, channel)
             channels[channel] = {
                 "active": {"version": record.active.version, "sequence": record.active.sequence},
                 "releases": [
                     {"version": r.version, "sequence": r.sequence} for r in record.releases
                 ],
-                "state": self.channel_state(record),
+                "state": state,
+                "stage": candidate["stage"] if candidate else (
+                    "probation" if state == STATE_PROBATION else "active"
+                ),
+                "candidate": candidate,
             }
+            channels[channel].update(  # a release with variants (agent/variants/status.py)
+                variant_status(self.layout.release(channel, record.active.name)))
         return {
             "device_id": identity.device_id,
             "device_class": identity.device_class,

@@ -28,6 +28,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "install": ("bench.bench_install", [], ["--hidden", "12500", "--rounds", "1"]),
     "coldstart": ("bench.bench_coldstart", [], ["--rounds", "3"]),
     "hotswap": ("bench.bench_hotswap", [], []),
+    "staging": ("bench.bench_staging", [], ["--seconds", "2", "--phases", "2", "--repeats", "2"]),
     "serving": ("bench.bench_serving", [], ["--seconds", "4"]),
     "checkin-postgres": ("bench.bench_checkin", ["--db", "postgres", "--devices", "100000"],
                          ["--db", "postgres", "--seconds", "8"]),
@@ -37,6 +38,11 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
                        ["--db", "sqlite", "--seconds", "8"]),
     "dashboard": ("bench.bench_dashboard", ["--db", "both", "--repeat", "15"],
                   ["--db", "both", "--devices", "10000", "--repeat", "5"]),
+    "delta": ("bench.bench_delta", [], ["--dims", "512,4096,4096,512,10"]),
+    "encryption": ("bench.bench_encryption", ["--mb", "200", "--repeat", "5"],
+                   ["--mb", "50", "--repeat", "2"]),
+    "scaleout": ("bench.bench_scaleout", ["--devices", "100000", "--mb", "256"],
+                 ["--devices", "10000", "--seconds", "8", "--mb", "64", "--repeat", "3"]),
 }
 
 
@@ -44,7 +50,8 @@ def run_one(module: str, args: list[str]) -> dict[str, Any]:
     """Run a benchmark module in its own process; return its JSON output."""
     workdir = ROOT / "bench" / "out"
     workdir.mkdir(parents=True, exist_ok=True)
-    extra = ["--workdir", str(workdir)] if module == "bench.bench_bundle" else []
+    with_workdir = ("bench.bench_bundle", "bench.bench_encryption")
+    extra = ["--workdir", str(workdir)] if module in with_workdir else []
     proc = subprocess.run([sys.executable, "-m", module, *args, *extra], cwd=ROOT,
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
@@ -180,6 +187,9 @@ def render_install(r: dict[str, Any]) -> list[str]:
             f"**{_f(ratios['install_vs_verify_copy_fsync_plus_session_load'])}x** | "
             f"{_goal(goals['time'])} | {_f(m['peak_rss_mb'], 0)} MB | "
             f"**{_f(ratios['peak_rss_vs_model'])}x** | {_goal(goals['peak_rss'])} | {rauc} |")
+    lines += ["", "`satchel bundle build` ships a single-file ONNX model above 64 MB in the first "
+              "layout (manager/external_data.py: onnxruntime maps the weights, so they are "
+              "held once); the second is what a bundle packed by other means carries."]
     lines += ["", "Without the inferences its smoke test runs (samples, warm-up, timed runs), "
               "which the anchor does not do, the install takes "
               + ", ".join(f"{_f(r[k]['ratios']['install_without_smoke_runs_vs_anchor'])}x "
@@ -323,6 +333,8 @@ def render_serving(r: dict[str, Any]) -> list[str]:
               for s in ("satchel", "mlserver") if s in m]
     lines += ["", f"Share of the machine other processes used during the runs: at most "
               f"{max(shares, default=0):.0%} (p99 at one client is the first figure to suffer)."]
+    if r.get("notes"):  # bench_serving.notes: the arithmetic of the ratio against MLServer
+        lines += ["", *r["notes"]]
     return lines
 
 
@@ -441,11 +453,145 @@ def render_dashboard(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_scaleout(r: dict[str, Any]) -> list[str]:
+    c, d = r.get("checkins", {}), r.get("downloads", {})
+    lines = [
+        "## Past one host: two managers, one PostgreSQL, an object store (issue 17)",
+        "",
+        "`python -m bench.bench_scaleout`: check-ins with one manager process (`satchel serve`, "
+        "one worker), then with two on separate data dirs sharing one PostgreSQL, under the "
+        f"same load (two wrk, {c.get('connections')} connections in all, "
+        f"{c.get('devices', 0):,} settled devices, {c.get('event_ratio', 0):.0%} of check-ins "
+        "with a new event); the rate is the sum of both generators, p50/p99 the worse of the "
+        f"two. **This machine has {c.get('cores')} cores shared by both managers, PostgreSQL "
+        "and the load generators: the ratio below shows what a second manager process costs "
+        "here (overhead), not the speed-up a second host would give.**",
+        "",
+        "| managers | check-ins/s | p50 | p99 | server CPU per check-in | PostgreSQL CPU per "
+        "check-in | errors | machine |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key in ("one", "two"):
+        x = c.get(key)
+        if not x:
+            continue
+        m = x["machine"]
+        lines.append(
+            f"| {x['managers']} | **{x['checkins_per_s']:,.0f}** | {x['p50_ms']} ms | "
+            f"**{x['p99_ms']} ms** | {_f(x['server_cpu_ms_per_checkin'], 3)} ms | "
+            f"{_f(x['postgres_cpu_ms_per_checkin'], 3)} ms | {x['errors']} | idle "
+            f"{m['idle_share']:.0%}, others {m['others_share']:.0%} |")
+    if c:
+        lines += ["", f"Two managers / one: {_f(c.get('rate_ratio'))}x the check-ins/s."]
+    st = c.get("storage")
+    if st:
+        lines += [
+            "",
+            f"Storage (docs/SCALING.md sizes from it): one health sample (an event of kind "
+            f"`health`, the agent's figures) takes **{st['bytes_per_health_sample']} bytes** "
+            f"of the PostgreSQL events table with its indexes, over {st['rows']:,} inserted "
+            f"through the check-in's INSERT ({st['insert_rows_per_s']:,} rows/s, 500 per "
+            f"transaction); retention (`satchel db prune`) deleted them at "
+            f"{st['prune_rows_per_s']:,} rows/s in batches of {st['prune_batch']:,}.",
+        ]
+    if "error" in d:
+        return lines + ["", f"Downloads not measured: {d['error']}."]
+    if d:
+        mb, m = d["mb_s"], d["machine"]
+        lines += [
+            "",
+            f"Downloads of a {_f(d['bundle_mb'], 0)} MB bundle from SeaweedFS (`weed server "
+            f"-s3`), `curl` to /dev/null, medians of {d['repeat']}, interleaved; idle "
+            f"{m['idle_share']:.0%}, others {m['others_share']:.0%}:",
+            "",
+            "| way | MB/s | vs plain curl from the store |",
+            "|---|---|---|",
+            f"| plain `curl` of the object from the store (the anchor) | {mb['store']} | 1x |",
+            f"| device: manager answers 302 to a pre-signed URL, then the store | "
+            f"{mb['presigned']} | **{_f(d['presigned_vs_store'])}x** |",
+            f"| proxied by the manager (Range/ETag as from its folder) | {mb['proxied']} | "
+            f"**{_f(d['proxied_vs_store'])}x** (manager CPU "
+            f"{_f(d['manager_cpu_s_per_gb_proxied'])} s per GB) |",
+        ]
+    return lines
+
+
 def render_generic(name: str, r: dict[str, Any]) -> list[str]:
     return [f"## {name}", "", "```json", json.dumps(r, indent=2), "```"]
 
 
+def render_encryption(r: dict[str, Any]) -> list[str]:
+    v = r["verify_unpack"]
+    m = r.get("machine", {})
+    return [
+        "## Encrypted bundles (issue 19)",
+        "",
+        "`python -m bench.bench_encryption`: verify + unpack (one read, fsync'd, as a device "
+        f"installs) of the same {r['payload_mb']:.0f} MB float32 payload, encrypted for one "
+        "device (X25519 unwrap, AES-256-GCM in 64 KiB segments) and not, interleaved in one "
+        "run; each side's median.",
+        "",
+        "| side | plain | encrypted | encrypted / plain |",
+        "|---|---|---|---|",
+        f"| verify + unpack, fsync'd | {_f(v['plain']['s'], 3)} s | "
+        f"{_f(v['encrypted']['s'], 3)} s | **{_f(r['time_ratio'], 3)}x** |",
+        f"| verify + unpack, no fsync | {_f(v['plain_nofsync']['s'], 3)} s | "
+        f"{_f(v['encrypted_nofsync']['s'], 3)} s | {_f(r['time_ratio_nofsync'], 3)}x |",
+        f"| pack | {_f(r['pack']['plain']['s'], 3)} s | {_f(r['pack']['encrypted']['s'], 3)} s"
+        " | |",
+        "",
+        f"Goal at most {r['goal_time_ratio_at_most']}x: {_verdict(r['ok'])}. CPU "
+        f"{_f(r['cpu_ratio'], 3)}x; peak RSS of an encrypted install in a fresh process "
+        f"{_f(r['encrypted_peak_rss_mb'], 1)} MB; idle {_idle(m)}, others took "
+        f"{m.get('others_share', '?')} of the CPUs.",
+    ]
+
+
+def render_delta(r: dict[str, Any]) -> list[str]:
+    m = r.get("machine", {})
+    lines = [
+        "## Delta bundles (issue 19)",
+        "",
+        "`python -m bench.bench_delta`: a float32 MLP (layers "
+        f"{r['dims'].replace(',', '-')}) and a copy whose last two layers were fine-tuned, and "
+        "both requantized to INT8; the delta bundle against the full one, and `satchel-agent "
+        "install` of each on a device that keeps the old release (fresh processes, median).",
+        "",
+        "| model | changed weights | full bundle | delta | delta / full | build full / delta "
+        "| install full / delta | install peak RSS full / delta |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in ("float32", "int8"):
+        k = r.get(kind)
+        if not k:
+            continue
+        b, f, d = k["build"], k["install_full"], k["install_delta"]
+        lines.append(
+            f"| {kind} {_f(k['model_mb'], 0)} MB | {k['changed_weight_share']:.1%} | "
+            f"{_f(k['full_bundle_mb'], 1)} MB | {_f(k['delta_bundle_mb'], 1)} MB | "
+            f"**{k['delta_share_of_full']:.1%}** | {_f(b['full_s'])} / {_f(b['delta_s'])} s | "
+            f"{_f(f['wall_s'])} / {_f(d['wall_s'])} s | {_f(f['peak_rss_mb'], 0)} / "
+            f"{_f(d['peak_rss_mb'], 0)} MB |")
+    lines += ["", "Patch methods on the same pairs (each in its own process):", "",
+              "| model | method | patch | build | build peak RSS | apply | apply peak RSS |",
+              "|---|---|---|---|---|---|---|"]
+    for kind in ("float32", "int8"):
+        for method, x in (r.get(kind) or {}).get("methods", {}).items():
+            if "apply_s" in x:
+                lines.append(
+                    f"| {kind} | {method} | {_f(x['patch_mb'])} MB | {_f(x['build_s'])} s | "
+                    f"{_f(x['build_peak_rss_mb'], 0)} MB | {_f(x['apply_s'])} s | "
+                    f"{_f(x['apply_peak_rss_mb'], 0)} MB |")
+    goals = [f"{kind} {_verdict(r[kind]['goal']['ok'])}" for kind in ("float32", "int8")
+             if kind in r]
+    lines += ["", f"Goal delta at most 10% of the full bundle: {', '.join(goals)}; idle "
+              f"{_idle(m)}, others took {m.get('others_share', '?')} of the CPUs."]
+    return lines
+
+
 RENDERERS = {
+    "delta": render_delta,
+    "encryption": render_encryption,
     "bundle": render_bundle,
     "install": render_install,
     "coldstart": render_coldstart,
@@ -455,6 +601,7 @@ RENDERERS = {
     "checkin-sqlite": render_checkin,
     "build": render_build,
     "dashboard": render_dashboard,
+    "scaleout": render_scaleout,
 }
 
 

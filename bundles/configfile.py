@@ -24,10 +24,16 @@ from typing import Any, Generic, TypeVar
 
 from satchel.bundles.errors import ConfigError
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10 has no tomllib; tomli is the same parser
-    import tomli as tomllib  # type: ignore[no-redef]
+
+def _toml() -> Any:
+    """The TOML parser, imported when a file or value is parsed: compiling its patterns costs
+    ~5 ms that every command would pay, while most run with no settings file (issue 14)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10 has no tomllib; tomli is the same parser
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib
+
 
 T = TypeVar("T")
 _TRUE = ("1", "true", "yes", "on")
@@ -163,9 +169,10 @@ class Schema(Generic[T]):
         except (OSError, UnicodeDecodeError) as e:
             why = e.strerror if isinstance(e, OSError) else "it is not UTF-8 text"
             raise ConfigError(f"cannot read config file {path}: {why}") from e
+        toml = _toml()
         try:
-            doc = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as e:
+            doc = toml.loads(text)
+        except toml.TOMLDecodeError as e:
             raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
         table = doc[self.table] if set(doc) == {self.table} else doc
         if not isinstance(table, dict):
@@ -301,8 +308,8 @@ def _from_env(kind: Any, text: str, where: str) -> Any:
             return text
         if typing.get_origin(kind) is tuple and not text.startswith("["):
             return [word.strip() for word in text.split(",") if word.strip()]
-        return tomllib.loads(f"value = {text}")["value"]
-    except (ValueError, tomllib.TOMLDecodeError):
+        return _toml().loads(f"value = {text}")["value"]
+    except ValueError:  # TOMLDecodeError is one
         raise ConfigError(f"{where} is not a valid {type_label(kind)}") from None
 
 

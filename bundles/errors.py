@@ -58,6 +58,11 @@ class TooLargeError(FormatError):
     """A document or member is larger than the configured limit."""
 
 
+class CaptureError(FormatError):
+    """A capture file (field inputs kept by a device, `bundles/captures.py`) is malformed,
+    too large, or its meta is invalid."""
+
+
 # --- the bundle is well formed but not trustworthy ------------------------------------------
 
 
@@ -98,6 +103,26 @@ class PayloadSizeError(PayloadError):
 
 class PayloadHashError(PayloadError):
     """A payload's sha256 differs from the signed manifest."""
+
+
+class DeltaBaseError(PayloadError):
+    """A delta payload's base file is missing, or differs from the one its patch was made
+    against (bundles/delta.py)."""
+
+
+# --- an encrypted bundle (bundles/crypt.py) -------------------------------------------------
+
+
+class DecryptionError(BundleError):
+    """An encrypted bundle cannot be decrypted here."""
+
+
+class NotARecipientError(DecryptionError):
+    """The bundle's data key is wrapped for other recipients only."""
+
+
+class WrappedKeyError(DecryptionError):
+    """keys.json is malformed, or the key it wraps for us does not match the signed commitment."""
 
 
 # --- what a device is told to install ------------------------------------------------------

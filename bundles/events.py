@@ -30,6 +30,28 @@ SERVING = "serving"  # a release was swapped in and serves
 ROLLED_BACK = "rolled_back"  # a health breach, a crash loop or a technician rolled a channel back
 ROLLBACK_FAILED = "rollback_failed"  # a breach was seen but the rollback did not happen
 LOAD_FAILED = "load_failed"  # an active release could not be loaded into its runtime
+# A release with variants (`agent/variants/`): figures in the event's details.
+VARIANT_SWITCHED = "variant_switched"  # the device's state chose another variant (from, to, why)
+VARIANT_DISABLED = "variant_disabled"  # a variant breached the health policy on this device
+# Staged activation (SPEC "Staged activation"): a candidate's shadow stage and traffic ramp,
+# their figures in the event's figures dict.
+SHADOW_STARTED = "shadow_started"
+SHADOW_PASSED = "shadow_passed"
+SHADOW_FAILED = "shadow_failed"  # refused: it never answered a client
+RAMP_STEP = "ramp_step"  # one step of the ramp passed; the next share starts
+RAMP_FAILED = "ramp_failed"  # a breach during the ramp: all traffic back to the previous release
+RAMP_COMPLETED = "ramp_completed"  # the candidate answers everything and becomes active
+# Staged activation (`agent/staging/`): a release with a shadow stage or a ramp in its signed
+# policy ends its install with `shadow_started` (not `activated`); then, as the device judges
+# it on field requests: `shadow_passed` or `shadow_failed`, one `ramp_step` per step reached,
+# `ramp_failed` or `ramp_completed`, and `activated` once it really serves every request.
+# Figures in the event's figures, the reason on failures.
+SHADOW_STARTED = "shadow_started"
+SHADOW_PASSED = "shadow_passed"
+SHADOW_FAILED = "shadow_failed"
+RAMP_STEP = "ramp_step"
+RAMP_FAILED = "ramp_failed"
+RAMP_COMPLETED = "ramp_completed"
 # The rest.
 HEALTH = "health"  # one channel's inference figures over a period (`agent/health/samples.py`)
 TRUST_UPDATED = "trust_updated"  # the device walked its trust root forward
@@ -43,3 +65,4 @@ HISTORY_REFUSED = "refused"
 HISTORY_SMOKE_TEST_FAILED = "smoke-test-failed"
 HISTORY_ROLLED_BACK = "rolled-back"
 HISTORY_UNDONE = "undone"  # an interrupted install or rollback that recovery took back
+HISTORY_STAGED = "staged"  # a release entered its shadow stage or ramp (not active yet)

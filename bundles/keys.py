@@ -13,14 +13,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from satchel.bundles.errors import KeyFileError, SignatureError
 from satchel.bundles.identifiers import SHA256_RE
 
-_RAW = serialization.Encoding.Raw
-_RAW_PUB = serialization.PublicFormat.Raw
+# cryptography's `serialization` (PEM, PKCS#8: ~10 ms of imports with its SSH and cipher
+# modules) is imported only where keys are read or written as files: verifying a bundle on a
+# device needs raw keys alone (issue 14).
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class PublicKey:
         return True
 
     def to_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
         key = Ed25519PublicKey.from_public_bytes(self.raw)
         return key.public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -66,13 +68,15 @@ class PublicKey:
     @classmethod
     def from_pem(cls, data: bytes) -> PublicKey:
         """Load a PEM public key. Raises KeyFileError."""
+        from cryptography.hazmat.primitives import serialization
+
         try:
             key = serialization.load_pem_public_key(data)
         except ValueError as e:
             raise KeyFileError("not a PEM public key") from e
         if not isinstance(key, Ed25519PublicKey):
             raise KeyFileError("public key is not Ed25519")
-        return cls(key.public_bytes(_RAW, _RAW_PUB))
+        return cls(key.public_bytes_raw())
 
 
 class SigningKey:
@@ -80,7 +84,7 @@ class SigningKey:
 
     def __init__(self, private: Ed25519PrivateKey) -> None:
         self._private = private
-        self.public = PublicKey(private.public_key().public_bytes(_RAW, _RAW_PUB))
+        self.public = PublicKey(private.public_key().public_bytes_raw())
 
     @property
     def keyid(self) -> str:
@@ -95,6 +99,8 @@ class SigningKey:
 
     def to_pem(self, passphrase: bytes | None = None) -> bytes:
         """PKCS#8 PEM, encrypted with the best available cipher when a passphrase is given."""
+        from cryptography.hazmat.primitives import serialization
+
         encryption: serialization.KeySerializationEncryption = (
             serialization.BestAvailableEncryption(passphrase)
             if passphrase
@@ -107,6 +113,8 @@ class SigningKey:
     @classmethod
     def from_pem(cls, data: bytes, passphrase: bytes | None = None) -> SigningKey:
         """Load a PEM private key. Raises KeyFileError (wrong passphrase, not Ed25519...)."""
+        from cryptography.hazmat.primitives import serialization
+
         try:
             key = serialization.load_pem_private_key(data, password=passphrase or None)
         except TypeError as e:

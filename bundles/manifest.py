@@ -12,13 +12,17 @@ from datetime import datetime
 from typing import Any
 
 from satchel.bundles import FORMAT_VERSION
+from satchel.bundles.activation import ActivationPolicy, parse_activation
 from satchel.bundles.canonical import decode_canonical, encode_canonical
 from satchel.bundles.chunkindex import chunk_count
 from satchel.bundles.config import DEFAULT_LIMITS, Limits
+from satchel.bundles.cryptinfo import EncryptionInfo
+from satchel.bundles.delta_manifest import DeltaBase, FileDelta, check_delta_fields
 from satchel.bundles.errors import MissingFieldError, UnknownFormatVersionError, WrongTypeError
 from satchel.bundles.identifiers import CHANNEL_RE, IDENTIFIER_RE, SHA256_RE, VERSION_RE
 from satchel.bundles.schema import check_keys, get, get_float, get_int, get_str, get_str_list
 from satchel.bundles.timeutil import format_time, parse_time
+from satchel.bundles.variants import Variants
 
 # 95 characters at most: with ".zst" appended a segment must fit a ustar name field (100).
 SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,94}")
@@ -69,6 +73,7 @@ class FileEntry:
     # None and () in bundles made without it.
     chunk_size: int | None = None  # bytes
     chunk_sha256: tuple[str, ...] = ()
+    delta: FileDelta | None = None  # the member is a patch of the base release's file
 
     @property
     def indexed(self) -> bool:
@@ -79,7 +84,7 @@ class FileEntry:
         w = "manifest file entry"
         check_keys(
             d, w, {"path", "size", "sha256", "compressed_size", "compressed_sha256"},
-            {"chunk_size", "chunk_sha256"},
+            {"chunk_size", "chunk_sha256", "delta"},
         )
         path = check_payload_path(get_str(d, "path", w), limits)
         w = f"manifest file {path!r}"
@@ -89,6 +94,8 @@ class FileEntry:
             sha256=get_str(d, "sha256", w, SHA256_RE),
             compressed_size=get_int(d, "compressed_size", w, 1, 2**62),
             compressed_sha256=get_str(d, "compressed_sha256", w, SHA256_RE),
+            delta=FileDelta.from_dict(d["delta"], w, limits.max_payload_bytes)
+            if "delta" in d else None,
         )
         if "chunk_size" not in d and "chunk_sha256" not in d:
             return entry
@@ -105,6 +112,8 @@ class FileEntry:
         if self.chunk_size is not None:
             d["chunk_size"] = self.chunk_size
             d["chunk_sha256"] = list(self.chunk_sha256)
+        if self.delta is not None:
+            d["delta"] = self.delta.to_dict()
         return d
 
 
@@ -458,6 +467,12 @@ class Manifest:
     description: str = ""
     build: dict[str, Any] = field(default_factory=dict)  # figures measured at build time
     format_version: int = FORMAT_VERSION
+    # Set: every payload member is ciphertext (bundles/crypt.py); files' compressed_* and
+    # chunk index describe the ciphertext, size and sha256 the plaintext content.
+    encryption: EncryptionInfo | None = None
+    variants: Variants | None = None  # several models of the channel (bundles/variants.py)
+    activation: ActivationPolicy | None = None  # staged activation (bundles/activation.py)
+    delta_base: DeltaBase | None = None  # the release a delta bundle patches (docs/DELTAS.md)
 
     @property
     def unpacked_size(self) -> int:
@@ -504,7 +519,8 @@ class Manifest:
             "health_policy",
             "compatibility",
         }
-        check_keys(d, w, required, {"expires", "description", "build"})
+        check_keys(d, w, required, {"expires", "description", "build", "activation",
+                                     "variants", "encryption", "delta_base"})
         files_raw = get(d, "files", list, w)
         if len(files_raw) > limits.max_files:
             raise WrongTypeError(f"manifest lists too many files ({len(files_raw)})")
@@ -524,6 +540,12 @@ class Manifest:
             compatibility=Compatibility.from_dict(d["compatibility"]),
             description=get_str(d, "description", w, nullable=True) or "",
             build=get(d, "build", dict, w, nullable=True) or {},
+            encryption=(
+                EncryptionInfo.from_dict(d["encryption"]) if d.get("encryption") else None
+            ),
+            activation=parse_activation(d["activation"]) if "activation" in d else None,
+            variants=None if d.get("variants") is None else Variants.from_dict(d["variants"]),
+            delta_base=DeltaBase.from_dict(d["delta_base"]) if "delta_base" in d else None,
         )
         manifest.check_references()
         return manifest
@@ -554,6 +576,10 @@ class Manifest:
             for p in (s.inputs, s.reference):
                 if p not in paths:
                     raise WrongTypeError(f"smoke test names file {p!r} that is not listed")
+        if self.variants is not None:
+            self.variants.check_models(names, {s.model for s in self.smoke_tests})
+        check_delta_fields(self.name, self.sequence, self.delta_base,
+                           any(f.delta for f in self.files))
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -574,6 +600,14 @@ class Manifest:
             d["description"] = self.description
         if self.build:
             d["build"] = self.build
+        if self.encryption is not None:
+            d["encryption"] = self.encryption.to_dict()
+        if self.activation is not None:
+            d["activation"] = self.activation.to_dict()
+        if self.variants is not None:
+            d["variants"] = self.variants.to_dict()
+        if self.delta_base is not None:
+            d["delta_base"] = self.delta_base.to_dict()
         return d
 
     def to_bytes(self) -> bytes:

@@ -17,6 +17,26 @@ from satchel.bundles.identifiers import SHA256_RE
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """The full bundle behind an offer of a delta bundle (docs/DELTAS.md): what the device
+    installs instead when it cannot apply the delta."""
+
+    bundle_sha256: str
+    size: int
+    url: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle_sha256": self.bundle_sha256, "size": self.size, "url": self.url}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> Fallback:
+        out = cls(str(d["bundle_sha256"]), _int(d["size"]), str(d["url"]))
+        if not SHA256_RE.fullmatch(out.bundle_sha256) or out.size < 0:
+            raise ValueError("a fallback with a bad sha256 or size")
+        return out
+
+
+@dataclass(frozen=True)
 class Offer:
     """One release of one channel to install, named by its bundle file's sha256 and size."""
 
@@ -30,6 +50,7 @@ class Offer:
     # where the manager may redirect the download (scheme://host[:port]; its object store
     # when it hands out pre-signed URLs): the device follows a redirect to these alone
     origins: tuple[str, ...] = ()
+    fallback: Fallback | None = None  # set when the bundle offered is a delta bundle
 
     def to_dict(self) -> dict[str, Any]:
         """The offer as an entry of a check-in answer's `install` list."""
@@ -44,6 +65,8 @@ class Offer:
         }
         if self.origins:
             out["origins"] = list(self.origins)
+        if self.fallback is not None:
+            out["fallback"] = self.fallback.to_dict()
         return out
 
     @classmethod
@@ -62,6 +85,8 @@ class Offer:
                 deployment_id=None if d.get("deployment_id") is None
                 else _int(d["deployment_id"]),
                 origins=_origins(d.get("origins")),
+                fallback=None if d.get("fallback") is None
+                else Fallback.from_dict(d["fallback"]),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise OfferError(f"a malformed install entry ({e})") from e

@@ -13,18 +13,23 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import zstandard
 
 from satchel.bundles.canonical import encode_canonical
 from satchel.bundles.chunkindex import ChunkHasher, chunk_size_for
 from satchel.bundles.config import DEFAULT_LIMITS, DEFAULT_PACK, PackOptions
+from satchel.bundles.cryptinfo import KEYS_MEMBER
+from satchel.bundles.delta_manifest import FileDelta
 from satchel.bundles.keys import SigningKey, sign_all
 from satchel.bundles.manifest import FileEntry, Manifest, check_payload_path, member_name
 from satchel.bundles.tarformat import BLOCK, END_OF_ARCHIVE, encode_header, padding
+
+if TYPE_CHECKING:  # cryptography loads only for encrypted bundles
+    from satchel.bundles.crypt import BundleEncryption
 
 Progress = Callable[[int], None]
 
@@ -74,6 +79,7 @@ def _compress_member(
     mtime: int,
     progress: Progress | None,
     chunk_size: int | None = None,
+    encryption: BundleEncryption | None = None,
 ) -> FileEntry:
     header_at = body.tell()
     body.write(b"\0" * BLOCK)
@@ -81,10 +87,13 @@ def _compress_member(
     content_sha = hashlib.sha256()
     chunks = ChunkHasher(chunk_size) if chunk_size else None
     sink = _HashingSink(body, chunks)
+    # Encrypted: the zstd frame is sealed in segments on its way to the hashing sink, so the
+    # member's size, sha256 and chunk index are the ciphertext's (bundles/crypt.py).
+    sealer = encryption.sealer(payload.path, sink) if encryption is not None else None
     cctx = zstandard.ZstdCompressor(
         level=options.zstd_level, threads=options.zstd_threads, write_checksum=True
     )
-    with cctx.stream_writer(sink, size=size, closefd=False) as writer:  # type: ignore[arg-type]
+    with cctx.stream_writer(sealer or sink, size=size, closefd=False) as writer:  # type: ignore[arg-type]
         if isinstance(payload.source, bytes):
             content_sha.update(payload.source)
             writer.write(payload.source)
@@ -97,6 +106,8 @@ def _compress_member(
                     writer.write(chunk)
                     if progress:
                         progress(len(chunk))
+    if sealer is not None:
+        sealer.finish()
     body.write(b"\0" * padding(sink.count))
     end = body.tell()
     body.seek(header_at)
@@ -146,9 +157,12 @@ class BundleBody:
         chunk_size: int | None,
         options: PackOptions = DEFAULT_PACK,
         tmp_dir: Path | None = None,
+        encryption: BundleEncryption | None = None,
     ) -> None:
         """`mtime` of every tar member (the manifest's creation time); `chunk_size` of the
-        chunk index (`index_chunk_size`, None for none). Raises OSError."""
+        chunk index (`index_chunk_size`, None for none); `encryption` to encrypt every
+        payload (bundles/crypt.py). Raises OSError."""
+        self._encryption = encryption
         self._mtime = mtime
         self._chunk_size = chunk_size
         self._options = options
@@ -160,8 +174,36 @@ class BundleBody:
         path, ValueError for a name too long for ustar, OSError."""
         check_payload_path(payload.path, DEFAULT_LIMITS)
         entry = _compress_member(
-            payload, self._file, self._options, self._mtime, progress, self._chunk_size
+            payload, self._file, self._options, self._mtime, progress, self._chunk_size,
+            self._encryption,
         )
+        self.entries.append(entry)
+        return entry
+
+    def add_frame(self, path: str, frame: Path, size: int, sha256: str,
+                  delta: FileDelta | None = None) -> FileEntry:
+        """Add a zstd frame made elsewhere (a delta's patch, bundles/delta.py) as the member
+        of payload `path`, whose content is `size` bytes with `sha256`. Raises as `add`."""
+        check_payload_path(path, DEFAULT_LIMITS)
+        header_at = self._file.tell()
+        self._file.write(b"\0" * BLOCK)
+        chunks = ChunkHasher(self._chunk_size) if self._chunk_size else None
+        sink = _HashingSink(self._file, chunks)  # type: ignore[arg-type]
+        sealer = self._encryption.sealer(path, sink) if self._encryption is not None else None
+        with open(frame, "rb") as src:
+            while data := src.read(self._options.chunk_bytes):
+                (sealer or sink).write(data)
+        if sealer is not None:
+            sealer.finish()
+        self._file.write(b"\0" * padding(sink.count))
+        end = self._file.tell()
+        self._file.seek(header_at)
+        self._file.write(encode_header(member_name(path), sink.count, self._mtime))
+        self._file.seek(end)
+        entry = FileEntry(path, size, sha256, sink.count, sink.sha.hexdigest(),
+                          chunk_size=self._chunk_size if chunks is not None else None,
+                          chunk_sha256=chunks.finish() if chunks is not None else (),
+                          delta=delta)
         self.entries.append(entry)
         return entry
 
@@ -172,12 +214,17 @@ class BundleBody:
         if not keys:
             raise ValueError("at least one signing key is needed")
         final = manifest.with_files(self.entries)
+        if self._encryption is not None:
+            final = replace(final, encryption=self._encryption.info())
         final.check_references()
         Manifest.from_dict(final.to_dict())  # the same validation a device will run
         manifest_bytes = final.to_bytes()
         sigs = encode_canonical([s.to_dict() for s in sign_all(manifest_bytes, keys)])
         _write_member(out, "manifest.json", manifest_bytes, self._mtime)
         _write_member(out, "manifest.sig", sigs, self._mtime)
+        if self._encryption is not None:  # the wrapped data keys, outside what is signed
+            key_file = self._encryption.key_file().to_bytes()
+            _write_member(out, KEYS_MEMBER, key_file, self._mtime)
         _copy(self._file, out)
         out.write(END_OF_ARCHIVE)
         out.flush()
@@ -201,6 +248,7 @@ def write_bundle(
     options: PackOptions = DEFAULT_PACK,
     progress: Progress | None = None,
     tmp_dir: Path | None = None,
+    encryption: BundleEncryption | None = None,
 ) -> Manifest:
     """Write a signed bundle to `out` (a real, writable file) and return its final manifest.
 
@@ -215,7 +263,9 @@ def write_bundle(
     for p in payloads:
         check_payload_path(p.path, DEFAULT_LIMITS)
     mtime = int(manifest.created.timestamp())
-    with BundleBody(mtime, index_chunk_size(payloads, options), options, tmp_dir) as body:
+    with BundleBody(
+        mtime, index_chunk_size(payloads, options), options, tmp_dir, encryption
+    ) as body:
         for p in payloads:
             body.add(p, progress)
         return body.write(out, manifest, keys)

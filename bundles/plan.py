@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from satchel.bundles.canonical import encode_canonical
+from satchel.bundles.delta_manifest import PlanDelta
 from satchel.bundles.envelope import Role, check_threshold, open_envelope, sign_envelope
 from satchel.bundles.errors import ExpiredError, WrongTypeError
 from satchel.bundles.identifiers import (
@@ -43,6 +44,9 @@ MAX_PLAN_BYTES = 16 * 1024 * 1024  # bytes of plan.json
 MAX_REPORT_BYTES = 4 * 1024 * 1024  # bytes of one device report
 MAX_ASSIGNMENTS = 10_000  # entries in one plan
 MAX_PLAN_DEVICES = 1_000_000  # device ids named across one plan
+
+
+MAX_DELTAS = 16  # delta bundles of one assignment (one per base release)
 
 
 def root_file(version: int) -> str:
@@ -73,6 +77,19 @@ class Assignment(Offer):
     url: str = field(init=False, default="")  # set from the sha256: the file on the stick
     devices: tuple[str, ...] = ()
     device_classes: tuple[str, ...] = ()
+    # delta bundles of the same release, each for devices keeping its base (docs/DELTAS.md)
+    deltas: tuple[PlanDelta, ...] = ()
+
+    def delta_for(self, kept: set[tuple[str, int]]) -> Assignment | None:
+        """This assignment with its delta bundle against one of the `kept` (version,
+        sequence) releases as its bundle, if it has one (the full bundle stays the fallback)."""
+        for d in self.deltas:
+            if (d.base_version, d.base_sequence) in kept:
+                return Assignment(self.channel, self.version, self.sequence, d.bundle_sha256,
+                                  d.size, deployment_id=self.deployment_id,
+                                  origins=self.origins, devices=self.devices,
+                                  device_classes=self.device_classes)
+        return None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "url", bundle_file(self.bundle_sha256))
@@ -95,6 +112,7 @@ class Assignment(Offer):
             "devices": list(self.devices),
             "device_classes": list(self.device_classes),
             "deployment_id": self.deployment_id,
+            **({"deltas": [x.to_dict() for x in self.deltas]} if self.deltas else {}),
         }
 
     @classmethod
@@ -112,7 +130,7 @@ class Assignment(Offer):
             "device_classes",
             "deployment_id",
         }
-        check_keys(d, w, names)
+        check_keys(d, w, names, {"deltas"})
         sha = get_str(d, "bundle_sha256", w, SHA256_RE)
         if d["file"] != bundle_file(sha):
             raise WrongTypeError(f"{w}: 'file' must be {bundle_file(sha)}")
@@ -130,7 +148,15 @@ class Assignment(Offer):
             devices=_labels(d, "devices", w, MAX_PLAN_DEVICES),
             device_classes=_labels(d, "device_classes", w, 1024),
             deployment_id=deployment_id,
+            deltas=_deltas(d, w),
         )
+
+
+def _deltas(d: dict[str, Any], where: str) -> tuple[PlanDelta, ...]:
+    raw = get(d, "deltas", list, where, nullable=True) or []
+    if len(raw) > MAX_DELTAS:
+        raise WrongTypeError(f"{where}: too many deltas ({len(raw)})")
+    return tuple(PlanDelta.from_dict(x) for x in raw)
 
 
 @dataclass(frozen=True)

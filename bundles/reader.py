@@ -20,11 +20,11 @@ import os
 import queue
 import shutil
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zstandard
 
@@ -47,6 +47,10 @@ from satchel.bundles.tarformat import BLOCK, MemberHeader, decode_header, paddin
 from satchel.bundles.timeutil import format_time
 from satchel.bundles.trust import Root
 
+if TYPE_CHECKING:
+    from satchel.bundles.crypt import KeyFile, OpenPayload
+    from satchel.bundles.recipients import Identity
+
 Progress = Callable[[int], None]
 _MAX_TRAILING_ZEROS = 1024 * 1024  # bytes of zero record padding tolerated after the end
 
@@ -58,6 +62,9 @@ class Member:
     # True: the whole compressed member was hashed by verify_bundle. False: it was not read
     # yet, and each chunk is checked against the signed chunk index as it is unpacked.
     hashed: bool = True
+    # A delta payload (entry.delta): the base file its patch applies to, set by the device
+    # (bundles/delta.with_bases); None: not a patch, or no base given.
+    base: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,10 @@ class VerifiedBundle:
     signatures: tuple[Signature, ...]
     signers: frozenset[str]
     members: tuple[Member, ...]
+    # An encrypted bundle (manifest.encryption): its keys.json, and the data key once a
+    # recipient has unlocked it (agent/install/decrypt.py, bundles/crypt.unlock).
+    keys: KeyFile | None = None
+    data_key: bytes | None = field(default=None, repr=False)
 
 
 def _read_exact(f: BinaryIO, n: int, what: str) -> bytes:
@@ -220,6 +231,7 @@ def verify_bundle(
     )
     manifest = parse_manifest(manifest_bytes, limits)
     check_expiry(manifest, now, not_before)
+    keys = read_keys(f, limits) if manifest.encryption is not None else None
     expected = {member_name(e.path) for e in manifest.files}
     members: list[Member] = []
     for entry in manifest.files:
@@ -242,7 +254,31 @@ def verify_bundle(
         else:
             _hash_member(f, entry, limits, progress)
     _check_end(f)
-    return VerifiedBundle(manifest, manifest_bytes, tuple(sigs), frozenset(signers), tuple(members))
+    return VerifiedBundle(
+        manifest, manifest_bytes, tuple(sigs), frozenset(signers), tuple(members), keys
+    )
+
+
+def read_keys(f: BinaryIO, limits: Limits = DEFAULT_LIMITS) -> KeyFile:
+    """keys.json, the member after manifest.sig in an encrypted bundle. Raises FormatError,
+    WrappedKeyError."""
+    from satchel.bundles.crypt import KeyFile
+    from satchel.bundles.cryptinfo import KEYS_MEMBER, MAX_KEYS_BYTES
+
+    return KeyFile.from_bytes(_read_small_member(f, KEYS_MEMBER, MAX_KEYS_BYTES))
+
+
+def _opener(verified: VerifiedBundle) -> OpenPayload | None:
+    """How to read the plaintext of the payloads of `verified` (None: not encrypted).
+    Raises DecryptionError when it is encrypted and no recipient unlocked it."""
+    info = verified.manifest.encryption
+    if info is None:
+        return None
+    from satchel.bundles.crypt import no_key, opener
+
+    if verified.data_key is None:
+        raise no_key(f"bundle {verified.manifest.name} {verified.manifest.version}")
+    return opener(info, verified.data_key)
 
 
 class _Bounded:
@@ -279,13 +315,13 @@ def _open_dir_in(dir_fd: int, parts: list[str], create: bool) -> int:
         raise
 
 
-def _open_in(dir_fd: int, rel: str) -> int:
+def _open_in(dir_fd: int, rel: str, mode: int = 0o644) -> int:
     """Create the parents of `rel` under `dir_fd` and the file itself; return its fd."""
     parts = rel.split("/")
     parent = _open_dir_in(dir_fd, parts[:-1], create=True)
     try:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        return os.open(parts[-1], flags, 0o644, dir_fd=parent)
+        return os.open(parts[-1], flags, mode, dir_fd=parent)
     finally:
         os.close(parent)
 
@@ -346,17 +382,27 @@ def _decompress_member(
     limits: Limits,
     sink: Callable[[bytes], None],
     progress: Progress | None,
+    open_payload: OpenPayload | None = None,
 ) -> None:
-    """Stream one member through zstd into `sink`, bounded by and checked against the manifest."""
+    """Stream one member through zstd into `sink`, bounded by and checked against the manifest
+    (through `open_payload` first, when the member is ciphertext)."""
     entry = member.entry
     f.seek(member.offset)
     written = 0
-    source = _Bounded(f, entry.compressed_size) if member.hashed else IndexedChunks(f, entry)
-    reader = dctx.stream_reader(
-        source,  # type: ignore[arg-type]  # a read() is all it uses
-        read_size=entry.chunk_size or limits.chunk_bytes,
-        read_across_frames=True,
-    )
+    source: Any = _Bounded(f, entry.compressed_size) if member.hashed else IndexedChunks(f, entry)
+    if open_payload is not None:  # authenticated ciphertext in, zstd frame out
+        source = open_payload(entry.path, entry.compressed_size, source)
+    reader: Any
+    if entry.delta is not None:  # a patch: the base file is its prefix (bundles/delta.py)
+        from satchel.bundles.delta import open_patch
+
+        reader = open_patch(source, entry, member.base, entry.chunk_size or limits.chunk_bytes)
+    else:
+        reader = dctx.stream_reader(
+            source,  # a read() is all it uses
+            read_size=entry.chunk_size or limits.chunk_bytes,
+            read_across_frames=True,
+        )
     worker = _HashingSinkThread(sink, limits.pipeline_chunks)
     try:
         while True:
@@ -379,6 +425,8 @@ def _decompress_member(
                 progress(len(chunk))
     finally:
         digest = worker.finish()
+        if entry.delta is not None:
+            reader.close()  # unmaps the base
     if written != entry.size:
         raise PayloadSizeError(
             f"payload {entry.path} decompresses to {written} bytes, declared {entry.size}"
@@ -414,8 +462,10 @@ def _unpack_member(
     limits: Limits,
     fsync: bool,
     progress: Progress | None,
+    open_payload: OpenPayload | None = None,
 ) -> None:
-    fd = _open_in(dir_fd, member.entry.path)
+    # The plaintext of an encrypted bundle is readable by the device's user only.
+    fd = _open_in(dir_fd, member.entry.path, 0o644 if open_payload is None else 0o600)
     try:
         _decompress_member(
             f,
@@ -424,6 +474,7 @@ def _unpack_member(
             limits,
             _write_all(fd, limits.writeback_bytes if fsync else 0),
             progress,
+            open_payload,
         )
         if fsync:
             os.fsync(fd)  # its directory entry is made durable with the others, at the end
@@ -444,8 +495,14 @@ def check_payloads(
     Raises PayloadError subclasses, TruncatedBundleError.
     """
     dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
+    open_payload = _opener(verified)
     for member in verified.members:
-        _decompress_member(f, member, dctx, limits, lambda _chunk: None, progress)
+        if member.entry.delta is not None and member.base is None:  # a patch, no base here:
+            if not member.hashed:  # its member's hashes are all that can be checked
+                f.seek(member.offset)
+                _hash_member(f, member.entry, limits, progress)
+            continue
+        _decompress_member(f, member, dctx, limits, lambda _chunk: None, progress, open_payload)
 
 
 def _open_empty_dir(target: Path) -> int:
@@ -495,8 +552,9 @@ def unpack_bundle(
     dir_fd = _open_empty_dir(target)  # before the clean-up below: what is there is not ours
     try:
         dctx = zstandard.ZstdDecompressor(max_window_size=limits.max_window_bytes)
+        open_payload = _opener(verified)
         for member in verified.members:
-            _unpack_member(f, member, dir_fd, dctx, limits, fsync, progress)
+            _unpack_member(f, member, dir_fd, dctx, limits, fsync, progress, open_payload)
         if fsync:
             _fsync_dirs(dir_fd, [m.entry.path for m in verified.members])
     except OSError as e:
@@ -518,9 +576,11 @@ def verify_and_unpack(
     not_before: datetime | None = None,
     limits: Limits = DEFAULT_LIMITS,
     fsync: bool = True,
+    identities: Sequence[Identity] = (),
 ) -> VerifiedBundle:
     """Verify the bundle file at `path` against `root` and unpack it into `target`, reading
-    it once when its members carry a chunk index (twice otherwise).
+    it once when its members carry a chunk index (twice otherwise). An encrypted bundle is
+    unlocked by one of `identities` (X25519 private keys) and decrypted as it streams.
 
     Raises as `verify_bundle` and `unpack_bundle`; TruncatedBundleError if `path` cannot be
     read.
@@ -533,5 +593,9 @@ def verify_and_unpack(
         verified = verify_bundle(
             f, root, now, not_before=not_before, limits=limits, defer_payloads=True
         )
+        if verified.manifest.encryption is not None:
+            from satchel.bundles.crypt import unlock_bundle
+
+            verified = unlock_bundle(verified, identities)
         unpack_bundle(f, verified, target, fsync=fsync, limits=limits)
     return verified

@@ -45,6 +45,7 @@ from satchel.agent.runtimes.samples import (
     run_feeds,
     stored_samples,
 )
+from satchel.bundles.activation import ActivationPolicy
 from satchel.bundles.config import DEFAULT_PACK, PackOptions
 from satchel.bundles.durable import atomic_writer
 from satchel.bundles.identifiers import CHANNEL_RE, VERSION_RE
@@ -73,6 +74,7 @@ from satchel.bundles.smoke import (
 )
 from satchel.bundles.timeutil import utcnow
 from satchel.manager.errors import BuildError
+from satchel.manager.external_data import shipped_model
 from satchel.manager.model_files import ModelFiles, model_files, onnx_graph
 from satchel.manager.onnx_graph import GraphSummary
 
@@ -96,6 +98,8 @@ class BuildDefaults:
     progress_min_bytes: int = 32 * 1024 * 1024  # show a progress bar above this model size
     max_feeds: int = 10_000  # sample feeds in one smoke test
     smoke_warn_min_bytes: int = 1024 * 1024  # smoke data below this is never warned about
+    external_data_min_bytes: int = 64 * 1024 * 1024  # a single-file ONNX model larger than this
+    # ships its weights as external data, which onnxruntime maps instead of copying (issue 14)
 
 
 @dataclass(frozen=True)
@@ -119,8 +123,11 @@ class BuildRequest:
     signature: str | None = None  # TFLite signature to run
     expires: datetime | None = None
     health_policy: HealthPolicy = field(default_factory=HealthPolicy)
+    activation: ActivationPolicy | None = None  # shadow, ramp, capture (bundles/activation.py)
     description: str = ""
     min_agent_version: str = "0.1.0"
+    # bundles.crypt.BundleEncryption: encrypt every payload (`--encrypt-to`, issue 19)
+    encryption: Any = None
 
 
 @dataclass(frozen=True)
@@ -370,12 +377,28 @@ def build_bundle(
     now: datetime | None = None,
 ) -> BuildResult:
     """Measure, smoke-test on this host, and write a signed bundle to `out` (atomically).
+    A single-file ONNX model above `defaults.external_data_min_bytes` ships its weights as
+    external data (manager/external_data.py).
 
     Raises BuildError when the release names are invalid, a model cannot be loaded or run,
     samples do not fit, the output cannot be written, or the shipped model disagrees with its
     reference beyond the thresholds (the message gives the figures); BundleError subclasses
     from packing.
     """
+    with shipped_model(req.model, defaults.external_data_min_bytes, Path(out).parent) as model:
+        return _build_bundle(replace(req, model=model), keys, out, defaults=defaults,
+                             progress=progress, now=now)
+
+
+def _build_bundle(
+    req: BuildRequest,
+    keys: list[SigningKey],
+    out: Path,
+    *,
+    defaults: BuildDefaults,
+    progress: Callable[[int], None] | None,
+    now: datetime | None,
+) -> BuildResult:
     clock = _Clock()
     with clock.phase("read"):
         check_release(req.name, req.version, req.sequence)
@@ -390,7 +413,7 @@ def build_bundle(
         Payload(_model_file(req.model), req.model),
         *(Payload(f, files.folder / f) for f in files.data_files),
     ]
-    with _bundle_body(out, created, model_payloads, defaults.pack) as body:
+    with _bundle_body(out, created, model_payloads, defaults.pack, req.encryption) as body:
         packer = _ModelPacker(body, model_payloads, progress, also_hash=req.reference)
         try:
             runs = _run_models(req, files, raw_samples, defaults, clock)
@@ -478,6 +501,7 @@ def _manifest(
         ),
         description=req.description,
         build=build_info,
+        activation=req.activation,
     )
 
 
@@ -712,14 +736,16 @@ class _ModelPacker:
 
 @contextmanager
 def _bundle_body(
-    out: Path, created: datetime, payloads: list[Payload], options: PackOptions
+    out: Path, created: datetime, payloads: list[Payload], options: PackOptions,
+    encryption: Any = None,
 ) -> Iterator[BundleBody]:
     """A bundle body beside `out`, its chunk index sized by the model's files (the smoke data
     is small beside them). Raises BuildError when the folder cannot be written."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         chunk_size = index_chunk_size(payloads, options)
-        body = BundleBody(int(created.timestamp()), chunk_size, options, tmp_dir=out.parent)
+        body = BundleBody(int(created.timestamp()), chunk_size, options, tmp_dir=out.parent,
+                          encryption=encryption)
     except OSError as e:
         raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
     with body:

@@ -57,6 +57,10 @@ COMMANDS = {
     "usb": LazyCommand(
         f"{_C}.usb:usb", "Carry bundles to offline devices on a USB stick, and their reports back."
     ),
+    "samples": LazyCommand(
+        f"{_C}.samples:samples",
+        "Hard examples devices brought home: list them, export them for retraining.",
+    ),
 }
 
 

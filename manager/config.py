@@ -58,9 +58,19 @@ class ManagerConfig:
     max_events_per_checkin: int = 1000  # events in one check-in or USB report
     max_reports_per_import: int = 100_000  # report files read from one USB stick
     max_report_bytes: int = 4 * 1024 * 1024  # bytes of one signed device report
+    max_sample_bytes: int = 1024 * 1024  # bytes of one capture file a device uploads
+    max_samples_per_device: int = 1000  # captures kept per device (the oldest dropped)
     upload_chunk_bytes: int = 1024 * 1024  # bytes read from an upload per step
     download_max_age_s: int = 3600  # seconds a client may cache a bundle download
     usb_plan_ttl_s: float = 30 * 86400.0  # seconds a USB plan stays valid after export
+    retention_events_s: float = 0.0  # seconds a device event is kept after it arrived (0 =
+    # for ever); health samples go by retention_health_s. Keep more than a week: the fleet
+    # page flags rollbacks and failures of the last 7 days
+    retention_health_s: float = 0.0  # seconds a health sample (an event of kind "health") is
+    # kept after it arrived (0 = for ever)
+    retention_interval_s: float = 3600.0  # seconds between two prunes by each `satchel serve`
+    # process (0 = never: only `satchel db prune`); several managers take turns
+    retention_batch: int = 5000  # rows deleted per transaction while pruning
     sqlite_busy_timeout_ms: int = 30_000  # milliseconds a writer waits for the SQLite lock
     db_pool_size: int = 10  # PostgreSQL connections kept per process
     db_max_overflow: int = 10  # extra PostgreSQL connections allowed under load
@@ -114,12 +124,15 @@ SCHEMA: Schema[ManagerConfig] = Schema(
         "max_events_per_checkin": AT_LEAST_ONE,
         "max_reports_per_import": AT_LEAST_ONE,
         "max_report_bytes": AT_LEAST_ONE,
+        "max_sample_bytes": AT_LEAST_ONE,
+        "max_samples_per_device": AT_LEAST_ONE,
         "upload_chunk_bytes": AT_LEAST_ONE,
         "store_presign_ttl_s": Bounds(low=1, high=7 * 86400),  # SigV4's longest validity
         "store_part_bytes": Bounds(low=5 * 1024 * 1024, high=5 * 1024**3),  # S3's part sizes
         "store_timeout_s": POSITIVE,
         "store_retries": AT_LEAST_ONE,
         "usb_plan_ttl_s": POSITIVE,
+        "retention_batch": AT_LEAST_ONE,
         "db_pool_size": AT_LEAST_ONE,
         "db_retries": AT_LEAST_ONE,
         "deploy_success_ratio": Bounds(low=0, high=1, low_open=True),

@@ -204,6 +204,27 @@ class Bundle(Base):
     manifest: so.Mapped[dict[str, Any]]
 
 
+class BundleDelta(Base):
+    """A delta bundle (docs/DELTAS.md): a stored full bundle's payloads as patches against
+    one earlier release of its channel, offered instead of it to devices that keep that base."""
+
+    __tablename__ = "bundle_deltas"
+    __table_args__ = (
+        sa.UniqueConstraint("bundle_id", "base_sequence", name="uq_bundle_deltas_base"),
+    )
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    sha256: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN), unique=True)
+    bundle_id: so.Mapped[int] = so.mapped_column(  # its full counterpart
+        sa.ForeignKey("bundles.id", ondelete="CASCADE"), index=True
+    )
+    base_version: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN))
+    base_sequence: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    size: so.Mapped[int] = so.mapped_column(sa.BigInteger)  # bytes of the .satchel file
+    uploaded_at: so.Mapped[datetime] = so.mapped_column(default=now)
+    manifest: so.Mapped[dict[str, Any]]
+
+
 class Deployment(Base):
     """A bundle rolled out to a set of devices in waves."""
 
@@ -253,6 +274,7 @@ class Event(Base):
         sa.UniqueConstraint("device_id", "event_id", name="uq_events_device_event"),
         # the fleet page finds rolled-back and failing devices by kind and time
         sa.Index("ix_events_kind_occurred_at", "kind", "occurred_at"),
+        sa.Index("ix_events_received_at", "received_at"),  # retention prunes by arrival
     )
 
     id: so.Mapped[int] = so.mapped_column(BigId, primary_key=True)
@@ -286,3 +308,38 @@ class UsbReport(Base):
     plan_id: so.Mapped[str | None] = so.mapped_column(sa.String(ID_LEN))
     created_at: so.Mapped[datetime]  # device time the report was written
     imported_at: so.Mapped[datetime] = so.mapped_column(default=now)
+
+
+class ManagerSecret(Base):
+    """A random key every manager process must share (the dashboard's cookie-signing key),
+    made once by whichever process starts first. The cookie it signs holds only a login's
+    secret, itself looked up by hash in `web_sessions`: the key alone opens nothing."""
+
+    __tablename__ = "manager_secrets"
+
+    name: so.Mapped[str] = so.mapped_column(sa.String(32), primary_key=True)
+    value: so.Mapped[bytes] = so.mapped_column(sa.LargeBinary)
+    created_at: so.Mapped[datetime] = so.mapped_column(default=now)
+
+
+class Sample(Base):
+    """A capture a device kept for retraining (`bundles/captures.py`): the field inputs a
+    candidate release tripped on, stored as the file the device sent, once by its sha256."""
+
+    __tablename__ = "samples"
+    __table_args__ = (sa.Index("ix_samples_channel_version", "channel", "version"),)
+
+    id: so.Mapped[int] = so.mapped_column(BigId, primary_key=True)
+    device_id: so.Mapped[str] = so.mapped_column(
+        sa.ForeignKey("devices.id", ondelete="CASCADE"), index=True
+    )
+    channel: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN))
+    version: so.Mapped[str] = so.mapped_column(sa.String(ID_LEN))  # the candidate release
+    sequence: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    reason: so.Mapped[str] = so.mapped_column(sa.String(32))
+    sha256: so.Mapped[str] = so.mapped_column(sa.String(HASH_LEN), unique=True)
+    size: so.Mapped[int]  # bytes of the capture file
+    captured_at: so.Mapped[datetime]  # device time
+    received_at: so.Mapped[datetime] = so.mapped_column(default=now)
+    via: so.Mapped[str] = so.mapped_column(sa.String(8))  # "lan" | "usb"
+    data: so.Mapped[bytes] = so.mapped_column(sa.LargeBinary, deferred=True)

@@ -25,6 +25,7 @@ from satchel.bundles.keys import SigningKey
 from satchel.bundles.stickfs import StickDir, StickLinkError
 from satchel.bundles.trust import Root
 from satchel.manager.errors import ReportRefusedError, UsageError
+from satchel.manager.stick_samples import RecordSamples, read_samples
 
 COPY_CHUNK_BYTES = 4 * 1024 * 1024  # bytes copied per step onto the stick
 EXPORT_TEMP = ".satchel-export.tmp"  # where an export is written on the stick before its rename
@@ -72,7 +73,9 @@ def stick_contents(
         trust_root_version=trust_root_version,
         assignments=assignments,
     )
-    shas = tuple(dict.fromkeys(a.bundle_sha256 for a in assignments))
+    shas = tuple(dict.fromkeys(  # full bundles and their deltas (docs/DELTAS.md)
+        sha for a in assignments for sha in (a.bundle_sha256, *(d.bundle_sha256 for d in a.deltas))
+    ))
     return StickContents(plan, roots, shas)
 
 
@@ -197,12 +200,14 @@ class ImportResult:
     imported: list[str] = dataclasses.field(default_factory=list)  # report files recorded
     duplicates: list[str] = dataclasses.field(default_factory=list)  # imported before
     refused: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (file, why)
+    samples: int = 0  # captures (hard examples) newly stored from the reports' samples/
 
     def to_dict(self) -> dict[str, object]:
         return {
             "imported": self.imported,
             "duplicates": self.duplicates,
             "refused": [{"file": f, "reason": r} for f, r in self.refused],
+            "samples": self.samples,
         }
 
 
@@ -223,12 +228,20 @@ def find_reports(disk: StickDir, max_reports: int) -> list[str]:
 
 
 def import_reports(
-    path: Path, record_one: Callable[[str, bytes], bool], max_reports: int, max_bytes: int
+    path: Path,
+    record_one: Callable[[str, bytes], bool],
+    max_reports: int,
+    max_bytes: int,
+    record_samples: RecordSamples | None = None,
+    max_sample_bytes: int = 1024 * 1024,
 ) -> ImportResult:
     """Hand every device report on the stick to `record_one(rel, data)`, which records it
     (True), finds it imported before (False) or raises ReportRefusedError; refusals are
     collected, not raised. Nothing is read through a link: a link anywhere under reports/
     refuses the whole stick before anything is recorded.
+
+    With `record_samples`, the captures a recorded report lists (`stick_samples`) are read,
+    checked and handed to it.
 
     Raises UsageError when `path` is not a readable directory, StickLinkError, and what
     `record_one` raises but ReportRefusedError.
@@ -256,4 +269,9 @@ def import_reports(
                 result.refused.append((rel, f"cannot read: {e.strerror or e}"))
                 continue
             (result.imported if new else result.duplicates).append(rel)
+            if record_samples is not None:
+                captures = read_samples(disk, data, max_sample_bytes)
+                stored, refused = record_samples(captures)
+                result.samples += stored
+                result.refused += captures.refused + refused
     return result

@@ -17,6 +17,7 @@ The stick's files themselves (writing, renaming into place, finding reports) are
 from __future__ import annotations
 
 import dataclasses
+import functools
 from datetime import datetime
 from pathlib import Path
 
@@ -35,7 +36,8 @@ from satchel.manager.errors import (
     ReportRefusedError,
 )
 from satchel.manager.models import DeploymentTarget, Device, UsbReport
-from satchel.manager.services import deployments, trust
+from satchel.manager.services import deployments, samples, trust
+from satchel.manager.services.deltas import plan_deltas
 from satchel.manager.sticks import (
     BundleFiles,
     ExportResult,
@@ -94,6 +96,7 @@ def plan_assignments(
                     size=b.size,
                     devices=device_ids,
                     deployment_id=dep.id,
+                    deltas=plan_deltas(session, b.id),  # services/deltas.py
                 )
             )
     return tuple(assignments)
@@ -193,6 +196,8 @@ def import_stick(
         except sa.exc.IntegrityError:
             return False  # imported at the same moment by another process
 
-    return import_reports(path, record_one, max_reports, max_bytes)
+    keep, sample_bytes = db.config.max_samples_per_device, db.config.max_sample_bytes
+    store = functools.partial(samples.store_from_stick, db, now, keep, sample_bytes)
+    return import_reports(path, record_one, max_reports, max_bytes, store, sample_bytes)
 
 

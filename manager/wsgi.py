@@ -159,8 +159,12 @@ def _create_app(config: ManagerConfig) -> Any:
     # (through `manager.commands.serve`), and Flask with every blueprint would slow them all.
     from satchel.manager.app import create_app
 
+    from satchel.manager.services.retention import start_pruner
+
     _configure_logs(config)  # a spawned (not forked) worker starts with no handler
-    return create_app(_as_overrides(config))
+    app = create_app(_as_overrides(config))
+    start_pruner(app.extensions["satchel"].db, config)  # retention, if set: every process
+    return app
 
 
 def _configure_logs(config: ManagerConfig) -> None:

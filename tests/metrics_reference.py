@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 
 from satchel.agent.health.stats import HealthStats, ReleaseKey
 from satchel.agent.server.metrics import ChannelInfo, MetricsSnapshot, families
+from satchel.agent.variants.metrics import example as variant_example
 from satchel.manager.metrics.exposition import build_info, fleet_families
 from satchel.manager.metrics.process import ProcessGroupCollector
 from satchel.manager.metrics.registry import COUNTERS, Metrics
@@ -47,6 +48,7 @@ def agent_families() -> list[Metric]:
         releases={key: HealthStats()},
         channels=[ChannelInfo("vision", "1.0.0", 1, False, 0, 0)],
         http_requests={("infer", 200): 1},
+        variants=variant_example(),
     )
     return list(families(snapshot))
 

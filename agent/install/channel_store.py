@@ -128,9 +128,21 @@ class ChannelStore:
     def collect_garbage(self, record: ChannelRecord | None) -> list[str]:
         """Remove every release `record` does not keep, everything staged, and temp files
         left by a killed write. Returns what was removed. Raises OSError."""
+        from satchel.agent.staging.record import read_candidate, remove_candidate_figures
+
         removed: list[str] = []
+        candidate = read_candidate(self.layout, self.channel)  # kept while it is judged
+        if candidate is not None and not (self.releases / candidate.name).is_dir():
+            from satchel.agent.staging.record import remove_candidate
+
+            remove_candidate(self.layout, self.channel)  # its files went: a cut refusal
+            removed.append(f"candidate {candidate.version} (its files are gone)")
+            candidate = None
+        if candidate is None and remove_candidate_figures(self.layout, self.channel):
+            removed.append("candidate-figures.json")
+        on_disk = [n for n in _listdir(self.releases) if not candidate or n != candidate.name]
         for directory, names in (
-            (self.releases, stale_releases(record, _listdir(self.releases))),
+            (self.releases, stale_releases(record, on_disk)),
             (self.staging, _listdir(self.staging)),
             (self.directory, [n for n in _listdir(self.directory) if _is_temp(n)]),
         ):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 from collections.abc import Iterator, Mapping
 
@@ -47,6 +46,13 @@ class RuntimeProbe(Mapping[str, str]):
 
 def agent_version() -> str:
     """The installed satchel package's version ("0" when run from an uninstalled tree)."""
+    from satchel.agent.distversion import installed_version
+
+    found = installed_version(AGENT_DISTRIBUTION)
+    if found is not None:
+        return found
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(AGENT_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:

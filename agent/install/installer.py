@@ -91,6 +91,8 @@ class InstallResult:
     seconds: dict[str, float] = field(default_factory=dict)  # phase -> wall seconds: verify
     # (signatures, hashes), check (compatibility; finds the runtime), unpack, smoke_test,
     # activate (promote, switch, history)
+    stage: str | None = None  # "shadow" or "ramp": `release` is a candidate, not active yet
+    # (agent.staging); None: `release` is active
 
 
 # --- public operations ----------------------------------------------------------------------
@@ -220,6 +222,10 @@ def _install_locked(
     layout = state.layout
     facts = facts_source(state)
     verified = _verify(f, layout, facts)
+    if verified.manifest.encryption is not None:  # only a recipient unlocks it (issue 19)
+        from satchel.agent.install.decrypt import unlock_for_device
+
+        verified = unlock_for_device(verified, state)
     seconds["verify"] = time.perf_counter() - started
     started = time.perf_counter()
     manifest = verified.manifest
@@ -227,6 +233,14 @@ def _install_locked(
     check_compatible(
         manifest, facts, record.highest_sequence if record else None, config.disk_margin_bytes
     )
+    from satchel.agent.staging.lifecycle import check_not_judged
+
+    check_not_judged(layout, manifest)
+    if manifest.delta_base is not None:  # patches of a kept release's files (docs/DELTAS.md)
+        from satchel.agent.install.delta import base_files
+        from satchel.bundles.delta import with_bases
+
+        verified = with_bases(verified, base_files(layout, record, manifest))
     seconds["check"] = time.perf_counter() - started
     name = release_name(manifest)
     journal = Journal(
@@ -248,6 +262,16 @@ def _install_locked(
         store.promote(name)
         write_journal(layout, journal.at(PROMOTED))
         crash_point(OP_INSTALL, PROMOTED)
+        if record is not None:  # a release judged on field requests first (agent.staging)
+            from satchel.agent.staging.lifecycle import enter_staging
+
+            candidate = enter_staging(layout, journal, manifest, config)
+            if candidate is not None:  # staged: the previous release stays active
+                seconds["activate"] = time.perf_counter() - started
+                release = state.candidate_release(manifest.name)
+                assert release is not None
+                return InstallResult(release, report, record.active.version, seconds,
+                                     stage=candidate.first_stage)
         new_record = record_after_install(record, manifest, name, utcnow(), config.keep_releases)
         store.switch(new_record)
     except BaseException as e:
@@ -403,6 +427,10 @@ def _recover_channel(layout: Layout, channel: str, config: AgentConfig) -> list[
     store = ChannelStore(layout, channel)
     record = read_record(layout, channel)
     journal = read_journal(layout, channel)
+    if journal is not None:
+        from satchel.agent.staging.lifecycle import recover_staging
+
+        journal = recover_staging(layout, journal, record, done)
     if journal is not None:
         what = f"{journal.op} of {channel} {journal.version}"
         action = recovery_for(journal, record)

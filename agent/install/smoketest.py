@@ -59,13 +59,20 @@ class SmokeReport:
     passed: bool
     failures: tuple[str, ...]  # one line each, "model: reason"
     tests: tuple[dict[str, Any], ...] = field(default=())
+    # a release with variants: {name: {"state": "ready"|"dropped", "reason", "p95_ms", ...}}
+    # (agent/variants/install.py); a variant that fails is dropped, not a failure
+    variants: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "failures": list(self.failures), "tests": list(self.tests)}
+        d = {"passed": self.passed, "failures": list(self.failures), "tests": list(self.tests)}
+        if self.variants:
+            d["variants"] = self.variants
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SmokeReport:
-        return cls(bool(d["passed"]), tuple(d["failures"]), tuple(d["tests"]))
+        return cls(bool(d["passed"]), tuple(d["failures"]), tuple(d["tests"]),
+                   dict(d.get("variants") or {}))
 
     def summary(self) -> str:
         """One line: the failures, or the headline figures of a pass."""
@@ -79,7 +86,9 @@ class SmokeReport:
                 f"{t['model']}: max abs error {agreement.get('max_abs_error', 0):.3g}, "
                 f"p95 {latency.get('p95', 0):.3g} ms"
             )
-        return "; ".join(parts) or "no smoke test in bundle; model loads"
+        dropped = [f"variant {n} dropped: {v.get('reason')}" for n, v in self.variants.items()
+                   if v.get("state") == "dropped"]
+        return "; ".join(parts + dropped) or "no smoke test in bundle; model loads"
 
 
 class SmokeRunner(Protocol):
@@ -304,13 +313,19 @@ def run_all(
             else:
                 loaded.close()
         failures = tuple(f"{t['model']}: {reason}" for t in tests for reason in t["failures"])
+        variants: dict[str, Any] = {}
+        if manifest.variants is not None:  # a failing variant is dropped, not a failure
+            from satchel.agent.variants.install import judge_variants
+
+            failures, variants = judge_variants(manifest, tests)
         if kept is not None and handoff is not None and not failures:
             handoff.keep((manifest.name, manifest.version, manifest.sequence), threads, kept)
             kept = None
     finally:
         if kept is not None:
             kept.close()
-    return SmokeReport(passed=not failures, failures=failures, tests=tuple(tests))
+    return SmokeReport(passed=not failures, failures=failures, tests=tuple(tests),
+                       variants=variants)
 
 
 # --- runners --------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-import importlib.metadata
 import os
 import sys
 import threading
@@ -356,6 +355,8 @@ class TFLiteAdapter:
         implementation = _implementation()
         if implementation is None:
             return None
+        import importlib.metadata  # here: ~25 ms of imports an ONNX install does not need
+
         try:
             return importlib.metadata.version(implementation.package)
         except importlib.metadata.PackageNotFoundError:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from satchel.agent import sdnotify
+from satchel.agent.config import AgentConfig
 from satchel.agent.health.stats import HealthBook
 from satchel.agent.health.store import HEALTH_DIR, HealthStore
 from satchel.agent.server.config import DEFAULT_CONFIG, DEFAULT_LISTEN, SOCKET_NAME, ServerConfig
@@ -31,6 +32,8 @@ from satchel.agent.server.listeners import Listener, tcp_listener, unix_listener
 from satchel.agent.server.loop import HttpLoop
 from satchel.agent.server.monitor import HealthMonitor, RollbackFn
 from satchel.agent.server.registry import ModelLoader, ModelRegistry, StateView, load_model
+from satchel.agent.staging.stager import Stager
+from satchel.agent.variants.serving import VariantWatcher
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,7 @@ class AgentServer:
         rollback: RollbackFn | None = None,
         loader: ModelLoader = load_model,
         clock: Callable[[], float] = time.time,
+        agent_config: AgentConfig | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.config = config
@@ -92,6 +96,12 @@ class AgentServer:
             rollback=rollback if rollback is not None else _default_rollback(),
             events=self.events, config=config, history=self.history, clock=clock,
         )
+        # releases judged in shadow and ramp before they activate (agent.staging)
+        self.stager = Stager(self.state_dir, self.events, config=agent_config or AgentConfig(),
+                             on_activated=self.reload_now, clock=clock)
+        self.registry.stager = self.stager
+        # which variant of a release answers, by the device's state (agent.variants)
+        self.variants = VariantWatcher(self.registry, config.variants, clock=clock)
         self.service = InferenceService(
             self.registry, self.book, on_probation_inference=self.monitor.poke,
             config=config, clock=clock,
@@ -156,7 +166,9 @@ class AgentServer:
             sys.setswitchinterval(config.gil_switch_interval_s)
         self.monitor.check()
         self._spawn("state-watcher", self._watch_state)
+        self._spawn("staging", lambda: self.stager.run(self._stop))
         self._spawn("health-monitor", lambda: self.monitor.run(self._stop))
+        self._spawn("variants", lambda: self.variants.run(self._stop))
         return self
 
     def reload_now(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from satchel.agent.runtimes.accel import CPU, Acceleration
+from satchel.agent.variants.settings import DEFAULT_VARIANT_SETTINGS, VariantSettings
 
 DEFAULT_LISTEN = "127.0.0.1:8401"
 SOCKET_NAME = "agent.sock"  # the Unix socket, inside the state dir
@@ -49,6 +50,7 @@ class ServerConfig:
     acceleration: Acceleration = CPU  # execution providers and delegates (the agent's settings)
     socket_mode: int = 0o660  # permissions of the Unix socket
     stop_timeout_s: float = 5.0  # seconds to wait for worker threads when stopping
+    variants: VariantSettings = DEFAULT_VARIANT_SETTINGS  # the agent's `[variants]` settings
 
 
 DEFAULT_CONFIG = ServerConfig()

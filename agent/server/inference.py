@@ -26,6 +26,7 @@ from satchel.agent.server.errors import (
 from satchel.agent.server.metrics import MetricsSnapshot, render
 from satchel.agent.server.registry import ModelRegistry, ServingModel
 from satchel.agent.server.stats import InferenceStats, RequestTimes
+from satchel.agent.variants.metrics import variant_infos
 
 
 def agent_version() -> str:
@@ -203,6 +204,10 @@ class InferenceService:
             except RequestError as e:
                 outcomes[i] = e
                 continue
+            if call.version is None:  # a release in its ramp answers its share (agent.staging)
+                staging = self.registry.candidate(call.channel)
+                if staging is not None:
+                    serving = staging.route() or serving
             started = time.perf_counter_ns()
             try:
                 prepared = self._prepare(i, call, serving, started)
@@ -226,6 +231,8 @@ class InferenceService:
             call.body, call.header_length,
             max_elements=config.max_elements, max_json_bytes=config.max_json_bytes,
         )
+        if serving.variants is not None:  # which of the release's variants answers
+            serving = serving.variants.pick(serving, request.parameters)
         model = serving.model
         _check_datatypes(call.channel, model.inputs, request.inputs)
         try:
@@ -286,6 +293,11 @@ class InferenceService:
                          nonfinite_input=prepared.nonfinite_input)
             self.stats.failed(serving.key, prepared.queued_ns + prepared.input_ns + infer_ns,
                               self._now_ms())
+            staging = self.registry.candidate(prepared.channel)
+            if staging is not None and serving is staging.serving:
+                staging.record_answer(error=True, nonfinite=False,
+                                      nonfinite_input=prepared.nonfinite_input,
+                                      latency_ms=infer_ns / 1e6)
             return InferenceFailedError(f"inference failed: {e}")
         infer_ns = time.perf_counter_ns() - started_ns
         self.stats.executed(serving.key, _inferences(serving, prepared.request.inputs), infer_ns)
@@ -296,8 +308,19 @@ class InferenceService:
         infer_ns: int,
     ) -> InferOutcome:
         serving = prepared.serving
-        self._record(serving, started, error=False, nonfinite=has_nonfinite(produced),
+        nonfinite = has_nonfinite(produced)
+        self._record(serving, started, error=False, nonfinite=nonfinite,
                      nonfinite_input=prepared.nonfinite_input)
+        staging = self.registry.candidate(prepared.channel)
+        if staging is not None:  # a release judged in shadow or ramp (agent.staging)
+            latency_ms = (time.perf_counter() - started) * 1000
+            inputs = prepared.request.inputs
+            if serving is staging.serving:
+                staging.record_answer(error=False, nonfinite=nonfinite,
+                                      nonfinite_input=prepared.nonfinite_input,
+                                      latency_ms=latency_ms, inputs=inputs, outputs=produced)
+            else:
+                staging.offer(inputs, produced, latency_ms, serving.key)
         output_started = time.perf_counter_ns()
         request = prepared.request
         try:
@@ -307,7 +330,8 @@ class InferenceService:
                               + time.perf_counter_ns() - output_started, self._now_ms())
             return e
         body, json_length = protocol.encode_infer_response(
-            prepared.channel, serving.key.version, request.id, outputs
+            prepared.channel, serving.key.version, request.id, outputs,
+            {"variant": serving.variant} if serving.variant is not None else None,
         )
         times = RequestTimes(prepared.queued_ns, prepared.input_ns, infer_ns,
                              time.perf_counter_ns() - output_started)
@@ -323,6 +347,7 @@ class InferenceService:
             releases=self.book.all_totals(),
             channels=self.registry.channel_info(),
             http_requests=self.requests.snapshot(),
+            variants=variant_infos(self.registry.slots()),
         ))
 
     def _record(
@@ -330,6 +355,11 @@ class InferenceService:
         nonfinite_input: bool,
     ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
+        if serving.variants is not None and serving.variants.record(
+            serving, latency_ms, error=error, nonfinite=nonfinite,
+            nonfinite_input=nonfinite_input,
+        ):
+            return  # a variant but the default: judged on its own (agent/variants/serving.py)
         self.book.record(
             serving.key, latency_ms, error=error, nonfinite=nonfinite,
             nonfinite_input=nonfinite_input,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from satchel.agent.health.stats import LATENCY_BUCKETS_MS, HealthStats, ReleaseKey
 
@@ -40,6 +40,7 @@ class MetricsSnapshot:
     releases: Mapping[ReleaseKey, HealthStats]
     channels: Sequence[ChannelInfo]
     http_requests: Mapping[tuple[str, int], int]  # (endpoint, HTTP status) -> requests
+    variants: Sequence[Any] = ()  # agent.variants.metrics.VariantInfo of each channel
 
 
 def satchel_version() -> str:
@@ -116,6 +117,9 @@ def families(snapshot: MetricsSnapshot) -> Iterator[Metric]:
         swaps.add_metric([c.channel], c.swaps)
         rollbacks.add_metric([c.channel], c.rollbacks)
     yield from (active, probation, swaps, rollbacks)
+    from satchel.agent.variants.metrics import families as variant_families
+
+    yield from variant_families(snapshot.variants)
     info = GaugeMetricFamily("satchel_build_info", "The Satchel release running; always 1.",
                              labels=("version",))
     info.add_metric([satchel_version()], 1)

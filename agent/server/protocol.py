@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,6 +41,8 @@ class InferRequest:
     inputs: dict[str, np.ndarray]
     outputs: tuple[RequestedOutput, ...] | None  # None: every output of the model
     binary_output: bool  # how outputs not asked for by name are answered
+    parameters: Mapping[str, Any] = field(default_factory=dict)  # the request's, as sent
+    # (`max_latency_ms` and `accuracy_level` choose a variant: agent/variants)
 
 
 def _fail(message: str) -> BadRequestError:
@@ -255,6 +257,7 @@ def parse_infer_request(
         inputs=inputs,
         outputs=_parse_outputs(doc),
         binary_output=bool(parameters.get("binary_data_output", False)),
+        parameters=parameters,
     )
 
 
@@ -283,6 +286,7 @@ def encode_infer_response(
     model_version: str,
     request_id: str | None,
     outputs: Sequence[tuple[str, np.ndarray, bool]],
+    parameters: Mapping[str, Any] | None = None,
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length.
 
@@ -316,6 +320,8 @@ def encode_infer_response(
     }
     if request_id is not None:
         doc["id"] = request_id
+    if parameters:
+        doc["parameters"] = dict(parameters)
     header = json.dumps(doc, separators=(",", ":")).encode("utf-8")
     if not blobs:
         return header, None

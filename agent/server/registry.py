@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from satchel.agent.server.events import Event, EventSink
 from satchel.agent.server.metrics import ChannelInfo
 from satchel.bundles.events import LOAD_FAILED, SERVING
 from satchel.bundles.manifest import HealthPolicy, Manifest
+
+if TYPE_CHECKING:
+    from satchel.agent.variants.serving import VariantSet
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ class ServingModel:
     policy: HealthPolicy
     probation_until: float | None  # epoch seconds; None when the release is not judged
     flexible_batch: bool  # the runtime resizes the first dimension (TFLite)
+    variant: str | None = None  # the variant this model is, in a release with variants
+    variants: VariantSet | None = None  # all of them, and which answers (agent/variants)
 
     def on_probation(self, now: float) -> bool:
         return self.probation_until is not None and now < self.probation_until
@@ -168,6 +173,8 @@ class ModelRegistry:
         self._generation: int | None = None
         self._failures: list[LoadFailure] = []
         self._failed: set[tuple[str, int, str]] = set()
+        self._candidates: Mapping[str, Any] = {}  # channel -> agent.staging Staging
+        self.stager: Any = None  # agent.staging.stager.Stager; None: candidates not served
         self._swaps: dict[str, int] = {}
         self._rollbacks: dict[str, int] = {}
         self.loaded_once = threading.Event()
@@ -181,6 +188,11 @@ class ModelRegistry:
     def get(self, channel: str) -> ServingModel | None:
         slot = self._slots.get(channel)
         return slot.active if slot else None
+
+    def candidate(self, channel: str) -> Any:
+        """The channel's release judged in shadow or ramp (`agent.staging.stager.Staging`),
+        or None."""
+        return self._candidates.get(channel)
 
     def is_known(self, channel: str) -> bool:
         return channel in self._known
@@ -243,6 +255,7 @@ class ModelRegistry:
             for channel in channels:
                 try:
                     self._sync_channel(channel)
+                    self._sync_candidate(channel)
                     kept[channel] = tuple(self._state.kept_releases(channel))
                 except AgentError as e:  # one damaged channel must not stop the others
                     log.error("%s: cannot read its releases: %s", channel, e)
@@ -288,6 +301,8 @@ class ModelRegistry:
 
     def _loaded_keys(self) -> set[ReleaseKey]:
         keys = set()
+        for staging in self._candidates.values():
+            keys.add(staging.key)
         for slot in self._slots.values():
             keys.add(slot.active.key)
             if slot.previous is not None:
@@ -315,6 +330,18 @@ class ModelRegistry:
             restored = replace(slot.previous, probation_until=None)
             self._swap_in(channel, ChannelSlot(restored, None), slot, loaded_ms=0.0)
             return
+        staged = self._candidates.get(channel)
+        if slot is not None and staged is not None and same_release(staged.serving.release,
+                                                                    release):
+            # the candidate judged in shadow and ramp is active now: the same loaded model
+            policy = release.manifest.health_policy
+            serving = replace(staged.serving, release=release, probation_until=probation_end(
+                policy, epoch_seconds(release.activated_at)))
+            self._drop_candidate(channel)
+            self._swap_in(channel, ChannelSlot(serving, replace(slot.active,
+                                                                probation_until=None)),
+                          slot, loaded_ms=0.0)
+            return
         started = time.perf_counter()
         serving = self._serving(release, slot)
         if serving is None:
@@ -324,6 +351,43 @@ class ModelRegistry:
         if serving.on_probation(self._clock()):
             previous = self._previous_for(channel, slot)
         self._swap_in(channel, ChannelSlot(serving, previous), slot, loaded_ms)
+
+    def _sync_candidate(self, channel: str) -> None:
+        """Load (or drop) the release the state judges in shadow or ramp for `channel`."""
+        stager = self.stager
+        reader = getattr(self._state, "candidate_release", None)
+        release = reader(channel) if stager is not None and reader is not None else None
+        staged = self._candidates.get(channel)
+        if release is None or channel not in self._slots:
+            if staged is not None:
+                self._drop_candidate(channel)
+            return
+        if staged is not None and same_release(staged.serving.release, release):
+            return
+        if staged is not None:
+            self._drop_candidate(channel)
+        serving = self._serving(release, None, judged=False)
+        if serving is None:
+            return
+        from satchel.agent.staging.record import read_candidate
+        from satchel.agent.state import Layout
+
+        record = read_candidate(Layout(stager.state_dir), channel)
+        if record is None or record.sequence != release.sequence:
+            return
+        staging = stager.begin(serving, record.first_stage, record.shadow_skipped,
+                               self._slots[channel].active.key)
+        if staging is not None:
+            candidates = dict(self._candidates)
+            candidates[channel] = staging
+            self._candidates = candidates
+
+    def _drop_candidate(self, channel: str) -> None:
+        candidates = dict(self._candidates)
+        staging = candidates.pop(channel, None)
+        self._candidates = candidates
+        if staging is not None and self.stager is not None:
+            self.stager.end(staging)
 
     def _previous_for(self, channel: str, slot: ChannelSlot | None) -> ServingModel | None:
         """The rollback target to keep loaded: the release the state would roll back to."""
@@ -355,7 +419,7 @@ class ModelRegistry:
         probation_until = None
         if judged and not self._is_restored(release, slot):
             probation_until = probation_end(policy, epoch_seconds(release.activated_at))
-        return ServingModel(
+        serving = ServingModel(
             release=release,
             model=model,
             key=key,
@@ -363,6 +427,11 @@ class ModelRegistry:
             probation_until=probation_until,
             flexible_batch=model.runtime == "tflite",
         )
+        if release.manifest.variants is None:
+            return serving
+        from satchel.agent.variants.serving import with_variants  # loads the other variants
+
+        return with_variants(serving, self._config, self._events, self._clock)
 
     def _is_restored(self, release: Release, slot: ChannelSlot | None) -> bool:
         """A release older than one this channel already served came back by a rollback;

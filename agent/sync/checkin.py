@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -154,6 +155,9 @@ class CheckinLoop:
         ):
             self._update_trust(client, answer.trust, root_version)
         self._prune_downloads(answer)
+        from satchel.agent.sync.samples import ship_captures  # field inputs (agent.captures)
+
+        ship_captures(client, self.state_dir, credentials.device_id, self.config)
         acted = False
         for offer in answer.install:
             acted = self._apply(client, offer) or acted
@@ -239,8 +243,12 @@ class CheckinLoop:
         received = {"bytes": download.size, "seconds": round(download.seconds, 3),
                     "resumes": download.resumes, "via": LAN}
         try:
-            install_offered(self.state_dir, download.path, origin, self.events, received,
-                            self.config)
+            outcome = install_offered(self.state_dir, download.path, origin, self.events,
+                                      received, self.config)
         finally:
             download.path.unlink(missing_ok=True)
+        if offer.fallback is not None and not outcome.activated:  # a delta it cannot apply:
+            fb = offer.fallback  # the full bundle of the same release (docs/DELTAS.md)
+            return self._apply(client, replace(offer, bundle_sha256=fb.bundle_sha256,
+                                               size=fb.size, url=fb.url, fallback=None))
         return True

@@ -214,6 +214,16 @@ class ManagerClient:
             duplicate=int(events.get("duplicate") or 0),
         )
 
+    def upload_sample(self, device_id: str, data: bytes, sha256: str) -> int:
+        """Send one kept field input (agent.captures); returns the status (201 stored, 200
+        known already). Raises ManagerUnreachableError, CredentialRejectedError,
+        ManagerRefusedError (its status: 400, 413 are for good)."""
+        headers = {"Content-Type": "application/octet-stream",
+                   "X-Satchel-Sample-SHA256": sha256}
+        with self._send("POST", f"/api/v1/devices/{device_id}/samples", what="sample upload",
+                        data=data, headers=headers) as response:
+            return int(response.status_code)
+
     def fetch_document(self, path: str, what: str) -> bytes:
         """GET a small document (a trust root), bounded by `max_answer_bytes`. Raises
         ManagerUnreachableError, CredentialRejectedError, ManagerRefusedError."""

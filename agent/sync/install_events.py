@@ -38,6 +38,7 @@ from satchel.bundles.events import (
     DOWNLOADED,
     INSTALL_FAILED,
     INSTALL_REFUSED,
+    SHADOW_STARTED,
     SMOKE_TEST,
     VERIFIED,
 )
@@ -102,7 +103,7 @@ def smoke_figures(report: Mapping[str, Any]) -> dict[str, Any]:
         return fn(found) if found else None
 
     loads = [float(t["load_ms"]) for t in tests if isinstance(t.get("load_ms"), (int, float))]
-    figures = {
+    figures: dict[str, Any] = {
         "max_abs_error": pick(max, "agreement", "max_abs_error"),
         "max_rel_error": pick(max, "agreement", "max_rel_error"),
         "min_sqnr_db": pick(min, "agreement", "min_sqnr_db"),
@@ -115,6 +116,8 @@ def smoke_figures(report: Mapping[str, Any]) -> dict[str, Any]:
         "load_ms": max(loads) if loads else None,
         "tests": tests,
     }
+    if isinstance(report.get("variants"), Mapping):  # each variant: ready or dropped, and why
+        figures["variants"] = dict(report["variants"])
     return json_safe(figures)
 
 
@@ -202,6 +205,13 @@ def queue_install_events(
         events.append(VERIFIED, **origin.fields())
         events.append(SMOKE_TEST, passed=True, figures=smoke_figures(result.report.to_dict()),
                       **origin.fields())
+        if result.stage is not None:  # staged (agent.staging): judged on field requests first
+            events.append(SHADOW_STARTED, figures={"previous": result.previous,
+                                                   "via": origin.via, "stage": result.stage},
+                          **origin.fields())
+            log.info("staged %s (sequence %d) in %s beside %s; smoke test passed: %s", where,
+                     origin.sequence, result.stage, result.previous, result.report.summary())
+            return InstallOutcome(True, None)
         events.append(ACTIVATED, figures={"previous": result.previous, "via": origin.via},
                       **origin.fields())
         log.info("activated %s (sequence %d)%s; smoke test passed: %s", where,

@@ -36,10 +36,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from satchel.agent.captures import drop_capture
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.errors import PlanRefusedError, StickBundleMismatchError, StickError
 from satchel.agent.event_queue import EventQueue
 from satchel.agent.install.compat import EPOCH
+from satchel.agent.install.delta import delta_assignment
 from satchel.agent.state import DeviceIdentity, DeviceState, read_json, write_json
 from satchel.agent.sync.credentials import device_key, load_credentials
 from satchel.agent.sync.install_events import USB, BundleOrigin, active_sequence, install_offered
@@ -235,6 +237,10 @@ def _apply(
     if active is not None and assignment.sequence <= active:
         outcome.skipped.append(release)
         return
+    delta = delta_assignment(state, assignment)  # a patch of a kept release (docs/DELTAS.md)
+    if delta is not None and _install_one(state_dir, disk, delta, events, config):
+        outcome.installed.append(release)
+        return  # else the full bundle, the fallback
     origin = BundleOrigin.of(assignment, USB)
     staging = Path(state_dir) / STAGING_DIR
     try:
@@ -252,6 +258,23 @@ def _apply(
         outcome.installed.append(release)
     else:
         outcome.failed.append((release, result.reason or "not activated"))
+
+
+def _install_one(state_dir: Path, disk: StickDir, assignment: Assignment, events: EventQueue,
+                 config: AgentConfig) -> bool:
+    """Copy and install one bundle of the stick; True when it was activated."""
+    origin = BundleOrigin.of(assignment, USB)
+    try:
+        copy = copy_from_stick(disk, Path(state_dir) / STAGING_DIR, assignment, config)
+    except StickBundleMismatchError as e:
+        events.append(INSTALL_FAILED, reason=str(e), **origin.fields())
+        return False
+    try:
+        result = install_offered(state_dir, copy, origin, events,
+                                 {"bytes": assignment.size, "via": USB}, config)
+    finally:
+        copy.unlink(missing_ok=True)
+    return result.activated
 
 
 def copy_from_stick(
@@ -366,6 +389,11 @@ def write_report(
     batch = events.pending(config.events_per_checkin, config.event_bytes_per_checkin)
     body = checkin_body(state, batch, health_summary(state, totals),
                         trusted_root(state_dir).version)
+    from satchel.agent.sync.samples import captures_to_stick  # field inputs (agent.captures)
+
+    samples, shipped = captures_to_stick(state_dir, disk, identity.device_id, config)
+    if samples:
+        body["samples"] = samples
     report = Report(uuid.uuid4().hex, identity.device_id, utcnow(), body, plan_id)
     data = sign_report(report, device_key(state_dir))
     path = disk.path / report.path
@@ -374,7 +402,10 @@ def write_report(
     except OSError as e:
         raise StickError(f"cannot write the report to {path}: {e.strerror}; was the stick "
                          "pulled out? run `satchel-agent usb` again to write it") from e
-    log.info("report %s written to %s (%d event(s))", report.report_id, path, len(batch))
+    log.info("report %s written to %s (%d event(s), %d field input(s))", report.report_id,
+             path, len(batch), len(samples))
+    for capture in shipped:  # the report that lists them is durably on the stick
+        drop_capture(capture)
     if load_credentials(state_dir) is None:
         events.ack(e["id"] for e in batch)  # the stick is this device's only transport
     return path

@@ -77,6 +77,10 @@ DEPLOYMENT_EVENT_KINDS = [
 ]
 DEPLOYMENT_ID = _path_param("deployment_id", {"type": "integer"})
 OBJ = {"type": "object"}
+_SAMPLE_FILTERS = [
+    {"name": n, "in": "query", "schema": {"type": "string"}}
+    for n in ("channel", "version", "reason", "device")
+]
 
 SCHEMAS: dict[str, Any] = {
     "Error": {
@@ -249,6 +253,14 @@ SCHEMAS: dict[str, Any] = {
     "UsbReportResult": {
         "type": "object",
         "properties": {"path": {"type": "string"}, "recorded": {"type": "boolean"}},
+    },
+    "SampleStored": {
+        "type": "object",
+        "properties": {
+            "sha256": {"type": "string", "pattern": _pattern(SHA256_RE)},
+            "stored": {"type": "boolean"},
+            "dropped": {"type": "integer", "description": "the device's oldest captures dropped"},
+        },
     },
     "AdminTokens": {
         "type": "object",
@@ -544,6 +556,45 @@ PATHS: dict[str, Any] = {
                 }
             ],
             requestBody=_body(OBJ),
+        ),
+    },
+    "/devices/{device_id}/samples": {
+        "parameters": [DEVICE_ID],
+        "post": _op(
+            "Store one capture file (field inputs kept in a shadow stage or ramp) of this device",
+            ADMIN_OR_DEVICE,
+            {
+                "201": _json(_ref("SampleStored"), "Stored"),
+                "200": _json(_ref("SampleStored"), "Stored before (same sha256)"),
+                "413": _error_response("Larger than max_sample_bytes"),
+            },
+            parameters=[
+                {
+                    "name": "X-Satchel-Sample-SHA256",
+                    "in": "header",
+                    "required": False,
+                    "description": "sha256 of the body; a mismatch is refused",
+                    "schema": {"type": "string", "pattern": _pattern(SHA256_RE)},
+                }
+            ],
+            requestBody=_body({"type": "string", "format": "binary"}, "application/octet-stream"),
+        ),
+    },
+    "/samples": {
+        "get": _op(
+            "Stored captures, oldest first (filters: channel, version, reason, device)",
+            ADMIN_ONLY,
+            {"200": _json(OBJ)},
+            parameters=_SAMPLE_FILTERS,
+        ),
+    },
+    "/samples/export": {
+        "get": _op(
+            "One channel and release's captures stacked for `bundle build --samples`",
+            ADMIN_ONLY,
+            {"200": _json({"type": "object", "properties": {
+                "npz": {"type": "string", "contentEncoding": "base64"}, "meta": OBJ}})},
+            parameters=_SAMPLE_FILTERS,
         ),
     },
 }

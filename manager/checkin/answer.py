@@ -13,6 +13,7 @@ from typing import Any
 
 from satchel.bundles.offer import Offer
 from satchel.manager.services.bundles import download_url
+from satchel.manager.services.deltas import DeltaLookup, choose
 from satchel.manager.services.deployments import ACTIVE, OFFERED, ChannelReport, DeviceTarget
 
 
@@ -50,10 +51,15 @@ def jittered(interval_s: float, jitter: float, rng: random.Random | None = None)
     return interval_s * (1 + r)
 
 
-def offers(targets: list[DeviceTarget], channels: dict[str, ChannelReport]) -> tuple[Offer, ...]:
+def offers(
+    targets: list[DeviceTarget], channels: dict[str, ChannelReport],
+    deltas: DeltaLookup | None = None,
+) -> tuple[Offer, ...]:
     """What a device running `channels` should install: per channel, the newest bundle of an
-    active deployment that released it to the device, if newer than what runs."""
+    active deployment that released it to the device, if newer than what runs; its delta
+    instead when `deltas` has one against a release the device keeps (services/deltas.py)."""
     best: dict[str, Offer] = {}
+    ids: dict[str, int] = {}  # channel -> the offered bundle's id
     for dt in targets:
         if dt.deployment_state != ACTIVE or dt.state not in OFFERED:
             continue
@@ -65,9 +71,16 @@ def offers(targets: list[DeviceTarget], channels: dict[str, ChannelReport]) -> t
             and running.active_sequence >= b.sequence
         ):
             continue
+        if running and (running.candidate_sequence or -1) >= b.sequence:
+            continue  # in its shadow stage or ramp there: not offered again
         if b.name not in best or best[b.name].sequence < b.sequence:
+            ids[b.name] = b.id
             best[b.name] = Offer(
                 b.name, b.version, b.sequence, b.sha256, b.size, download_url(b.sha256),
                 dt.deployment_id,
             )
+    if deltas is not None:
+        for name, offer in best.items():
+            kept = channels[name].kept if name in channels else ()
+            best[name] = choose(offer, ids[name], kept, deltas, download_url)
     return tuple(best[name] for name in sorted(best))

@@ -220,6 +220,9 @@ def record_unchanged(
 
             if moves_a_target(found, report.channels, report.health, read_manifest):
                 return None
+            if offers(found, report.channels) and any(c.kept for c in report.channels.values()):
+                return None  # a delta may suit the device: the full path looks its deltas up
+
             new_ids = _insert_events(cursor, dialect, device_id, report.events, now)
     except sa.exc.DBAPIError as e:
         # a dropped connection: the full path retries; a full disk: it refuses the check-in

@@ -17,9 +17,12 @@ from typing import Any, cast
 from satchel.bundles.events import KIND_RE, MAX_REASON_CHARS
 from satchel.bundles.identifiers import CHANNEL_RE, IDENTIFIER_RE, SHA256_RE, VERSION_RE
 from satchel.manager.errors import InvalidRequestError
+from satchel.manager.services.deltas import kept_sequences
 from satchel.manager.services.deployments import ChannelReport, ReportedEvent
 
 MAX_STATE_CHANNELS = 256  # channels in one device's status
+MAX_CANDIDATE_FIGURES = 64  # figures in a candidate's shadow or ramp section
+STAGES = ("shadow", "ramp", "probation", "active")  # a channel's stage (SPEC "Staged activation")
 # What the database columns hold; a value beyond would fail in the database, not here.
 BIGINT_RANGE = (-(2**63), 2**63 - 1)  # BIGINT columns: sequences; counts kept as JSON
 INTEGER_RANGE = (-(2**31), 2**31 - 1)  # INTEGER columns: deployment ids, trust root versions
@@ -152,7 +155,59 @@ def _parse_channel(name: str, d: Any) -> ChannelReport:
     state = d.get("state") or ""
     if not isinstance(state, str) or len(state) > 32:
         raise _bad(f"channel {name} 'state' must be a short string")
-    return ChannelReport(version, sequence, state)
+    stage = d.get("stage") or ""
+    if stage and stage not in STAGES:
+        raise _bad(f"channel {name} 'stage' must be one of {', '.join(STAGES)}")
+    candidate = parse_candidate(name, d.get("candidate"))
+    try:  # the kept releases: a delta is offered against one of them (services/deltas.py)
+        kept = kept_sequences(d.get("releases"))
+    except ValueError as e:
+        raise _bad(f"channel {name} 'releases' {e}") from e
+    return ChannelReport(
+        version, sequence, state, stage, None if candidate is None else candidate["sequence"],
+        kept,
+    )
+
+
+def parse_candidate(name: str, d: Any) -> dict[str, Any] | None:
+    """A channel's `candidate` (a release in its shadow stage or ramp): its version, sequence
+    and stage checked, its figures numbers or null. Raises InvalidRequestError."""
+    if d is None:
+        return None
+    where = f"channel {name} candidate"
+    if not isinstance(d, dict):
+        raise _bad(f"{where} must be an object or null")
+    _match(d.get("version"), VERSION_RE, f"{where} version")
+    if _int(d, "sequence", where) is None:
+        raise _bad(f"{where} 'sequence' must be an integer")
+    if d.get("stage") not in (None, *STAGES):
+        raise _bad(f"{where} 'stage' must be one of {', '.join(STAGES)}")
+    for part in ("shadow", "ramp"):
+        figures = d.get(part)
+        if figures is None:
+            continue
+        if not isinstance(figures, dict) or len(figures) > MAX_CANDIDATE_FIGURES:
+            raise _bad(f"{where} '{part}' must be an object of figures")
+        for key, value in figures.items():
+            if not _is_figure(value):
+                raise _bad(f"{where} {part} '{str(key)[:32]}' must be a number, a list or null")
+    answers = d.get("client_answers")
+    if answers is not None and not _is_count(answers):
+        raise _bad(f"{where} 'client_answers' must be a count")
+    return d
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= BIGINT_RANGE[1]
+
+
+def _is_figure(value: Any) -> bool:
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return True
+    return (  # ramp "steps": percentages
+        isinstance(value, list) and len(value) <= MAX_CANDIDATE_FIGURES
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
 
 
 def _parse_health(d: Any) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from satchel.manager.errors import AuthError, ForbiddenError, NotFoundError
 from satchel.manager.models import DeviceChannel, Event
 from satchel.manager.services import deployments, trust
 from satchel.manager.services.credentials import DEVICE, hash_token, token_kind
+from satchel.manager.services.deltas import deltas_of
 from satchel.manager.services.deployments import ChannelReport
 from satchel.manager.services.targets import POLICIES, released_targets
 
@@ -219,7 +220,7 @@ def _record(
         channels = _recorded_channels(session, device_id)
     return CheckinResult(
         device_id=device_id,
-        offers=offers(targets, channels),
+        offers=offers(targets, channels, lambda bundle_id: deltas_of(session, bundle_id)),
         trust_root_version=trust.current_version(session),
         events_recorded=len(new_ids),
         events_duplicate=len(report.events) - len(new_ids),

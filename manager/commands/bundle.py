@@ -50,9 +50,33 @@ def _progress_bar(total: int, label: str) -> Any:
 @click.option(
     "--model",
     "model_path",
-    required=True,
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="Model to ship (.onnx or .tflite), usually INT8.",
+    help="Model to ship (.onnx or .tflite), usually INT8. Required without --variant.",
+)
+@click.option(
+    "--variant",
+    "variant_specs",
+    multiple=True,
+    metavar="NAME:MODEL[:REFERENCE]",
+    help="A variant of the release (repeat): the device picks one by its state and by each "
+    "request (docs/VARIANTS.md). Each is smoke-tested on its own; REFERENCE defaults to "
+    "--reference.",
+)
+@click.option("--default-variant", help="The variant served by default [default: the first].")
+@click.option(
+    "--variant-policy",
+    metavar="JSON|FILE",
+    help='Selection policy, e.g. \'{"rules": [{"when": {"battery_below": 30}, "use": "lite", '
+    '"leave": {"battery_above": 80}}], "dwell_s": 30}\' [default: the last variant below 30%% '
+    "battery, back above 80%%].",
+)
+@click.option(
+    "--variant-accuracy",
+    "variant_accuracy",
+    multiple=True,
+    metavar="NAME=LEVEL",
+    help="A variant's accuracy rank for requests' accuracy_level [default: the first variant "
+    "highest, in order].",
 )
 @click.option(
     "--reference",
@@ -138,6 +162,34 @@ def _progress_bar(total: int, label: str) -> Any:
     show_default=True,
     help="Inferences before the health policy judges.",
 )
+@click.option("--shadow-requests", type=click.IntRange(0), default=0, show_default=True,
+              help="Field requests the new release answers in shadow (compared with the "
+              "active release, never seen by clients) before it serves; 0: no shadow stage.")
+@click.option("--shadow-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.1,
+              show_default=True, help="Share of field requests copied to the shadow release.")
+@click.option("--shadow-agreement", type=click.FloatRange(0, 1), default=0.99,
+              show_default=True,
+              help="Share of shadow requests whose outputs must pass the smoke-test comparison.")
+@click.option("--shadow-max-s", "shadow_max_seconds", type=click.FloatRange(0, min_open=True),
+              help="Judge the shadow stage after this long even if fewer requests came.")
+@click.option("--ramp", "ramp", metavar="P1,P2,...",
+              help="Traffic ramp after the shadow stage: percent steps ending at 100, e.g. "
+              "10,50,100.")
+@click.option("--ramp-step-requests", type=click.IntRange(1), default=100, show_default=True,
+              help="Answers by the new release judged at each ramp step.")
+@click.option("--ramp-step-s", "ramp_step_seconds", type=click.FloatRange(0, min_open=True),
+              help="A ramp step also ends after this long.")
+@click.option("--capture", metavar="REASON[,REASON]",
+              help="Keep field inputs for retraining: disagreement, nonfinite, "
+              "low-margin:MARGIN (off by default; the device may forbid it).")
+@click.option("--capture-max", type=click.IntRange(1), default=100, show_default=True,
+              help="Field inputs a device keeps at most.")
+@click.option("--capture-max-mb", type=click.FloatRange(0, min_open=True), default=16.0,
+              show_default=True, help="Megabytes of field inputs a device keeps at most.")
+@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="[NAME=]PUBKEY",
+              help="Encrypt every payload, the data key wrapped for this recipient: an X25519 "
+              "public key (PEM) of a device, a device class, a fleet or the manager "
+              "(`satchel keys recipient init`). Repeatable. docs/ENCRYPTION.md.")
 @click.option("--description", default="", help="Free text shown by inspect.")
 @click.option(
     "--key",
@@ -149,6 +201,10 @@ def _progress_bar(total: int, label: str) -> Any:
 )
 @passphrase_file_option
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--delta-from", "delta_from", type=click.Path(dir_okay=False, exists=True,
+              path_type=Path), help="The channel's earlier release (OLD.satchel): also write "
+              "OUTPUT's delta, NAME.delta.satchel, its files as patches against OLD's "
+              "(docs/DELTAS.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @refusals_exit_1
 def build_cmd(**opts: Any) -> None:
@@ -161,6 +217,9 @@ def build_cmd(**opts: Any) -> None:
     # Imported here: numpy, onnx and the runtimes load only when a bundle is built.
     from satchel.manager.build import BuildDefaults, BuildRequest, build_bundle
 
+    activation = _activation_policy(opts)
+    encryption = _encryption(opts["encrypt_to"])
+    variant_specs = _variant_specs(opts)  # [] without --variant
     keys = load_keys(opts["key_paths"], passphrase_from(opts["passphrase_file"]))
     expires = utcnow() + timedelta(days=opts["expires_days"]) if opts["expires_days"] else None
     req = BuildRequest(
@@ -190,18 +249,26 @@ def build_cmd(**opts: Any) -> None:
             max_nan_rate=opts["max_nan_rate"],
             max_p95_latency_ms=opts["max_p95_latency_ms"],
         ),
+        activation=activation,
+        encryption=encryption,
     )
+    builder: Any = build_bundle
+    if variant_specs:
+        from satchel.manager.build_variants import build_variant_bundle
+
+        builder = _variant_builder(build_variant_bundle, variant_specs, opts)
     size = opts["model_path"].stat().st_size
     bar = _progress_bar(size, "packing") if size >= BuildDefaults().progress_min_bytes else None
     try:
-        result = build_bundle(req, keys, opts["output"], progress=bar.update if bar else None)
+        result = builder(req, keys, opts["output"], progress=bar.update if bar else None)
     finally:
         if bar is not None:
             bar.close()
     for warning in result.warnings:
         click.echo(f"warning: {warning}", err=True)
+    delta = _delta(opts, result.output, keys, encryption)  # None without --delta-from
     if opts["as_json"]:
-        echo_json(result.to_dict())
+        echo_json({**result.to_dict(), **({"delta": delta} if delta else {})})
         return
     a, m = result.agreement, result.manifest
     click.echo(f"built {result.output} ({human_bytes(result.bundle_bytes)})")
@@ -215,7 +282,109 @@ def build_cmd(**opts: Any) -> None:
     for o in a.outputs:
         click.echo(f"    {output_line(o)}")
     click.echo(f"  host latency p50 {result.host_p50_ms:.3f} ms, p95 {result.host_p95_ms:.3f} ms")
+    for name, v in (m.build.get("variants") or {}).items():
+        click.echo(f"  variant {name}: {v['quantization']}, host p95 {v['host_p95_ms']:.3f} ms")
+    if m.encryption is not None:
+        names = ", ".join(n for n, _ in m.encryption.recipients)
+        click.echo(f"  encrypted (AES-256-GCM) for {len(m.encryption.recipients)} "
+                   f"recipient(s): {names}")
     click.echo(f"  signed by {len(keys)} key(s); sha256 {result.bundle_sha256}")
+    if delta:
+        click.echo(f"built delta {delta['output']} ({human_bytes(delta['bundle_bytes'])}, "
+                   f"{delta['share']:.1%} of the full bundle): {len(delta['patched'])} "
+                   f"patch(es) against {delta['base']['version']} (sequence "
+                   f"{delta['base']['sequence']}), {len(delta['whole'])} file(s) whole")
+
+
+def _delta(opts: dict[str, Any], full: Path, keys: Any, encryption: Any) -> dict[str, Any] | None:
+    """With --delta-from, write the delta of the bundle just built beside it and describe it.
+    Raises DeltaBaseError and the bundle errors of the base."""
+    if opts["delta_from"] is None:
+        return None
+    from satchel.bundles.delta import delta_path_for, make_delta_bundle
+
+    d = make_delta_bundle(full, opts["delta_from"], delta_path_for(full), keys,
+                          encryption=encryption)
+    base = d.manifest.delta_base
+    return {"output": str(delta_path_for(full)), "bundle_bytes": d.bytes,
+            "share": d.bytes / full.stat().st_size, "patched": list(d.patched),
+            "whole": list(d.whole), "base": base.to_dict() if base else None}
+
+
+def _encryption(specs: tuple[str, ...]) -> Any:
+    """The --encrypt-to recipients as a bundles.crypt.BundleEncryption (None without).
+    Raises KeyFileError, UsageError."""
+    if not specs:
+        return None
+    from satchel.bundles.crypt import BundleEncryption
+    from satchel.bundles.recipients import load_recipient
+    from satchel.manager.errors import UsageError
+
+    try:
+        return BundleEncryption(tuple(load_recipient(s) for s in specs))
+    except ValueError as e:
+        raise UsageError(f"--encrypt-to: {e}") from e
+
+
+def _variant_specs(opts: dict[str, Any]) -> list[Any]:
+    """The --variant options (the first one's model stands in for --model). Raises
+    click.UsageError."""
+    if not opts["variant_specs"]:
+        if opts["model_path"] is None:
+            raise click.UsageError("Missing option '--model' (or give --variant NAME:MODEL).")
+        return []
+    if opts["model_path"] is not None:
+        raise click.UsageError("give the models as --variant NAME:MODEL, not --model as well")
+    from satchel.manager.build_variants import parse_variant
+
+    specs = [parse_variant(v) for v in opts["variant_specs"]]
+    opts["model_path"] = specs[0].model
+    return specs
+
+
+def _variant_builder(build: Any, specs: list[Any], opts: dict[str, Any]) -> Any:
+    """`build_bundle`'s signature over `build_variant_bundle` with the variant options."""
+    from pathlib import Path as _Path
+
+    from satchel.bundles.variants import parse_policy
+
+    text = opts["variant_policy"]
+    if text is not None and not text.lstrip().startswith("{"):
+        try:
+            text = _Path(text).read_text()
+        except OSError as e:
+            raise click.UsageError(f"--variant-policy {text}: {e.strerror}") from None
+    accuracy: dict[str, int] = {}
+    for item in opts["variant_accuracy"]:
+        name, _, level = item.partition("=")
+        if not level.strip().isdigit():
+            raise click.UsageError(f"--variant-accuracy {item!r}: expected NAME=LEVEL (an integer)")
+        accuracy[name.strip()] = int(level)
+    policy = parse_policy(text, "--variant-policy") if text is not None else None
+
+    def run(req: Any, keys: Any, out: Any, progress: Any = None) -> Any:
+        return build(req, specs, keys, out, default=opts["default_variant"], policy=policy,
+                     accuracy=accuracy, progress=progress)
+
+    return run
+
+
+def _activation_policy(opts: dict[str, Any]) -> Any:
+    """The shadow, ramp and capture flags as the manifest's activation policy (None: none
+    asked). Raises click.UsageError."""
+    from satchel.bundles.activation import build_policy
+
+    try:
+        return build_policy(
+            shadow_requests=opts["shadow_requests"], shadow_fraction=opts["shadow_fraction"],
+            shadow_agreement=opts["shadow_agreement"],
+            shadow_max_seconds=opts["shadow_max_seconds"], ramp=opts["ramp"],
+            ramp_step_requests=opts["ramp_step_requests"],
+            ramp_step_seconds=opts["ramp_step_seconds"], capture=opts["capture"],
+            capture_max=opts["capture_max"], capture_max_mb=opts["capture_max_mb"],
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def parse_output_checks(values: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -261,6 +430,7 @@ def inspect_cmd(file: Path, keydir: Path | None, as_json: bool) -> None:
     """
     with open(file, "rb") as f:
         manifest, sigs = read_unverified(f)
+        encryption = _encryption_of(f, manifest)
     sig_dicts = [{"keyid": s.keyid, "sig": s.to_dict()["sig"]} for s in sigs]
     if as_json:
         echo_json(
@@ -268,11 +438,35 @@ def inspect_cmd(file: Path, keydir: Path | None, as_json: bool) -> None:
                 "manifest": manifest.to_dict(),
                 "signatures": sig_dicts,
                 "file_bytes": file.stat().st_size,
+                **({"encryption": encryption} if encryption is not None else {}),
             }
         )
         return
     for line in describe(manifest, sig_dicts, key_names(keydir) if keydir else {}):
         click.echo(line)
+    if encryption is not None:
+        click.echo(f"encrypted: {encryption['scheme']} (payload members are ciphertext; "
+                   "signature and hashes check without a key)")
+        built = ", ".join(f"{r['name']} {r['fingerprint'][:16]}" for r in encryption["built_for"])
+        click.echo(f"  built for: {built}")
+        now = encryption["recipients"] or []
+        click.echo("  recipients (keys.json): "
+                   + ", ".join(f"{r['name']} {r['fingerprint'][:16]}" for r in now))
+
+
+def _encryption_of(f: Any, manifest: Any) -> dict[str, Any] | None:
+    """What inspect shows of an encrypted bundle (keys.json read after manifest.sig)."""
+    if manifest.encryption is None:
+        return None
+    from satchel.bundles.cryptbundle import describe_encryption
+    from satchel.bundles.errors import BundleError
+    from satchel.bundles.reader import read_keys
+
+    try:
+        keys = read_keys(f)
+    except BundleError:
+        keys = None  # shown as unreadable: inspecting does not verify
+    return describe_encryption(manifest, keys)
 
 
 @bundle.command("verify")
@@ -284,9 +478,14 @@ def inspect_cmd(file: Path, keydir: Path | None, as_json: bool) -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="root.json: the trust root to verify against.",
 )
+@click.option("--identity", "identities", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="An X25519 private key (PEM) that unlocks an encrypted bundle, to check its "
+              "decrypted content too. Without one, an encrypted bundle's signature and "
+              "ciphertext are checked.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @refusals_exit_1
-def verify_cmd(file: Path, trust: Path, as_json: bool) -> None:
+def verify_cmd(file: Path, trust: Path, identities: tuple[Path, ...], as_json: bool) -> None:
     """Check a bundle as a device would: signatures, threshold, expiry, layout, every hash.
 
     Exit 0 if it verifies, 1 with the reason on one line if not.
@@ -298,7 +497,15 @@ def verify_cmd(file: Path, trust: Path, as_json: bool) -> None:
         raise KeyDirError(f"cannot read {file}: {e.strerror}") from e
     with f:
         verified = verify_bundle(f, root, utcnow())
-        check_payloads(f, verified)
+        content_checked = verified.manifest.encryption is None or bool(identities)
+        if verified.manifest.encryption is not None and identities:
+            from satchel.bundles.crypt import unlock_bundle
+            from satchel.bundles.recipients import load_identity
+
+            verified = unlock_bundle(verified, [load_identity(p) for p in identities],
+                                     "the given key")
+        if content_checked:
+            check_payloads(f, verified)
     m = verified.manifest
     if as_json:
         echo_json(
@@ -310,13 +517,19 @@ def verify_cmd(file: Path, trust: Path, as_json: bool) -> None:
                 "signers": sorted(verified.signers),
                 "trust_root_version": root.version,
                 "files": len(m.files),
+                # encrypted bundles only: whether the plaintext was checked (--identity)
+                **({"encrypted": True, "content_checked": content_checked}
+                   if m.encryption is not None else {}),
             }
         )
         return
+    what = "payload(s) match"
+    if not content_checked:
+        what = "encrypted payload(s) match as ciphertext (content not checked: no --identity)"
     click.echo(
         f"OK: {m.name} {m.version} (sequence {m.sequence}) verified against trust root "
         f"v{root.version}: {len(verified.signers)} of {root.signing_role.threshold} "
-        f"required signature(s), {len(m.files)} payload(s) match"
+        f"required signature(s), {len(m.files)} {what}"
     )
 
 
@@ -374,3 +587,14 @@ def bundle_list(ctx: click.Context, name: str | None, as_json: bool) -> None:
             f"{b['name']:<20} {b['version']:<16} {b['sequence']:>12} "
             f"{human_bytes(b['size']):>10}  {b['sha256'][:16]}"
         )
+
+
+def _encryption_commands() -> None:
+    """`bundle rewrap` and `bundle decrypt` (manager/commands/bundle_crypt.py, issue 19)."""
+    from satchel.manager.commands.bundle_crypt import decrypt_cmd, rewrap_cmd
+
+    bundle.add_command(rewrap_cmd)
+    bundle.add_command(decrypt_cmd)
+
+
+_encryption_commands()

@@ -1,4 +1,5 @@
-"""`satchel db upgrade|downgrade|current`: the database schema (Alembic migrations)."""
+"""`satchel db upgrade|downgrade|current`: the database schema (Alembic migrations);
+`satchel db prune`: retention of events and health samples."""
 
 from __future__ import annotations
 
@@ -49,3 +50,24 @@ def current(ctx: click.Context) -> None:
         engine.dispose()
     head = database.head_revision()
     click.echo(f"database: {at or 'empty'}; needed: {head}")
+
+
+@db.command()
+@click.pass_context
+@refusals_exit_1
+def prune(ctx: click.Context) -> None:
+    """Delete events and health samples older than retention_events_s and
+    retention_health_s (each 0 = kept for ever). `satchel serve` also does this every
+    retention_interval_s."""
+    from satchel.manager.services import retention
+
+    config = config_of(ctx)
+    if not retention.enabled(config):
+        click.echo("nothing to prune: retention_events_s and retention_health_s are 0 "
+                   "(kept for ever)")
+        return
+    store = database.open_database(config, check_schema=config.check_schema)
+    try:
+        click.echo(str(retention.prune(store, config)))
+    finally:
+        store.dispose()

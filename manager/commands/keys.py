@@ -164,3 +164,37 @@ def rotate_cmd(
 def list_cmd(keydir: Path, as_json: bool) -> None:
     """Show the trust root's version, roles, thresholds and key ids."""
     _print_summary(keydir, as_json)
+
+
+@keys.group("recipient")
+def recipient() -> None:
+    """X25519 key pairs that encrypted bundles are wrapped for (docs/ENCRYPTION.md)."""
+
+
+@recipient.command("init")
+@click.argument("name")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("."), show_default=True, help="Folder for NAME.key and NAME.pub.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@refusals_exit_1
+def recipient_init_cmd(name: str, out_dir: Path, as_json: bool) -> None:
+    """Make a recipient key pair NAME.key (private, mode 0600) and NAME.pub: a device class's
+    or a fleet's key (give NAME.key to its devices with `satchel-agent init --decryption-key`)
+    or the manager's (keep NAME.key with the manager: `satchel bundle rewrap` needs it)."""
+    from satchel.bundles.durable import atomic_write_bytes
+    from satchel.bundles.recipients import PRIVATE_MODE, Identity
+
+    identity = Identity.generate(name)
+    key, pub = out_dir / f"{name}.key", out_dir / f"{name}.pub"
+    for path in (key, pub):
+        if path.exists():
+            raise UsageError(f"{path} already exists; refusing to overwrite it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(key, identity.to_pem(), PRIVATE_MODE)
+    atomic_write_bytes(pub, identity.recipient.to_pem())
+    if as_json:
+        echo_json({"name": name, "key": str(key), "public_key": str(pub),
+                   "fingerprint": identity.fingerprint})
+        return
+    click.echo(f"recipient {name}: private key {key} (mode 0600), public key {pub}, "
+               f"fingerprint {identity.fingerprint}")

@@ -59,7 +59,9 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
             + (f", signature {model.signature}" if model.signature else "")
         )
         for data in model.data_paths():
-            lines.append(f"    data   {data}")
+            lines.append(f"    data   {data}" + (
+                "  (ONNX external data: onnxruntime maps these weights, no copy in memory)"
+                if model.runtime == "onnxruntime" else ""))
         for t in model.inputs:
             lines.append(f"    input  {t.name} {t.datatype} {list(t.shape)}")
         for t in model.outputs:
@@ -82,11 +84,16 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
             lines.append(f"    {_measured_line(o)}")
     hp = m.health_policy.to_dict()
     lines.append("  health policy: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+    if m.delta_base is not None:
+        lines.append(f"  delta against {m.delta_base.channel} {m.delta_base.describe()}: "
+                     "patched files need that release on the device")
     lines.append(f"  files ({human_bytes(m.unpacked_size)} unpacked):")
     for f in m.files:
         lines.append(
             f"    {f.path:<24} {human_bytes(f.size):>10} -> "
             f"{human_bytes(f.compressed_size):>10}  sha256 {f.sha256[:16]}"
+            + (f"  patch ({f.delta.method}) of base sha256 {f.delta.base_sha256[:16]}"
+               if f.delta else "")
         )
     for sig in sigs:
         name = names.get(sig["keyid"])

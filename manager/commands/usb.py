@@ -94,6 +94,7 @@ def usb_import(ctx: click.Context, path: Path, as_json: bool) -> None:
         click.echo(
             f"{len(result.imported)} report(s) imported, {len(result.duplicates)} already "
             f"imported, {len(result.refused)} refused"
+            + (f", {result.samples} sample(s) stored" if result.samples else "")
         )
     if result.refused:
         file, reason = result.refused[0]

@@ -28,6 +28,8 @@ AGENT_ENV = {  # for the demo: check in every half second, a health sample every
 }
 PROBATION_S = "4"  # seconds a new release is watched before it counts as a success
 PROBATION_WAIT_S = 5.0  # seconds between a USB device's install visit and its next visit
+SHADOW_REQUESTS = "30"  # field requests a new release must be compared on before it serves
+RAMP_STEP_REQUESTS = "10"  # answers by the new release judged at each step of its ramp
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Device:
     correct: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     step6: tuple[int, int] = (0, 0)  # predictions served, correct, in the predictions step
+    answered_by: dict[str, int] = field(default_factory=dict)  # model_version -> answers
 
     @property
     def url(self) -> str:
@@ -188,7 +191,10 @@ class Story:
             if resp.status_code != 200:
                 bad += 1
                 continue
-            logits = np.asarray(resp.json()["outputs"][0]["data"], dtype=np.float64)
+            answer = resp.json()
+            version = str(answer.get("model_version") or "?")
+            dev.answered_by[version] = dev.answered_by.get(version, 0) + 1
+            logits = np.asarray(answer["outputs"][0]["data"], dtype=np.float64)
             dev.served += 1
             if not np.all(np.isfinite(logits)):
                 bad += 1
@@ -249,10 +255,25 @@ class Story:
                      f"{dev.correct / max(1, dev.served):.1%}, {bad} failed, "
                      f"HTTP round trip p50 {p50:.2f} ms")
 
+    def agent_channel(self, dev: Device) -> dict[str, Any]:
+        """The channel's entry of the device's own `satchel-agent status --json`."""
+        status = self.r.json("satchel-agent", "--state-dir", str(dev.state_dir), "status")
+        return dict(status["channels"].get(CHANNEL) or {})
+
+    def device_event(self, dev: Device, kind: str, version: str) -> dict[str, Any] | None:
+        """The newest event of `kind` about `version` the manager holds from `dev`."""
+        shown = self.r.json("satchel", "--data-dir", "manager", "device", "show", dev.device_id)
+        return next((e for e in shown["events"]
+                     if e["kind"] == kind and e.get("version") == version), None)
+
     def bad_release(self) -> None:
-        self.step("A bad release: passes its lab smoke test, fails in the field")
+        self.step("A bad release: passes its lab smoke test, is caught in shadow on field data")
         self.facts["v2"] = self.build("1.1.0", "nan.onnx", "classifier-1.1.0.satchel",
-                                      "--samples", "lab-samples.npz", "--sequence", "2")
+                                      "--samples", "lab-samples.npz", "--sequence", "2",
+                                      "--shadow-requests", SHADOW_REQUESTS, "--shadow-fraction",
+                                      "0.5", "--capture", "disagreement,nonfinite")
+        self.say(f"policy: a shadow stage of {SHADOW_REQUESTS} compared field requests (half "
+                 "of them copied), 99% agreement needed; keep the field inputs it trips on")
         self.r.run("satchel", "--data-dir", "manager", "bundle", "add", "classifier-1.1.0.satchel")
         dep_id = self.r.last_line("satchel", "--data-dir", "manager", "deploy", "create",
                                   "--bundle", f"{CHANNEL}:1.1.0", "--device", "cam-1",
@@ -261,23 +282,51 @@ class Story:
         canary = self.devices[0]
         self.say(f"deployment {dep_id}: canary cam-1 first, then cam-2")
 
-        def canary_runs_v2() -> bool:
-            status = self.r.json("satchel-agent", "--state-dir", str(canary.state_dir), "status")
-            active = status["channels"].get(CHANNEL, {}).get("active") or {}
-            return active.get("version") == "1.1.0"
+        def in_shadow() -> dict[str, Any] | None:
+            cand = self.agent_channel(canary).get("candidate") or {}
+            return cand if cand.get("version") == "1.1.0" else None
 
-        wait_for("the canary to activate 1.1.0", canary_runs_v2, timeout=60)
-        self.say("cam-1 verified, smoke-tested (lab samples pass) and activated 1.1.0")
+        wait_for("the canary to start 1.1.0 in shadow", in_shadow, timeout=60)
+        self.say("cam-1 verified and smoke-tested 1.1.0 (lab samples pass); it runs in shadow "
+                 "beside 1.0.0, which keeps answering every client")
         t0 = time.monotonic()
+        canary.answered_by.clear()
+        seen: dict[str, Any] = {}
 
-        def rolled_back() -> bool:
-            self.traffic(canary, 10, first_negative=None)
-            status = self.r.json("satchel-agent", "--state-dir", str(canary.state_dir), "status")
-            return (status["channels"][CHANNEL]["active"] or {}).get("version") == "1.0.0"
+        def refused() -> bool:
+            self.traffic(canary, 10)
+            channel = self.agent_channel(canary)
+            cand = channel.get("candidate") or {}
+            if cand.get("version") == "1.1.0":
+                seen.update(cand)
+                return False
+            return (channel.get("active") or {}).get("version") == "1.0.0"
 
-        wait_for("the canary to roll back", rolled_back, timeout=60)
-        self.say(f"cam-1 rolled back to 1.0.0 on its own {time.monotonic() - t0:.1f} s after "
-                 "field traffic started")
+        wait_for("the canary to refuse 1.1.0 in shadow", refused, timeout=60)
+        seconds = time.monotonic() - t0
+        # The device's own figures, as its `shadow_failed` event brought them to the manager.
+        failed = wait_for("cam-1's shadow_failed event", lambda: self.device_event(
+            canary, "shadow_failed", "1.1.0"), timeout=30, interval=0.5)
+        seen.update(failed.get("figures") or {})
+        shadow = seen.get("shadow") or {}
+        agreement = shadow.get("agreement")
+        self.facts["shadow"] = {
+            "reason": failed.get("reason"),
+            "client_answers": int(seen.get("client_answers") or 0),
+            "answered_by_v2": canary.answered_by.get("1.1.0", 0),
+            "requests": sum(canary.answered_by.values()),
+            "agreement": agreement,
+            "nonfinite": shadow.get("nonfinite"),
+            "compared": shadow.get("compared"),
+            "seconds": seconds,
+        }
+        f = self.facts["shadow"]
+        agree = f"{agreement:.0%}" if isinstance(agreement, (int, float)) else "?"
+        self.say(f"cam-1 refused 1.1.0 in its shadow stage {f['seconds']:.1f} s after field "
+                 f"traffic started: {agree} agreement over {f['compared']} compared requests, "
+                 f"{f['nonfinite']} NaN/Inf ({f['reason']})")
+        self.say(f"client requests answered by 1.1.0: {f['client_answers']} (the device's count); "
+                 f"{f['answered_by_v2']} of the {f['requests']} answers clients got said 1.1.0")
         final = wait_for("the deployment to halt",
                          lambda: (st := self.deploy_status(dep_id))["state"] == "halted" and st,
                          timeout=60, interval=0.5)
@@ -285,6 +334,73 @@ class Story:
         self.say(f"deployment {dep_id} halted by itself: {final.get('reason')}")
         never = [t["device_id"] for t in final["targets"] if t["state"] == "pending"]
         self.say(f"never offered 1.1.0: {', '.join(never) or 'none'}")
+
+    def hard_examples(self) -> None:
+        self.step("Hard examples brought home: the field inputs that tripped 1.1.0")
+        d = ["satchel", "--data-dir", "manager"]
+
+        def shipped() -> list[dict[str, Any]]:
+            found = self.r.json(*d, "samples", "list", "--channel", CHANNEL)["samples"]
+            return [s for s in found if s["version"] == "1.1.0"]
+
+        found = wait_for("cam-1 to ship its captures", shipped, timeout=30, interval=0.5)
+        reasons: dict[str, int] = {}
+        for sample in found:
+            reasons[sample["reason"]] = reasons.get(sample["reason"], 0) + 1
+        self.say(f"the manager holds {len(found)} captures of 1.1.0 from cam-1 ("
+                 + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")")
+        out = self.r.json(*d, "samples", "export", CHANNEL, "1.1.0", "-o", "field-1.1.0.npz")
+        self.facts["exported"] = int(out["count"])
+        with np.load(self.out / "field-1.1.0.npz") as npz:
+            shapes = ", ".join(f"{k} {list(npz[k].shape)}" for k in npz.files)
+        self.say(f"satchel samples export -> field-1.1.0.npz ({shapes}) + field-1.1.0.json "
+                 "(device, reason, figures per row): ready for `bundle build --samples`")
+
+    def good_release(self) -> None:
+        self.step("The next release, smoke-tested on those field inputs: shadow, then a ramp "
+                  "10% -> 50% -> 100%")
+        samples = "field-1.1.0.npz" if self.facts.get("exported") else "samples.npz"
+        self.facts["v3"] = self.build("1.2.0", "int8.onnx", "classifier-1.2.0.satchel",
+                                      "--reference", "float.onnx", "--samples", samples,
+                                      "--latency-budget-ms", "20", "--max-memory-mb", "256",
+                                      "--sequence", "3", "--shadow-requests", SHADOW_REQUESTS,
+                                      "--shadow-fraction", "0.5", "--ramp", "10,50,100",
+                                      "--ramp-step-requests", RAMP_STEP_REQUESTS)
+        d = ["satchel", "--data-dir", "manager"]
+        self.r.run(*d, "bundle", "add", "classifier-1.2.0.satchel")
+        dep_id = self.r.last_line(*d, "deploy", "create", "--bundle", f"{CHANNEL}:1.2.0",
+                                  "--device", "cam-1", "--device", "cam-2", "--waves", "1,100%")
+        self.facts["deployment_3"] = dep_id
+        lan = [dev for dev in self.devices if dev.via == "LAN"]
+        for dev in lan:
+            dev.answered_by.clear()
+        shown: dict[str, str] = {}
+
+        def completed() -> dict[str, Any] | None:
+            for dev in lan:
+                self.traffic(dev, 60)  # the ramp's steps count the new release's answers
+                channel = self.agent_channel(dev)
+                cand = channel.get("candidate") or {}
+                if cand.get("version") == "1.2.0":
+                    ramp = cand.get("ramp") or {}
+                    line = (f"ramp at {ramp.get('percent')}% of requests"
+                            if cand.get("stage") == "ramp" else "shadow")
+                else:
+                    active = (channel.get("active") or {}).get("version")
+                    line = f"runs {active} ({channel.get('stage') or channel.get('state')})"
+                if shown.get(dev.device_id) != line:
+                    self.say(f"{dev.device_id}: {line}")
+                    shown[dev.device_id] = line
+            st = self.deploy_status(dep_id)
+            return st if st["state"] in ("completed", "halted", "aborted") else None
+
+        final = wait_for("the ramp of 1.2.0 to complete", completed, timeout=150, interval=0.2)
+        if final["state"] != "completed":
+            raise DemoError(f"1.2.0 ended {final['state']}: {final.get('reason')}")
+        answered = sum(dev.answered_by.get("1.2.0", 0) for dev in lan)
+        total = sum(sum(dev.answered_by.values()) for dev in lan)
+        self.say(f"deployment {dep_id} completed: cam-1 and cam-2 ramped 1.2.0 to 100%; it "
+                 f"answered {answered} of the {total} client requests during the step")
 
     def device_lines(self, dev: Device) -> list[str]:
         """What happened on one device, with the figures it measured itself."""
@@ -318,6 +434,14 @@ class Story:
         self.say(f"deployment {self.facts['deployment_1']}: classifier 1.0.0 completed on 3 of 3")
         self.say(f"deployment {self.facts['deployment_2']}: classifier 1.1.0 halted by itself: "
                  f"{self.facts['halt_reason']}")
+        f = self.facts["shadow"]
+        self.say(f"classifier 1.1.0 answered {f['client_answers']} client requests: caught in "
+                 "shadow on cam-1, never offered to cam-2")
+        self.say(f"hard examples exported for retraining: {self.facts.get('exported', 0)} "
+                 "(field-1.1.0.npz)")
+        if "deployment_3" in self.facts:
+            self.say(f"deployment {self.facts['deployment_3']}: classifier 1.2.0 ramped "
+                     "10% -> 50% -> 100% and completed on cam-1 and cam-2")
         user, password = self.facts["login"]
         print(f"\nDashboard: {self.facts['manager_url']}/  login {user} / {password}")
         print(f"Everything the demo made is in {self.out}/ (logs: *.log)")
@@ -351,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         story.rollout()
         story.predictions()
         story.bad_release()
+        story.hard_examples()
+        story.good_release()
         story.summary(args.keep_manager)
     except DemoError as e:
         print(f"\ndemo failed: {e}\n(logs in {out})", file=sys.stderr)

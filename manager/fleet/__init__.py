@@ -94,3 +94,13 @@ class Fleet(Protocol):
 
     def import_stick(self, path: Path) -> ImportResult:
         """Record the device reports on a stick; refusals are collected in the result."""
+
+    def list_samples(
+        self, channel: str | None, version: str | None, reasons: list[str], devices: list[str]
+    ) -> list[dict[str, Any]]:
+        """Stored captures (hard examples), oldest first, without their bytes."""
+
+    def export_samples(
+        self, channel: str, version: str, reasons: list[str], devices: list[str]
+    ) -> tuple[bytes, dict[str, Any]]:
+        """One channel and release's captures: (the .npz for `--samples`, per-row meta)."""

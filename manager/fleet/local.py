@@ -12,7 +12,7 @@ from satchel.manager.config import ManagerConfig
 from satchel.manager.db import open_database
 from satchel.manager.errors import UsageError
 from satchel.manager.fleet import NewDeployment, NewToken
-from satchel.manager.services import bundles, deployments, devices, tokens
+from satchel.manager.services import bundles, deployments, devices, samples, tokens
 from satchel.manager.services.credentials import ADMIN
 from satchel.manager.services.deployments import Selectors
 from satchel.manager.services.devices import Identity
@@ -161,6 +161,18 @@ class DatabaseFleet:
             )
         finally:
             db.dispose()
+
+    def list_samples(
+        self, channel: str | None, version: str | None, reasons: list[str], devices: list[str]
+    ) -> list[dict[str, Any]]:
+        return self.run(lambda s: samples.list_samples(
+            s, channel, version, reasons, devices, limit=samples.MAX_LIST))
+
+    def export_samples(
+        self, channel: str, version: str, reasons: list[str], devices: list[str]
+    ) -> tuple[bytes, dict[str, Any]]:
+        found = self.run(lambda s: samples.export(s, channel, version, reasons, devices))
+        return found.npz_bytes(), found.sidecar()
 
     def import_stick(self, path: Path) -> ImportResult:
         cfg = self.config

@@ -8,11 +8,13 @@ bundles are downloaded (and checked against their sha256) on the way to the stic
 
 from __future__ import annotations
 
+import base64
+import io
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from satchel.bundles import plan as stick
 from satchel.bundles.errors import BundleError
@@ -20,9 +22,10 @@ from satchel.bundles.timeutil import now
 from satchel.bundles.trust import load_root
 from satchel.manager import sticks
 from satchel.manager.config import ManagerConfig
-from satchel.manager.errors import InvalidRequestError
+from satchel.manager.errors import InvalidRequestError, RequestTooLargeError
 from satchel.manager.fleet import NewDeployment, NewToken
 from satchel.manager.fleet.http import ApiClient, ApiError
+from satchel.manager.stick_samples import StickSamples
 
 if TYPE_CHECKING:
     from satchel.bundles.keys import SigningKey
@@ -145,10 +148,39 @@ class ApiFleet:
             answer = self.api.send_bytes("/usb/reports", data, path=rel)
             return bool(_field(_document(answer), "recorded"))
 
+        def record_samples(found: StickSamples) -> tuple[int, list[tuple[str, str]]]:
+            stored, refused = 0, []
+            for sha, data in found.found:
+                where = f"/devices/{_segment(found.device_id)}/samples"
+                try:
+                    answer = _document(self.api.upload(where, io.BytesIO(data), len(data)))
+                except (InvalidRequestError, RequestTooLargeError) as e:
+                    refused.append((f"reports/{found.device_id}/samples/{sha}.npz", str(e)))
+                    continue
+                stored += bool(answer.get("stored"))
+            return stored, refused
+
         cfg = self.config
         return sticks.import_reports(
-            path, record_one, cfg.max_reports_per_import, cfg.max_report_bytes
+            path, record_one, cfg.max_reports_per_import, cfg.max_report_bytes,
+            record_samples, cfg.max_sample_bytes,
         )
+
+    def list_samples(
+        self, channel: str | None, version: str | None, reasons: list[str], devices: list[str]
+    ) -> list[dict[str, Any]]:
+        query = _sample_query(channel, version, reasons, devices)
+        return _list(self.api.get("/samples" + query), "samples")
+
+    def export_samples(
+        self, channel: str, version: str, reasons: list[str], devices: list[str]
+    ) -> tuple[bytes, dict[str, Any]]:
+        answer = _document(self.api.get("/samples/export" + _sample_query(
+            channel, version, reasons, devices)))
+        try:
+            return base64.b64decode(answer["npz"], validate=True), _document(answer["meta"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ApiError(f"the manager's export is malformed: {e}") from None
 
 
 class _Downloads:
@@ -185,6 +217,16 @@ def _list(answer: Any, key: str) -> list[Any]:
     if not isinstance(found, list):
         raise ApiError(f"the manager's {key!r} is not a list")
     return found
+
+
+def _sample_query(
+    channel: str | None, version: str | None, reasons: list[str], devices: list[str]
+) -> str:
+    """The query of the samples resources (`reason` and `device` repeat)."""
+    pairs = [("channel", channel), ("version", version)]
+    pairs += [("reason", r) for r in reasons] + [("device", d) for d in devices]
+    wanted = [(k, v) for k, v in pairs if v is not None]
+    return "?" + urlencode(wanted) if wanted else ""
 
 
 def _segment(value: str) -> str:

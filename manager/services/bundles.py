@@ -64,6 +64,8 @@ def add(
         store.commit(spooled)  # discards the upload, or puts back a file that went missing
         return Added(existing, False)
     m = verified.manifest
+    if m.delta_base is not None:  # linked to its full bundle (services/deltas.py)
+        return _add_delta(session, store, spooled, m, now)
     clash = session.scalar(
         sa.select(Bundle).where(
             Bundle.name == m.name,
@@ -100,6 +102,24 @@ def add(
         raise
     store.commit(spooled)
     return Added(bundle, True)
+
+
+def _add_delta(session: so.Session, store: Store, spooled: Any, m: Any, now: datetime) -> Added:
+    from satchel.manager.services import deltas
+
+    view = deltas.as_bundle(session, spooled.sha256)
+    if view is not None:
+        store.commit(spooled)
+        return Added(view, False)
+    try:
+        deltas.link(session, m, spooled.sha256, spooled.size, now)
+    except BaseException:
+        store.discard(spooled)
+        raise
+    store.commit(spooled)
+    view = deltas.as_bundle(session, spooled.sha256)
+    assert view is not None
+    return Added(view, True)
 
 
 def remove(session: so.Session, bundle: Bundle) -> dict[str, Any]:
@@ -139,6 +159,10 @@ def get_by_sha(session: so.Session, sha256: str) -> Bundle:
     if not SHA256_RE.fullmatch(sha256):
         raise InvalidRequestError("a bundle is named by the lowercase hex sha256 of its file")
     bundle = session.scalar(sa.select(Bundle).where(Bundle.sha256 == sha256))
+    if bundle is None:  # a delta bundle: fetched with its full bundle's rights
+        from satchel.manager.services.deltas import as_bundle
+
+        bundle = as_bundle(session, sha256)
     if bundle is None:
         raise NotFoundError(f"no bundle {sha256[:12]}")
     return bundle
@@ -204,6 +228,7 @@ def summary(bundle: Bundle) -> dict[str, Any]:
         "device_classes": m.get("compatibility", {}).get("device_classes", []),
         "runtimes": sorted({model["runtime"] for model in m.get("models", [])}),
         "download_url": download_url(bundle.sha256),
+        **({"delta_base": m["delta_base"]} if m.get("delta_base") else {}),
     }
 
 

@@ -248,11 +248,19 @@ def detail(session: so.Session, device_id: str, events: int = 50) -> dict[str, A
             else {"version": c.active_version, "sequence": c.active_sequence},
             "state": c.state,
             "updated_at": _time(c.updated_at),
+            **staged_activation(device.status, c.channel),
         }
         for c in channels
     }
     out["events"] = [event_dict(e) for e in recent_events(session, device_id, events)]
     return out
+
+
+def staged_activation(status: dict[str, Any] | None, channel: str) -> dict[str, Any]:
+    """A channel's `stage` and `candidate` (SPEC "Staged activation") as its last status
+    said, checked at the check-in (`checkin/parse.py`); an older agent reports neither."""
+    reported = ((status or {}).get("channels") or {}).get(channel) or {}
+    return {"stage": reported.get("stage") or "", "candidate": reported.get("candidate")}
 
 
 def recent_events(session: so.Session, device_id: str, limit: int = 100) -> list[Event]:

@@ -40,10 +40,10 @@ def configure(app: App) -> None:
     if not isinstance(web, WebConfig):
         web = app.config[CONFIG_KEY] = WebConfig()
     if not app.config.get("SECRET_KEY"):
-        data_dir = app.extensions[EXTENSION].config.data_dir
-        try:
+        st = app.extensions[EXTENSION]
+        try:  # in the database: every manager process, on any host, signs with one key
             app.config["SECRET_KEY"] = secret.load_or_create(
-                data_dir / web.secret_file, web.secret_bytes
+                st.db, web.secret_bytes, legacy_file=st.config.data_dir / web.secret_file
             )
         except SessionKeyError as e:
             # the API must still serve; logins then last only as long as this process

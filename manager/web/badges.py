@@ -69,6 +69,15 @@ BADGES: dict[str, Badge] = {
     events.TRUST_UPDATE_REFUSED: Badge("Trust update refused", BAD),
     events.TRUST_UPDATE_FAILED: Badge("Trust update failed", WARN),
     events.EVENTS_DROPPED: Badge("Events dropped", WARN),
+    # staged activation (SPEC "Staged activation"): events, and a channel's stage
+    events.SHADOW_STARTED: Badge("Shadow started", INFO),
+    events.SHADOW_PASSED: Badge("Shadow passed", GOOD),
+    events.SHADOW_FAILED: Badge("Refused in shadow", BAD),
+    events.RAMP_STEP: Badge("Ramp step", INFO),
+    events.RAMP_FAILED: Badge("Ramp failed", BAD),
+    events.RAMP_COMPLETED: Badge("Ramp completed", GOOD),
+    "shadow": Badge("In shadow", INFO),
+    "ramp": Badge("Ramping", INFO),
     # a deployment and its targets (manager/services/deployments)
     deployment.PAUSED: Badge("Paused", WARN),
     deployment.HALTED: Badge("Halted", BAD),

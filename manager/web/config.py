@@ -17,7 +17,8 @@ CONFIG_KEY = "SATCHEL_WEB"
 class WebConfig:
     session_lifetime_s: int = 12 * 3600  # seconds a login lasts
     session_cookie: str = "satchel_session"  # name of the session cookie
-    secret_file: str = "web-session.key"  # file in the data dir holding the session key
+    secret_file: str = "web-session.key"  # a session key file an older manager left in the
+    #                                        data dir: copied into the database once
     secret_bytes: int = 32  # bytes of a new session signing key
     lan_stale_polls: float = 5.0  # poll intervals without a check-in before a LAN device is
     #                               "not seen recently"

@@ -10,6 +10,7 @@ from satchel.bundles.timeutil import now
 from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
 from satchel.manager.services import deployments
+from satchel.manager.services.dashboard.activation import deployment_stages
 from satchel.manager.services.dashboard.deployments import deployments_page, wave_line
 from satchel.manager.web import bp, forms
 from satchel.manager.web.common import done, page_arg, refused, run
@@ -82,6 +83,10 @@ def deployment(deployment_id: int) -> str:
     """Waves with progress, the reason it halted, every device's progress (paged)."""
     t = now()
     found = run(lambda s: deployments.status(s, deployment_id, t))
+    bundle = found["bundle"]
+    stages = run(
+        lambda s: deployment_stages(s, bundle["name"], bundle["sequence"], found["targets"])
+    )
     size = web_config().page_size
     targets = found["targets"]
     pages = max(1, -(-len(targets) // size))
@@ -94,6 +99,7 @@ def deployment(deployment_id: int) -> str:
         page=page,
         pages=pages,
         in_progress=IN_PROGRESS,
+        stages=stages,
     )
 
 

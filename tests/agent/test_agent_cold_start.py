@@ -27,7 +27,7 @@ def write_modules():
     with open(os.environ["PROBE_MODULES"], "w") as f:
         json.dump(sorted(sys.modules), f)
 atexit.register(write_modules)
-from satchel.agent.cli import main
+from satchel.agent.quickstatus import main
 sys.argv = ["satchel-agent", *json.loads(os.environ["PROBE_ARGS"])]
 main()
 """
@@ -77,6 +77,23 @@ def test_status_and_history_load_no_runtime_client_or_server(tmp_path, installed
     assert offenders(modules, READ_ONLY + BUNDLE_FORMAT) == []
 
 
+# What the console entry point's fast path (agent.quickstatus) answers `status` and `history`
+# with: the interpreter, json, os and datetime; not even click or the agent's own modules.
+FULL_CLI = ["click", "satchel.agent.cli", "satchel.agent.config", "satchel.agent.state",
+            "satchel.agent.install", "satchel.bundles", "dataclasses", "logging", "typing"]
+
+
+@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["history"],
+                                  ["history", "--json", "--limit", "5", "--channel", "kws"]],
+                         ids=["status", "status-json", "history", "history-json"])
+def test_status_and_history_of_a_clean_device_load_only_the_fast_path(tmp_path, installed,
+                                                                      args):
+    modules, done = loaded_by(tmp_path, "--state-dir", str(installed.state_dir), *args)
+
+    assert done.returncode == 0, done.stderr
+    assert offenders(modules, READ_ONLY + BUNDLE_FORMAT + FULL_CLI) == []
+
+
 def test_rollback_loads_no_runtime_client_or_server(tmp_path, installed):
     modules, done = loaded_by(tmp_path, "--state-dir", str(installed.state_dir),
                               "rollback", "kws")
@@ -93,6 +110,11 @@ def test_install_of_an_onnx_bundle_loads_onnxruntime_only(tmp_path, device, make
     assert done.returncode == 0, done.stderr
     assert "onnxruntime" in modules  # the smoke test ran on the real runtime
     assert offenders(modules, HTTP_CLIENT + SERVER + ["ai_edge_litert", "tflite_runtime"]) == []
+    # Nor what it can do without (issue 14): the agent's version is read without
+    # importlib.metadata (~25 ms), keys are raw (no PEM/SSH modules), timestamps are parsed
+    # without _strptime, and TOML only when a settings file is there.
+    assert offenders(modules, ["importlib.metadata", "_strptime", "tomllib",
+                               "cryptography.hazmat.primitives.serialization"]) == []
 
 
 def test_usb_loads_no_http_client_or_server(tmp_path, device):

@@ -26,6 +26,8 @@ def test_install_activates_a_verified_smoke_tested_release(device, make_bundle):
             "active": {"version": "1.0.0", "sequence": 5},
             "releases": [{"version": "1.0.0", "sequence": 5}],
             "state": "probation",  # just activated: its health is being watched
+            "stage": "probation",
+            "candidate": None,  # no release judged in shadow or ramp (agent.staging)
         }},
     }
     device.verify_active()

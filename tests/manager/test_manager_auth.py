@@ -67,6 +67,9 @@ def _rows(fleet: Fleet, device: SimDevice, sha: str, dep: int) -> list[tuple[str
         ("POST", "/api/v1/tokens/999999/revoke", None, "admin"),
         ("POST", "/api/v1/usb/plan", {}, "admin"),
         ("POST", "/api/v1/usb/reports?path=reports/x/y.json", b"{}", "admin"),
+        ("POST", f"/api/v1/devices/{d}/samples", b"not a capture", "own"),
+        ("GET", "/api/v1/samples", None, "admin"),
+        ("GET", "/api/v1/samples/export?channel=vision&version=1.0.0", None, "admin"),
         ("DELETE", f"/api/v1/bundles/{sha}", None, "admin"),  # kept by a deployment: 409
         ("DELETE", f"/api/v1/devices/{d}", None, "admin"),
     ]

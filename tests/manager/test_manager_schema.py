@@ -31,6 +31,8 @@ TABLES = {
     "deployment_targets",
     "events",
     "usb_reports",
+    "manager_secrets",
+    "samples",
 }
 
 

@@ -21,6 +21,7 @@ from satchel.manager.models import (
     UsbReport,
 )
 from satchel.manager.services import devices
+from satchel.manager.services.dashboard.activation import CandidateView, candidate_view
 from satchel.manager.services.dashboard.classify import (
     classify,
     device_row,
@@ -74,6 +75,8 @@ class ChannelView:
     samples: tuple[HealthSample, ...]  # oldest first
     rollbacks: tuple[RollbackMark, ...]  # oldest first
     release_health: tuple[ReleaseHealth, ...] = ()  # samples by release, the rollbacks' too
+    stage: str = ""  # "shadow" | "ramp" | "probation" | "active" ("" from older agents)
+    candidate: CandidateView | None = None  # a release in its shadow stage or ramp
 
 
 @dataclass(frozen=True)
@@ -279,6 +282,8 @@ def device_page(
                 release_health=by_release(
                     channel_samples, rollbacks, _reported_versions(status, name)
                 ),
+                stage=devices.staged_activation(status, name)["stage"],
+                candidate=candidate_view(status, name),
             )
         )
     usb = session.scalars(

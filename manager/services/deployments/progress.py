@@ -38,6 +38,9 @@ class ChannelReport:
     active_version: str | None
     active_sequence: int | None
     state: str
+    stage: str = ""  # "shadow" | "ramp" | "probation" | "active" ("" from older agents)
+    candidate_sequence: int | None = None  # a release in its shadow stage or ramp
+    kept: tuple[int, ...] = ()  # sequences of the releases it keeps (bases for a delta)
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ def _progress(
             if breach:
                 return ACTIVATED, breach
             return SUCCEEDED, None
+        if channel.candidate_sequence == bundle.sequence:
+            return state, reason  # in its shadow stage or ramp: not active, not failed yet
         if current in (ACTIVATED, SUCCEEDED):
             return FAILED, f"device went back to sequence {channel.active_sequence}"
     return state, reason

@@ -19,7 +19,8 @@ def get(session: so.Session, deployment_id: int, lock: bool = False) -> Deployme
     """Raises NotFoundError. With `lock`, the row is locked until the transaction ends."""
     query = sa.select(Deployment).where(Deployment.id == deployment_id)
     if lock:
-        query = query.with_for_update(of=Deployment)
+        # populate_existing: a row this session read before is refreshed to the locked one
+        query = query.with_for_update(of=Deployment).execution_options(populate_existing=True)
     dep = session.scalar(query)
     if dep is None:
         raise NotFoundError(f"no deployment {deployment_id}")

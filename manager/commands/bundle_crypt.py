@@ -1,0 +1,79 @@
+"""`satchel bundle rewrap|decrypt`: give an encrypted bundle to more devices without
+re-signing it, and decrypt one as a device would (docs/ENCRYPTION.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from satchel.bundles.timeutil import utcnow
+from satchel.manager.commands.common import echo_json, refusals_exit_1
+from satchel.manager.errors import UsageError
+from satchel.manager.keydir import read_root
+
+_IDENTITY = click.Path(dir_okay=False, exists=True, path_type=Path)
+
+
+@click.command("rewrap")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--identity", "identities", multiple=True, required=True, type=_IDENTITY,
+              help="An X25519 private key the bundle is already wrapped for (the manager's "
+              "recipient key). Repeatable.")
+@click.option("--to", "add", multiple=True, metavar="[NAME=]PUBKEY",
+              help="Also wrap the data key for this recipient's X25519 public key. Repeatable.")
+@click.option("--remove", multiple=True, metavar="NAME|FINGERPRINT",
+              help="No longer wrap it for this recipient (future copies only). Repeatable.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@refusals_exit_1
+def rewrap_cmd(file: Path, identities: tuple[Path, ...], add: tuple[str, ...],
+               remove: tuple[str, ...], output: Path, as_json: bool) -> None:
+    """Wrap an encrypted bundle's data key for more (or fewer) recipients, writing a copy.
+
+    Only keys.json changes: the signed manifest and the encrypted payloads are copied byte
+    for byte, so no signing key is needed and the signatures still hold.
+    """
+    from satchel.bundles.cryptbundle import rewrap_bundle
+    from satchel.bundles.durable import atomic_writer
+    from satchel.bundles.recipients import load_identity, load_recipient
+
+    if not add and not remove:
+        raise UsageError("nothing to do: give --to RECIPIENT or --remove NAME")
+    if output.resolve() == file.resolve():
+        raise UsageError("write the re-wrapped bundle to another file (-o)")
+    keys = [load_identity(p) for p in identities]
+    recipients = [load_recipient(a) for a in add]
+    with atomic_writer(output) as out:
+        manifest, key_file = rewrap_bundle(file, out, keys, recipients, remove)
+    if as_json:
+        echo_json({"output": str(output), "name": manifest.name, "version": manifest.version,
+                   "recipients": [{"name": s.recipient, "fingerprint": s.fingerprint}
+                                  for s in key_file.stanzas]})
+        return
+    click.echo(f"re-wrapped {manifest.name} {manifest.version} into {output}: recipients "
+               + ", ".join(key_file.names))
+
+
+@click.command("decrypt")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--trust", required=True, type=click.Path(dir_okay=False, exists=True,
+                                                         path_type=Path),
+              help="root.json: the trust root to verify against first.")
+@click.option("--identity", "identities", multiple=True, required=True, type=_IDENTITY,
+              help="An X25519 private key the bundle is wrapped for. Repeatable.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="An empty or new folder for the decrypted payload files (mode 0600).")
+@refusals_exit_1
+def decrypt_cmd(file: Path, trust: Path, identities: tuple[Path, ...], output: Path) -> None:
+    """Verify an encrypted bundle, then decrypt and decompress its payloads into a folder,
+    checking every hash as a device does."""
+    from satchel.bundles.reader import verify_and_unpack
+    from satchel.bundles.recipients import load_identity
+
+    root = read_root(trust)
+    keys = [load_identity(p) for p in identities]
+    output.mkdir(parents=True, exist_ok=True, mode=0o700)
+    verified = verify_and_unpack(file, root, output, utcnow(), identities=keys, fsync=False)
+    m = verified.manifest
+    click.echo(f"decrypted {m.name} {m.version}: {len(m.files)} payload(s) into {output}")

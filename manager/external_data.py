@@ -1,0 +1,266 @@
+"""Store a large single-file ONNX model's weights as ONNX external data, for the bundle.
+
+onnxruntime copies the weights of a single-file model out of its protobuf (peak: the model
+twice in memory, at build, install and serving alike), but maps an external data file and
+uses its pages in place. So the build ships a single-file model above a size
+(`BuildDefaults.external_data_min_bytes`) as `model.onnx` (the graph) + `model.onnx.data`
+(every large initializer's bytes, each at an aligned offset), as SPEC "Samples" allows: the
+weights are bit for bit the same, the bundle lists and hashes both files, and the device
+loads them from one folder (issue 14).
+
+The rewrite streams the protobuf wire format over a memory map (as `onnx_graph` reads it):
+each initializer of the main graph whose `raw_data` is large enough becomes the same tensor
+with `data_location: EXTERNAL` and `external_data` {location, offset, length}; every other
+byte is copied as it was. Initializers in subgraphs or held as typed fields stay inline;
+a model this cannot rewrite plainly (a graph field given twice, tensors already external)
+is shipped as it came.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from satchel.manager.onnx_graph import OnnxFormatError, read_graph_summary
+
+DATA_FILE = "model.onnx.data"  # beside model.onnx in the bundle
+TENSOR_MIN_BYTES = 1024  # initializers smaller than this stay inline (as onnx's own default)
+ALIGNMENT = 64 * 1024  # offset of each tensor in the data file: a multiple of the largest
+# page and mapping granularity in use, so onnxruntime can map each tensor in place
+_COPY_BYTES = 8 * 1024 * 1024  # copied per step from the model to the data file
+
+_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
+_MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
+_TENSOR_SEGMENT, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 3, 9, 13, 14
+_LOCATION_EXTERNAL = 1
+_ENTRY_KEY, _ENTRY_VALUE = 1, 2
+
+
+@dataclass(frozen=True)
+class Externalized:
+    """What the rewrite wrote."""
+
+    model: Path  # the graph, with every moved tensor pointing into `data`
+    data: Path
+    tensors: int  # initializers moved to the data file
+    data_bytes: int  # their bytes (the data file is larger by the alignment padding)
+
+
+@dataclass(frozen=True)
+class _Move:
+    field_start: int  # the initializer field (key, length, content) in the source
+    start: int  # its content
+    end: int
+    raw_start: int  # its raw_data's content
+    raw_end: int
+
+
+@dataclass(frozen=True)
+class _Field:
+    number: int
+    wire: int
+    field_start: int  # where its key begins
+    start: int  # its content (length-delimited), its value's bytes (others)
+    end: int
+
+
+def externalize(source: Path, folder: Path, *, tensor_min_bytes: int = TENSOR_MIN_BYTES,
+                alignment: int = ALIGNMENT) -> Externalized | None:
+    """Write `folder/model.onnx` and `folder/model.onnx.data` from the single-file model at
+    `source`; None (nothing written) when no initializer is worth moving or the model is not
+    one this rewrites plainly. The files are the build's own, read back at once: not fsync'd.
+    Raises OSError, OnnxFormatError."""
+    with open(source, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                return _externalize(view, f, folder, tensor_min_bytes, alignment)
+            finally:
+                view.release()
+
+
+def _externalize(data: memoryview, source: BinaryIO, folder: Path, tensor_min_bytes: int,
+                 alignment: int) -> Externalized | None:
+    graphs = [f for f in _fields(data, 0, len(data))
+              if f.number == _MODEL_GRAPH and f.wire == _LENGTH]
+    if len(graphs) != 1:
+        return None  # no graph, or one given in parts that protobuf merges: leave it be
+    graph_key, graph_start, graph_end = graphs[0].field_start, graphs[0].start, graphs[0].end
+    moves = list(_moves(data, graph_start, graph_end, tensor_min_bytes))
+    if not moves:
+        return None
+    offsets, offset = [], 0
+    for move in moves:
+        offset = -(-offset // alignment) * alignment
+        offsets.append(offset)
+        offset += move.raw_end - move.raw_start
+    tensors = [_external_tensor(data, move, at) for move, at in zip(moves, offsets, strict=True)]
+    graph_len = (graph_end - graph_start) + sum(
+        len(new) - (m.end - m.field_start) for m, new in zip(moves, tensors, strict=True))
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, data_path = folder / "model.onnx", folder / DATA_FILE
+    with open(model_path, "wb") as out:
+        out.write(data[:graph_key])
+        out.write(_key(_MODEL_GRAPH, _LENGTH) + _varint(graph_len))
+        pos = graph_start
+        for move, tensor in zip(moves, tensors, strict=True):
+            out.write(data[pos:move.field_start])
+            out.write(tensor)
+            pos = move.end
+        out.write(data[pos:])
+    with open(data_path, "wb") as out:
+        for move, at in zip(moves, offsets, strict=True):
+            _copy(data, source, out, move.raw_start, move.raw_end, at)
+    moved = sum(m.raw_end - m.raw_start for m in moves)
+    return Externalized(model_path, data_path, len(moves), moved)
+
+
+def _copy(data: memoryview, source: BinaryIO, out: BinaryIO, start: int, end: int,
+          at: int) -> None:
+    """data[start:end] to `out` at offset `at`: in the kernel where it can (the weights' pages
+    never enter this process), else through the memory map."""
+    out.seek(at)
+    while start < end:
+        step = min(_COPY_BYTES, end - start)
+        try:
+            done = os.copy_file_range(source.fileno(), out.fileno(), step, start)
+        except (AttributeError, OSError):
+            done = 0
+        if done <= 0:
+            out.write(data[start:start + step])
+            done = step
+        start += done
+    out.flush()
+
+
+def _moves(data: memoryview, start: int, end: int, tensor_min_bytes: int) -> Iterator[_Move]:
+    """The main graph's initializers whose raw_data moves to the data file, in file order."""
+    for initializer in _fields(data, start, end):
+        if initializer.number != _GRAPH_INITIALIZER or initializer.wire != _LENGTH:
+            continue
+        raw: tuple[int, int] | None = None
+        plain = True
+        for f in _fields(data, initializer.start, initializer.end):
+            if f.number == _TENSOR_RAW_DATA and f.wire == _LENGTH:
+                plain = plain and raw is None  # raw_data given twice: the last wins; leave it
+                raw = (f.start, f.end)
+            elif f.number in (_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _TENSOR_SEGMENT):
+                plain = False
+        if plain and raw is not None and raw[1] - raw[0] >= tensor_min_bytes:
+            yield _Move(initializer.field_start, initializer.start, initializer.end, *raw)
+
+
+def _external_tensor(data: memoryview, move: _Move, offset: int) -> bytes:
+    """The initializer field with its raw_data replaced by a pointer into the data file."""
+    body = bytearray()
+    for f in _fields(data, move.start, move.end):
+        if not (f.number == _TENSOR_RAW_DATA and f.wire == _LENGTH):
+            body += data[f.field_start:f.end]  # every other field, byte for byte
+    for key, value in (("location", DATA_FILE), ("offset", str(offset)),
+                       ("length", str(move.raw_end - move.raw_start))):
+        entry = _bytes_field(_ENTRY_KEY, key.encode()) + _bytes_field(_ENTRY_VALUE,
+                                                                       value.encode())
+        body += _bytes_field(_TENSOR_EXTERNAL_DATA, entry)
+    body += _key(_TENSOR_DATA_LOCATION, _VARINT) + _varint(_LOCATION_EXTERNAL)
+    return _bytes_field(_GRAPH_INITIALIZER, bytes(body))
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _varint(number << 3 | wire)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _bytes_field(number: int, content: bytes) -> bytes:
+    return _key(number, _LENGTH) + _varint(len(content)) + content
+
+
+def _fields(data: memoryview, pos: int, end: int) -> Iterator[_Field]:
+    """Every field of the message in data[pos:end] (as onnx_graph._fields reads them, with
+    where each one begins, fixed-width ones included)."""
+    while pos < end:
+        field_start = pos
+        key, pos = _read_varint(data, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise OnnxFormatError(f"field number 0 at byte {pos}")
+        if wire == _VARINT:
+            start = pos
+            _, pos = _read_varint(data, pos, end)
+        elif wire == _LENGTH:
+            length, start = _read_varint(data, pos, end)
+            pos = start + length
+        elif wire in (_FIXED64, _FIXED32):
+            start, pos = pos, pos + (8 if wire == _FIXED64 else 4)
+        else:
+            raise OnnxFormatError(f"wire type {wire} of field {number} is not valid")
+        if pos > end:
+            raise OnnxFormatError(f"field {number} runs past the end of its message")
+        yield _Field(number, wire, field_start, start, pos)
+
+
+def _read_varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise OnnxFormatError("a truncated or overlong varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+        shift += 7
+
+
+@contextmanager
+def shipped_model(model: Path, min_bytes: int, work_dir: Path) -> Iterator[Path]:
+    """The model file to build from: `model` itself, or, when it is a single-file ONNX model
+    larger than `min_bytes`, the same model with its weights as external data, written to a
+    temporary folder in `work_dir` and removed on leaving. A model that cannot be rewritten
+    (or read: the build then says why) is built as it is."""
+    if not _worth_externalizing(model, min_bytes):
+        yield model
+        return
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f".{model.stem}.", suffix=".external",
+                                       dir=work_dir))
+    except OSError:
+        yield model
+        return
+    try:
+        try:
+            done = externalize(model, folder)
+        except (OSError, OnnxFormatError):
+            done = None
+        yield done.model if done is not None else model
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _worth_externalizing(model: Path, min_bytes: int) -> bool:
+    try:
+        if model.suffix.lower() != ".onnx" or model.stat().st_size <= min_bytes:
+            return False
+        return not read_graph_summary(model).external_locations  # already split: as it is
+    except (OSError, OnnxFormatError):
+        return False
