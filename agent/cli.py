@@ -6,7 +6,9 @@ A technician waits for every command, so each one imports what it uses inside it
 `status`, `history` and `rollback` load neither numpy nor a runtime, no command but `enroll`
 and `run` loads the HTTP client, only `run` loads the inference server, and `install` loads
 the one runtime its bundle names, for the smoke test (issue 14;
-tests/agent/test_agent_cold_start.py holds each command to its list).
+tests/agent/test_agent_cold_start.py holds each command to its list). The console entry point
+(agent/quickstatus.py) answers a plain `status` or `history` of a clean device before this
+module is even imported; what it prints must stay byte for byte what these commands print.
 """
 
 from __future__ import annotations
@@ -131,8 +133,8 @@ def main(ctx: click.Context, state_dir: Path, config_file: Path | None, log_leve
 @refusals_exit_1
 def init(obj: CliContext, trust: Path, device_id: str, device_class: str,
          no_trusted_clock: bool, decryption_keys: tuple[Path, ...], as_json: bool) -> None:
-    """Set up this device: trust root, its own Ed25519 key, its X25519 decryption key, id,
-    class, CPU architecture."""
+    """Set up this device: trust root, its own Ed25519 key (which encrypted bundles are also
+    wrapped for), id, class, CPU architecture."""
     from satchel.agent.provision import init_device
 
     identity = init_device(obj.state_dir, trust.read_bytes(), device_id, device_class,
@@ -152,12 +154,12 @@ def init(obj: CliContext, trust: Path, device_id: str, device_class: str,
 
 
 def _echo_recipient(state_dir: Path, device_id: str) -> None:
-    from satchel.agent.install.decrypt import DEVICE_PUB, device_recipient, key_dir
+    from satchel.agent.install.decrypt import device_recipient
 
     recipient = device_recipient(state_dir, device_id)
-    click.echo(f"decryption key {key_dir(state_dir) / DEVICE_PUB} (fingerprint "
-               f"{recipient.fingerprint}); encrypt bundles to it with: satchel bundle build "
-               f"--encrypt-to {device_id}=device.pub ...")
+    click.echo(f"encrypted bundles are wrapped for the same key (X25519 fingerprint "
+               f"{recipient.fingerprint}): satchel bundle build --encrypt-to "
+               f"{device_id}=device.pub ...")
 
 
 @main.command(name="recipient")
@@ -168,8 +170,9 @@ def _echo_recipient(state_dir: Path, device_id: str) -> None:
 @click.pass_obj
 @refusals_exit_1
 def recipient_command(obj: CliContext, add: Path | None, as_json: bool) -> None:
-    """Print this device's X25519 public key (PEM), the one encrypted bundles are wrapped
-    for, and the fingerprints of every decryption key it holds. Private keys never leave."""
+    """Print this device's X25519 public key (PEM; its Ed25519 device key converted), the one
+    encrypted bundles are wrapped for, and the fingerprints of every decryption key it holds.
+    Private keys never leave."""
     from satchel.agent.install.decrypt import add_key, device_recipient, load_identities
     from satchel.agent.state import DeviceState
 
@@ -177,7 +180,7 @@ def recipient_command(obj: CliContext, add: Path | None, as_json: bool) -> None:
     own = device_recipient(obj.state_dir, identity.device_id)
     if add is not None:
         add_key(obj.state_dir, add)
-    held = [i.recipient for i in load_identities(obj.state_dir)]
+    held = [i.recipient for i in load_identities(obj.state_dir, identity.device_id)]
     if as_json:
         _echo_json({"device_id": identity.device_id, "public_key": own.to_pem().decode(),
                     "fingerprint": own.fingerprint,
@@ -185,7 +188,8 @@ def recipient_command(obj: CliContext, add: Path | None, as_json: bool) -> None:
         return
     click.echo(own.to_pem().decode().rstrip())
     for r in held:
-        click.echo(f"holds {r.name} (fingerprint {r.fingerprint})")
+        name = f"{identity.device_id}, its own key," if r.fingerprint == own.fingerprint else r.name
+        click.echo(f"holds {name} (fingerprint {r.fingerprint})")
 
 
 @main.command(name="install")
@@ -221,9 +225,15 @@ def install_command(obj: CliContext, bundle: Path, as_json: bool) -> None:
             "version": release.version,
             "sequence": release.sequence,
             "previous": result.previous,
+            "stage": result.stage,  # "shadow"/"ramp": judged on field requests, not active yet
             "report": result.report.to_dict(),
             "seconds": {phase: round(s, 6) for phase, s in result.seconds.items()},
         })
+        return
+    if result.stage is not None:
+        click.echo(f"staged {release.channel} {release.version} (sequence {release.sequence})"
+                   f" in {result.stage} beside {result.previous}, which stays active until it"
+                   f" passes; smoke test passed: {result.report.summary()}")
         return
     was = f", replacing {result.previous}" if result.previous else ""
     click.echo(f"activated {release.channel} {release.version} (sequence {release.sequence})"

@@ -48,10 +48,10 @@ def init_device(
     atomic_write_bytes(layout.device_key, key.to_pem(), KEY_MODE)
     atomic_write_bytes(layout.device_pub, key.public.to_pem())
     atomic_write_bytes(layout.trust, trust)
-    # The X25519 key encrypted bundles are wrapped for, and any class or fleet keys given.
-    from satchel.agent.install.decrypt import add_key, device_recipient
+    # Class or fleet keys that encrypted bundles may be wrapped for (the device's own is its
+    # device key, converted: agent/install/decrypt.py).
+    from satchel.agent.install.decrypt import add_key
 
-    device_recipient(state_dir, device_id)
     for path in decryption_keys:
         add_key(state_dir, path)
     if not layout.channels.is_dir():

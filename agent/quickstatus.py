@@ -72,6 +72,8 @@ def quick(argv: list[str]) -> int | None:
 
 def answer(argv: list[str], environ: Any) -> str | None:
     """What the command prints for `argv`, or None when the full command line must answer."""
+    if any(k.startswith("_") and k.endswith("_COMPLETE") for k in environ):
+        return None  # click's shell completion (`_SATCHEL_AGENT_COMPLETE=bash_source`)
     try:
         state_dir, command, options = _parse(argv, environ)
         _check_clean(state_dir)
@@ -241,6 +243,15 @@ def _channel_state(state_dir: str, channel: str, record: dict[str, Any]) -> str:
     return STATE_PROBATION if on_probation else STATE_ACTIVE
 
 
+def _decline_variants(state_dir: str, channel: str, record: dict[str, Any]) -> None:
+    """Decline a channel whose active release has variants: their fields (which one runs, and
+    why) are the full command's (agent/variants/status.py)."""
+    manifest = _read_json(os.path.join(state_dir, "channels", channel, "releases",
+                                       record["releases"][0]["name"], "manifest.json"))
+    if not isinstance(manifest, dict) or "variants" in manifest:
+        raise Decline
+
+
 # --- the answers (as agent.cli prints them) --------------------------------------------------
 
 
@@ -266,6 +277,7 @@ def _status_text(state_dir: str, *, as_json: bool) -> str:
         if not os.path.isfile(os.path.join(root, channel, "channel.json")):
             continue
         record = _record(state_dir, channel)
+        _decline_variants(state_dir, channel, record)
         state = _channel_state(state_dir, channel, record)
         channels[channel] = {
             "active": {"version": record["releases"][0]["version"],

@@ -28,6 +28,8 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "install": ("bench.bench_install", [], ["--hidden", "12500", "--rounds", "1"]),
     "coldstart": ("bench.bench_coldstart", [], ["--rounds", "3"]),
     "hotswap": ("bench.bench_hotswap", [], []),
+    "variants": ("bench.bench_variants", [], ["--requests", "500", "--picks", "5000",
+                                              "--switches", "6"]),
     "staging": ("bench.bench_staging", [], ["--seconds", "2", "--phases", "2", "--repeats", "2"]),
     "serving": ("bench.bench_serving", [], ["--seconds", "4"]),
     "checkin-postgres": ("bench.bench_checkin", ["--db", "postgres", "--devices", "100000"],
@@ -297,6 +299,34 @@ def render_hotswap(r: dict[str, Any]) -> list[str]:
                 f"{_f(v['overhead_median_us'], 0)} us | {_f(v['overhead_p95_us'], 0)} us |"
             )
     return lines
+
+
+def render_variants(r: dict[str, Any]) -> list[str]:
+    p, rt, sw, m = r["pick"], r["round_trip"], r["switches"], r.get("machine", {})
+    lines = [
+        "## Variants: choosing the model per request, switching by device state (issue 20)",
+        "",
+        "`python -m bench.bench_variants`: one channel without variants and one with two "
+        "(its default the same model), requests interleaved in the same run.",
+        "",
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| choosing by device state, server side | {_f(p['state_only']['median_ns'], 0)} ns "
+        "(median) | |",
+        f"| choosing by max_latency_ms and accuracy_level | {_f(p['both']['median_ns'], 0)} ns "
+        "(median) | |",
+        f"| round trip, no variants | {_f(rt['no_variants']['median_us'], 0)} us (median) | |",
+        f"| round trip, variants by state | {_f(rt['variants_by_state']['median_us'], 0)} us "
+        f"({_f(rt['variants_by_state']['over_no_variants_median_us'], 0)} us more) | |",
+        f"| round trip, variants by request | {_f(rt['variants_by_request']['median_us'], 0)} us "
+        f"({_f(rt['variants_by_request']['over_no_variants_median_us'], 0)} us more) | |",
+        f"| failed requests during {sw['switches']} switches | **{sw['failed']}** of "
+        f"{sw['requests']} | 0 |",
+        f"| longest pause between responses, switching | {_f(sw['longest_gap_ms'], 1)} ms (no "
+        f"switch: {_f(sw['baseline_no_switch']['longest_gap_ms'], 1)} ms) | |",
+    ]
+    return lines + ["", f"Machine: idle {_idle(m)}, others took {m.get('others_share', '?')} "
+                        "of the CPUs."]
 
 
 def render_serving(r: dict[str, Any]) -> list[str]:
@@ -596,6 +626,7 @@ RENDERERS = {
     "install": render_install,
     "coldstart": render_coldstart,
     "hotswap": render_hotswap,
+    "variants": render_variants,
     "serving": render_serving,
     "checkin-postgres": render_checkin,
     "checkin-sqlite": render_checkin,

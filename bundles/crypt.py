@@ -201,7 +201,9 @@ def unlock(
             s.fingerprint, i.fingerprint)
     ]
     if not mine:
-        names = ", ".join(keys.names[:8]) + (", ..." if len(keys.names) > 8 else "")
+        shown = [n if len(n) <= 40 else n[:39] + "~" for n in keys.names[:5]]
+        names = ", ".join(shown) + (f", ... ({len(keys.names)} in all)"
+                                    if len(keys.names) > 5 else "")
         raise NotARecipientError(
             f"{what} is encrypted for other devices (recipients: {names}), not for {who}"
         )

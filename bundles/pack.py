@@ -188,7 +188,7 @@ class BundleBody:
         header_at = self._file.tell()
         self._file.write(b"\0" * BLOCK)
         chunks = ChunkHasher(self._chunk_size) if self._chunk_size else None
-        sink = _HashingSink(self._file, chunks)  # type: ignore[arg-type]
+        sink = _HashingSink(self._file, chunks)
         sealer = self._encryption.sealer(path, sink) if self._encryption is not None else None
         with open(frame, "rb") as src:
             while data := src.read(self._options.chunk_bytes):

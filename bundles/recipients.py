@@ -1,8 +1,10 @@
 """Recipients of encrypted bundles: X25519 key pairs in PEM files (docs/ENCRYPTION.md).
 
-A recipient is an X25519 public key: a device's own (`satchel-agent init` makes it), a device
-class's or a fleet's (`satchel keys recipient init NAME`), or the manager's, which lets the
-manager re-wrap a bundle for devices enrolled later. Its fingerprint is the lowercase hex of
+A recipient is an X25519 public key: a device's own, which is its Ed25519 device key (made by
+`satchel-agent init`, sent at enrollment, given to `satchel device add`) converted to X25519
+as age does with ssh-ed25519 keys, so the manager knows every device's recipient already; a
+device class's or a fleet's (`satchel keys recipient init NAME`); or the manager's, which lets
+the manager re-wrap a bundle for devices enrolled later. Its fingerprint is the lowercase hex of
 the first 16 bytes of the sha256 of the raw 32-byte public key, so `openssl pkey -pubin
 -outform DER | tail -c 32 | sha256sum` recomputes it.
 
@@ -64,14 +66,20 @@ class Recipient:
 
     @classmethod
     def from_pem(cls, name: str, data: bytes) -> Recipient:
-        """Load a PEM X25519 public key. Raises KeyFileError."""
+        """Load a PEM X25519 public key, or a device's Ed25519 public key (its `device.pub`),
+        converted. Raises KeyFileError."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             key = serialization.load_pem_public_key(data)
         except ValueError as e:
             raise KeyFileError(f"recipient {name}: not a PEM public key") from e
+        raw_format = serialization.PublicFormat.Raw
+        if isinstance(key, Ed25519PublicKey):
+            return device_recipient_of(name, key.public_bytes(_RAW, raw_format))
         if not isinstance(key, X25519PublicKey):
-            raise KeyFileError(f"recipient {name}: the public key is not X25519")
-        return cls(check_name(name), key.public_bytes(_RAW, serialization.PublicFormat.Raw))
+            raise KeyFileError(f"recipient {name}: the public key is neither X25519 nor Ed25519")
+        return cls(check_name(name), key.public_bytes(_RAW, raw_format))
 
 
 @dataclass(frozen=True)
@@ -107,9 +115,16 @@ class Identity:
         try:
             key = serialization.load_pem_private_key(data, password=None)
         except (ValueError, TypeError) as e:
-            raise KeyFileError(f"identity {name}: not an unencrypted PEM private key") from e
+            raise KeyFileError(
+                f"identity {name}: not an unencrypted PEM private key (give NAME.key, not "
+                "NAME.pub)"
+            ) from e
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        if isinstance(key, Ed25519PrivateKey):  # a device key: its X25519 twin
+            return device_identity_of(name, data)
         if not isinstance(key, X25519PrivateKey):
-            raise KeyFileError(f"identity {name}: the private key is not X25519")
+            raise KeyFileError(f"identity {name}: the private key is neither X25519 nor Ed25519")
         return cls(check_name(name), key)
 
 
@@ -146,3 +161,51 @@ def load_identity(path: Path, name: str | None = None) -> Identity:
     except OSError as e:
         raise KeyFileError(f"cannot read private key {path}: {e.strerror}") from e
     return Identity.from_pem(name or name_of(path), data)
+
+
+# --- a device's recipient is its Ed25519 device key, converted (as age does with ssh-ed25519) --
+
+_P = 2**255 - 19  # the field of Curve25519 and of Ed25519
+
+
+def x25519_from_ed25519_public(raw: bytes) -> bytes:
+    """The X25519 public key (Montgomery u = (1 + y) / (1 - y)) of the raw 32-byte Ed25519
+    public key `raw` (libsodium's crypto_sign_ed25519_pk_to_curve25519). Raises KeyFileError
+    for a key that is not 32 bytes or whose y is out of the field or 1 (no u)."""
+    if len(raw) != 32:
+        raise KeyFileError("an Ed25519 public key is 32 bytes")
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    if y >= _P or y == 1:
+        raise KeyFileError("not a usable Ed25519 public key")
+    u = (1 + y) * pow(1 - y, _P - 2, _P) % _P
+    return u.to_bytes(32, "little")
+
+
+def x25519_from_ed25519_seed(seed: bytes) -> X25519PrivateKey:
+    """The X25519 private key whose public key is `x25519_from_ed25519_public` of the Ed25519
+    key made from the 32-byte `seed`: the first half of SHA-512(seed), the same scalar the
+    Ed25519 key signs with (X25519 clamps it the same way)."""
+    if len(seed) != 32:
+        raise KeyFileError("an Ed25519 private seed is 32 bytes")
+    return X25519PrivateKey.from_private_bytes(hashlib.sha512(seed).digest()[:32])
+
+
+def device_recipient_of(name: str, ed25519_public: bytes) -> Recipient:
+    """The recipient of a device whose Ed25519 device key (the one it enrolled or was
+    registered with) is `ed25519_public`."""
+    return Recipient(check_name(name), x25519_from_ed25519_public(ed25519_public))
+
+
+def device_identity_of(name: str, ed25519_pem: bytes) -> Identity:
+    """The identity (X25519 private key) of a device, from its Ed25519 device key (PEM).
+    Raises KeyFileError."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(ed25519_pem, password=None)
+    except (ValueError, TypeError) as e:
+        raise KeyFileError(f"device key of {name}: not an unencrypted PEM private key") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"device key of {name} is not Ed25519")
+    seed = key.private_bytes(_RAW, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    return Identity(check_name(name), x25519_from_ed25519_seed(seed))

@@ -158,7 +158,6 @@ def _create_app(config: ManagerConfig) -> Any:
     # Imported by the serving processes only: `satchel` imports this module for every command
     # (through `manager.commands.serve`), and Flask with every blueprint would slow them all.
     from satchel.manager.app import create_app
-
     from satchel.manager.services.retention import start_pruner
 
     _configure_logs(config)  # a spawned (not forked) worker starts with no handler

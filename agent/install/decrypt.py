@@ -1,15 +1,18 @@
 """The device's decryption keys: what unlocks an encrypted bundle (docs/ENCRYPTION.md).
 
-`satchel-agent init` makes the device's own X25519 key pair in `STATE/decryption/`
-(`device.key`, mode 0600, in a directory mode 0700; `device.pub` beside it, which the device
-reports and the admin encrypts to). Keys shared by a device class or a fleet are added with
-`satchel-agent init --decryption-key FILE` or `satchel-agent decryption-key add FILE`; they
-are copied in, mode 0600. No private key ever leaves the device: nothing here sends or prints
-one.
+The device's own key is its Ed25519 device key (`STATE/device.key`, mode 0600, made by
+`satchel-agent init`), converted to X25519 as age does with ssh-ed25519 keys: its public half
+is the `device.pub` the device enrolls with (or the admin registers with `satchel device
+add`), so the manager can wrap a bundle for any device it knows without anything new being
+reported. Keys shared by a device class or a fleet are added with `satchel-agent init
+--decryption-key FILE` or `satchel-agent recipient --add FILE`: copied into
+`STATE/decryption/` (mode 0700), each mode 0600. No private key ever leaves the device:
+nothing here sends or prints one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,8 +26,6 @@ if TYPE_CHECKING:
     from satchel.bundles.recipients import Identity, Recipient
 
 DECRYPTION_DIR = "decryption"
-DEVICE_KEY = "device.key"
-DEVICE_PUB = "device.pub"
 KEY_MODE = 0o600
 DIR_MODE = 0o700
 
@@ -33,28 +34,18 @@ def key_dir(state_dir: Path) -> Path:
     return Path(state_dir) / DECRYPTION_DIR
 
 
-def _ensure_dir(state_dir: Path) -> Path:
-    directory = key_dir(state_dir)
-    if not directory.is_dir():
-        directory.mkdir(mode=DIR_MODE)
-        fsync_dir(directory.parent)
-    os.chmod(directory, DIR_MODE)
-    return directory
+def own_identity(state_dir: Path, device_id: str) -> Identity:
+    """The device's own X25519 key, from its Ed25519 device key. Raises KeyFileError,
+    OSError."""
+    from satchel.agent.state import Layout
+    from satchel.bundles.recipients import device_identity_of
+
+    return device_identity_of(device_id, Layout(state_dir).device_key.read_bytes())
 
 
 def device_recipient(state_dir: Path, device_id: str) -> Recipient:
-    """The device's own recipient (public key), made on first use. Raises OSError."""
-    from satchel.bundles.recipients import Identity, Recipient
-
-    directory = key_dir(state_dir)
-    pub = directory / DEVICE_PUB
-    if (directory / DEVICE_KEY).exists() and pub.exists():
-        return Recipient.from_pem(device_id, pub.read_bytes())
-    directory = _ensure_dir(state_dir)
-    identity = Identity.generate(device_id)
-    atomic_write_bytes(directory / DEVICE_KEY, identity.to_pem(), KEY_MODE)
-    atomic_write_bytes(pub, identity.recipient.to_pem())
-    return identity.recipient
+    """The device's own recipient (public key). Raises KeyFileError, OSError."""
+    return own_identity(state_dir, device_id).recipient
 
 
 def add_key(state_dir: Path, source: Path, name: str | None = None) -> Recipient:
@@ -64,25 +55,29 @@ def add_key(state_dir: Path, source: Path, name: str | None = None) -> Recipient
 
     identity = load_identity(source, name)
     stem = name or name_of(source)
-    if stem in ("device",):
-        raise KeyFileError("the name 'device' is the device's own key; give the key another name")
-    directory = _ensure_dir(state_dir)
+    directory = key_dir(state_dir)
+    if not directory.is_dir():
+        directory.mkdir(mode=DIR_MODE)
+        fsync_dir(directory.parent)
+    os.chmod(directory, DIR_MODE)
     atomic_write_bytes(directory / f"{stem}.key", identity.to_pem(), KEY_MODE)
     return identity.recipient
 
 
-def load_identities(state_dir: Path) -> list[Identity]:
+def load_identities(state_dir: Path, device_id: str) -> list[Identity]:
     """Every private key the device holds, its own first. A key file that cannot be read is
     skipped (it unlocks nothing)."""
     from satchel.bundles.recipients import load_identity
 
+    identities = []
+    # an unreadable device key is reported by what else needs it; the others may still unlock
+    with contextlib.suppress(KeyFileError, OSError):
+        identities.append(own_identity(state_dir, device_id))
     directory = key_dir(state_dir)
     try:
         names = sorted(os.listdir(directory))
     except FileNotFoundError:
-        return []
-    names.sort(key=lambda n: n != DEVICE_KEY)
-    identities = []
+        names = []
     for name in names:
         if not name.endswith(".key") or name.startswith("."):
             continue
@@ -100,4 +95,5 @@ def unlock_for_device(verified: VerifiedBundle, state: DeviceState) -> VerifiedB
     from satchel.bundles.crypt import unlock_bundle
 
     device_id = state.identity().device_id
-    return unlock_bundle(verified, load_identities(state.layout.root), f"device {device_id}")
+    identities = load_identities(state.layout.root, device_id)
+    return unlock_bundle(verified, identities, f"device {device_id}")

@@ -294,7 +294,7 @@ class InferenceService:
             self.stats.failed(serving.key, prepared.queued_ns + prepared.input_ns + infer_ns,
                               self._now_ms())
             staging = self.registry.candidate(prepared.channel)
-            if staging is not None and serving is staging.serving:
+            if staging is not None and serving.key == staging.serving.key:  # any variant
                 staging.record_answer(error=True, nonfinite=False,
                                       nonfinite_input=prepared.nonfinite_input,
                                       latency_ms=infer_ns / 1e6)
@@ -315,7 +315,7 @@ class InferenceService:
         if staging is not None:  # a release judged in shadow or ramp (agent.staging)
             latency_ms = (time.perf_counter() - started) * 1000
             inputs = prepared.request.inputs
-            if serving is staging.serving:
+            if serving.key == staging.serving.key:  # the candidate, whichever variant
                 staging.record_answer(error=False, nonfinite=nonfinite,
                                       nonfinite_input=prepared.nonfinite_input,
                                       latency_ms=latency_ms, inputs=inputs, outputs=produced)

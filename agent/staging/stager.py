@@ -199,8 +199,9 @@ class Staging:
                 breach = "health: an inference failed (error rate 0 allowed)"
             elif nan and policy.max_nan_rate == 0.0:
                 breach = "health: NaN/Inf outputs (nan rate 0 allowed)"
-            else:
-                breach = judge(policy, self.ramp_figures()).breach
+            else:  # the p95 (a sort) only when the policy judges latency
+                breach = judge(policy, self.ramp_figures(
+                    with_p95=policy.max_p95_latency_ms is not None)).breach
             if breach and not self.failed:
                 self.failed = breach  # from now on every request goes to the active release
             step_over = self.answered >= self._step_requests()
@@ -217,8 +218,8 @@ class Staging:
         ramp = self.policy.ramp
         return ramp.step_requests if ramp else 1
 
-    def ramp_figures(self) -> HealthFigures:
-        p95 = percentile(self.ramp_ms, 95) if self.ramp_ms else None
+    def ramp_figures(self, *, with_p95: bool = True) -> HealthFigures:
+        p95 = percentile(self.ramp_ms, 95) if self.ramp_ms and with_p95 else None
         return HealthFigures(inferences=self.client_answers, errors=self.ramp_errors,
                              nan=self.ramp_nan, p95_latency_ms=p95,
                              nonfinite_inputs=self.ramp_nonfinite_inputs)

@@ -66,24 +66,30 @@ class VariantHealth:
     latencies: deque[float] = field(default_factory=deque)  # ms, the latest `window`
     _p95: float | None = None
     _p95_at: int = -1
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, latency_ms: float, *, error: bool, nonfinite: bool,
-            nonfinite_input: bool) -> None:
-        self.inferences += 1
-        self.errors += error
-        self.nan += nonfinite and not nonfinite_input
-        self.nonfinite_inputs += nonfinite_input
-        if not error:
-            self.latencies.append(latency_ms)
-            if len(self.latencies) > self.window:
-                self.latencies.popleft()
+            nonfinite_input: bool) -> int:
+        """Count one inference; returns the count so far."""
+        with self._lock:  # request threads count at once
+            self.inferences += 1
+            self.errors += error
+            self.nan += nonfinite and not nonfinite_input
+            self.nonfinite_inputs += nonfinite_input
+            if not error:
+                self.latencies.append(latency_ms)
+                if len(self.latencies) > self.window:
+                    self.latencies.popleft()
+            return self.inferences
 
     def p95(self) -> float | None:
         """p95 of the latest latencies, recomputed every 16 inferences."""
         if not self.latencies:
             return None
         if self._p95 is None or self.inferences - self._p95_at >= 16:
-            self._p95 = percentile(list(self.latencies), 95)
+            with self._lock:
+                latest = list(self.latencies)
+            self._p95 = percentile(latest, 95)
             self._p95_at = self.inferences
         return self._p95
 
@@ -189,10 +195,11 @@ class VariantSet:
         health = self.health.get(name)
         if health is None:
             return False
-        health.add(latency_ms, error=error, nonfinite=nonfinite, nonfinite_input=nonfinite_input)
+        count = health.add(latency_ms, error=error, nonfinite=nonfinite,
+                           nonfinite_input=nonfinite_input)
         if name == self.default:
             return False
-        if health.inferences % JUDGE_EVERY == 0 and self._on_probation():
+        if count % JUDGE_EVERY == 0 and self._on_probation():
             breach = judge(serving.policy, health.figures()).breach
             if breach:
                 self.disable(name, breach)
@@ -257,10 +264,15 @@ class VariantSet:
         self._events.emit(Event(kind, self.channel, self.release.version, self.release.sequence,
                                 reason, self._clock(), details))
 
+    def persist(self) -> None:
+        with self._lock:
+            self._persist()
+
     def _persist(self) -> None:
         doc = {"current": self.current.variant, "reason": self.current.reason,
                "disabled": dict(self.disabled),
-               "seconds": {k: round(v, 3) for k, v in self.time_in().items()}}
+               "seconds": {k: round(v, 3) for k, v in self.time_in().items()},
+               "at": round(self._clock(), 3)}  # when `seconds` were counted
         try:
             write_runtime(Path(self.release.path).parent, doc)
         except OSError as e:  # the release may have been pruned meanwhile
@@ -309,6 +321,7 @@ def with_variants(serving: ServingModel, config: ServerConfig, events: EventSink
             log.error("%s: the device's variant policy is not used: %s", release.channel, e)
     found = VariantSet(release, spec, models, states, settings, events, clock,
                        serving.probation_until, policy)
+    found.persist()  # `status` says which variant answers from now on
     return replace(serving, variant=spec.default, variants=found)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,14 @@ def variant_status(directory: Path) -> dict[str, Any]:
             state, reason = DISABLED, str(disabled[name])
         variants[name] = {"state": state, "reason": reason, "p95_ms": entry.get("p95_ms")}
     current = runtime.get("current") or default_of(states)
+    seconds = runtime.get("seconds")
+    seconds = dict(seconds) if isinstance(seconds, dict) else {}
+    at = runtime.get("at")
+    if current in seconds and isinstance(at, int | float):  # and since the server wrote them
+        seconds[current] = round(seconds[current] + max(0.0, time.time() - at), 3)
     return {
         "variants": variants,
         "variant": current,
         "variant_reason": runtime.get("reason") or "default variant",
-        "variant_seconds": runtime.get("seconds") or {},
+        "variant_seconds": seconds,
     }

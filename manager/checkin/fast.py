@@ -45,6 +45,7 @@ from satchel.manager.db import SQLITE_BEGIN, Database, is_disk_full
 from satchel.manager.models import TrustRoot, UTCDateTime
 from satchel.manager.services import deployments, targets
 from satchel.manager.services.credentials import DEVICE, hash_token, token_kind
+from satchel.manager.services.deltas import DELTAS_OF, delta_refs
 from satchel.manager.services.deployments import BundleRef, DeviceTarget
 from satchel.manager.services.targets import POLICIES, HealthPolicies, ManifestReader
 
@@ -98,6 +99,7 @@ _SQLITE_TARGETS = DriverStatement(
 )
 _SQLITE_TRUST_VERSION = DriverStatement(_TRUST_VERSION)
 _MANIFEST = DriverStatement(targets.MANIFEST)  # a health policy, read once per process
+_DELTAS = DriverStatement(DELTAS_OF)  # an offered bundle's deltas (services/deltas.py)
 _TRUST_COLUMN = len(targets.COLUMNS)
 
 
@@ -220,9 +222,9 @@ def record_unchanged(
 
             if moves_a_target(found, report.channels, report.health, read_manifest):
                 return None
-            if offers(found, report.channels) and any(c.kept for c in report.channels.values()):
-                return None  # a delta may suit the device: the full path looks its deltas up
-
+            answer = offers(found, report.channels,  # with deltas of kept releases
+                            lambda bundle_id: delta_refs(_DELTAS.rows(
+                                cursor, dialect, {"bundle_id": bundle_id})))
             new_ids = _insert_events(cursor, dialect, device_id, report.events, now)
     except sa.exc.DBAPIError as e:
         # a dropped connection: the full path retries; a full disk: it refuses the check-in
@@ -231,7 +233,7 @@ def record_unchanged(
         raise
     return CheckinResult(
         device_id=device_id,
-        offers=offers(found, report.channels),
+        offers=answer,
         trust_root_version=trust_version,
         events_recorded=len(new_ids),
         events_duplicate=len(report.events) - len(new_ids),

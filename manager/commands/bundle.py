@@ -186,10 +186,11 @@ def _progress_bar(total: int, label: str) -> Any:
               help="Field inputs a device keeps at most.")
 @click.option("--capture-max-mb", type=click.FloatRange(0, min_open=True), default=16.0,
               show_default=True, help="Megabytes of field inputs a device keeps at most.")
-@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="[NAME=]PUBKEY",
-              help="Encrypt every payload, the data key wrapped for this recipient: an X25519 "
-              "public key (PEM) of a device, a device class, a fleet or the manager "
-              "(`satchel keys recipient init`). Repeatable. docs/ENCRYPTION.md.")
+@click.option("--encrypt-to", "encrypt_to", multiple=True, metavar="[NAME=]PUBKEY|device:ID",
+              help="Encrypt every payload, the data key wrapped for this recipient: a public "
+              "key (PEM) of a device (its device.pub), a device class, a fleet or the manager "
+              "(`satchel keys recipient init`), or device:ID, a device the manager knows. "
+              "Repeatable. docs/ENCRYPTION.md.")
 @click.option("--description", default="", help="Free text shown by inspect.")
 @click.option(
     "--key",
@@ -317,11 +318,11 @@ def _encryption(specs: tuple[str, ...]) -> Any:
     if not specs:
         return None
     from satchel.bundles.crypt import BundleEncryption
-    from satchel.bundles.recipients import load_recipient
+    from satchel.manager.commands.bundle_crypt import resolve_recipients
     from satchel.manager.errors import UsageError
 
     try:
-        return BundleEncryption(tuple(load_recipient(s) for s in specs))
+        return BundleEncryption(tuple(resolve_recipients(specs)))
     except ValueError as e:
         raise UsageError(f"--encrypt-to: {e}") from e
 

@@ -4,6 +4,7 @@ re-signing it, and decrypt one as a device would (docs/ENCRYPTION.md)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,7 +13,36 @@ from satchel.manager.commands.common import echo_json, refusals_exit_1
 from satchel.manager.errors import UsageError
 from satchel.manager.keydir import read_root
 
+if TYPE_CHECKING:
+    from satchel.bundles.recipients import Recipient
+
 _IDENTITY = click.Path(dir_okay=False, exists=True, path_type=Path)
+DEVICE_PREFIX = "device:"
+
+
+def resolve_recipients(specs: tuple[str, ...]) -> list[Recipient]:
+    """Recipients from `[NAME=]PUBKEY` files and `device:ID`: a device the manager knows (its
+    local database, or `satchel --url`), whose recipient is the Ed25519 key it enrolled or
+    was registered with, converted to X25519. Raises KeyFileError, the fleet's errors."""
+    from satchel.bundles.recipients import device_recipient_of, load_recipient
+    from satchel.manager.commands.context import fleet_of
+
+    out: list[Recipient] = []
+    fleet = None
+    for spec in specs:
+        if not spec.startswith(DEVICE_PREFIX):
+            out.append(load_recipient(spec))
+            continue
+        device_id = spec[len(DEVICE_PREFIX):]
+        if fleet is None:
+            fleet = fleet_of(click.get_current_context())
+        detail = fleet.device_detail(device_id, 0)
+        try:
+            raw = bytes.fromhex(str(detail["public_key"]))
+        except (KeyError, ValueError) as e:
+            raise UsageError(f"device {device_id} has no usable public key") from e
+        out.append(device_recipient_of(device_id, raw))
+    return out
 
 
 @click.command("rewrap")
@@ -20,8 +50,10 @@ _IDENTITY = click.Path(dir_okay=False, exists=True, path_type=Path)
 @click.option("--identity", "identities", multiple=True, required=True, type=_IDENTITY,
               help="An X25519 private key the bundle is already wrapped for (the manager's "
               "recipient key). Repeatable.")
-@click.option("--to", "add", multiple=True, metavar="[NAME=]PUBKEY",
-              help="Also wrap the data key for this recipient's X25519 public key. Repeatable.")
+@click.option("--to", "add", multiple=True, metavar="[NAME=]PUBKEY|device:ID",
+              help="Also wrap the data key for this recipient: a public key file (X25519, or "
+              "a device's Ed25519 device.pub) or device:ID, a device the manager knows. "
+              "Repeatable.")
 @click.option("--remove", multiple=True, metavar="NAME|FINGERPRINT",
               help="No longer wrap it for this recipient (future copies only). Repeatable.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
@@ -36,14 +68,14 @@ def rewrap_cmd(file: Path, identities: tuple[Path, ...], add: tuple[str, ...],
     """
     from satchel.bundles.cryptbundle import rewrap_bundle
     from satchel.bundles.durable import atomic_writer
-    from satchel.bundles.recipients import load_identity, load_recipient
+    from satchel.bundles.recipients import load_identity
 
     if not add and not remove:
         raise UsageError("nothing to do: give --to RECIPIENT or --remove NAME")
     if output.resolve() == file.resolve():
         raise UsageError("write the re-wrapped bundle to another file (-o)")
     keys = [load_identity(p) for p in identities]
-    recipients = [load_recipient(a) for a in add]
+    recipients = resolve_recipients(add)
     with atomic_writer(output) as out:
         manifest, key_file = rewrap_bundle(file, out, keys, recipients, remove)
     if as_json:

@@ -82,6 +82,14 @@ def _print_device(info: dict[str, Any]) -> None:
                 f"{health['nan']} NaN, p95 {health['p95_ms']} ms"
             )
         click.echo(f"  channel {name}: {running}, {ch['state'] or '-'}{figures}")
+        cand = ch.get("candidate")
+        if isinstance(cand, dict):  # a release in its shadow stage or ramp (issue 18)
+            shadow, ramp = cand.get("shadow") or {}, cand.get("ramp") or {}
+            doing = (f"ramp at {ramp.get('percent')}%" if cand.get("stage") == "ramp" else
+                     f"shadow, {shadow.get('compared', 0)} of {shadow.get('requests', '?')} "
+                     f"compared, agreement {shadow.get('agreement')}")
+            click.echo(f"    candidate {cand.get('version')} (sequence {cand.get('sequence')}): "
+                       f"{doing}, {cand.get('client_answers', 0)} client answers")
     for e in info["events"]:
         what = " ".join(str(x) for x in (e["channel"], e["version"]) if x)
         reason = f": {e['reason']}" if e["reason"] else ""

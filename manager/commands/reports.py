@@ -76,6 +76,12 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
         for check in s.outputs:
             rules = ", ".join(f"{k}={v}" for k, v in check.to_dict().items() if k != "name")
             lines.append(f"    output {check.name}: {rules}")
+    if m.variants is not None:  # several models, the device picks (docs/VARIANTS.md)
+        v = m.variants
+        listed = ", ".join(f"{x.name} (accuracy {x.accuracy_level})" for x in v.variants)
+        lines.append(f"  variants: {listed}; default {v.default}; dwell {v.policy.dwell_s:g} s")
+        lines += [f"    rule {r.describe()}" + (f" until {r.leave.describe()}" if r.leave else "")
+                  for r in v.policy.rules]
     measured = m.build.get("agreement") if isinstance(m.build, dict) else None
     if isinstance(measured, dict) and isinstance(measured.get("outputs"), list):
         n = measured.get("samples")

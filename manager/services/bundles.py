@@ -110,7 +110,7 @@ def _add_delta(session: so.Session, store: Store, spooled: Any, m: Any, now: dat
     view = deltas.as_bundle(session, spooled.sha256)
     if view is not None:
         store.commit(spooled)
-        return Added(view, False)
+        return Added(view, False)  # type: ignore[arg-type]  # read as a Bundle
     try:
         deltas.link(session, m, spooled.sha256, spooled.size, now)
     except BaseException:
@@ -119,7 +119,7 @@ def _add_delta(session: so.Session, store: Store, spooled: Any, m: Any, now: dat
     store.commit(spooled)
     view = deltas.as_bundle(session, spooled.sha256)
     assert view is not None
-    return Added(view, True)
+    return Added(view, True)  # type: ignore[arg-type]
 
 
 def remove(session: so.Session, bundle: Bundle) -> dict[str, Any]:
@@ -162,7 +162,7 @@ def get_by_sha(session: so.Session, sha256: str) -> Bundle:
     if bundle is None:  # a delta bundle: fetched with its full bundle's rights
         from satchel.manager.services.deltas import as_bundle
 
-        bundle = as_bundle(session, sha256)
+        bundle = as_bundle(session, sha256)  # type: ignore[assignment]
     if bundle is None:
         raise NotFoundError(f"no bundle {sha256[:12]}")
     return bundle

@@ -73,13 +73,22 @@ def link(session: so.Session, m: Manifest, sha256: str, size: int,
     return full, delta
 
 
+_T = BundleDelta.__table__
+# a full bundle's deltas, newest base first (the check-in's fast path runs it on its cursor)
+DELTAS_OF = (
+    sa.select(_T.c.sha256, _T.c.size, _T.c.base_version, _T.c.base_sequence)
+    .where(_T.c.bundle_id == sa.bindparam("bundle_id"))
+    .order_by(_T.c.base_sequence.desc())
+)
+
+
+def delta_refs(rows: Sequence[Sequence[Any]]) -> list[DeltaRef]:
+    return [DeltaRef(r[0], r[1], r[2], r[3]) for r in rows]
+
+
 def deltas_of(db: so.Session | sa.Connection, bundle_id: int) -> list[DeltaRef]:
     """The deltas of a full bundle, newest base first."""
-    t = BundleDelta.__table__
-    rows = db.execute(sa.select(t.c.sha256, t.c.size, t.c.base_version, t.c.base_sequence)
-                      .where(t.c.bundle_id == bundle_id)
-                      .order_by(t.c.base_sequence.desc()))
-    return [DeltaRef(r[0], r[1], r[2], r[3]) for r in rows]
+    return delta_refs(list(db.execute(DELTAS_OF, {"bundle_id": bundle_id})))
 
 
 def plan_deltas(db: so.Session, bundle_id: int) -> tuple[PlanDelta, ...]:

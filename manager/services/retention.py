@@ -94,8 +94,12 @@ def prune(db: Database, config: ManagerConfig, at: datetime | None = None) -> Pr
         if before is None:
             continue
         condition = _old(before, health)
+
+        def one_batch(session: so.Session, c: sa.ColumnElement[bool] = condition) -> int | None:
+            return _batch(session, c, config.retention_batch)
+
         while True:
-            n = db.run(lambda s, c=condition: _batch(s, c, config.retention_batch))
+            n = db.run(one_batch)
             if n is None:
                 return Pruned(counts[False], counts[True], skipped=True)
             counts[health] += n

@@ -78,6 +78,12 @@ BADGES: dict[str, Badge] = {
     events.RAMP_COMPLETED: Badge("Ramp completed", GOOD),
     "shadow": Badge("In shadow", INFO),
     "ramp": Badge("Ramping", INFO),
+    # a release's variants on a device (agent/variants) and their events
+    events.VARIANT_SWITCHED: Badge("Variant switched", INFO),
+    events.VARIANT_DISABLED: Badge("Variant disabled", WARN),
+    "ready": Badge("Ready", GOOD),
+    "dropped": Badge("Dropped", WARN),
+    "disabled": Badge("Disabled", BAD),
     # a deployment and its targets (manager/services/deployments)
     deployment.PAUSED: Badge("Paused", WARN),
     deployment.HALTED: Badge("Halted", BAD),

@@ -23,6 +23,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from satchel.bundles.timeutil import now
 from satchel.manager.db import Database
+from satchel.manager.errors import DiskFullError
 from satchel.manager.models import ManagerSecret
 from satchel.manager.web.errors import SessionKeyError
 
@@ -39,11 +40,11 @@ def load_or_create(db: Database, size: int, legacy_file: Path | None = None) -> 
     or the stored key is too short.
     """
     try:
-        key = db.run(lambda s: s.scalar(_read()))
+        key: bytes | None = db.run(_stored)
         if key is None:
             candidate = _legacy(legacy_file) or secrets.token_bytes(size)
             key = db.run(lambda s: _insert_then_read(s, candidate))
-    except (sa.exc.SQLAlchemyError, OSError) as e:
+    except (sa.exc.SQLAlchemyError, DiskFullError, OSError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SessionKeyError(f"cannot read or store the session key in the database: {first}"
                               ) from e
@@ -55,8 +56,12 @@ def load_or_create(db: Database, size: int, legacy_file: Path | None = None) -> 
     return bytes(key)
 
 
-def _read() -> sa.Select[tuple[bytes]]:
-    return sa.select(_SECRETS.c.value).where(_SECRETS.c.name == NAME)
+_READ = sa.select(_SECRETS.c.value).where(_SECRETS.c.name == NAME)
+
+
+def _stored(session: so.Session) -> bytes | None:
+    value = session.scalar(_READ)
+    return None if value is None else bytes(value)
 
 
 def _insert_then_read(session: so.Session, key: bytes) -> bytes | None:
@@ -67,7 +72,7 @@ def _insert_then_read(session: so.Session, key: bytes) -> bytes | None:
         .values(name=NAME, value=key, created_at=now())
         .on_conflict_do_nothing(index_elements=["name"])
     )
-    return session.scalar(_read())
+    return _stored(session)
 
 
 def _legacy(path: Path | None) -> bytes | None:

@@ -7,7 +7,7 @@ import hashlib
 import http.server
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from satchel.agent.sync.samples import ship_captures
 from satchel.bundles.activation import CapturePolicy
 from satchel.bundles.captures import decode_capture
 from satchel.bundles.events import SHADOW_FAILED
-from tests.agent.staged import StagedModels, field_inputs, make_models, rig, shadow
+from tests.agent.staged import Rig, StagedModels, field_inputs, make_models, rig, shadow
 from tests.factory.keys import Keyring
 from tests.server.servers import wait_for
 
@@ -30,24 +30,34 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> StagedModels:
     return make_models(tmp_path_factory.mktemp("capture-models"))
 
 
-def _refuse_in_shadow(r, models: StagedModels, capture: str | None) -> None:  # type: ignore[no-untyped-def]
+def _judge_other(r: Rig, models: StagedModels, capture: str | None,
+                 until: Callable[[], bool]) -> None:
+    """Install `other` (it disagrees with `good` on field inputs) to be judged in shadow,
+    and send field requests until `until()` (copies the shadow drops when behind are
+    made up for)."""
     r.install(models.good, version="1.0.0", sequence=1)
-    r.start()
+    server = r.start()
     r.install(models.other, version="2.0.0", sequence=2,
               activation=shadow(50, agreement=0.0 if capture else 0.99, capture=capture))
-    wait_for(lambda: r.server.registry.candidate("vision") is not None)
-    for x in field_inputs(50):
+    wait_for(lambda: server.registry.candidate("vision") is not None)
+    for x in field_inputs(1000):
+        if until():
+            return
         r.infer(x)
-        if r.events.events and r.server.registry.candidate("vision") is None:
-            break
+    wait_for(until)
+
+
+def _compared(r: Rig) -> int:
+    candidate = r.status()["candidate"]
+    return 50 if candidate is None else int((candidate["shadow"] or {}).get("compared", 0))
 
 
 def test_disagreeing_field_inputs_are_kept_private_with_their_meta(
     tmp_path: Path, keys: Keyring, models: StagedModels
 ) -> None:
     with rig(tmp_path, keys, models) as r:
-        _refuse_in_shadow(r, models, "disagreement,nonfinite")
-        wait_for(lambda: len(pending_captures(r.state_dir)) >= 5)
+        _judge_other(r, models, "disagreement,nonfinite",
+                     lambda: len(pending_captures(r.state_dir)) >= 5)
         kept = pending_captures(r.state_dir)
         directory = r.state_dir / "captures"
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
@@ -63,14 +73,11 @@ def test_nothing_is_kept_when_the_bundle_does_not_ask_or_the_device_forbids(
     tmp_path: Path, keys: Keyring, models: StagedModels
 ) -> None:
     with rig(tmp_path / "a", keys, models) as r:
-        _refuse_in_shadow(r, models, None)
-        wait_for(lambda: bool(r.events.of_kind(SHADOW_FAILED)))
+        _judge_other(r, models, None, lambda: bool(r.events.of_kind(SHADOW_FAILED)))
         assert pending_captures(r.state_dir) == []
     forbid = AgentConfig(lock_wait_s=10.0, activation_capture="forbid")
     with rig(tmp_path / "b", keys, models, forbid) as r:
-        _refuse_in_shadow(r, models, "disagreement")
-        wait_for(lambda: r.status()["candidate"] is None or
-                 (r.status()["candidate"]["shadow"] or {}).get("compared", 0) >= 20)
+        _judge_other(r, models, "disagreement", lambda: _compared(r) >= 20)
         assert pending_captures(r.state_dir) == []
 
 

@@ -8,7 +8,7 @@ import json
 import stat
 from pathlib import Path
 
-from satchel.agent.install.decrypt import DEVICE_KEY, DEVICE_PUB, key_dir
+from satchel.agent.install.decrypt import key_dir
 from satchel.agent.provision import init_device
 from satchel.agent.state import FILES_DIR, DeviceState
 from satchel.bundles.recipients import Identity, Recipient
@@ -25,20 +25,20 @@ def encrypted(plain: Path, keys: Keyring, recipients: list[Recipient]) -> Path:
 
 
 def own_recipient(device: Device, name: str = "dev-1") -> Recipient:
-    return Recipient.from_pem(name, (key_dir(device.state_dir) / DEVICE_PUB).read_bytes())
+    """What the admin encrypts to: the device.pub it enrolled (or was registered) with."""
+    return Recipient.from_pem(name, (device.state_dir / "device.pub").read_bytes())
 
 
-def test_device_key_is_made_at_init_private_and_readable_by_the_agent_only(
+def test_the_device_key_it_enrolls_with_is_its_recipient_and_no_private_key_is_shown(
     device: Device,
 ) -> None:
-    directory = key_dir(device.state_dir)
-    assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert stat.S_IMODE((directory / DEVICE_KEY).stat().st_mode) == 0o600
+    assert stat.S_IMODE((device.state_dir / "device.key").stat().st_mode) == 0o600
     out = device.run("recipient", "--json").ok()
     shown = json.loads(out.stdout)
-    assert shown["public_key"].encode() == (directory / DEVICE_PUB).read_bytes()
     assert shown["fingerprint"] == own_recipient(device).fingerprint
+    assert Recipient.from_pem("dev-1", shown["public_key"].encode()) == own_recipient(device)
     assert "PRIVATE KEY" not in out.stdout
+    assert not key_dir(device.state_dir).exists()  # no class or fleet key given
 
 
 def test_encrypted_bundle_installs_with_the_device_key_and_plaintext_is_mode_0600(
@@ -87,6 +87,7 @@ def test_a_class_key_given_at_init_unlocks_bundles_for_the_class(
     device = Device(state_dir)
     held = key_dir(state_dir) / "test-board.key"
     assert stat.S_IMODE(held.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_dir(state_dir).stat().st_mode) == 0o700
     bundle = encrypted(make_bundle(), keys, [klass.recipient])
     device.run("install", str(bundle)).ok()
     assert device.active() == ("1.0.0", 1)

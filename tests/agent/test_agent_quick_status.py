@@ -105,18 +105,23 @@ def test_leftovers_of_a_killed_install_are_left_to_the_full_command(installed, l
     assert fast(installed, "status", "--json") is None
 
 
-@pytest.mark.parametrize("damage", [
+@pytest.mark.parametrize(("name", "text"), [
     ("channels/kws/channel.json", "{not json"),
     ("channels/kws/channel.json", '{"channel": "kws", "releases": []}'),
     ("device.json", '{"device_id": "dev-1"}'),
-    ("history.json", "[{"),
 ])
-def test_a_damaged_state_file_is_left_to_the_full_command(installed, damage):
-    name, text = damage
+def test_a_damaged_state_file_is_left_to_the_full_command(installed, name, text):
     (installed.state_dir / name).write_text(text)
 
-    assert fast(installed, "status") is None or name == "history.json"
-    assert fast(installed, "history") is None or name != "history.json"
+    assert fast(installed, "status") is None
+    assert fast(installed, "history") is None
+
+
+def test_a_damaged_history_is_left_to_the_full_command_and_status_still_answered(installed):
+    (installed.state_dir / "history.json").write_text("[{")
+
+    assert fast(installed, "history") is None
+    assert fast(installed, "status") == full(installed, "status")
 
 
 def test_an_uninitialised_state_directory_is_left_to_the_full_command(tmp_path):
@@ -130,6 +135,12 @@ def test_an_uninitialised_state_directory_is_left_to_the_full_command(tmp_path):
 ])
 def test_unusual_command_lines_are_left_to_the_full_command(installed, argv):
     assert fast(installed, *argv) is None
+
+
+def test_shell_completion_is_left_to_click(installed):
+    argv = ["--state-dir", str(installed.state_dir), "status"]
+
+    assert quickstatus.answer(argv, {"_SATCHEL_AGENT_COMPLETE": "bash_source"}) is None
 
 
 def test_log_options_are_left_to_the_full_command(installed):

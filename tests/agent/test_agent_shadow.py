@@ -4,6 +4,7 @@ figures when it disagrees (or turns NaN) on field inputs it never met in the lab
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_release_that_disagrees_on_field_inputs_is_refused_without_answering_a_c
         wait_for(lambda: r.server is not None and r.server.registry.candidate("vision")
                  is not None)
         answered_by = set()
-        for x in field_inputs(40):
+        for x in field_inputs(1000):
             answered_by.add(r.infer(x)["model_version"])
             if r.events.of_kind(SHADOW_FAILED):
                 break
@@ -68,7 +69,11 @@ def test_release_turning_nan_on_field_inputs_is_refused_in_shadow(
         r.install(models.nan, version="2.0.0", sequence=2, activation=shadow(30))
         wait_for(lambda: r.server is not None and r.server.registry.candidate("vision")
                  is not None)
-        versions = {r.infer(x)["model_version"] for x in field_inputs(30)}
+        versions = set()
+        for x in field_inputs(1000):
+            versions.add(r.infer(x)["model_version"])
+            if r.events.of_kind(SHADOW_FAILED):
+                break
         wait_for(lambda: bool(r.events.of_kind(SHADOW_FAILED)))
         assert versions == {"1.0.0"}
         (failed,) = r.events.of_kind(SHADOW_FAILED)
@@ -85,7 +90,9 @@ def test_release_that_agrees_passes_its_shadow_and_activates(
         r.install(models.twin, version="2.0.0", sequence=2, activation=shadow(10))
         wait_for(lambda: r.server is not None and r.server.registry.candidate("vision")
                  is not None)
-        for x in field_inputs(12):
+        for x in field_inputs(1000):  # until 10 copies were compared (some may be dropped)
+            if r.events.of_kind(SHADOW_PASSED):
+                break
             assert r.infer(x)["model_version"] == "1.0.0"
         wait_for(lambda: bool(r.events.of_kind(ACTIVATED)))
         (passed,) = r.events.of_kind(SHADOW_PASSED)
@@ -130,8 +137,11 @@ def test_status_shows_the_shadow_figures_while_it_runs(
         r.install(models.twin, version="2.0.0", sequence=2, activation=shadow(1000))
         wait_for(lambda: r.server is not None and r.server.registry.candidate("vision")
                  is not None)
-        for x in field_inputs(10):
+        for x in field_inputs(1000):
+            if (r.status()["candidate"]["shadow"] or {}).get("compared", 0) >= 10:
+                break
             r.infer(x)
+            time.sleep(0.002)
         wait_for(lambda: (r.status()["candidate"]["shadow"] or {}).get("compared", 0) >= 10)
         candidate = r.status()["candidate"]
         assert candidate["version"] == "2.0.0" and candidate["stage"] == "shadow"
@@ -139,3 +149,25 @@ def test_status_shows_the_shadow_figures_while_it_runs(
         assert figures["agreed"] == figures["compared"] and figures["needed"] == 0.99
         assert figures["requests"] == 1000 and candidate["client_answers"] == 0
         assert candidate["started_at"] <= format_time(utcnow())
+
+
+def test_staged_install_ends_its_events_with_shadow_started_not_activated(
+    tmp_path: Path, keys: Keyring, models: StagedModels
+) -> None:
+    from satchel.agent.event_queue import EventQueue
+    from satchel.agent.sync.install_events import CLI, install_with_events, origin_of_file
+    from tests.agent.staged import staged_bundle
+
+    with rig(tmp_path, keys, models) as r:
+        r.install(models.good, version="1.0.0", sequence=1)
+        bundle = staged_bundle(r.work / "two.satchel", keys, models.twin, version="2.0.0",
+                               sequence=2, activation=shadow(10))
+        origin = origin_of_file(bundle, CLI)
+        assert origin is not None
+        queue = EventQueue(r.state_dir)
+        outcome = install_with_events(r.state_dir, bundle, origin, queue, r.config)
+        assert outcome.activated and outcome.reason is None
+        events = queue.pending()
+        assert [e["kind"] for e in events][-1] == "shadow_started"
+        assert events[-1]["figures"]["stage"] == "shadow"
+        assert "activated" not in [e["kind"] for e in events]

@@ -434,3 +434,100 @@ def test_decrypting_a_large_payload_holds_a_bounded_amount_in_memory(
         finally:
             tracemalloc.stop()
     assert peak < 12 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB of Python allocations"
+
+
+# --- edges of the format -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, 4096, 4097, 8192, 3 * 4096 + 5])
+def test_any_frame_size_seals_into_the_segments_it_needs_and_opens_again(size: int) -> None:
+    import io
+
+    from satchel.bundles.crypt import ciphertext_size
+
+    key, out = os.urandom(32), io.BytesIO()
+    sealer = SegmentSealer(out, key, 4096)
+    plain = os.urandom(size)
+    for i in range(0, size, 1000):  # written in pieces that do not line up with segments
+        sealer.write(plain[i:i + 1000])
+    sealer.finish()
+    assert len(out.getvalue()) == ciphertext_size(size, 4096)
+    opener = SegmentOpener(io.BytesIO(out.getvalue()), key, 4096, len(out.getvalue()), "p")
+    got = b""
+    while chunk := opener.read(3000):
+        got += bytes(chunk)
+    assert got == plain
+
+
+@pytest.mark.parametrize("change", [
+    {"scheme": "age-v1"},
+    {"segment_size": 100},
+    {"segment_size": 64 * 1024 * 1024},
+    {"key_commitment": "00"},
+    {"recipients": []},
+    {"recipients": [{"name": "../x", "fingerprint": "0" * 32}]},
+    {"recipients": [{"name": "cam-7", "fingerprint": "0" * 32, "extra": 1}]},
+    {"extra": True},
+])
+def test_a_signed_encryption_object_that_is_not_valid_is_refused_as_a_manifest_error(
+    bundle: Path, keys: Keyring, change: dict
+) -> None:
+    from satchel.bundles.cryptinfo import EncryptionInfo
+    from satchel.bundles.errors import ManifestError
+
+    with open(bundle, "rb") as f:
+        info = verify_bundle(f, keys.root, NOW).manifest.encryption
+    assert info is not None
+    with pytest.raises(ManifestError) as err:
+        EncryptionInfo.from_dict({**info.to_dict(), **change})
+    assert_one_line(err.value)
+
+
+@pytest.mark.parametrize("stanza_change", [
+    {"ephemeral": "not base64!"},
+    {"ephemeral": base64.b64encode(b"short").decode()},
+    {"wrapped": base64.b64encode(b"x" * 47).decode()},
+    {"fingerprint": "XYZ"},
+    {"recipient": ""},
+    {"recipient": 7},
+    {"extra": 1},
+])
+def test_a_malformed_stanza_is_refused_in_one_line(
+    tmp_path: Path, bundle: Path, keys: Keyring, cam7: Identity, stanza_change: dict
+) -> None:
+    data = bundle.read_bytes()
+    doc = _keys_doc(data)
+    doc["stanzas"][0].update(stanza_change)
+    refused(tmp_path, _with_keys(data, doc), keys, [cam7], WrappedKeyError)
+
+
+def test_many_recipients_each_decrypt(tmp_path: Path, keys: Keyring) -> None:
+    fleet = [Identity.generate(f"cam-{i}") for i in range(50)]
+    path = encrypted_bundle(tmp_path / "fleet.satchel", keys, fleet,
+                            {"model.onnx": b"m" * 5000, "smoke/inputs.npz": b"i",
+                             "smoke/reference.npz": b"r"})
+    for i in (0, 49):
+        unpack(path, keys, tmp_path / f"cam-{i}", [fleet[i]])
+        assert (tmp_path / f"cam-{i}" / "model.onnx").read_bytes() == b"m" * 5000
+
+
+def test_a_device_key_pair_is_a_recipient_and_its_identity(tmp_path: Path, keys: Keyring) -> None:
+    """A device's Ed25519 device.pub (what it enrolls with) converts to the X25519 public key
+    of the identity converted from its device.key: the manager can encrypt for any device it
+    knows, and only that device decrypts."""
+    from satchel.bundles.keys import SigningKey
+    from satchel.bundles.recipients import Recipient, device_identity_of
+
+    for _ in range(20):
+        key = SigningKey.generate()
+        recipient = Recipient.from_pem("cam-7", key.public.to_pem())
+        assert device_identity_of("cam-7", key.to_pem()).recipient == recipient
+    device_key = SigningKey.generate()
+    recipient = Recipient.from_pem("cam-7", device_key.public.to_pem())
+    path = tmp_path / "for-device.satchel"
+    manifest = default_manifest("kws", "2.0.0", 1, list(PAYLOADS))
+    with open(path, "wb") as f:
+        write_bundle(f, manifest, [Payload(p, b) for p, b in PAYLOADS.items()],
+                     keys.signing_keys, TEST_PACK, encryption=BundleEncryption((recipient,)))
+    unpack(path, keys, tmp_path / "out", [Identity.from_pem("cam-7", device_key.to_pem())])
+    assert read_tree(tmp_path / "out") == PAYLOADS

@@ -64,6 +64,11 @@ def test_cli_builds_one_signed_bundle_with_every_variant_smoke_tested(
         assert (target / entry.file).is_file()
         assert entry.file.startswith(f"variants/{entry.name}/")
     assert set(m.build["variants"]) == {"full", "int8", "lite"}
+    shown = Cli(tmp_path).run("bundle", "inspect", out)
+    assert shown.exit_code == 0
+    assert "variants: int8 (accuracy 2), full (accuracy 3), lite (accuracy 0); default int8" \
+        in shown.stdout
+    assert "rule battery_below=25 -> lite" in shown.stdout
 
 
 def test_bundle_without_variants_has_no_variants_section(

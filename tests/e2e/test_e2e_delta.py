@@ -86,7 +86,8 @@ def test_build_and_inspect_show_the_delta_and_the_manager_links_it(
 
 
 def _downloaded(manager: ManagerProcess, device: str) -> list[str]:
-    return [e.get("bundle_sha256") for e in manager.events(device)
+    """The bundles of 1.1.0 the device downloaded, oldest first."""
+    return [e.get("bundle_sha256") for e in reversed(manager.events(device))
             if e["kind"] == "downloaded" and e.get("version") == "1.1.0"]
 
 

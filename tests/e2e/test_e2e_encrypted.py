@@ -10,19 +10,21 @@ from pathlib import Path
 
 import numpy as np
 
-from satchel.agent.install.decrypt import DEVICE_PUB, key_dir
 from tests.e2e.commands import SATCHEL, run, wait_for
 from tests.e2e.kit import DEVICE_CLASS, Kit, expected_outputs, positive
 from tests.e2e.sites import ManagerProcess, Site
 
 
 def build_encrypted(kit: Kit, out: Path, version: str, sequence: int,
-                    recipients: list[str]) -> Path:
+                    recipients: list[str], manager: ManagerProcess | None = None) -> Path:
+    """`satchel bundle build --encrypt-to ...` (on the manager's data dir, when given, so
+    that `device:ID` recipients resolve)."""
     args: list[str | Path] = []
     for r in recipients:
         args += ["--encrypt-to", r]
     samples = kit.root / "samples.npz"
-    done = run(SATCHEL, "bundle", "build", "--name", "secret", "--version", version,
+    where: list[str | Path] = ["--data-dir", manager.data_dir] if manager else []
+    done = run(SATCHEL, *where, "bundle", "build", "--name", "secret", "--version", version,
                "--model", kit.good, "--samples", samples, "--sequence", str(sequence),
                "--device-class", DEVICE_CLASS, "--probation-s", "1", "--min-samples", "5",
                "--key", kit.keydir / "signing.key", *args, "-o", out)
@@ -39,9 +41,9 @@ def test_lan_agent_installs_a_bundle_encrypted_for_it_and_the_admin_verifies_it_
     site: Site, manager: ManagerProcess, kit: Kit
 ) -> None:
     state = site.init("enc-lan-1")
-    pub = key_dir(state) / DEVICE_PUB
+    site.enroll(state, manager)  # the Ed25519 key it enrolls with is its recipient too
     bundle = build_encrypted(kit, site.root / "secret-1.satchel", "1.0.0", 1000,
-                             [f"enc-lan-1={pub}", str(manager_recipient(site))])
+                             ["device:enc-lan-1", str(manager_recipient(site))], manager)
     assert kit.good.read_bytes()[:4096] not in bundle.read_bytes()
     verified = run(SATCHEL, "bundle", "verify", bundle, "--trust", kit.keydir / "root.json")
     assert "encrypted payload(s) match as ciphertext" in verified.stdout
@@ -49,7 +51,6 @@ def test_lan_agent_installs_a_bundle_encrypted_for_it_and_the_admin_verifies_it_
     assert [r["name"] for r in shown["encryption"]["recipients"]] == ["enc-lan-1", "manager"]
 
     manager.cli("bundle", "add", bundle)
-    site.enroll(state, manager)
     agent = site.start(state)
     manager.deploy("secret:1.0.0", ["enc-lan-1"], "100%")
 
@@ -68,7 +69,7 @@ def test_usb_stick_installs_on_its_device_and_is_refused_by_another(
         manager.cli("device", "add", device_id, "--device-class", DEVICE_CLASS,
                     "--public-key", state / "device.pub")
     bundle = build_encrypted(kit, site.root / "secret-usb.satchel", "2.0.0", 2000,
-                             [f"enc-usb-1={key_dir(right) / DEVICE_PUB}"])
+                             [f"enc-usb-1={right / 'device.pub'}"])
     manager.cli("bundle", "add", bundle)
     deployment = manager.deploy("secret:2.0.0", ["enc-usb-1", "enc-usb-2"], "100%")
     stick = site.root / "stick"
@@ -94,14 +95,14 @@ def test_usb_stick_installs_on_its_device_and_is_refused_by_another(
 
 
 def test_admin_rewraps_for_a_new_device_and_decrypts_with_the_manager_key(
-    site: Site, kit: Kit
+    site: Site, manager: ManagerProcess, kit: Kit
 ) -> None:
     """`satchel bundle rewrap` gives a bundle to a device that did not exist when it was
     built, copying the signed manifest and the ciphertext byte for byte; `satchel bundle
     decrypt` and `verify --identity` check the plaintext with the manager's key."""
     first = site.init("enc-old-1")
     bundle = build_encrypted(kit, site.root / "secret-3.satchel", "3.0.0", 3000,
-                             [f"enc-old-1={key_dir(first) / DEVICE_PUB}",
+                             [f"enc-old-1={first / 'device.pub'}",
                               str(manager_recipient(site))])
     manager_key = site.root / "manager-keys" / "manager.key"
     assert manager_key.stat().st_mode & 0o777 == 0o600
@@ -113,9 +114,11 @@ def test_admin_rewraps_for_a_new_device_and_decrypts_with_the_manager_key(
     assert refused.returncode == 1
     assert "is encrypted for other devices (recipients: enc-old-1, manager)" in refused.stderr
 
+    manager.cli("device", "add", "enc-new-1", "--device-class", DEVICE_CLASS,
+                "--public-key", later / "device.pub")
     copy = site.root / "secret-3-new.satchel"
-    done = run(SATCHEL, "bundle", "rewrap", bundle, "--identity", manager_key,
-               "--to", f"enc-new-1={key_dir(later) / DEVICE_PUB}", "-o", copy)
+    done = manager.cli("bundle", "rewrap", bundle, "--identity", manager_key,
+                       "--to", "device:enc-new-1", "-o", copy)
     assert "recipients enc-old-1, manager, enc-new-1" in done.stdout
     assert copy.read_bytes()[:1024] == bundle.read_bytes()[:1024]  # manifest.json untouched
     installed = site.agent_cli(later, "install", copy)
@@ -129,5 +132,5 @@ def test_admin_rewraps_for_a_new_device_and_decrypts_with_the_manager_key(
         "--identity", manager_key, "-o", plain)
     assert (plain / "model.onnx").read_bytes() == kit.good.read_bytes()
     stranger = run(SATCHEL, "bundle", "decrypt", copy, "--trust", kit.keydir / "root.json",
-                   "--identity", key_dir(first) / "device.key", "-o", site.root / "p2")
+                   "--identity", first / "device.key", "-o", site.root / "p2")
     assert stranger.returncode == 0  # enc-old-1 is still a recipient

@@ -27,6 +27,7 @@ TABLES = {
     "device_channels",
     "trust_roots",
     "bundles",
+    "bundle_deltas",
     "deployments",
     "deployment_targets",
     "events",

@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from satchel.manager.config import ManagerConfig
 from satchel.manager.models import Device
+from tests.manager.admin_cli import Cli
 from tests.manager.helpers import Fleet, SimDevice, event
 
 
@@ -110,7 +112,7 @@ def test_refused_in_shadow_or_ramp_halts_the_deployment(fleet: Fleet, kind: str)
     assert kind.replace("_", " ") in status["reason"] and "0.42" in status["reason"]
 
 
-def test_stage_and_candidate_are_kept_with_the_device(fleet: Fleet) -> None:
+def test_stage_and_candidate_are_kept_with_the_device(fleet: Fleet, config: ManagerConfig) -> None:
     a = fleet.enroll("cam-00")
     in_stage(a, "shadow", candidate("shadow"), active=1)
     fleet.checkin(a)
@@ -121,6 +123,8 @@ def test_stage_and_candidate_are_kept_with_the_device(fleet: Fleet) -> None:
     shown = fleet.client.get("/api/v1/devices/cam-00", headers=fleet.admin).json
     assert shown["channels"]["vision"]["stage"] == "shadow"
     assert shown["channels"]["vision"]["candidate"]["sequence"] == 2
+    text = Cli(config).ok("device", "show", "cam-00")
+    assert "candidate 2.0.0 (sequence 2): shadow, 40 of 40 compared, agreement 1.0" in text
 
 
 @pytest.mark.parametrize(

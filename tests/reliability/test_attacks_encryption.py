@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from satchel.agent.install.decrypt import DEVICE_PUB, key_dir
 from satchel.agent.sync.usb import process_stick
 from satchel.bundles.crypt import KeyFile, wrap
 from satchel.bundles.cryptinfo import KEYS_MEMBER
@@ -45,7 +44,7 @@ class EncryptedUsb:
         self.site = site
         site.install(site.bundle(models.good, "1.0.0", 10))
         self.recipient = Recipient.from_pem(
-            site.device_id, (key_dir(site.state) / DEVICE_PUB).read_bytes())
+            site.device_id, (site.state / "device.pub").read_bytes())
         self.v2 = encrypt_bundle(site.bundle(models.other, "2.0.0", 20),
                                  site.keys.signing_keys, [self.recipient])
         self.stick_dir = stick_dir

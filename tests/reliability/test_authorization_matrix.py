@@ -137,7 +137,33 @@ BODIES: dict[tuple[str, str], Callable[[Matrix], dict[str, Any]]] = {
                                           "content_type": "application/json"},
     ("POST", "/api/v1/tokens"): lambda m: {"json": {"kind": "enroll"}},
     ("POST", "/api/v1/usb/reports"): lambda m: _usb_report(m),
+    ("POST", "/api/v1/devices/{device_id}/samples"): lambda m: {
+        "data": _capture(), "content_type": "application/octet-stream"},
+    ("GET", "/api/v1/samples/export"): lambda m: _stored_capture(m),
 }
+
+
+def _capture() -> bytes:
+    """A fresh capture file of cam-1's (issue 18), as the agent writes it."""
+    import numpy as np
+
+    from satchel.bundles.captures import encode_capture
+
+    return encode_capture({"input": np.full((1, 4), next(_numbers), np.float32)}, {
+        "channel": "vision", "version": "1.1.0", "sequence": 2, "active_version": "1.0.0",
+        "active_sequence": 1, "reason": "disagreement", "captured_at": "2026-12-01T07:00:00Z",
+        "figures": {}})
+
+
+def _stored_capture(m: Matrix) -> dict[str, Any]:
+    """The query of an export, with a capture stored for it to find (once: every cell asks)."""
+    listed = m.fleet.client.get("/api/v1/samples", headers=m.fleet.admin).json["samples"]
+    if listed:
+        return {"query_string": {"channel": "vision", "version": "1.1.0"}}
+    r = m.fleet.client.post("/api/v1/devices/cam-1/samples", data=_capture(),
+                            headers=m.device.headers, content_type="application/octet-stream")
+    assert r.status_code == 201, r.json
+    return {"query_string": {"channel": "vision", "version": "1.1.0"}}
 
 
 def _usb_report(m: Matrix) -> dict[str, Any]:

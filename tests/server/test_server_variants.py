@@ -272,3 +272,28 @@ def test_a_variant_that_breaches_is_disabled_and_the_release_stays(
     channel = device.state.status()["channels"]["kws"]
     assert channel["variants"]["lite"]["state"] == "disabled"
     assert channel["variant"] == "full"
+
+
+def test_a_breach_of_the_default_variant_rolls_the_release_back(
+    tmp_path: Path, device: Device, start_server: ServerFactory, events: MemoryEventSink,
+) -> None:
+    weights = make_mlp_weights(in_dim=IN_DIM, hidden=32, out_dim=OUT_DIM, seed=5)
+    good = onnx_mlp(weights, tmp_path / "good.onnx")
+    nan = onnx_mlp(weights, tmp_path / "nan.onnx", nan_for_negative_first_feature=True)
+    samples = tmp_path / "positive.npz"
+    np.savez(samples, input=np.abs(np.random.default_rng(1).standard_normal((8, IN_DIM)))
+             .astype(np.float32))
+    health = HealthPolicy(probation_s=600, min_samples=10, max_error_rate=0.05,
+                          max_nan_rate=0.0, max_crash_restarts=3)
+    _install(device, [VariantSpec("full", good), VariantSpec("lite", good)], samples=samples)
+    _install(device, [VariantSpec("full", nan), VariantSpec("lite", good)], sequence=2,
+             samples=samples, health=health)
+    server = _start(start_server, _settings(tmp_path, Battery(tmp_path / "ps")))
+    negative = -np.abs(X)
+    for _ in range(12):
+        assert _infer(server, negative).status_code == 200
+    wait_for(lambda: bool(events.of_kind(ROLLED_BACK)))
+    assert "nan rate" in events.of_kind(ROLLED_BACK)[0].reason
+    assert events.of_kind(VARIANT_DISABLED) == []
+    wait_for(lambda: _infer(server).json()["model_version"] == "1.1")
+    assert _variant(_infer(server)) == "full"

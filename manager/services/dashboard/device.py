@@ -41,6 +41,7 @@ from satchel.manager.services.dashboard.states import (
     DeviceRow,
     Thresholds,
 )
+from satchel.manager.services.dashboard.variants import VariantsView, variants_view
 from satchel.manager.services.deployments.health import health_breach
 
 
@@ -77,6 +78,7 @@ class ChannelView:
     release_health: tuple[ReleaseHealth, ...] = ()  # samples by release, the rollbacks' too
     stage: str = ""  # "shadow" | "ramp" | "probation" | "active" ("" from older agents)
     candidate: CandidateView | None = None  # a release in its shadow stage or ramp
+    variants: VariantsView | None = None  # a release with variants: which runs and why
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,7 @@ def device_page(
                 ),
                 stage=devices.staged_activation(status, name)["stage"],
                 candidate=candidate_view(status, name),
+                variants=variants_view(status, name),
             )
         )
     usb = session.scalars(
