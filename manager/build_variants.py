@@ -64,6 +64,7 @@ class VariantSpec:
     name: str
     model: Path
     reference: Path | None = None  # None: the release's --reference, if any
+    latency_budget_ms: float | None = None  # None: the release's --latency-budget-ms
 
 
 def parse_variant(value: str) -> VariantSpec:
@@ -144,7 +145,8 @@ def _build_one(
     req: BuildRequest, spec: VariantSpec, body: Any, raw_samples: Any, out: Path,
     defaults: BuildDefaults, clock: _Clock, progress: Callable[[int], None] | None,
 ) -> tuple[_Built, list[Payload]]:
-    vreq = replace(req, model=spec.model, reference=spec.reference or req.reference)
+    vreq = replace(req, model=spec.model, reference=spec.reference or req.reference,
+                   latency_budget_ms=spec.latency_budget_ms or req.latency_budget_ms)
     files = model_files(spec.model)
     if vreq.reference is not None:
         model_files(vreq.reference)

@@ -40,9 +40,12 @@ GRANIAN, WAITRESS = "granian", "waitress"
 def __getattr__(name: str) -> Any:
     if name == "app":  # built on first use so that importing this module is cheap
         from satchel.manager.app import create_app  # Flask and every blueprint: see _create_app
+        from satchel.manager.services.retention import start_pruner
 
         globals()["app"] = create_app()
-        _configure_logs(globals()["app"].extensions["satchel"].config)
+        state = globals()["app"].extensions["satchel"]
+        _configure_logs(state.config)
+        start_pruner(state.db, state.config)  # retention, if set, as under `satchel serve`
         return globals()["app"]
     raise AttributeError(name)
 

@@ -111,6 +111,7 @@ def refuse_links(disk: StickDir, device_id: str) -> None:
         disk.refuse_links(stick_layout.ROOTS_DIR, depth=1)
         disk.refuse_links(stick_layout.BUNDLES_DIR, depth=1)
         disk.refuse_links(f"{stick_layout.REPORTS_DIR}/{device_id}")
+        disk.refuse_links(f"{stick_layout.REPORTS_DIR}/{device_id}/samples")  # agent.captures
     except OSError as e:
         raise StickError(f"cannot read {disk.path}: {e.strerror}; was the stick pulled "
                          "out?") from e

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from satchel.bundles.variants import Policy, Reading, Rule
 
@@ -63,8 +63,7 @@ class RequestRefused(ValueError):
     """No variant meets a request's figures; the message is the one-line answer."""
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):  # a tuple: built per request, 4x cheaper than a dataclass
     name: str
     accuracy_level: int
     p95_ms: float | None  # live p95, else the smoke test's on this device; None: unknown

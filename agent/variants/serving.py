@@ -127,6 +127,7 @@ class VariantSet:
         self.release = release
         self.channel = release.channel
         self.spec = variants
+        self.levels = {v.name: v.accuracy_level for v in variants.variants}
         self.default = variants.default
         self.models = dict(models)
         self.states = {n: dict(s) for n, s in states.items()}  # as the install left them
@@ -183,8 +184,7 @@ class VariantSet:
             live = health.p95() if len(health.latencies) >= self.settings.min_live_samples \
                 else None
             smoke = self.states.get(name, {}).get("p95_ms")
-            found.append(Candidate(name, self.spec.get(name).accuracy_level,
-                                   live if live is not None else smoke))
+            found.append(Candidate(name, self.levels[name], live if live is not None else smoke))
         return found
 
     def record(self, serving: ServingModel, latency_ms: float, *, error: bool, nonfinite: bool,

@@ -51,6 +51,7 @@ def _progress_bar(total: int, label: str) -> Any:
     "--model",
     "model_path",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    callback=lambda ctx, param, value: _model_or_variants(ctx, param, value),
     help="Model to ship (.onnx or .tflite), usually INT8. Required without --variant.",
 )
 @click.option(
@@ -64,11 +65,18 @@ def _progress_bar(total: int, label: str) -> Any:
 )
 @click.option("--default-variant", help="The variant served by default [default: the first].")
 @click.option(
+    "--variant-budget-ms",
+    "variant_budgets",
+    multiple=True,
+    metavar="NAME=MS",
+    help="A variant's own p95 latency budget on the device [default: --latency-budget-ms].",
+)
+@click.option(
     "--variant-policy",
     metavar="JSON|FILE",
     help='Selection policy, e.g. \'{"rules": [{"when": {"battery_below": 30}, "use": "lite", '
-    '"leave": {"battery_above": 80}}], "dwell_s": 30}\' [default: the last variant below 30%% '
-    "battery, back above 80%%].",
+    '"leave": {"battery_above": 80}}], "dwell_s": 30}\' [default: the last variant below 30% '
+    "battery, back above 80%].",
 )
 @click.option(
     "--variant-accuracy",
@@ -327,6 +335,14 @@ def _encryption(specs: tuple[str, ...]) -> Any:
         raise UsageError(f"--encrypt-to: {e}") from e
 
 
+def _model_or_variants(ctx: click.Context, param: click.Parameter, value: Path | None) -> Any:
+    """--model is required unless --variant gives the models (a missing option is processed
+    after every given one, so --variant is known here). Raises click.MissingParameter."""
+    if value is None and not ctx.params.get("variant_specs"):
+        raise click.MissingParameter(ctx=ctx, param=param)
+    return value
+
+
 def _variant_specs(opts: dict[str, Any]) -> list[Any]:
     """The --variant options (the first one's model stands in for --model). Raises
     click.UsageError."""
@@ -336,9 +352,25 @@ def _variant_specs(opts: dict[str, Any]) -> list[Any]:
         return []
     if opts["model_path"] is not None:
         raise click.UsageError("give the models as --variant NAME:MODEL, not --model as well")
+    from dataclasses import replace
+
     from satchel.manager.build_variants import parse_variant
 
     specs = [parse_variant(v) for v in opts["variant_specs"]]
+    budgets: dict[str, float] = {}
+    for item in opts["variant_budgets"]:
+        name, _, ms = item.partition("=")
+        try:
+            budgets[name.strip()] = float(ms)
+        except ValueError:
+            raise click.UsageError(f"--variant-budget-ms {item!r}: expected NAME=MS") from None
+        if not budgets[name.strip()] > 0:
+            raise click.UsageError(f"--variant-budget-ms {item!r}: the budget must be > 0")
+    unknown = sorted(set(budgets) - {s.name for s in specs})
+    if unknown:
+        raise click.UsageError(f"--variant-budget-ms names {unknown[0]!r}, which is not a "
+                               "--variant")
+    specs = [replace(s, latency_budget_ms=budgets.get(s.name)) for s in specs]
     opts["model_path"] = specs[0].model
     return specs
 

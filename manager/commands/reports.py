@@ -90,6 +90,8 @@ def describe(manifest: Manifest, sigs: list[dict[str, str]], names: dict[str, st
             lines.append(f"    {_measured_line(o)}")
     hp = m.health_policy.to_dict()
     lines.append("  health policy: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+    for stage, policy in (m.activation.to_dict() if m.activation else {}).items():
+        lines.append(f"  activation {stage}: " + ", ".join(f"{k}={v}" for k, v in policy.items()))
     if m.delta_base is not None:
         lines.append(f"  delta against {m.delta_base.channel} {m.delta_base.describe()}: "
                      "patched files need that release on the device")

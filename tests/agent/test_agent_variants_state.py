@@ -6,9 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from satchel.agent.config import load_agent_config
 from satchel.agent.variants.select import StateSelector
 from satchel.agent.variants.settings import VariantSettings
 from satchel.agent.variants.state import SysfsState
+from satchel.bundles.errors import ConfigError
 from satchel.bundles.variants import Conditions, Policy, Reading, Rule
 
 
@@ -76,3 +80,21 @@ def test_a_rule_whose_variant_is_not_usable_is_skipped() -> None:
     hot_and_low = Reading(battery_percent=20, temperature_c=90)
     assert s.choose(hot_and_low, 0.0, {"full", "int8"}).variant == "int8"
     assert s.choose(hot_and_low, 100.0, {"full"}).variant == "full"
+
+
+def test_the_settings_file_sets_the_variants_table_and_refuses_a_bad_policy(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('[variants]\npoll_s = 0.5\npower_supply_dir = "/srv/ps"\n'
+                      'policy = \'{"rules": [{"when": {"load_above": 0.9}, "use": "lite"}]}\'\n')
+    settings = load_agent_config(config, environ={}).variants
+    assert settings.poll_s == 0.5 and settings.power_supply_dir == "/srv/ps"
+    assert settings.policy.startswith('{"rules"')
+    config.write_text('[variants]\npolicy = \'{"rules": [{"when": {"cpu": 1}, "use": "x"}]}\'\n')
+    with pytest.raises(ConfigError, match="unexpected field 'cpu'") as e:
+        load_agent_config(config, environ={})
+    assert "\n" not in str(e.value)
+    config.write_text("[variants]\npoll_s = 0\n")
+    with pytest.raises(ConfigError, match="poll_s"):
+        load_agent_config(config, environ={})

@@ -108,6 +108,9 @@ def test_bundle_build_flags_put_the_policy_in_the_signed_manifest(tmp_path: Path
     assert manifest.activation.to_dict()["ramp"] == {"steps": [25, 100], "step_requests": 50}
     assert manifest.activation.capture is not None
     assert manifest.activation.capture.max_samples == 10
+    shown = Cli(tmp_path).run("bundle", "inspect", out).ok().stdout
+    assert "activation shadow: requests=200, fraction=0.2, agreement=0.99" in shown
+    assert "activation ramp: steps=[25, 100], step_requests=50" in shown
     refused = Cli(tmp_path).run(*base[:-1], tmp_path / "c.satchel", "--ramp", "50,10")
     assert "rise" in refused.usage_error()
     assert not (tmp_path / "c.satchel").exists()

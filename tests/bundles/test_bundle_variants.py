@@ -43,6 +43,7 @@ def test_cli_builds_one_signed_bundle_with_every_variant_smoke_tested(
         "--variant", f"full:{vmodels.full}", "--variant", f"int8:{vmodels.int8}:{vmodels.full}",
         "--variant", f"lite:{vmodels.lite}", "--default-variant", "int8",
         "--variant-policy", policy, "--variant-accuracy", "lite=0",
+        "--variant-budget-ms", "lite=40", "--latency-budget-ms", "50",
         "--samples", vmodels.samples, "--key", tmp_path / "keys" / "signing.key", "-o", out,
     )
     assert done.exit_code == 0, done.stderr
@@ -64,6 +65,8 @@ def test_cli_builds_one_signed_bundle_with_every_variant_smoke_tested(
         assert (target / entry.file).is_file()
         assert entry.file.startswith(f"variants/{entry.name}/")
     assert set(m.build["variants"]) == {"full", "int8", "lite"}
+    budgets = {t.model: t.p95_latency_budget_ms for t in m.smoke_tests}
+    assert budgets == {"int8": 50.0, "full": 50.0, "lite": 40.0}
     shown = Cli(tmp_path).run("bundle", "inspect", out)
     assert shown.exit_code == 0
     assert "variants: int8 (accuracy 2), full (accuracy 3), lite (accuracy 0); default int8" \
@@ -146,6 +149,8 @@ def test_variants_that_take_other_inputs_are_refused(
       ' "use": "lite"}]}'], "not a variant"),
     (["--variant", "full:{full}", "--variant-policy", "{nope"], "is not JSON"),
     (["--variant", "full:{full}", "--variant-accuracy", "full=high"], "expected NAME=LEVEL"),
+    (["--variant", "full:{full}", "--variant-budget-ms", "lite=3"], "not a --variant"),
+    (["--variant", "full:{full}", "--variant-budget-ms", "full=0"], "must be > 0"),
 ])
 def test_cli_refuses_bad_variant_options_and_writes_nothing(
     tmp_path: Path, keys: Keyring, vmodels: VariantModels, args: list[str], message: str

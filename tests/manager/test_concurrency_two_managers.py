@@ -11,9 +11,6 @@ id order) are locked `FOR UPDATE`; on SQLite every transaction holds the write l
 from __future__ import annotations
 
 import concurrent.futures
-import signal
-import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,43 +23,14 @@ from flask.testing import FlaskClient
 
 from satchel.manager.config import ManagerConfig
 from satchel.manager.models import DeploymentTarget, Event
-from tests.e2e.commands import SATCHEL, satchel_env
 from tests.factory.keys import Keyring
 from tests.manager.helpers import Fleet, SimDevice, event
+from tests.manager.served import Served
 
 DEVICES = 12
 ROUNDS = 40  # rounds of check-ins at most before the rollout must have completed
 COPIES = 2  # times each check-in is sent to each manager per round, at once
 WORKERS = 16  # client threads
-
-
-class Served:
-    """`satchel serve` on a data dir of its own, on the shared database."""
-
-    def __init__(self, data_dir: Path, database_url: str) -> None:
-        data_dir.mkdir()
-        self.data_dir = data_dir
-        env = satchel_env({"SATCHEL_DATABASE_URL": database_url,
-                           "SATCHEL_LOG_REQUESTS": "false", "SATCHEL_THREADS": "8"})
-        self.log = open(data_dir / "serve.log", "ab")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [str(SATCHEL), "--data-dir", str(data_dir), "serve", "--port", "0"],
-            stdout=subprocess.PIPE, stderr=self.log, text=True, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert "listening on" in line, f"satchel serve did not start: {line!r}"
-        port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
-        self.url = f"http://127.0.0.1:{port}"
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture

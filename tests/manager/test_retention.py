@@ -21,6 +21,7 @@ from satchel.manager.models import Event
 from satchel.manager.services import retention
 from tests.e2e.commands import wait_for
 from tests.manager.helpers import Fleet
+from tests.manager.served import Served
 
 DAY = 86400.0
 NOW = datetime.now(timezone.utc).replace(microsecond=0)  # the seed's and the prunes' clock
@@ -141,3 +142,16 @@ def test_the_server_prunes_periodically(app: Flask, fleet: Fleet, config: Manage
         pruner.stop()
     assert _left(app) == {"activated": ["activated-0"]}
     assert retention.start_pruner(db, _with(cfg, retention_interval_s=0)) is None
+
+
+def test_satchel_serve_applies_the_retention_by_itself(
+    app: Flask, fleet: Fleet, config: ManagerConfig, tmp_path: Any
+) -> None:
+    _seed(app, fleet, {"health": [1.0, 1.0], "activated": [1.0]})
+    served = Served(tmp_path / "serving", config.url, {
+        "SATCHEL_RETENTION_HEALTH_S": "3600", "SATCHEL_RETENTION_INTERVAL_S": "0.2"})
+    try:
+        wait_for(lambda: "health" not in _left(app), 30, "satchel serve pruning")
+    finally:
+        served.stop()
+    assert _left(app) == {"activated": ["activated-0"]}

@@ -130,12 +130,11 @@ def test_a_short_key_in_the_database_is_refused_in_one_line(config: ManagerConfi
         db.dispose()
 
 
-@pytest.mark.postgres
+# PostgreSQL only: SQLite is a file in the data dir by definition
+@pytest.mark.parametrize("backend", [pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_no_dashboard_request_leaves_anything_on_the_managers_disk(
     config: ManagerConfig, tmp_path: Path
 ) -> None:
-    if config.url.startswith("sqlite"):
-        pytest.skip("SQLite is a file in the data dir by definition")
     data_dir = tmp_path / "empty-host"
     app = create_app(_settings(config, data_dir))
     app.extensions["satchel"].db.run(lambda s: users.create_user(s, ADMIN_USER, ADMIN_PASSWORD))
