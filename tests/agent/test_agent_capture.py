@@ -214,3 +214,36 @@ def test_usb_report_refuses_a_link_where_the_samples_go(tmp_path: Path, keys: Ke
         write_report(state_dir, disk, None, EventQueue(state_dir), stored_totals(state_dir))
     assert list(elsewhere.iterdir()) == []
     assert len(pending_captures(state_dir)) == 1  # kept for a stick that can take it
+
+
+def test_nan_answer_during_the_ramp_is_kept_as_a_nonfinite_example(
+    tmp_path: Path, keys: Keyring, models: StagedModels
+) -> None:
+    from satchel.bundles.activation import build_policy
+    from satchel.bundles.events import RAMP_FAILED
+    from tests.server.devices import negative_inputs
+
+    policy = build_policy(ramp="50,100", ramp_step_requests=1000, capture="nonfinite")
+    with rig(tmp_path, keys, models) as r:
+        r.install(models.good, version="1.0.0", sequence=1)
+        server = r.start()
+        r.install(models.nan, version="2.0.0", sequence=2, activation=policy)
+        wait_for(lambda: server.registry.candidate("vision") is not None)
+        for i in range(10):
+            r.infer(negative_inputs(1, seed=i))
+        wait_for(lambda: bool(r.events.of_kind(RAMP_FAILED)))
+        wait_for(lambda: len(pending_captures(r.state_dir)) == 1)
+        capture = decode_capture(pending_captures(r.state_dir)[0].read())
+        assert capture.meta["reason"] == "nonfinite"
+        assert capture.meta["active_version"] == "1.0.0"
+        assert capture.inputs["input"][0, 0] < 0
+
+
+def test_low_margin_is_judged_on_class_scores_only() -> None:
+    from satchel.agent.staging.stager import low_margin
+
+    close = {"p": np.array([[0.48, 0.47, 0.05]], np.float32)}
+    clear = {"p": np.array([[0.9, 0.05, 0.05]], np.float32)}
+    assert low_margin(close, {"p": "classes"}, 0.1)
+    assert not low_margin(clear, {"p": "classes"}, 0.1)
+    assert not low_margin(close, {"p": "tensor"}, 0.1)

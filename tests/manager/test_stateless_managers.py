@@ -1,22 +1,28 @@
 """Stateless managers: two manager processes on separate data dirs, one database, serve one
 dashboard. A login, its CSRF token and the log-in throttle made at one are honoured at the
-other, managers starting at once agree on one session key, and no request leaves anything on
-a manager's own disk."""
+other, managers starting at once agree on one session key, a USB plan or report needs nothing
+of the manager that answered before, and no request leaves anything on a manager's own
+disk."""
 
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 from flask import Flask
 
+from satchel.bundles import plan as stick
 from satchel.manager.app import create_app
 from satchel.manager.config import ManagerConfig
 from satchel.manager.db import Database
 from satchel.manager.services import users
 from satchel.manager.web import secret
+from tests.factory.keys import Keyring
+from tests.manager.helpers import Fleet, event
 from tests.web.forms import ADMIN_PASSWORD, ADMIN_USER, LoginForm, csrf_of, log_in
 
 COOKIE = "satchel_session"
@@ -145,3 +151,26 @@ def test_no_dashboard_request_leaves_anything_on_the_managers_disk(
     assert client.post("/logout", data={"csrf_token": csrf_of(client)}).status_code in (302, 303)
     app.extensions["satchel"].db.dispose()
     assert not data_dir.exists() or list(data_dir.iterdir()) == []
+
+
+def test_usb_plans_and_reports_need_nothing_of_the_manager_that_answered_before(
+    two_managers: tuple[Flask, Flask], keys: Keyring, tmp_path: Path
+) -> None:
+    a, b = two_managers
+    fleet = Fleet.start(a, a.test_client(), keys, tmp_path)  # its admin token works at B too
+    device = fleet.enroll("cam-usb")
+    fleet.bundle("1.0.0", 1)
+    fleet.deploy("vision:1.0.0", devices=["cam-usb"])
+    plans = [app.test_client().post("/api/v1/usb/plan", json={}, headers=fleet.admin)
+             for app in (a, b)]
+    assert [p.status_code for p in plans] == [200, 200]
+    assert plans[0].json == plans[1].json  # worked out from the database, nothing kept
+    report = stick.Report(report_id=uuid.uuid4().hex, device_id="cam-usb",
+                          created=datetime.now(timezone.utc).replace(microsecond=0),
+                          checkin=device.body([event("downloaded")]), plan_id=None)
+    data = stick.sign_report(report, device.key)
+    path = f"/api/v1/usb/reports?path={report.path}"
+    first = a.test_client().post(path, data=data, headers=fleet.admin)
+    again = b.test_client().post(path, data=data, headers=fleet.admin)  # imported elsewhere
+    assert (first.status_code, first.json["recorded"]) == (201, True)
+    assert (again.status_code, again.json["recorded"]) == (200, False)
