@@ -300,6 +300,24 @@ def status(obj: CliContext, as_json: bool) -> None:
         kept = ", ".join(r["version"] for r in info["releases"])
         click.echo(f"{channel}: {active['version']} (sequence {active['sequence']}) "
                    f"{info['state']}; kept: {kept}")
+        candidate = info.get("candidate")
+        if candidate:  # judged in shadow or ramp before it activates (agent.staging)
+            click.echo(f"  candidate {candidate['version']} (sequence {candidate['sequence']})"
+                       f" in {candidate['stage']}: {_candidate_figures(candidate)}")
+        if info.get("variants"):  # a release with variants (agent/variants/status.py)
+            others = ", ".join(f"{n} {v['state']}" for n, v in info["variants"].items())
+            click.echo(f"  variant {info['variant']} ({info['variant_reason']}); {others}")
+
+
+def _candidate_figures(candidate: dict[str, Any]) -> str:
+    shadow, ramp = candidate.get("shadow") or {}, candidate.get("ramp") or {}
+    if candidate["stage"] == "ramp" and ramp:
+        return (f"step {ramp['step'] + 1} of {len(ramp['steps'])} at {ramp['percent']}%, "
+                f"{candidate['client_answers']} client answer(s)")
+    if shadow:
+        return (f"{shadow['agreed']} of {shadow['compared']} field requests agree "
+                f"(needs {shadow['needed']:.0%} of {shadow['requests']})")
+    return "starting"
 
 
 @main.command(name="rollback")

@@ -380,6 +380,23 @@ def make_delta_bundle(
     return DeltaSummary(final, tuple(patched), tuple(whole), out.stat().st_size)
 
 
+def check_base_bundle(base: Path, channel: str) -> Manifest:
+    """The manifest of `base`, checked to be a full, unencrypted bundle of `channel` that a
+    delta can be made against (before a build spends its time). Raises DeltaBaseError,
+    BundleError subclasses, OSError."""
+    with open(base, "rb") as f:
+        m = _head(f)
+    if m.name != channel:
+        raise DeltaBaseError(f"--delta-from is a bundle of channel {m.name}, not {channel}")
+    if m.delta_base is not None:
+        raise DeltaBaseError("delta bundles are made from full bundles, not from deltas")
+    if m.encryption is not None:
+        raise DeltaBaseError(
+            f"--delta-from {m.name} {m.version} is encrypted: give its unencrypted build"
+        )
+    return m
+
+
 def _check_pair(new: Manifest, old: Manifest, encryption: Any) -> None:
     if old.encryption is not None:
         raise DeltaBaseError(

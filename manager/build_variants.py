@@ -125,7 +125,7 @@ def _payloads(spec: VariantSpec, files: ModelFiles) -> list[Payload]:
 
 def _check_same_interface(first: _Built, other: _Built) -> None:
     a, b = first.entry, other.entry
-    if a.inputs != b.inputs:
+    if not _compatible(a.inputs, b.inputs):
         raise BuildError(
             f"variant {b.name!r} takes {_tensors(b.inputs)}, but {a.name!r} takes "
             f"{_tensors(a.inputs)}: every variant must take the same inputs"
@@ -135,6 +135,21 @@ def _check_same_interface(first: _Built, other: _Built) -> None:
             f"variant {b.name!r} gives {_tensors(b.outputs)}, but {a.name!r} gives "
             f"{_tensors(a.outputs)}: every variant must give the same outputs"
         )
+
+
+def _compatible(ours: Any, theirs: Any) -> bool:
+    """Same names and datatypes, shapes of the same rank that agree wherever both are fixed
+    (a TFLite [1, 32] beside an ONNX [-1, 32])."""
+    if {t.name for t in ours} != {t.name for t in theirs}:
+        return False
+    by_name = {t.name: t for t in theirs}
+    for t in ours:
+        u = by_name[t.name]
+        if t.datatype != u.datatype or len(t.shape) != len(u.shape):
+            return False
+        if any(x != y and x != -1 and y != -1 for x, y in zip(t.shape, u.shape, strict=True)):
+            return False
+    return True
 
 
 def _tensors(specs: Any) -> str:

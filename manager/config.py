@@ -92,6 +92,9 @@ class ManagerConfig:
     log_format: str = "text"  # "text" or "json", one object per line with the request id
     # (`satchel --log-format`); under journald no timestamp of ours and a syslog priority
     check_schema: bool = True  # refuse to start unless the database is at the head revision
+    encryption_identity: str = ""  # path of the manager's X25519 recipient private key (PEM,
+    # mode 0600): with it `satchel bundle rewrap NAME:VERSION` wraps stored encrypted bundles
+    # for more devices (docs/ENCRYPTION.md); empty = the manager re-wraps nothing
 
     @property
     def sqlite_path(self) -> Path:

@@ -22,6 +22,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +139,7 @@ class Staging:
         self.ramp_errors = 0
         self.ramp_nan = 0
         self.ramp_nonfinite_inputs = 0
-        self.ramp_ms: list[float] = []
+        self.ramp_ms: deque[float] = deque(maxlen=_LATENCIES_KEPT)  # the latest answers
         self.failed: str | None = None  # why, once decided: no request goes to it any more
         self.done = False
         self._figures_written = 0.0
@@ -192,8 +193,7 @@ class Staging:
             nan = nonfinite and not nonfinite_input
             self.ramp_nan += nan
             self.ramp_nonfinite_inputs += nonfinite_input
-            if len(self.ramp_ms) < _LATENCIES_KEPT:
-                self.ramp_ms.append(latency_ms)
+            self.ramp_ms.append(latency_ms)
             # a rate of 0 allowed means none: no need to wait for min_samples
             if error and policy.max_error_rate == 0.0:
                 breach = "health: an inference failed (error rate 0 allowed)"
@@ -219,7 +219,7 @@ class Staging:
         return ramp.step_requests if ramp else 1
 
     def ramp_figures(self, *, with_p95: bool = True) -> HealthFigures:
-        p95 = percentile(self.ramp_ms, 95) if self.ramp_ms and with_p95 else None
+        p95 = percentile(list(self.ramp_ms), 95) if self.ramp_ms and with_p95 else None
         return HealthFigures(inferences=self.client_answers, errors=self.ramp_errors,
                              nan=self.ramp_nan, p95_latency_ms=p95,
                              nonfinite_inputs=self.ramp_nonfinite_inputs)
@@ -393,6 +393,8 @@ class Stager:
         log.info("%s %s: judged in %s beside the active release", staging.channel,
                  staging.key.version, first_stage)
         self._write_figures(staging, force=True)
+        if first_stage == STAGE_RAMP:  # no shadow stage: its first step starts now
+            self._emit(staging, RAMP_STEP, "", staging.figures())
         self.wake()
         return staging
 

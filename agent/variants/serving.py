@@ -173,7 +173,9 @@ class VariantSet:
         mine = self.servings.get(name)
         if mine is None or mine.release is not serving.release \
                 or mine.probation_until != serving.probation_until:
-            mine = replace(serving, model=self.models[name], variant=name)
+            model = self.models[name]  # variants may mix runtimes (an ONNX full, a TFLite lite)
+            mine = replace(serving, model=model, variant=name,
+                           flexible_batch=model.runtime == "tflite")
             self.servings[name] = mine
         return mine
 

@@ -17,6 +17,7 @@ from satchel.manager.api import (  # noqa: E402,F401  (routes register themselve
     errors,
     openapi,
     reference,
+    rewrap,
     samples,
     tokens,
     trust,

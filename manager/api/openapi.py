@@ -416,6 +416,23 @@ PATHS: dict[str, Any] = {
             {"200": _json(_ref("Bundle"))},
         ),
     },
+    "/bundles/{sha256}/rewrap": {
+        "parameters": [SHA256],
+        "post": _op(
+            "Wrap a stored encrypted bundle's data key also for devices enrolled since (the "
+            "manager's `encryption_identity`); only keys.json changes, so the sha256 does",
+            ADMIN_ONLY,
+            {
+                "200": _json(OBJ, "Re-wrapped (or already for every device named)"),
+                "409": _error_response("No manager recipient key, or not encrypted"),
+                "422": _error_response("The manager's key does not unlock it, or the "
+                                       "result does not verify; nothing changed"),
+            },
+            requestBody=_body({"type": "object", "required": ["to"], "properties": {
+                "to": {"type": "array", "items": {"type": "string"},
+                       "description": "device:ID, class:CLASS or all-enrolled"}}}),
+        ),
+    },
     "/bundles/{sha256}/download": {
         "parameters": [SHA256],
         "get": _op(

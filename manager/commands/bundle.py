@@ -227,6 +227,10 @@ def build_cmd(**opts: Any) -> None:
     from satchel.manager.build import BuildDefaults, BuildRequest, build_bundle
 
     activation = _activation_policy(opts)
+    if opts["delta_from"] is not None:  # refused before the build, not after it
+        from satchel.bundles.delta import check_base_bundle
+
+        check_base_bundle(opts["delta_from"], opts["name"])
     encryption = _encryption(opts["encrypt_to"])
     variant_specs = _variant_specs(opts)  # [] without --variant
     keys = load_keys(opts["key_paths"], passphrase_from(opts["passphrase_file"]))
@@ -578,9 +582,11 @@ def bundle_add(ctx: click.Context, file: Path, as_json: bool) -> None:
         echo_json({**info, "created": created})
         return
     what = "stored" if created else "already stored"
+    base = info.get("delta_base")  # a delta bundle, linked to its full one (docs/DELTAS.md)
     click.echo(
         f"{what}: {info['name']} {info['version']} (sequence {info['sequence']}, "
         f"{human_bytes(info['size'])})"
+        + (f", delta against {base['version']} (sequence {base['sequence']})" if base else "")
     )
     click.echo(info["sha256"])
 

@@ -108,5 +108,8 @@ def test_service_killed_mid_shadow_comes_back_on_the_previous_release(
                  == 0, what="the shadow stage starting over")
         assert _status(state_dir)["candidate"]["stage"] == "shadow"
         assert _version(agent, field_inputs(1)[0]) == "1.0.0"
+        text = _cli(state_dir, "status").stdout
+        assert "vision: 1.0.0 (sequence 1)" in text
+        assert "candidate 2.0.0 (sequence 2) in shadow:" in text
     finally:
         agent.stop()

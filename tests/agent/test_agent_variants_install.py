@@ -47,6 +47,8 @@ def test_a_failing_variant_is_dropped_and_the_release_activates(
     assert channel["variants"]["lite"] == {
         "state": "ready", "reason": "", "p95_ms": states["lite"]["p95_ms"]}
     assert isinstance(channel["variants"]["lite"]["p95_ms"], float)
+    text = device.run("status").stdout
+    assert "  variant full (default variant); full ready, lite ready, slow dropped" in text
     figures = smoke_figures(result.report.to_dict())  # what the install's event carries
     assert figures["variants"]["slow"]["state"] == "dropped"
 

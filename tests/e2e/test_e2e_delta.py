@@ -149,3 +149,15 @@ def test_usb_stick_carries_both_and_each_device_installs_the_right_one(
     manager.cli("usb", "import", stick)
     assert _downloaded(manager, "delta-usb-keeper") == [releases.delta_sha]
     assert _downloaded(manager, "delta-usb-fresh") == [releases.full_sha]
+
+
+def test_delta_from_another_channel_is_refused_before_anything_is_built(
+    kit: Kit, tmp_path: Path
+) -> None:
+    out = tmp_path / "kws-9.satchel"
+    refused = run(SATCHEL, "bundle", "build", "--name", "kws", "--version", "9.0.0", "--model",
+                  kit.good, "--key", kit.keydir / "signing.key", "-o", out, "--delta-from",
+                  kit.v1, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == "error: --delta-from is a bundle of channel vision, not kws\n"
+    assert list(tmp_path.iterdir()) == []

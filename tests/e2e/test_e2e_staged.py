@@ -40,8 +40,13 @@ def _answer(agent: AgentProcess, x: np.ndarray) -> str:
 
 
 def _candidate(manager: ManagerProcess, device_id: str) -> dict[str, Any] | None:
-    channel = manager.device(device_id)["channels"].get("staged") or {}
-    return channel.get("candidate")
+    channel = manager.api(f"/api/v1/devices/{device_id}?events=0")["channels"].get("staged")
+    return (channel or {}).get("candidate")
+
+
+def _deployment(manager: ManagerProcess, deployment_id: int) -> dict[str, Any]:
+    """The deployment's status through the API (a poll: no process per look)."""
+    return dict(manager.api(f"/api/v1/deployments/{deployment_id}"))
 
 
 def test_bad_release_is_refused_in_shadow_and_its_field_input_builds_the_next(
@@ -54,8 +59,9 @@ def test_bad_release_is_refused_in_shadow_and_its_field_input_builds_the_next(
     # 1.0.0 is the NaN model's healthy twin (same weights): they agree wherever it is finite
     first = _build(kit, kit.newer, lab, "1.0.0", 1)
     manager.cli("bundle", "add", first)
-    wait_for(lambda: manager.deployment(manager.deploy("staged:1.0.0", names, "100%"))[
-        "state"] == "completed", 60, "1.0.0 everywhere")
+    first_rollout = manager.deploy("staged:1.0.0", names, "100%")
+    wait_for(lambda: _deployment(manager, first_rollout)["state"] == "completed", 60,
+             "1.0.0 everywhere")
 
     bad = _build(kit, kit.nan, lab, "2.0.0", 2, "--shadow-requests", "20",
                  "--shadow-fraction", "1", "--capture", "disagreement,nonfinite")
@@ -66,7 +72,7 @@ def test_bad_release_is_refused_in_shadow_and_its_field_input_builds_the_next(
              "the canary runs 2.0.0 in shadow")
     answered = [_answer(canary, x[None, :]) for x in np.concatenate(
         [positive(3, seed=1), negative(3, seed=2)])]
-    halted = wait_for(lambda: (d := manager.deployment(halting))["state"] == "halted" and d,
+    halted = wait_for(lambda: (d := _deployment(manager, halting))["state"] == "halted" and d,
                       30, "the deployment halts")
 
     assert set(answered) == {"1.0.0"}  # no client ever got an answer from 2.0.0
@@ -77,9 +83,8 @@ def test_bad_release_is_refused_in_shadow_and_its_field_input_builds_the_next(
     assert len(failed) == 1 and failed[0]["figures"]["client_answers"] == 0
     assert canary.serving_version("staged") == "1.0.0"
 
-    listed = wait_for(lambda: json.loads(manager.cli(
-        "samples", "list", "--channel", "staged", "--json").stdout)["samples"], 30,
-        "the captured field input reaches the manager")
+    listed = wait_for(lambda: manager.api("/api/v1/samples?channel=staged")["samples"], 30,
+                      "the captured field input reaches the manager")
     assert {(s["device_id"], s["version"]) for s in listed} == {("staged-1", "2.0.0")}
     field = tmp_path / "field.npz"
     manager.cli("samples", "export", "staged", "2.0.0", "-o", field)
@@ -103,7 +108,7 @@ def test_bad_release_is_refused_in_shadow_and_its_field_input_builds_the_next(
                 _answer(agent, x[None, :])
         cand = _candidate(manager, "staged-1") or {}
         stages.add(str(cand.get("stage")))
-        status = manager.deployment(rollout)
+        status = _deployment(manager, rollout)
         if cand.get("stage") in ("shadow", "ramp"):
             assert status["current_wave"] == 0  # a candidate is not healthy in its wave
         return status["state"] == "completed"

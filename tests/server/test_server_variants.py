@@ -25,7 +25,7 @@ from satchel.bundles.events import ROLLED_BACK, VARIANT_DISABLED, VARIANT_SWITCH
 from satchel.bundles.manifest import HealthPolicy
 from satchel.bundles.variants import parse_policy
 from satchel.manager.build_variants import VariantSpec
-from tests.factory.model_makers import make_mlp_weights, onnx_mlp
+from tests.factory.model_makers import make_mlp_weights, onnx_mlp, tflite_mlp
 from tests.factory.variants import IN_DIM, OUT_DIM, VariantModels, make_variant_models
 from tests.factory.variants import variant_bundle as build_variants
 from tests.server.clients import metric
@@ -297,3 +297,19 @@ def test_a_breach_of_the_default_variant_rolls_the_release_back(
     assert events.of_kind(VARIANT_DISABLED) == []
     wait_for(lambda: _infer(server).json()["model_version"] == "1.1")
     assert _variant(_infer(server)) == "full"
+
+
+def test_variants_may_mix_runtimes(
+    tmp_path: Path, device: Device, start_server: ServerFactory,
+) -> None:
+    weights = make_mlp_weights(in_dim=IN_DIM, hidden=16, out_dim=OUT_DIM, seed=2)
+    full = onnx_mlp(weights, tmp_path / "full.onnx")
+    lite = tflite_mlp(weights, tmp_path / "lite.tflite")  # input [1, 32] beside ONNX [-1, 32]
+    _install(device, [VariantSpec("full", full), VariantSpec("lite", lite)])
+    battery = Battery(tmp_path / "ps")
+    server = _start(start_server, _settings(tmp_path, battery))
+    by_full = _infer(server).json()["outputs"][0]["data"]
+    battery.set(5)
+    wait_for(lambda: _variant(_infer(server)) == "lite")
+    by_lite = _infer(server).json()["outputs"][0]["data"]
+    np.testing.assert_allclose(by_lite, by_full, rtol=1e-4, atol=1e-5)

@@ -55,8 +55,9 @@ class ReportedEvent:
     reason: str | None = None
 
     def concerns(self, bundle: BundleRef | Bundle) -> bool:
-        if self.bundle_sha256 is not None:
-            return self.bundle_sha256 == bundle.sha256
+        if self.bundle_sha256 is not None and self.bundle_sha256 == bundle.sha256:
+            return True
+        # also a copy under another sha256: re-wrapped for more devices (services/rewrap.py)
         return self.channel == bundle.name and self.sequence == bundle.sequence
 
     @property

@@ -1,0 +1,89 @@
+"""Delta bundles on the manager (services/deltas.py): stored linked to their full bundle, and
+offered, on the fast and the full check-in path alike, only to devices that keep the base,
+with the full bundle as the offer's fallback."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from satchel.bundles.delta import make_delta_bundle
+from tests.factory.bundles import build_test_bundle
+from tests.manager.helpers import Fleet
+
+SMOKE = {"smoke/inputs.npz": b"inputs " * 40, "smoke/reference.npz": b"reference " * 30}
+
+
+def _model(seed: int, tuned: bool = False) -> bytes:
+    data = bytearray(random.Random(seed).randbytes(60_000))
+    if tuned:  # the last tenth retrained
+        data[54_000:] = random.Random(seed + 100).randbytes(6_000)
+    return bytes(data)
+
+
+def _upload(fleet: Fleet, path: Path) -> object:
+    return fleet.client.post("/api/v1/bundles", data=path.read_bytes(), headers=fleet.admin,
+                             content_type="application/octet-stream")
+
+
+@pytest.fixture
+def pair(fleet: Fleet) -> dict[str, Path]:
+    tmp = fleet.tmp
+    old = build_test_bundle(tmp / "v1.satchel", keys=fleet.keys, version="1.0.0", sequence=1,
+                            payloads={"model.onnx": _model(1), **SMOKE}).path
+    full = build_test_bundle(tmp / "v2.satchel", keys=fleet.keys, version="2.0.0", sequence=2,
+                             payloads={"model.onnx": _model(1, tuned=True), **SMOKE}).path
+    delta = tmp / "v2.delta.satchel"
+    make_delta_bundle(full, old, delta, [fleet.keys.signing])
+    return {"old": old, "full": full, "delta": delta}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_delta_before_its_full_bundle_is_refused_and_stores_nothing(
+    fleet: Fleet, pair: dict[str, Path]
+) -> None:
+    r = _upload(fleet, pair["delta"])
+    assert r.status_code == 409  # type: ignore[attr-defined]
+    assert "add the full bundle first" in r.json["error"]["message"]  # type: ignore[attr-defined]
+    store = fleet.app.extensions["satchel"].store.root
+    assert [p for p in store.rglob("*.satchel")] == []
+
+
+def test_a_delta_of_other_content_is_refused(fleet: Fleet, pair: dict[str, Path]) -> None:
+    other = build_test_bundle(fleet.tmp / "other.satchel", keys=fleet.keys, version="2.0.0",
+                              sequence=2, payloads={"model.onnx": _model(7), **SMOKE}).path
+    assert _upload(fleet, other).status_code == 201  # type: ignore[attr-defined]
+    r = _upload(fleet, pair["delta"])
+    assert r.status_code == 409  # type: ignore[attr-defined]
+    assert "does not carry the same files" in r.json["error"]["message"]  # type: ignore
+
+
+def test_offers_name_the_delta_only_to_devices_keeping_its_base(
+    fleet: Fleet, pair: dict[str, Path]
+) -> None:
+    for b in ("old", "full"):
+        assert _upload(fleet, pair[b]).status_code == 201  # type: ignore[attr-defined]
+    added = _upload(fleet, pair["delta"])
+    assert added.status_code == 201  # type: ignore[attr-defined]
+    assert added.json["delta_base"]["sequence"] == 1  # type: ignore[attr-defined]
+    keeper, fresh = fleet.enroll("keeper"), fleet.enroll("fresh")
+    keeper.run("vision", "1.0.0", 1)
+    fleet.deploy("vision:2.0.0", devices=["keeper", "fresh"], waves=["100%"])
+
+    answers = [fleet.checkin(keeper)["install"] for _ in range(3)]  # full path, then fast
+    assert answers[0] == answers[1] == answers[2]
+    (offer,) = answers[0]
+    assert (offer["bundle_sha256"], offer["size"]) == (
+        _sha(pair["delta"]), pair["delta"].stat().st_size)
+    assert offer["fallback"]["bundle_sha256"] == _sha(pair["full"])
+    (plain,) = fleet.checkin(fresh)["install"]
+    assert plain["bundle_sha256"] == _sha(pair["full"]) and "fallback" not in plain
+
+    got = fleet.client.get(offer["url"], headers=keeper.headers)
+    assert got.status_code == 200 and got.data == pair["delta"].read_bytes()
