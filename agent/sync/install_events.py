@@ -84,9 +84,15 @@ class InstallOutcome:
 
 
 def active_sequence(state: DeviceState, channel: str) -> int | None:
-    """The sequence the channel serves now, or None. Raises StateCorruptError."""
+    """The sequence the channel serves now, or judges in shadow or ramp if newer (an offer at
+    or below it is skipped: the manager offers a release until it is active), or None.
+    Raises StateCorruptError."""
+    from satchel.agent.staging.record import read_candidate
+
     record = state.record(channel)
-    return record.active.sequence if record is not None else None
+    candidate = read_candidate(state.layout, channel)
+    sequences = [r.sequence for r in (record.active if record else None, candidate) if r]
+    return max(sequences) if sequences else None
 
 
 def smoke_figures(report: Mapping[str, Any]) -> dict[str, Any]:

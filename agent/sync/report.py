@@ -53,6 +53,7 @@ def checkin_body(
     StateCorruptError."""
     return {
         "agent_version": agent_version(),
+        "accepts": ["delta"],  # delta bundles (docs/DELTAS.md): offered only to agents saying so
         "sent_at": format_time(utcnow()),
         "trust_root_version": trust_root_version,
         "status": state.status(),

@@ -12,7 +12,7 @@ from satchel.manager.api.common import json_body, row_id
 from satchel.manager.api.guard import requires
 from satchel.manager.context import state
 from satchel.manager.errors import InvalidRequestError
-from satchel.manager.services import deployments
+from satchel.manager.services import deployments, rewrap
 from satchel.manager.services.credentials import ADMIN
 from satchel.manager.services.deployments import Selectors
 
@@ -44,11 +44,17 @@ def create_deployment() -> Response:
     failure = _ratio(body, "max_failure_ratio", cfg.deploy_max_failure_ratio)
     t = now()
 
-    def work(s: Any) -> dict[str, Any]:
-        dep = deployments.create(s, body["bundle"], selectors, waves, success, failure, t)
-        return deployments.summary(s, dep)
+    st = state()
 
-    response = jsonify(state().db.run(work))
+    def work(s: Any) -> tuple[dict[str, Any], str | None]:
+        dep = deployments.create(s, body["bundle"], selectors, waves, success, failure, t)
+        replaced = rewrap.for_deployment(s, st.store, cfg, dep, t)  # encrypted: its devices
+        return deployments.summary(s, dep), replaced
+
+    out, replaced = st.db.run(work)
+    if replaced is not None:
+        st.store.delete(replaced)  # after the commit: no offer names it any more
+    response = jsonify(out)
     response.status_code = 201
     return response
 

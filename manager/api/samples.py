@@ -8,7 +8,7 @@ import hashlib
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Response, g, jsonify, request
+from flask import Response, jsonify, request
 
 from satchel.bundles.timeutil import now
 from satchel.manager.api import bp
@@ -29,14 +29,15 @@ def upload_sample(device_id: str) -> Response:
     """Store one capture file (raw body, application/octet-stream) of this device: 201 stored,
     200 stored before (by sha256), 400 not a valid capture, 413 over `max_sample_bytes`.
     An admin may store one on a device's behalf (`satchel --url URL usb import`)."""
-    current_principal().check_device(device_id)
+    principal = current_principal()
+    principal.check_device(device_id)
     st = state()
     limit = st.config.max_sample_bytes
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLargeError(f"a capture file is at most {limit} bytes")
     data = request.stream.read(limit + 1)
     capture = samples.check_upload(data, request.headers.get(SHA_HEADER), limit)
-    via = USB if g.principal.is_admin else LAN
+    via = USB if principal.is_admin else LAN
     t = now()
     keep = st.config.max_samples_per_device
     try:

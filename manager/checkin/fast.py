@@ -222,9 +222,10 @@ def record_unchanged(
 
             if moves_a_target(found, report.channels, report.health, read_manifest):
                 return None
-            answer = offers(found, report.channels,  # with deltas of kept releases
-                            lambda bundle_id: delta_refs(_DELTAS.rows(
+            answer = offers(found, report.channels,  # with deltas, to agents that patch
+                            (lambda bundle_id: delta_refs(_DELTAS.rows(
                                 cursor, dialect, {"bundle_id": bundle_id})))
+                            if "delta" in report.accepts else None)
             new_ids = _insert_events(cursor, dialect, device_id, report.events, now)
     except sa.exc.DBAPIError as e:
         # a dropped connection: the full path retries; a full disk: it refuses the check-in

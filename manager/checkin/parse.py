@@ -59,6 +59,7 @@ class CheckinReport:
     agent_version: str | None = None
     trust_root_version: int | None = None
     sent_at: datetime | None = None  # device clock; orders reports that arrive out of order
+    accepts: tuple[str, ...] = ()  # what the agent can install besides full bundles: "delta"
 
     @functools.cached_property
     def state_digest(self) -> str:
@@ -271,4 +272,16 @@ def parse_report(body: Any, device_id: str, max_events: int) -> CheckinReport:
         agent_version=agent_version,
         trust_root_version=root_version,
         sent_at=None if sent_at is None else parse_time(sent_at, "sent_at"),
+        accepts=_accepts(body.get("accepts")),
     )
+
+
+def _accepts(value: Any) -> tuple[str, ...]:
+    """The check-in's `accepts` (agents from issue 19 on: ["delta"]); () when absent."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > 16 or not all(
+        isinstance(v, str) and len(v) <= 32 for v in value
+    ):
+        raise _bad("'accepts' must be a short list of names")
+    return tuple(value)

@@ -220,7 +220,8 @@ def _record(
         channels = _recorded_channels(session, device_id)
     return CheckinResult(
         device_id=device_id,
-        offers=offers(targets, channels, lambda bundle_id: deltas_of(session, bundle_id)),
+        offers=offers(targets, channels, (lambda bundle_id: deltas_of(session, bundle_id))
+                      if "delta" in report.accepts else None),  # agents that can patch
         trust_root_version=trust.current_version(session),
         events_recorded=len(new_ids),
         events_duplicate=len(report.events) - len(new_ids),

@@ -12,7 +12,7 @@ from satchel.manager.config import ManagerConfig
 from satchel.manager.db import open_database
 from satchel.manager.errors import UsageError
 from satchel.manager.fleet import NewDeployment, NewToken
-from satchel.manager.services import bundles, deployments, devices, samples, tokens
+from satchel.manager.services import bundles, deployments, devices, rewrap, samples, tokens
 from satchel.manager.services.credentials import ADMIN
 from satchel.manager.services.deployments import Selectors
 from satchel.manager.services.devices import Identity
@@ -72,7 +72,7 @@ class DatabaseFleet:
         cfg, t = self.config, now()
         selectors = Selectors.from_dict(new.selectors())
 
-        def work(s: so.Session) -> dict[str, Any]:
+        def work(s: so.Session) -> tuple[dict[str, Any], str | None]:
             dep = deployments.create(
                 s,
                 new.bundle,
@@ -84,9 +84,14 @@ class DatabaseFleet:
                 else new.max_failure_ratio,
                 t,
             )
-            return deployments.summary(s, dep)
+            replaced = rewrap.for_deployment(s, store, cfg, dep, t)  # encrypted: its devices
+            return deployments.summary(s, dep), replaced
 
-        return self.run(work)
+        store = self._store()
+        out, replaced = self.run(work)
+        if replaced is not None:
+            store.delete(replaced)  # after the commit: no offer names it any more
+        return out
 
     def list_deployments(self, state: str | None) -> list[dict[str, Any]]:
         if state is not None and state not in deployments.DEPLOYMENT_STATES:

@@ -42,7 +42,7 @@ from satchel.manager.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
-from satchel.manager.models import Bundle, Device
+from satchel.manager.models import Bundle, Deployment, DeploymentTarget, Device
 from satchel.manager.services import trust
 from satchel.manager.services.bundles import summary
 from satchel.manager.store import Store
@@ -181,6 +181,54 @@ def rewrap_stored(
         raise ConflictError(f"{what} is a delta bundle: re-wrap its full bundle")
     identity = manager_identity(config)
     recipients = resolve_targets(session, list(targets), bundle)
+    done = _rewrap(session, store, config, bundle, identity, recipients, now, strict=True)
+    assert done is not None
+    return done
+
+
+def for_deployment(
+    session: so.Session, store: Store, config: ManagerConfig, deployment: Deployment,
+    now: datetime,
+) -> str | None:
+    """At deployment creation, with a manager recipient key configured: wrap the deployed
+    encrypted bundle also for every target device that is not a recipient yet, so that the
+    first offer to each names a file it can open. Nothing happens for a bundle that is not
+    encrypted, or not for the manager's key (its devices must be recipients already). Returns
+    the sha256 of the replaced file, to delete once the transaction is committed. Raises as
+    rewrap_stored (a tampered manager stanza refuses the deployment, nothing changed)."""
+    if not config.encryption_identity:
+        return None
+    bundle = deployment.bundle
+    if "encryption" not in bundle.manifest or bundle.manifest.get("delta_base"):
+        return None
+    identity = manager_identity(config)
+    devices = session.scalars(
+        sa.select(Device)
+        .join(DeploymentTarget, DeploymentTarget.device_id == Device.id)
+        .where(DeploymentTarget.deployment_id == deployment.id)
+        .order_by(Device.id)
+    )
+    recipients = [r for d in devices if (r := _device_recipient(d)) is not None]
+    done = _rewrap(session, store, config, bundle, identity, recipients, now, strict=False)
+    return None if done is None else done.replaced
+
+
+def _rewrap(
+    session: so.Session,
+    store: Store,
+    config: ManagerConfig,
+    bundle: Bundle,
+    identity: Identity,
+    recipients: list[Recipient],
+    now: datetime,
+    strict: bool,
+) -> Rewrapped | None:
+    """The re-wrap itself; with `strict` False, None when the manager's key is not a
+    recipient of the bundle (nothing to do)."""
+    what = f"bundle {bundle.name} {bundle.version}"
+    # one re-wrap of a bundle at a time (PostgreSQL: the row lock; SQLite: the one writer),
+    # each from the file the row names now, so no re-wrap undoes another's stanzas
+    session.refresh(bundle, with_for_update=True)
     root = trust.current_root(session)
     with tempfile.TemporaryDirectory(prefix="satchel-rewrap-") as tmp_name:
         tmp = Path(tmp_name)
@@ -191,6 +239,8 @@ def rewrap_stored(
         except BundleError as e:
             raise BundleRefusedError(f"re-wrap refused: stored {what}: {e}") from e
         have = {s.fingerprint for s in keys.stanzas}
+        if not strict and identity.fingerprint not in have:
+            return None
         new = [r for r in recipients if r.fingerprint not in have]
         already = sorted(r.name for r in recipients if r.fingerprint in have)
         if not new:

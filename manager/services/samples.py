@@ -43,6 +43,7 @@ class Runner(Protocol):
 T = TypeVar("T")
 MAX_LIST = 10_000  # rows of one listing
 MAX_EXPORT = 100_000  # captures in one export
+MAX_EXPORT_BYTES = 512 * 1024 * 1024  # bytes of the stored captures one export reads
 
 
 @dataclass(frozen=True)
@@ -239,11 +240,20 @@ def export(
     Raises NotFoundError (none match), InvalidRequestError (a bad filter, or captures whose
     inputs differ in name, shape or dtype: the message names them).
     """
+    matching = _filtered(channel, version, reasons, devices).subquery()
+    count, size = session.execute(
+        sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(matching.c.size), 0))
+    ).one()
+    if count > MAX_EXPORT or size > MAX_EXPORT_BYTES:
+        raise InvalidRequestError(
+            f"{count} captures of {channel} {version} ({size} bytes) are more than one export "
+            f"takes ({MAX_EXPORT}, {MAX_EXPORT_BYTES} bytes): narrow it with --device or --reason"
+        )
     query = _filtered(channel, version, reasons, devices).options(so.undefer(Sample.data))
     result = Export(channel, version)
     feeds: dict[str, list[np.ndarray]] = {}
     first: tuple[str, dict[str, tuple[tuple[int, ...], str]]] | None = None
-    for sample in session.scalars(query.limit(MAX_EXPORT)):
+    for sample in session.scalars(query):
         capture = decode_capture(sample.data, max(sample.size, 1))
         layout = {n: (a.shape, a.dtype.str) for n, a in capture.inputs.items()}
         if first is None:

@@ -3,13 +3,15 @@ and pause / resume / abort, all through `manager.services.deployments`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import abort, render_template, request
 from werkzeug.wrappers import Response
 
 from satchel.bundles.timeutil import now
 from satchel.manager.context import state
 from satchel.manager.errors import ManagerError
-from satchel.manager.services import deployments
+from satchel.manager.services import deployments, rewrap
 from satchel.manager.services.dashboard.activation import deployment_stages
 from satchel.manager.services.dashboard.deployments import deployments_page, wave_line
 from satchel.manager.web import bp, forms
@@ -59,20 +61,17 @@ def deployment_create() -> Response:
     """Start a deployment from the form; on a refusal, show the form again with the reason."""
     t = now()
     try:
-        wanted = forms.deployment_request(request.form, state().config)
-        dep_id = run(
-            lambda s: (
-                deployments.create(
-                    s,
-                    wanted.bundle,
-                    wanted.selectors,
-                    wanted.waves,
-                    wanted.success_ratio,
-                    wanted.max_failure_ratio,
-                    t,
-                ).id
-            )
-        )
+        st = state()
+        wanted = forms.deployment_request(request.form, st.config)
+
+        def work(s: Any) -> tuple[int, str | None]:
+            dep = deployments.create(s, wanted.bundle, wanted.selectors, wanted.waves,
+                                     wanted.success_ratio, wanted.max_failure_ratio, t)
+            return dep.id, rewrap.for_deployment(s, st.store, st.config, dep, t)
+
+        dep_id, replaced = run(work)
+        if replaced is not None:
+            st.store.delete(replaced)  # after the commit (services/rewrap.py)
     except ManagerError as e:
         return _list_page(dict(request.form), str(e), status=400)
     return done(f"Deployment {dep_id} started.", "web.deployment", deployment_id=dep_id)

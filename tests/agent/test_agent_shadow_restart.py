@@ -101,3 +101,15 @@ def test_newer_release_activated_meanwhile_drops_the_candidate(
         assert r.status()["candidate"]["version"] == "5.0.0"  # the newer candidate wins
         assert not (r.state_dir / "channels/vision/releases/4-4.0.0").exists()
         assert r.status()["active"]["version"] == "3.0.0"
+
+
+def test_offers_of_the_release_being_judged_are_skipped_by_the_transports(
+    tmp_path: Path, keys: Keyring, models: StagedModels
+) -> None:
+    from satchel.agent.sync.install_events import active_sequence
+
+    with rig(tmp_path, keys, models) as r:
+        r.install(models.good, version="1.0.0", sequence=1)
+        assert active_sequence(r.state, "vision") == 1
+        r.install(models.twin, version="2.0.0", sequence=2, activation=shadow(5))
+        assert active_sequence(r.state, "vision") == 2  # an offer of 2 is not taken again

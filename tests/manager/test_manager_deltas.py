@@ -7,12 +7,13 @@ from __future__ import annotations
 import hashlib
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from satchel.bundles.delta import make_delta_bundle
 from tests.factory.bundles import build_test_bundle
-from tests.manager.helpers import Fleet
+from tests.manager.helpers import Fleet, SimDevice
 
 SMOKE = {"smoke/inputs.npz": b"inputs " * 40, "smoke/reference.npz": b"reference " * 30}
 
@@ -39,6 +40,15 @@ def pair(fleet: Fleet) -> dict[str, Path]:
     delta = tmp / "v2.delta.satchel"
     make_delta_bundle(full, old, delta, [fleet.keys.signing])
     return {"old": old, "full": full, "delta": delta}
+
+
+def _checkin(fleet: Fleet, device: SimDevice, accepts: bool = True) -> list[dict[str, Any]]:
+    """The install offers of a check-in of `device`, an agent that patches (or an older one)."""
+    body = {**device.body(), **({"accepts": ["delta"]} if accepts else {})}
+    r = fleet.client.post(f"/api/v1/devices/{device.device_id}/checkin", json=body,
+                          headers=device.headers)
+    assert r.status_code == 200, r.json
+    return list(r.json["install"])
 
 
 def _sha(path: Path) -> str:
@@ -76,13 +86,15 @@ def test_offers_name_the_delta_only_to_devices_keeping_its_base(
     keeper.run("vision", "1.0.0", 1)
     fleet.deploy("vision:2.0.0", devices=["keeper", "fresh"], waves=["100%"])
 
-    answers = [fleet.checkin(keeper)["install"] for _ in range(3)]  # full path, then fast
+    older = _checkin(fleet, keeper, accepts=False)  # an agent from before delta bundles
+    assert [o["bundle_sha256"] for o in older] == [_sha(pair["full"])]
+    answers = [_checkin(fleet, keeper) for _ in range(3)]  # full path, then fast
     assert answers[0] == answers[1] == answers[2]
     (offer,) = answers[0]
     assert (offer["bundle_sha256"], offer["size"]) == (
         _sha(pair["delta"]), pair["delta"].stat().st_size)
     assert offer["fallback"]["bundle_sha256"] == _sha(pair["full"])
-    (plain,) = fleet.checkin(fresh)["install"]
+    (plain,) = _checkin(fleet, fresh)
     assert plain["bundle_sha256"] == _sha(pair["full"]) and "fallback" not in plain
 
     got = fleet.client.get(offer["url"], headers=keeper.headers)

@@ -250,3 +250,30 @@ def test_a_bundle_that_is_not_encrypted_has_nothing_to_rewrap(
     assert r.json["error"]["message"] == ("bundle kws 1.0.0 is not encrypted: there is nothing "
                                           "to re-wrap")
     assert snapshot(fleet) == before
+
+
+def test_deploying_wraps_the_bundle_for_its_devices_before_the_first_offer(
+    fleet: Fleet, stored: dict[str, Any]
+) -> None:
+    late = fleet.enroll("late-6")  # enrolled after the build: not a recipient
+    fleet.deploy("kws:1.0.0", devices=["late-6"], waves="100%")
+    listed, files = snapshot(fleet)
+    sha = listed["bundles"][0]["sha256"]
+    assert sha != stored["sha256"] and list(files.values()) == [sha]
+    offer = fleet.checkin(late)["install"][0]
+    assert (offer["bundle_sha256"], offer["url"]) == (sha, f"/api/v1/bundles/{sha}/download")
+    r = fleet.client.get(offer["url"], headers=late.headers)
+    assert r.status_code == 200
+    assert stanza_names(r.data) == ["early-1", "manager", "late-6"]
+
+
+def test_deploying_a_bundle_not_encrypted_for_the_manager_leaves_it_as_built(
+    fleet: Fleet, make_bundle: BundleMaker, keys: Keyring, tmp_path: Path  # noqa: F811
+) -> None:
+    early = new_device(tmp_path, keys, "early-1")
+    bundle = encrypt_bundle(make_bundle(), [keys.signing], [recipient_of(early, "early-1")])
+    sha = upload(fleet, bundle)["sha256"]
+    fleet.enroll("late-7")
+    fleet.deploy("kws:1.0.0", devices=["late-7"], waves="100%")
+    listed, files = snapshot(fleet)
+    assert [b["sha256"] for b in listed["bundles"]] == [sha] and list(files.values()) == [sha]
