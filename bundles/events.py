@@ -33,14 +33,6 @@ LOAD_FAILED = "load_failed"  # an active release could not be loaded into its ru
 # A release with variants (`agent/variants/`): figures in the event's details.
 VARIANT_SWITCHED = "variant_switched"  # the device's state chose another variant (from, to, why)
 VARIANT_DISABLED = "variant_disabled"  # a variant breached the health policy on this device
-# Staged activation (SPEC "Staged activation"): a candidate's shadow stage and traffic ramp,
-# their figures in the event's figures dict.
-SHADOW_STARTED = "shadow_started"
-SHADOW_PASSED = "shadow_passed"
-SHADOW_FAILED = "shadow_failed"  # refused: it never answered a client
-RAMP_STEP = "ramp_step"  # one step of the ramp passed; the next share starts
-RAMP_FAILED = "ramp_failed"  # a breach during the ramp: all traffic back to the previous release
-RAMP_COMPLETED = "ramp_completed"  # the candidate answers everything and becomes active
 # Staged activation (`agent/staging/`): a release with a shadow stage or a ramp in its signed
 # policy ends its install with `shadow_started` (not `activated`); then, as the device judges
 # it on field requests: `shadow_passed` or `shadow_failed`, one `ramp_step` per step reached,
