@@ -50,6 +50,10 @@ class AgentConfig:
     smoke_isolation: str = "auto"  # "in-process", "child", or "auto" (in-process, the session
     # then serving; a child only for a memory budget this process cannot measure honestly)
     smoke_child_timeout_s: float = 600.0  # seconds a child-process smoke test may take
+    smoke_latency_s: float = 0.25  # seconds of timed latency runs after which a smoke test
+    # makes no more (every sample feed is still checked; as the build caps its host's runs)
+    smoke_min_latency_runs: int = 5  # timed runs made whatever the time (when the test asks
+    # for that many), so that a slow model's p95 still means something
     runtime_threads: int | None = 1  # intra-op threads per model run, for the smoke test and
     # serving alike (the server's pool runs one request per core); None = the runtime's default
     # --- talking to the manager (agent.sync.client) ---
@@ -137,6 +141,8 @@ SCHEMA: Schema[AgentConfig] = Schema(
         "lock_poll_s": POSITIVE,
         "smoke_isolation": Bounds(choices=("auto", "in-process", "child")),
         "smoke_child_timeout_s": POSITIVE,
+        "smoke_latency_s": POSITIVE,
+        "smoke_min_latency_runs": AT_LEAST_ONE,
         "runtime_threads": AT_LEAST_ONE,
         "connect_timeout_s": POSITIVE,
         "read_timeout_s": POSITIVE,
@@ -185,13 +191,14 @@ SCHEMA: Schema[AgentConfig] = Schema(
 
 def _variants_refusal(settings: VariantSettings) -> tuple[str, str] | None:
     from satchel.bundles.errors import BundleError
-    from satchel.bundles.variants import parse_policy
 
     if not settings.poll_s > 0 or settings.live_window < 1 or settings.min_live_samples < 1:
         return "variants", "poll_s, live_window and min_live_samples must be positive"
     if settings.dwell_s is not None and settings.dwell_s < 0:
         return "variants", "dwell_s must not be negative"
     if settings.policy:
+        from satchel.bundles.variants import parse_policy
+
         try:
             parse_policy(settings.policy, "policy")
         except BundleError as e:

@@ -9,20 +9,22 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from satchel.bundles import FORMAT_VERSION
-from satchel.bundles.activation import ActivationPolicy, parse_activation
 from satchel.bundles.canonical import decode_canonical, encode_canonical
 from satchel.bundles.chunkindex import chunk_count
 from satchel.bundles.config import DEFAULT_LIMITS, Limits
-from satchel.bundles.cryptinfo import EncryptionInfo
-from satchel.bundles.delta_manifest import DeltaBase, FileDelta, check_delta_fields
 from satchel.bundles.errors import MissingFieldError, UnknownFormatVersionError, WrongTypeError
 from satchel.bundles.identifiers import CHANNEL_RE, IDENTIFIER_RE, SHA256_RE, VERSION_RE
 from satchel.bundles.schema import check_keys, get, get_float, get_int, get_str, get_str_list
 from satchel.bundles.timeutil import format_time, parse_time
-from satchel.bundles.variants import Variants
+
+if TYPE_CHECKING:  # imported where a manifest uses them: a plain bundle needs none (issue 14)
+    from satchel.bundles.activation import ActivationPolicy
+    from satchel.bundles.cryptinfo import EncryptionInfo
+    from satchel.bundles.delta_manifest import DeltaBase, FileDelta
+    from satchel.bundles.variants import Variants
 
 # 95 characters at most: with ".zst" appended a segment must fit a ustar name field (100).
 SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,94}")
@@ -88,6 +90,8 @@ class FileEntry:
         )
         path = check_payload_path(get_str(d, "path", w), limits)
         w = f"manifest file {path!r}"
+        if "delta" in d:
+            from satchel.bundles.delta_manifest import FileDelta
         entry = cls(
             path=path,
             size=get_int(d, "size", w, 0, limits.max_payload_bytes),
@@ -526,6 +530,14 @@ class Manifest:
             raise WrongTypeError(f"manifest lists too many files ({len(files_raw)})")
         files = tuple(FileEntry.from_dict(f, limits) for f in files_raw)
         expires_raw = d.get("expires")
+        if d.get("encryption"):
+            from satchel.bundles.cryptinfo import EncryptionInfo
+        if "activation" in d:
+            from satchel.bundles.activation import parse_activation
+        if d.get("variants") is not None:
+            from satchel.bundles.variants import Variants
+        if "delta_base" in d:
+            from satchel.bundles.delta_manifest import DeltaBase
         manifest = cls(
             format_version=fv,
             name=get_str(d, "name", w, CHANNEL_RE),
@@ -578,8 +590,11 @@ class Manifest:
                     raise WrongTypeError(f"smoke test names file {p!r} that is not listed")
         if self.variants is not None:
             self.variants.check_models(names, {s.model for s in self.smoke_tests})
-        check_delta_fields(self.name, self.sequence, self.delta_base,
-                           any(f.delta for f in self.files))
+        patched = any(f.delta for f in self.files)
+        if patched or self.delta_base is not None:
+            from satchel.bundles.delta_manifest import check_delta_fields
+
+            check_delta_fields(self.name, self.sequence, self.delta_base, patched)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {

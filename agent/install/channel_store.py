@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from satchel.agent.config import CRASH_AT_ENV
 from satchel.agent.install.states import stale_releases
+from satchel.agent.staging import has_candidate
 from satchel.agent.state import (
     FILES_DIR,
     MANIFEST_FILE,
@@ -31,6 +32,7 @@ from satchel.bundles.durable import atomic_write_bytes, fsync_dir
 
 if TYPE_CHECKING:
     from satchel.agent.install.smoketest import SmokeReport
+    from satchel.agent.staging.record import Candidate
     from satchel.bundles.reader import VerifiedBundle
 
 _TEMP_SUFFIX = ".tmp"  # bundles.durable's temp files: ".NAME.XXXX.tmp"
@@ -128,18 +130,22 @@ class ChannelStore:
     def collect_garbage(self, record: ChannelRecord | None) -> list[str]:
         """Remove every release `record` does not keep, everything staged, and temp files
         left by a killed write. Returns what was removed. Raises OSError."""
-        from satchel.agent.staging.record import read_candidate, remove_candidate_figures
-
         removed: list[str] = []
-        candidate = read_candidate(self.layout, self.channel)  # kept while it is judged
-        if candidate is not None and not (self.releases / candidate.name).is_dir():
-            from satchel.agent.staging.record import remove_candidate
+        candidate: Candidate | None = None
+        if has_candidate(self.directory, or_figures=True):  # staged releases (agent.staging)
+            from satchel.agent.staging.record import read_candidate, remove_candidate_figures
 
-            remove_candidate(self.layout, self.channel)  # its files went: a cut refusal
-            removed.append(f"candidate {candidate.version} (its files are gone)")
-            candidate = None
-        if candidate is None and remove_candidate_figures(self.layout, self.channel):
-            removed.append("candidate-figures.json")
+            candidate = read_candidate(self.layout, self.channel)  # kept while it is judged
+            if candidate is not None and (not (self.releases / candidate.name).is_dir() or (
+                    record is not None and candidate.sequence <= record.highest_sequence)):
+                from satchel.agent.staging.record import remove_candidate
+
+                # its files went, or the floor rose over it: a refusal cut short
+                remove_candidate(self.layout, self.channel)
+                removed.append(f"candidate {candidate.version} (its files are gone)")
+                candidate = None
+            if candidate is None and remove_candidate_figures(self.layout, self.channel):
+                removed.append("candidate-figures.json")
         on_disk = [n for n in _listdir(self.releases) if not candidate or n != candidate.name]
         for directory, names in (
             (self.releases, stale_releases(record, on_disk)),

@@ -51,6 +51,7 @@ from satchel.agent.install.states import (
     recovery_for,
     release_name,
 )
+from satchel.agent.staging import has_candidate
 from satchel.agent.state import (
     ChannelRecord,
     DeviceState,
@@ -233,9 +234,10 @@ def _install_locked(
     check_compatible(
         manifest, facts, record.highest_sequence if record else None, config.disk_margin_bytes
     )
-    from satchel.agent.staging.lifecycle import check_not_judged
+    if has_candidate(layout.channel(manifest.name)):  # judged in shadow or ramp already?
+        from satchel.agent.staging.lifecycle import check_not_judged
 
-    check_not_judged(layout, manifest)
+        check_not_judged(layout, manifest)
     if manifest.delta_base is not None:  # patches of a kept release's files (docs/DELTAS.md)
         from satchel.agent.install.delta import base_files
         from satchel.bundles.delta import with_bases
@@ -262,7 +264,9 @@ def _install_locked(
         store.promote(name)
         write_journal(layout, journal.at(PROMOTED))
         crash_point(OP_INSTALL, PROMOTED)
-        if record is not None:  # a release judged on field requests first (agent.staging)
+        if record is not None and (manifest.activation is not None
+                                   or has_candidate(layout.channel(manifest.name))):
+            # a release judged on field requests first, or one replacing it (agent.staging)
             from satchel.agent.staging.lifecycle import enter_staging
 
             candidate = enter_staging(layout, journal, manifest, config)

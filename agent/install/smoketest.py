@@ -43,13 +43,17 @@ from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.install.handoff import SessionHandoff, current_handoff
 from satchel.agent.runtimes import LoadedModel, ModelRuntimeError, get_runtime
 from satchel.agent.runtimes.accel import CPU, Acceleration
-from satchel.agent.runtimes.samples import encoded_feeds, run_feeds, time_runs
+from satchel.agent.runtimes.samples import encoded_feeds, run_feeds
 from satchel.bundles.manifest import Manifest, ModelEntry, SmokeTest, parse_manifest
 from satchel.bundles.smoke import accuracy_failures, compare_outputs, percentile, smoke_kinds
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 _RESET_PEAK_RSS = b"5"  # clear_refs command that resets VmHWM to the current RSS (Linux 4.0+)
+# Why a smoke test's timed latency runs stopped (its report's latency_ms "stopped"): all the
+# runs it asks for were made, or its time bound passed once the minimum count was made.
+STOPPED_AT_COUNT = "count"
+STOPPED_AT_TIME = "time"
 
 
 @dataclass(frozen=True)
@@ -187,13 +191,15 @@ def _json_safe(value: Any) -> Any:
 
 def run_smoke_test(
     model: ModelEntry, test: SmokeTest | None, files: Path, threads: int | None = None,
-    acceleration: Acceleration = CPU,
+    acceleration: Acceleration = CPU, latency_s: float = DEFAULT_CONFIG.smoke_latency_s,
+    min_latency_runs: int = DEFAULT_CONFIG.smoke_min_latency_runs,
 ) -> dict[str, Any]:
     """Run one smoke test (or, with `test` None, only load the model) and return its figures.
 
     Never raises for a bad model: load and run errors become failures in the result.
     """
-    result, loaded = _run_keeping_session(model, test, files, threads, acceleration)
+    result, loaded = _run_keeping_session(model, test, files, threads, acceleration,
+                                          (latency_s, min_latency_runs))
     if loaded is not None:
         loaded.close()
     return result
@@ -201,7 +207,7 @@ def run_smoke_test(
 
 def _run_keeping_session(
     model: ModelEntry, test: SmokeTest | None, files: Path, threads: int | None,
-    acceleration: Acceleration = CPU,
+    acceleration: Acceleration = CPU, bound: tuple[float, int] | None = None,
 ) -> tuple[dict[str, Any], LoadedModel | None]:
     """`run_smoke_test`, returning the loaded session too (None when it did not load or
     failed); the caller closes it."""
@@ -224,7 +230,7 @@ def _run_keeping_session(
             loaded = adapter.load(files / model.file, threads=threads, acceleration=acceleration)
         result["load_ms"] = (time.perf_counter() - started) * 1000.0
         if test is not None:
-            _measure(loaded, test, inputs, reference, result)
+            _measure(loaded, test, inputs, reference, result, bound or _DEFAULT_BOUND)
     except ModelRuntimeError as e:
         failures.append(str(e))
     except (OSError, ValueError, KeyError) as e:
@@ -251,6 +257,7 @@ def _measure(
     inputs: dict[str, np.ndarray],
     reference: dict[str, np.ndarray],
     result: dict[str, Any],
+    bound: tuple[float, int],
 ) -> None:
     """Accuracy over every sample, then latency. Raises ModelRuntimeError, ValueError."""
     feeds = encoded_feeds(loaded, inputs)
@@ -269,28 +276,60 @@ def _measure(
     result["failures"].extend(accuracy_failures(agreement, test))
     # Timed exactly as `satchel bundle build` times it on the build host: the first feed.
     feed = feeds[0]
-    timings = time_runs(loaded, feed, test.warmup_runs, test.latency_runs)
+    timings, stopped = _timed_runs(loaded, feed, test, *bound)
     p95 = percentile(timings, 95)
     result["latency_ms"] = {
         "p50": percentile(timings, 50),
         "p95": p95,
         "budget_p95": test.p95_latency_budget_ms,
         "warmup_runs": test.warmup_runs,
-        "runs": test.latency_runs,
+        "runs": len(timings),  # timed runs made
+        "runs_asked": test.latency_runs,
+        "stopped": stopped,  # STOPPED_AT_COUNT or STOPPED_AT_TIME
+        "time_bound_s": bound[0],
+        "min_runs": bound[1],
     }
     budget = test.p95_latency_budget_ms
     if budget is not None and p95 > budget:
         result["failures"].append(f"p95 latency {p95:.3g} ms > budget {budget:.4g} ms")
 
 
+def _timed_runs(
+    loaded: LoadedModel, feed: dict[str, np.ndarray], test: SmokeTest, latency_s: float,
+    min_runs: int,
+) -> tuple[list[float], str]:
+    """Latency in ms of timed runs of `feed` after the test's warm-up runs: the
+    `latency_runs` it asks for, but none begun once `latency_s` seconds of timed runs have
+    passed and `min_runs` were made (a slow model's extra repetitions are bounded in time,
+    as the build bounds its host's). Returns them and why they stopped."""
+    for _ in range(test.warmup_runs):
+        loaded.run(feed)
+    latencies: list[float] = []
+    spent = 0.0
+    while len(latencies) < test.latency_runs:
+        if spent >= latency_s and len(latencies) >= min_runs:
+            return latencies, STOPPED_AT_TIME
+        start = time.perf_counter()
+        loaded.run(feed)
+        took = time.perf_counter() - start
+        latencies.append(took * 1000.0)
+        spent += took
+    return latencies, STOPPED_AT_COUNT
+
+
+_DEFAULT_BOUND = (DEFAULT_CONFIG.smoke_latency_s, DEFAULT_CONFIG.smoke_min_latency_runs)
+
+
 def run_all(
     manifest: Manifest, files: Path, threads: int | None = None,
     handoff: SessionHandoff | None = None, acceleration: Acceleration = CPU,
+    bound: tuple[float, int] = _DEFAULT_BOUND,
 ) -> SmokeReport:
     """Run every smoke test of `manifest`; a model with no smoke test is at least loaded.
 
     With a `handoff`, the session of the model the server serves (the first), once its smoke
-    test ran, is kept there when the whole report passes, for the server to take.
+    test ran, is kept there when the whole report passes, for the server to take. `bound`:
+    (seconds of timed latency runs, minimum count of them), see `_timed_runs`.
     """
     models = {m.name: m for m in manifest.models}
     planned: list[tuple[ModelEntry, SmokeTest | None]] = [
@@ -303,7 +342,8 @@ def run_all(
     tests = []
     try:
         for model, test in planned:
-            result, loaded = _run_keeping_session(model, test, files, threads, acceleration)
+            result, loaded = _run_keeping_session(model, test, files, threads, acceleration,
+                                                  bound)
             tests.append(result)
             if loaded is None:
                 continue
@@ -349,7 +389,7 @@ class InProcessSmokeRunner:
 
     def run(self, manifest: Manifest, files: Path) -> SmokeReport:
         report = run_all(manifest, files, self.config.runtime_threads, self.handoff,
-                         Acceleration.of(self.config))
+                         Acceleration.of(self.config), _bound_of(self.config))
         return _label(report, "in-process")
 
 
@@ -363,6 +403,8 @@ class ChildSmokeRunner:
         command = [sys.executable, "-m", "satchel.agent.install.smoketest", str(files)]
         if self.config.runtime_threads is not None:
             command += ["--threads", str(self.config.runtime_threads)]
+        command += ["--latency-s", repr(self.config.smoke_latency_s),
+                    "--min-latency-runs", str(self.config.smoke_min_latency_runs)]
         acceleration = Acceleration.of(self.config)
         if acceleration != CPU:
             command += ["--acceleration", json.dumps(acceleration.to_dict())]
@@ -381,6 +423,10 @@ class ChildSmokeRunner:
         except (OSError, RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
             reason = f"smoke test process failed: {e}"
             return SmokeReport(False, (reason,), ())
+
+
+def _bound_of(config: AgentConfig) -> tuple[float, int]:
+    return config.smoke_latency_s, config.smoke_min_latency_runs
 
 
 def measures_honestly_in_process() -> bool:
@@ -416,14 +462,16 @@ def default_runner(config: AgentConfig = DEFAULT_CONFIG) -> SmokeRunner:
 
 
 def _child_main(argv: list[str]) -> int:
-    """`python -m satchel.agent.install.smoketest FILES [--threads N] [--acceleration JSON]`:
-    manifest on stdin, report on stdout."""
+    """`python -m satchel.agent.install.smoketest FILES [--threads N] [--acceleration JSON]
+    [--latency-s S --min-latency-runs N]`: manifest on stdin, report on stdout."""
     options = dict(zip(argv[1::2], argv[2::2], strict=False))
     threads = int(options["--threads"]) if "--threads" in options else None
     acceleration = (Acceleration.from_dict(json.loads(options["--acceleration"]))
                     if "--acceleration" in options else CPU)
+    bound = (float(options.get("--latency-s", _DEFAULT_BOUND[0])),
+             int(options.get("--min-latency-runs", _DEFAULT_BOUND[1])))
     manifest = parse_manifest(sys.stdin.buffer.read())
-    report = run_all(manifest, Path(argv[0]), threads, acceleration=acceleration)
+    report = run_all(manifest, Path(argv[0]), threads, acceleration=acceleration, bound=bound)
     sys.stdout.write(json.dumps(report.to_dict(), allow_nan=False))
     return 0
 

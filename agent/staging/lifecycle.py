@@ -179,11 +179,13 @@ def refuse_candidate(
     with device_lock(layout.lock, config.lock_wait_s, config.lock_poll_s):
         candidate = _the_candidate(layout, channel, sequence)
         record = read_record(layout, channel)
-        ChannelStore(layout, channel).discard(candidate.name, record)
-        remove_candidate(layout, channel)  # (recovery drops a record whose files are gone)
         if record is not None and record.highest_sequence < sequence:
-            write_record(layout, ChannelRecord(record.channel, record.releases, sequence,
-                                               record.state))
+            # the floor first: after a power cut anywhere below, recovery drops a candidate
+            # at or under it (ChannelStore.collect_garbage), and it is never offered back
+            record = ChannelRecord(record.channel, record.releases, sequence, record.state)
+            write_record(layout, record)
+        ChannelStore(layout, channel).discard(candidate.name, record)
+        remove_candidate(layout, channel)
         history.record_event(layout, HISTORY_REFUSED, config, channel=channel,
                              version=candidate.version, sequence=candidate.sequence,
                              reason=reason, figures=figures)

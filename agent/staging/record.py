@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from satchel.agent.errors import StateCorruptError
+from satchel.agent.staging import CANDIDATE_FILE, FIGURES_FILE
 from satchel.agent.state import Layout, read_json, write_json
 from satchel.bundles.errors import BundleError
 from satchel.bundles.timeutil import format_time, parse_time
-
-CANDIDATE_FILE = "candidate.json"
-FIGURES_FILE = "candidate-figures.json"
 
 STAGE_SHADOW = "shadow"
 STAGE_RAMP = "ramp"

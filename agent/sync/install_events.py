@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.errors import (
@@ -42,8 +42,10 @@ from satchel.bundles.events import (
     SMOKE_TEST,
     VERIFIED,
 )
-from satchel.bundles.offer import Offer
 from satchel.bundles.reader import read_unverified
+
+if TYPE_CHECKING:
+    from satchel.bundles.offer import Offer
 
 log = logging.getLogger(__name__)
 

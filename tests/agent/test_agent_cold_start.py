@@ -40,6 +40,22 @@ BUNDLE_FORMAT = ["zstandard", "cryptography"]  # nothing to verify or unpack
 
 READ_ONLY = HTTP_CLIENT + SERVER + RUNTIMES + NUMERIC
 
+# What only some bundles need (issue 14): loaded when a manifest asks for it, never for a
+# plain bundle, nor by status. (agent.variants.settings is the `[variants]` settings table,
+# part of every AgentConfig; agent.staging itself holds only the candidate file's name.)
+ENCRYPTION = ["satchel.bundles.crypt", "satchel.bundles.cryptbundle", "satchel.bundles.cryptinfo",
+              "satchel.bundles.recipients", "satchel.agent.install.decrypt"]
+DELTAS = ["satchel.bundles.delta", "satchel.bundles.delta_manifest",
+          "satchel.agent.install.delta"]
+VARIANTS = ["satchel.bundles.variants", "satchel.agent.variants.install",
+            "satchel.agent.variants.select", "satchel.agent.variants.serving",
+            "satchel.agent.variants.state", "satchel.agent.variants.status",
+            "satchel.agent.variants.metrics"]
+STAGING = ["satchel.bundles.activation", "satchel.bundles.captures", "satchel.agent.captures",
+           "satchel.agent.staging.record", "satchel.agent.staging.lifecycle",
+           "satchel.agent.staging.stager"]
+OPTIONAL_FEATURES = ENCRYPTION + DELTAS + VARIANTS + STAGING
+
 
 def loaded_by(tmp_path: Path, *args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
     out = tmp_path / f"modules-{len(list(tmp_path.glob('modules-*')))}.json"
@@ -91,7 +107,7 @@ def test_status_and_history_of_a_clean_device_load_only_the_fast_path(tmp_path, 
     modules, done = loaded_by(tmp_path, "--state-dir", str(installed.state_dir), *args)
 
     assert done.returncode == 0, done.stderr
-    assert offenders(modules, READ_ONLY + BUNDLE_FORMAT + FULL_CLI) == []
+    assert offenders(modules, READ_ONLY + BUNDLE_FORMAT + FULL_CLI + OPTIONAL_FEATURES) == []
 
 
 def test_rollback_loads_no_runtime_client_or_server(tmp_path, installed):
@@ -115,6 +131,20 @@ def test_install_of_an_onnx_bundle_loads_onnxruntime_only(tmp_path, device, make
     # without _strptime, and TOML only when a settings file is there.
     assert offenders(modules, ["importlib.metadata", "_strptime", "tomllib",
                                "cryptography.hazmat.primitives.serialization"]) == []
+
+
+def test_install_of_a_plain_bundle_loads_no_encryption_delta_variant_or_staging_module(
+        tmp_path, device, make_bundle):
+    first = make_bundle(version="1.0.0", sequence=1)
+    upgrade = make_bundle(version="1.1.0", sequence=2)  # replaces an active release
+
+    for bundle in (first, upgrade):
+        modules, done = loaded_by(tmp_path, "--state-dir", str(device.state_dir),
+                                  "install", str(bundle))
+
+        assert done.returncode == 0, done.stderr
+        assert offenders(modules, OPTIONAL_FEATURES) == []
+    assert device.status()["channels"]["kws"]["active"]["version"] == "1.1.0"
 
 
 def test_usb_loads_no_http_client_or_server(tmp_path, device):

@@ -105,8 +105,16 @@ def test_lan_device_with_the_base_gets_the_delta_one_without_gets_the_full_bundl
 
     update = manager.deploy("kws:1.1.0", ["delta-keeper", "delta-fresh", "delta-rotten"],
                             "100%")
-    wait_for(lambda: manager.deployment(update)["state"] == "completed", 90,
-             "the fine-tuned release reaches every device")
+    try:
+        wait_for(lambda: manager.deployment(update)["state"] == "completed", 90,
+                 "the fine-tuned release reaches every device")
+    except BaseException:
+        import sys
+        print(json.dumps(manager.deployment(update)["targets"]), file=sys.stderr)
+        for d in ("delta-keeper", "delta-fresh", "delta-rotten"):
+            print(d, [(e["kind"], str(e.get("bundle_sha256"))[:8], e.get("reason"))
+                      for e in manager.events(d)][:12], file=sys.stderr)
+        raise
 
     for agent in (keeper, fresh, rotten):
         assert agent.serving_version("kws") == "1.1.0"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.e2e.commands import SATCHEL, run, wait_for
-from tests.e2e.kit import Kit, expected_outputs, positive
+from tests.e2e.kit import DEVICE_CLASS, Kit, expected_outputs, positive
 from tests.e2e.sites import ManagerProcess, Site
 from tests.e2e.test_e2e_encrypted import build_encrypted
 
@@ -57,3 +57,22 @@ def test_a_device_enrolled_after_the_build_gets_the_bundle_rewrapped_at_deployme
                                rtol=1e-4, atol=1e-5)
     again = manager.cli("bundle", "rewrap", "secret:5.0.0", "--to", "device:rw-late-1")
     assert again.stdout.strip() == "secret 5.0.0 is already wrapped for rw-late-1"
+
+
+def test_a_usb_device_registered_after_the_build_installs_from_the_exported_stick(
+    site: Site, keyed_manager: tuple[ManagerProcess, Path], kit: Kit
+) -> None:
+    manager, manager_pub = keyed_manager
+    bundle = build_encrypted(kit, site.root / "secret-rw-usb.satchel", "6.0.0", 6000,
+                             [str(manager_pub)])
+    manager.cli("bundle", "add", bundle)
+    state = site.init("rw-usb-1")
+    manager.cli("device", "add", "rw-usb-1", "--device-class", DEVICE_CLASS,
+                "--public-key", state / "device.pub")
+    deployment = manager.deploy("secret:6.0.0", ["rw-usb-1"], "100%")
+    stick = site.root / "stick-rw"
+    manager.cli("usb", "export", stick, "--key", kit.keydir / "signing.key",
+                "--deployment", str(deployment))
+
+    done = site.agent_cli(state, "usb", stick)
+    assert "installed secret 6.0.0" in done.stdout

@@ -277,3 +277,17 @@ def test_deploying_a_bundle_not_encrypted_for_the_manager_leaves_it_as_built(
     fleet.deploy("kws:1.0.0", devices=["late-7"], waves="100%")
     listed, files = snapshot(fleet)
     assert [b["sha256"] for b in listed["bundles"]] == [sha] and list(files.values()) == [sha]
+
+
+def test_an_event_naming_the_copy_before_the_rewrap_still_counts_for_the_deployment(
+    fleet: Fleet, stored: dict[str, Any]
+) -> None:
+    from tests.manager.helpers import event
+
+    late = fleet.enroll("late-8")
+    dep = fleet.deploy("kws:1.0.0", devices=["late-8"], waves="100%")
+    assert fleet.status(dep["id"])["bundle"]["sha256"] != stored["sha256"]  # re-wrapped
+    fleet.checkin(late, [event("smoke_test", "kws", 1, passed=False, reason="too slow",
+                               bundle_sha256=stored["sha256"])])
+    target = fleet.status(dep["id"])["targets"][0]
+    assert (target["device_id"], target["state"]) == ("late-8", "failed")
