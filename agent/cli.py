@@ -481,9 +481,11 @@ def usb_command(obj: CliContext, path: Path, as_json: bool, verbose: bool) -> No
             click.echo(f"installed {release}")
         for release in outcome.skipped:
             click.echo(f"already running {release} or newer")
+        for release in outcome.refused:
+            click.echo(f"refused here earlier: {release} (not installed again)")
         for release, why in outcome.failed:
             click.echo(f"not installed {release}: {' '.join(why.split())}")
-        if not (outcome.installed or outcome.skipped or outcome.failed):
+        if not (outcome.installed or outcome.skipped or outcome.refused or outcome.failed):
             click.echo(f"plan {outcome.plan_id} has nothing for this device")
         click.echo(f"report written to {outcome.report}")
     if outcome.failed:

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import secrets
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -184,7 +183,7 @@ class EventQueue:
         try:
             f = open(self.path, "rb")  # noqa: SIM115 - closed below
         except FileNotFoundError:
-            return self._rewrite(_Loaded(secrets.token_hex(4), 1, []), [])
+            return self._rewrite(_Loaded(os.urandom(4).hex(), 1, []), [])
         with f:
             st = os.fstat(f.fileno())
             header = f.readline(64 * 1024)
@@ -212,7 +211,7 @@ class EventQueue:
                              len(header))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             log.error("event queue %s is unreadable (%s); starting a new one", self.path, e)
-            return self._rewrite(_Loaded(secrets.token_hex(4), 1, []), [])
+            return self._rewrite(_Loaded(os.urandom(4).hex(), 1, []), [])
         self._loaded = loaded
         if not self._consume(loaded, rest):
             self._rewrite(loaded, loaded.events)  # drop torn or damaged lines for good
@@ -306,7 +305,7 @@ class EventQueue:
         # `rev` makes every rewrite's header unique, so other processes notice the rewrite
         # even if the new file reuses the old one's inode number.
         return _encode({"format": FORMAT, "epoch": loaded.epoch, "next": loaded.next_seq,
-                        "rev": secrets.token_hex(4)})
+                        "rev": os.urandom(4).hex()})
 
     def _rewrite(self, loaded: _Loaded, events: list[tuple[int, dict[str, Any]]]) -> _Loaded:
         """Replace the file with `events`, atomically and durably; return the new view."""

@@ -12,7 +12,6 @@ applied. `describe` reads the same dataclass (and its comments) for docs/CONFIG.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import types
@@ -197,6 +196,8 @@ class Schema(Generic[T]):
 
 
 def _unknown(name: str, kinds: Mapping[str, Any]) -> str:
+    import difflib  # only to suggest a name for an unknown key
+
     close = difflib.get_close_matches(name, list(kinds), n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown setting {name!r}{hint}"

@@ -279,14 +279,21 @@ def _top1(out: np.ndarray, ref: np.ndarray, tie: float) -> tuple[float, float | 
     o, r = _rows(out), _rows(ref)
     finite = np.all(np.isfinite(o), axis=1)
     o = np.where(np.isfinite(o), o, -np.inf)
-    picked = np.take_along_axis(r, np.argmax(o, axis=1)[:, None], axis=1)[:, 0]
-    same = (picked >= np.max(r, axis=1) - tie) & finite
+    same_share = _top1_share(o, r, finite, tie)
     top5 = None
     if r.shape[1] > _TOPK:
         best = np.argmax(r, axis=1)
         candidates = np.argsort(-o, axis=1)[:, :_TOPK]
         top5 = float(np.mean(np.any(candidates == best[:, None], axis=1) & finite))
-    return float(np.mean(same)), top5
+    return same_share, top5
+
+
+def _top1_share(o: np.ndarray, r: np.ndarray, finite: np.ndarray, tie: float) -> float:
+    """The share of rows whose top output class is (within `tie`) the reference's top one;
+    `o` has its NaN/Inf set to -inf, `finite` says which rows had none."""
+    picked = np.take_along_axis(r, np.argmax(o, axis=1)[:, None], axis=1)[:, 0]
+    same = (picked >= np.max(r, axis=1) - tie) & finite
+    return float(np.mean(same))
 
 
 def measure_output(name: str, kind: str, out: np.ndarray, ref: np.ndarray) -> OutputAgreement:
@@ -415,20 +422,18 @@ def default_check(
 def legacy_checks(test: SmokeTest, agreement: Agreement) -> tuple[OutputCheck, ...]:
     """Checks for a bundle built before per-output checks: its global thresholds, each on the
     outputs it fits (no cosine on one-value outputs, top-1 only on class scores)."""
-    checks = []
-    for o in agreement.outputs:
-        checks.append(
-            OutputCheck(
-                o.name,
-                o.kind,
-                max_abs_error=test.max_abs_error,
-                min_cosine=test.min_cosine if o.kind in _VECTOR_KINDS else None,
-                min_top1_agreement=(
-                    test.min_top1_agreement if o.kind in ("classes", "labels") else None
-                ),
-            )
-        )
-    return tuple(checks)
+    return tuple(legacy_check(test, o.name, o.kind) for o in agreement.outputs)
+
+
+def legacy_check(test: SmokeTest, name: str, kind: str) -> OutputCheck:
+    """The check of one output of a bundle built before per-output checks (`legacy_checks`)."""
+    return OutputCheck(
+        name,
+        kind,
+        max_abs_error=test.max_abs_error,
+        min_cosine=test.min_cosine if kind in _VECTOR_KINDS else None,
+        min_top1_agreement=test.min_top1_agreement if kind in ("classes", "labels") else None,
+    )
 
 
 def with_overrides(check: OutputCheck, overrides: Mapping[str, Any]) -> OutputCheck:

@@ -222,6 +222,7 @@ def find_reports(disk: StickDir, max_reports: int) -> list[str]:
         where = f"{stick.REPORTS_DIR}/{device.name}"
         found += [f"{where}/{f.name}" for f in disk.entries(where)
                   if f.is_file and f.name.endswith(".json") and not f.name.startswith(".")]
+        disk.entries(f"{where}/samples")  # captures (stick_samples): no link there either
         if len(found) > max_reports:
             raise UsageError(f"{disk.path} holds more than {max_reports} reports")
     return sorted(found)

@@ -96,3 +96,26 @@ def delta_assignment(state: DeviceState, assignment: Assignment) -> Assignment |
     if record is None:
         return None
     return assignment.delta_for({(r.version, r.sequence) for r in record.releases})
+
+
+def delta_problem(state_dir: Path, bundle: Path) -> str | None:
+    """Why the delta bundle at `bundle` cannot be applied on this device (its one-line
+    refusal), or None (a full bundle, or a delta whose base is here and intact). Read before
+    installing a delta that has a full bundle as fallback, so that the fallback is taken
+    without a refusal to report. The manifest is read unverified: at worst the full bundle is
+    installed instead. Raises nothing."""
+    from satchel.bundles.errors import BundleError
+    from satchel.bundles.reader import read_unverified
+
+    try:
+        with open(bundle, "rb") as f:
+            manifest, _ = read_unverified(f)
+        if manifest.delta_base is None:
+            return None
+        state = DeviceState(state_dir)
+        base_files(state.layout, state.record(manifest.name), manifest)
+    except DeltaBaseMissingError as e:
+        return str(e)
+    except (OSError, BundleError, StateCorruptError):
+        return None  # the installer judges it
+    return None

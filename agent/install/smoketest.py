@@ -29,7 +29,6 @@ import ctypes
 import functools
 import gc
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -400,6 +399,8 @@ class ChildSmokeRunner:
         self.config = config
 
     def run(self, manifest: Manifest, files: Path) -> SmokeReport:
+        import subprocess  # only here: 10 ms of imports an in-process smoke test does not need
+
         command = [sys.executable, "-m", "satchel.agent.install.smoketest", str(files)]
         if self.config.runtime_threads is not None:
             command += ["--threads", str(self.config.runtime_threads)]

@@ -53,9 +53,8 @@ from satchel.bundles.events import (
     SHADOW_PASSED,
 )
 from satchel.bundles.health import HealthFigures, judge
+from satchel.bundles.judge import SmokeJudge
 from satchel.bundles.smoke import (
-    accuracy_failures,
-    compare_outputs,
     detect_kind,
     percentile,
     smoke_kinds,
@@ -110,6 +109,7 @@ class Staging:
         self._test = manifest.smoke_tests[0] if manifest.smoke_tests else None
         self.kinds = smoke_kinds(self._test) if self._test is not None else {}
         self._kinds_fixed = False
+        self._judge = SmokeJudge(self._test, self.kinds)  # made again once kinds are fixed
         self._lock = threading.Lock()
         self.stage = first_stage
         self.started = time.monotonic()
@@ -285,10 +285,9 @@ class Staging:
                         for o in m.outputs}
             self.kinds = {name: self.kinds.get(name) or detect_kind(
                 name, np.asarray(ref), declared.get(name)) for name, ref in copy.outputs.items()}
-        try:
-            agreement = compare_outputs(produced, copy.outputs, self.kinds)
-            reasons = (accuracy_failures(agreement, self._test) if self._test is not None
-                       else [])
+            self._judge = SmokeJudge(self._test, self.kinds)
+        try:  # only the figures the thresholds read; every figure when it fails
+            reasons = self._judge.failures(produced, copy.outputs)
         except ValueError as e:
             reasons = [str(e)]
         nonfinite = has_nonfinite(produced) and not has_nonfinite(copy.inputs)

@@ -242,13 +242,34 @@ class CheckinLoop:
             return True
         received = {"bytes": download.size, "seconds": round(download.seconds, 3),
                     "resumes": download.resumes, "via": LAN}
+        if offer.fallback is not None and self._fall_back(download.path):
+            return self._apply(client, _full_offer(offer))
         try:
             outcome = install_offered(self.state_dir, download.path, origin, self.events,
                                       received, self.config)
         finally:
             download.path.unlink(missing_ok=True)
-        if offer.fallback is not None and not outcome.activated:  # a delta it cannot apply:
-            fb = offer.fallback  # the full bundle of the same release (docs/DELTAS.md)
-            return self._apply(client, replace(offer, bundle_sha256=fb.bundle_sha256,
-                                               size=fb.size, url=fb.url, fallback=None))
+        if offer.fallback is not None and not outcome.activated:  # the delta failed:
+            return self._apply(client, _full_offer(offer))  # the full bundle, once
         return True
+
+    def _fall_back(self, delta: Path) -> bool:
+        """True (the download removed) when the delta bundle at `delta` cannot be applied
+        here (its base is gone or damaged): the offer's full bundle is installed instead,
+        with nothing to report about the delta (docs/DELTAS.md)."""
+        from satchel.agent.install.delta import delta_problem
+
+        why = delta_problem(self.state_dir, delta)
+        if why is None:
+            return False
+        log.info("%s: installing the full bundle offered with it", why)
+        delta.unlink(missing_ok=True)
+        return True
+
+
+def _full_offer(offer: Offer) -> Offer:
+    """The offer of the full bundle behind an offer of a delta bundle."""
+    fb = offer.fallback
+    assert fb is not None
+    return replace(offer, bundle_sha256=fb.bundle_sha256, size=fb.size, url=fb.url,
+                   fallback=None)

@@ -41,7 +41,7 @@ from satchel.agent.config import DEFAULT_CONFIG, AgentConfig
 from satchel.agent.errors import PlanRefusedError, StickBundleMismatchError, StickError
 from satchel.agent.event_queue import EventQueue
 from satchel.agent.install.compat import EPOCH
-from satchel.agent.install.delta import delta_assignment
+from satchel.agent.install.delta import delta_assignment, delta_problem
 from satchel.agent.state import DeviceIdentity, DeviceState, read_json, write_json
 from satchel.agent.sync.credentials import device_key, load_credentials
 from satchel.agent.sync.install_events import USB, BundleOrigin, active_sequence, install_offered
@@ -72,6 +72,9 @@ class StickOutcome:
     trust_version: tuple[int, int]  # (before, after)
     installed: list[str] = field(default_factory=list)  # "channel version"
     skipped: list[str] = field(default_factory=list)  # not above the active sequence
+    # above it but not above the anti-rollback floor: refused here earlier (judged on field
+    # requests and refused, or rolled back): the same stick run again is no error
+    refused: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)  # ("channel version", why)
     report: Path | None = None
 
@@ -83,6 +86,7 @@ class StickOutcome:
                                    "after": self.trust_version[1]},
             "installed": self.installed,
             "skipped": self.skipped,
+            "refused": self.refused,
             "failed": [{"release": r, "reason": why} for r, why in self.failed],
             "report": str(self.report) if self.report else None,
         }
@@ -238,6 +242,10 @@ def _apply(
     if active is not None and assignment.sequence <= active:
         outcome.skipped.append(release)
         return
+    record = state.record(assignment.channel)
+    if record is not None and assignment.sequence <= record.highest_sequence:
+        outcome.refused.append(release)
+        return
     delta = delta_assignment(state, assignment)  # a patch of a kept release (docs/DELTAS.md)
     if delta is not None and _install_one(state_dir, disk, delta, events, config):
         outcome.installed.append(release)
@@ -269,6 +277,11 @@ def _install_one(state_dir: Path, disk: StickDir, assignment: Assignment, events
         copy = copy_from_stick(disk, Path(state_dir) / STAGING_DIR, assignment, config)
     except StickBundleMismatchError as e:
         events.append(INSTALL_FAILED, reason=str(e), **origin.fields())
+        return False
+    why = delta_problem(state_dir, copy)  # base gone or damaged: the full bundle, unreported
+    if why is not None:
+        log.info("%s: installing the full bundle on the stick", why)
+        copy.unlink(missing_ok=True)
         return False
     try:
         result = install_offered(state_dir, copy, origin, events,

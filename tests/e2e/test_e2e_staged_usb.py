@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from satchel.bundles.envelope import open_envelope
+from satchel.bundles.plan import read_report_unverified
 from tests.e2e.commands import SATCHEL, run, wait_for
 from tests.e2e.kit import DEVICE_CLASS, Kit, negative, positive
 from tests.e2e.sites import ManagerProcess, Site
@@ -78,23 +78,23 @@ def test_usb_only_device_refuses_a_bad_release_in_shadow_and_its_captures_come_h
     captured = sorted(p.name for p in (state / "captures").iterdir())
     assert captured, "the field inputs 2.0.0 tripped on are kept on the device"
 
-    site.agent_cli(state, "usb", stick)  # the report, with the captures beside it
+    again = site.agent_cli(state, "usb", stick)  # the report, with the captures beside it
+    assert f"refused here earlier: {CHANNEL} 2.0.0" in again.stdout  # not tried again
     reports = stick / "reports" / device_id
     assert sorted(p.name for p in (reports / "samples").iterdir()) == captured
     assert list((state / "captures").iterdir()) == []  # dropped once the report is there
-    listed = []
-    for report in reports.glob("*.report"):
-        signed, _ = open_envelope(report.read_bytes(), "report", 1 << 24)
-        body = json.loads(signed)
-        listed += (body.get("body") or body.get("checkin") or {}).get("samples") or []
+    listed: list[dict[str, Any]] = []
+    for report in (p for p in reports.iterdir() if p.is_file()):
+        listed += read_report_unverified(report.read_bytes()).checkin.get("samples") or []
     assert sorted(Path(s["file"]).name for s in listed) == captured
     for s in listed:
         assert (reports / s["file"]).stat().st_size == s["size"]
 
     imported = manager.cli("usb", "import", stick)
     assert f"{len(captured)} sample(s) stored" in imported.stdout
-    events = [e["kind"] for e in manager.events(device_id)]
-    assert "shadow_failed" in events and "activated" not in events
+    events = manager.events(device_id)
+    assert [e["version"] for e in events if e["kind"] == "shadow_failed"] == ["2.0.0"]
+    assert "2.0.0" not in {e["version"] for e in events if e["kind"] == "activated"}
     samples = manager.api(f"/api/v1/samples?channel={CHANNEL}")["samples"]
     assert {(s["device_id"], s["version"]) for s in samples} == {(device_id, "2.0.0")}
     field = tmp_path / "field.npz"

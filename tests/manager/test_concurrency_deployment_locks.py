@@ -15,6 +15,7 @@ On SQLite every transaction holds the write lock (`BEGIN IMMEDIATE`), so the sam
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ from tests.manager.helpers import Fleet, SimDevice, event
 from tests.manager.served import Served
 
 Call = tuple[str, str, dict[str, Any]]  # method, url, requests keyword arguments
+WAVE = 6  # devices per wave in the stall test
+WAVES = 8  # waves of a deployment
+DEPLOYMENTS = 8  # deployments paused (or aborted) in turn, each of a newer release
+DELAYS_S = (0.0, 0.002, 0.005, 0.01)  # how late the admin's action follows the check-ins
+ROUNDS = 25  # pause/resume pairs in the double-action test
 
 
 @pytest.fixture
@@ -53,8 +59,9 @@ def fleet(app: Flask, client: FlaskClient, keys: Keyring, tmp_path: Path) -> Fle
     return Fleet.start(app, client, keys, tmp_path)
 
 
-def at_once(calls: list[Call]) -> list[requests.Response]:
-    """Send every call from a thread of its own, all released by one barrier."""
+def at_once(calls: list[Call], first_delay_s: float = 0.0) -> list[requests.Response]:
+    """Send every call from a thread of its own, all released by one barrier; the first
+    `first_delay_s` later (to sweep where it lands among the others)."""
     barrier = threading.Barrier(len(calls))
     out: list[requests.Response | BaseException | None] = [None] * len(calls)
 
@@ -63,6 +70,8 @@ def at_once(calls: list[Call]) -> list[requests.Response]:
         with requests.Session() as s:
             try:
                 barrier.wait(30)
+                if i == 0 and first_delay_s:
+                    time.sleep(first_delay_s)
                 out[i] = s.request(method, url, timeout=60, **kwargs)
             except BaseException as e:  # reported by the caller
                 out[i] = e
@@ -78,13 +87,15 @@ def at_once(calls: list[Call]) -> list[requests.Response]:
     return [r for r in out if isinstance(r, requests.Response)]
 
 
-def _installed(device: SimDevice) -> dict[str, Any]:
-    """A check-in reporting the whole install of vision 1.0.0; every copy has the same ids."""
-    device.run("vision", "1.0.0", 1)
+def _installed(device: SimDevice, sequence: int = 1) -> dict[str, Any]:
+    """A check-in reporting the whole install of vision 1.0.`sequence`; every copy has the
+    same event ids."""
+    version = f"1.0.{sequence}"
+    device.run("vision", version, sequence)
     events = []
     for kind in ("downloaded", "verified", "smoke_test", "activated"):
-        e = event(kind, "vision", 1, version="1.0.0")
-        e["id"] = f"{device.device_id}-{kind}"
+        e = event(kind, "vision", sequence, version=version)
+        e["id"] = f"{device.device_id}-{sequence}-{kind}"
         if kind == "smoke_test":
             e["passed"] = True
         events.append(e)
@@ -112,8 +123,6 @@ def _stored(app: Flask, dep_id: int) -> tuple[str, int, dict[int, set[str]]]:
     return result
 
 
-WAVE = 6  # devices per wave in the stall test
-WAVES = 8
 
 
 def test_the_last_devices_of_a_wave_reporting_at_once_on_two_managers_release_the_next_wave(
@@ -139,7 +148,7 @@ def test_the_last_devices_of_a_wave_reporting_at_once_on_two_managers_release_th
 
 
 def _action_rounds(fleet: Fleet, app: Flask, managers: tuple[Served, Served], action: str,
-                   devices: list[SimDevice], dep_id: int) -> int:
+                   devices: list[SimDevice], dep_id: int, sequence: int) -> int:
     """Rounds of: the install reports of the current wave's devices on both managers, a status
     poll on both and `action` (pause or abort) on one, all at once; then the same reports and
     polls again, after which the deployment must stand where the action's answer said.
@@ -150,11 +159,12 @@ def _action_rounds(fleet: Fleet, app: Flask, managers: tuple[Served, Served], ac
     succeeded = 0
     for round_ in range(2 * WAVES):
         current = _stored(app, dep_id)[1]
-        reports = [_checkin(m.url, d, _installed(d)) for d in devices
+        reports = [_checkin(m.url, d, _installed(d, sequence)) for d in devices
                    if wave_of[d.device_id] == current for m in managers]
         act: Call = ("POST", f"{managers[round_ % 2].url}/api/v1/deployments/{dep_id}/{action}",
                      {"headers": fleet.admin})
-        answers = at_once([act, *poll, *reports])
+        delay = DELAYS_S[(round_ + sequence) % len(DELAYS_S)]
+        answers = at_once([act, *poll, *reports], delay)
         assert {r.status_code for r in answers[1:]} == {200}
         if answers[0].status_code == 409:  # completed before the action: nothing to check
             assert _stored(app, dep_id)[0] == "completed", answers[0].text
@@ -181,19 +191,17 @@ def test_a_pause_or_abort_racing_check_ins_and_polls_on_two_managers_holds_where
     fleet: Fleet, app: Flask, managers: tuple[Served, Served], action: str
 ) -> None:
     devices = [fleet.enroll(f"edge-{i:02d}") for i in range(2 * WAVES)]
-    fleet.bundle("1.0.0", 1)
-    dep = fleet.deploy("vision:1.0.0", devices=[d.device_id for d in devices],
-                       waves=[str(2 * (w + 1)) for w in range(WAVES)], success_ratio=1.0)
-    assert _action_rounds(fleet, app, managers, action, devices, dep["id"]) >= 1
-    if action == "abort":  # an aborted deployment offers nothing, on either manager
-        for d in devices:
-            for m in managers:
-                r = requests.post(f"{m.url}/api/v1/devices/{d.device_id}/checkin",
-                                  json=d.body(), headers=d.headers, timeout=60)
-                assert r.status_code == 200 and r.json()["install"] == [], r.text
-
-
-ROUNDS = 25  # pause/resume pairs in the double-action test
+    for sequence in range(1, DEPLOYMENTS + 1):
+        fleet.bundle(f"1.0.{sequence}", sequence)
+        dep = fleet.deploy(f"vision:1.0.{sequence}", devices=[d.device_id for d in devices],
+                           waves=[str(2 * (w + 1)) for w in range(WAVES)], success_ratio=1.0)
+        assert _action_rounds(fleet, app, managers, action, devices, dep["id"], sequence) >= 1
+        if action == "abort":  # an aborted deployment offers nothing, on either manager
+            for d in devices:
+                for m in managers:
+                    r = requests.post(f"{m.url}/api/v1/devices/{d.device_id}/checkin",
+                                      json=d.body(), headers=d.headers, timeout=60)
+                    assert r.status_code == 200 and r.json()["install"] == [], r.text
 
 
 def test_the_same_action_on_two_managers_at_once_succeeds_once_and_is_refused_once(

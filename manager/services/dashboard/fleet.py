@@ -11,6 +11,7 @@ and classified in full, by the same `classify` as a device's own page.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -74,6 +75,10 @@ class FleetOverview:
     pages: int
     page_size: int
     query: FleetQuery
+    # device id -> (channel, stage, one line) of each candidate in shadow or ramp, for the
+    # rows shown (issue 18: the stage badge)
+    stages: Mapping[str, tuple[tuple[str, str, str], ...]] = dataclasses.field(
+        default_factory=dict)
 
     @property
     def state(self) -> str | None:
@@ -313,4 +318,27 @@ def fleet_overview(
         pages=pages,
         page_size=size,
         query=FleetQuery(text, query.state, page, size),
+        stages=_stages(session, attention + shown),
     )
+
+
+def _stages(session: so.Session, ids: Sequence[str]) -> dict[str, tuple[tuple[str, str, str],
+                                                                        ...]]:
+    """The candidates in shadow or ramp the shown devices last reported, by device id."""
+    from satchel.manager.services.dashboard.activation import candidate_view
+
+    out: dict[str, tuple[tuple[str, str, str], ...]] = {}
+    if not ids:
+        return out
+    for device_id, status in session.execute(
+        sa.select(Device.id, Device.status).where(Device.id.in_(ids))
+    ):
+        channels = (status or {}).get("channels") if isinstance(status, dict) else None
+        found = []
+        for channel in sorted(channels) if isinstance(channels, dict) else []:
+            view = candidate_view(status, channel)
+            if view is not None:
+                found.append((channel, view.stage, f"{channel} {view.version}: {view.line}"))
+        if found:
+            out[device_id] = tuple(found)
+    return out
