@@ -222,3 +222,68 @@ def test_the_same_action_on_two_managers_at_once_succeeds_once_and_is_refused_on
         assert both("resume") == [200, 409]
     assert both("abort") == [200, 409]
     assert fleet.status(dep["id"])["state"] == "aborted"
+
+
+def test_a_status_poll_that_read_the_deployment_before_a_pause_does_not_advance_it_after(
+    fleet: Fleet, app: Flask, managers: tuple[Served, Served]
+) -> None:
+    """A status poll evaluates the deployment (it may advance it). Here the poll, on this
+    process's manager, is held between reading the deployment and counting its targets while
+    manager B pauses it and the current wave's devices report their installs there (moving
+    targets a paused deployment does not evaluate). With the row lock, the pause and the
+    reports wait for the poll; without it, the poll would advance a paused deployment from
+    the `active` it read before the pause."""
+    devices = [fleet.enroll(f"tag-{i:02d}") for i in range(4)]
+    fleet.bundle("1.0.1", 1)
+    dep = fleet.deploy("vision:1.0.1", devices=[d.device_id for d in devices],
+                       waves=["2", "100%"], success_ratio=1.0)
+    first = [d for d in devices if d.device_id in
+             {t["device_id"] for t in fleet.status(dep["id"])["targets"] if t["wave"] == 0}]
+    b = managers[1].url
+    in_window, go = threading.Event(), threading.Event()
+    answers: dict[str, Any] = {}
+
+    def hold(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if (threading.current_thread().name == "poll" and not in_window.is_set()
+                and "GROUP BY" in statement and "deployment_targets" in statement):
+            in_window.set()
+            go.wait(10)
+
+    def poll() -> None:
+        answers["poll"] = fleet.client.get(f"/api/v1/deployments/{dep['id']}",
+                                           headers=fleet.admin)
+
+    def pause() -> None:
+        answers["pause"] = requests.post(f"{b}/api/v1/deployments/{dep['id']}/pause",
+                                         headers=fleet.admin, timeout=60)
+
+    def report(d: SimDevice) -> None:
+        method, url, kwargs = _checkin(b, d, _installed(d))
+        answers[d.device_id] = requests.request(method, url, timeout=60, **kwargs)
+
+    engine = app.extensions["satchel"].db.engine
+    sa.event.listen(engine, "before_cursor_execute", hold)
+    try:
+        poller = threading.Thread(target=poll, name="poll")
+        poller.start()
+        assert in_window.wait(30), "the status poll never counted the targets"
+        pauser = threading.Thread(target=pause)
+        pauser.start()
+        pauser.join(1.0)  # done at once without the lock; waits for the poll with it
+        reporters = [threading.Thread(target=report, args=(d,)) for d in first]
+        for t in reporters:
+            t.start()
+        for t in reporters:
+            t.join(1.0)
+        go.set()
+        for t in (poller, pauser, *reporters):
+            t.join(60)
+    finally:
+        go.set()
+        sa.event.remove(engine, "before_cursor_execute", hold)
+    assert answers["poll"].status_code == 200 and answers["pause"].status_code == 200
+    assert all(answers[d.device_id].status_code == 200 for d in first)
+    said = answers["pause"].json()
+    state, current, states = _stored(app, dep["id"])
+    assert (state, current) == ("paused", said["current_wave"]), (said, states)
+    assert all(states[w] == {"pending"} for w in states if w > current), (current, states)

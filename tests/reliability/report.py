@@ -84,6 +84,9 @@ FOUND_AND_FIXED = [
     "fewer inferences than `min_samples`): one pure judge in `bundles/health.py` for both",
     "a failed `usb export` could leave a half-written stick: it now writes into a temporary "
     "directory on the stick and renames, and a failure leaves the stick as it was",
+    "a link in place of a field capture under `reports/<device>/samples/` was refused only "
+    "after the device's report had been recorded: `satchel usb import` now refuses such a "
+    "stick before recording anything",
 ]
 
 
