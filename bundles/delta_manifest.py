@@ -21,6 +21,9 @@ from satchel.bundles.schema import check_keys, get_int, get_str
 # --patch-from=BASE` reads, so stock tools reproduce the content.
 METHOD_ZSTD_PATCH = "zstd-patch-from"
 DELTA_METHODS = (METHOD_ZSTD_PATCH,)
+# The first agent release that installs delta bundles and reads plans that list them; the
+# manager leaves deltas off a USB plan when a device on it last reported an older agent.
+DELTA_MIN_AGENT = "0.3.0"
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,10 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from satchel.bundles import plan as stick
+from satchel.bundles.delta_manifest import DELTA_MIN_AGENT
 from satchel.bundles.errors import BundleError
 from satchel.bundles.keys import PublicKey, SigningKey
+from satchel.bundles.versions import at_least
 from satchel.manager.checkin.parse import parse_report
 from satchel.manager.checkin.record import USB, record
 from satchel.manager.db import Database
@@ -99,7 +101,25 @@ def plan_assignments(
                     deltas=plan_deltas(session, b.id),  # services/deltas.py
                 )
             )
-    return tuple(assignments)
+    return _without_deltas_for_older_agents(session, tuple(assignments))
+
+
+def _without_deltas_for_older_agents(
+    session: so.Session, assignments: tuple[stick.Assignment, ...]
+) -> tuple[stick.Assignment, ...]:
+    """The assignments, with no delta bundles at all when any device on the stick last
+    reported an agent older than DELTA_MIN_AGENT: such an agent refuses a whole plan that
+    lists deltas (an unexpected field), not just the delta. A device that never reported
+    (registered for USB, no report imported yet) is taken to run a current agent."""
+    if not any(a.deltas for a in assignments):
+        return assignments
+    devices = {d for a in assignments for d in a.devices}
+    reported = session.scalars(
+        sa.select(Device.agent_version).where(Device.id.in_(devices))
+    ).all()
+    if all(not v or at_least(v, DELTA_MIN_AGENT) for v in reported):
+        return assignments
+    return tuple(dataclasses.replace(a, deltas=()) for a in assignments)
 
 
 def plan_stick(

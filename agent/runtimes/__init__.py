@@ -25,7 +25,6 @@ from satchel.agent.runtimes.errors import (
     UnsupportedModelError,
 )
 from satchel.agent.runtimes.onnx import OnnxRuntimeAdapter
-from satchel.agent.runtimes.tflite import TFLiteAdapter
 
 __all__ = [
     "DATATYPE_TO_NUMPY",
@@ -47,9 +46,21 @@ __all__ = [
     "runtime_for_file",
 ]
 
-_ADAPTERS: dict[str, RuntimeAdapter] = {
-    adapter.name: adapter for adapter in (OnnxRuntimeAdapter(), TFLiteAdapter())
-}
+_RUNTIME_NAMES = ("onnxruntime", "tflite")
+_ADAPTERS: dict[str, RuntimeAdapter] = {}
+
+
+def _adapter(name: str) -> RuntimeAdapter | None:
+    """The adapter for a runtime name, or None when it is unknown. Made when first asked
+    for: the TFLite adapter's module loads only for a TFLite model (issue 14)."""
+    if name not in _ADAPTERS and name in _RUNTIME_NAMES:
+        if name == "tflite":
+            from satchel.agent.runtimes.tflite import TFLiteAdapter
+
+            _ADAPTERS[name] = TFLiteAdapter()
+        else:
+            _ADAPTERS[name] = OnnxRuntimeAdapter()
+    return _ADAPTERS.get(name)
 _RUNTIME_BY_SUFFIX = {".onnx": "onnxruntime", ".tflite": "tflite"}
 
 
@@ -73,10 +84,10 @@ def get_runtime(name: str) -> RuntimeAdapter:
 
     Raises RuntimeUnavailableError when the name is unknown or the runtime is not usable here.
     """
-    adapter = _ADAPTERS.get(name)
+    adapter = _adapter(name)
     if adapter is None:
         raise RuntimeUnavailableError(
-            f"unknown runtime {name!r}; known runtimes: {', '.join(sorted(_ADAPTERS))}"
+            f"unknown runtime {name!r}; known runtimes: {', '.join(sorted(_RUNTIME_NAMES))}"
         )
     if not adapter.available():
         raise RuntimeUnavailableError(f"runtime {name!r} is not installed on this device")
@@ -85,21 +96,22 @@ def get_runtime(name: str) -> RuntimeAdapter:
 
 def known_runtimes() -> list[str]:
     """The names of every runtime an adapter exists for, installed here or not."""
-    return sorted(_ADAPTERS)
+    return sorted(_RUNTIME_NAMES)
 
 
 def runtime_version(name: str) -> str | None:
     """The installed version of one runtime, or None when it is unknown or not usable here.
     Imports that runtime (and only it). Never raises."""
-    adapter = _ADAPTERS.get(name)
+    adapter = _adapter(name)
     return adapter.version() if adapter is not None else None
 
 
 def installed_runtimes() -> dict[str, str]:
     """Runtime name -> package version, for every runtime usable on this machine. Never raises."""
     found: dict[str, str] = {}
-    for name, adapter in _ADAPTERS.items():
-        version = adapter.version()
+    for name in _RUNTIME_NAMES:
+        adapter = _adapter(name)
+        version = adapter.version() if adapter is not None else None
         if version is not None:
             found[name] = version
     return found

@@ -125,12 +125,15 @@ def test_install_of_an_onnx_bundle_loads_onnxruntime_only(tmp_path, device, make
 
     assert done.returncode == 0, done.stderr
     assert "onnxruntime" in modules  # the smoke test ran on the real runtime
-    assert offenders(modules, HTTP_CLIENT + SERVER + ["ai_edge_litert", "tflite_runtime"]) == []
+    assert offenders(modules, HTTP_CLIENT + SERVER + ["ai_edge_litert", "tflite_runtime",
+                                                      "satchel.agent.runtimes.tflite"]) == []
     # Nor what it can do without (issue 14): the agent's version is read without
     # importlib.metadata (~25 ms), keys are raw (no PEM/SSH modules), timestamps are parsed
-    # without _strptime, and TOML only when a settings file is there.
+    # without _strptime, and TOML only when a settings file is there; neither difflib (a
+    # suggestion for a mistyped setting), subprocess (a child-process smoke test) nor secrets.
     assert offenders(modules, ["importlib.metadata", "_strptime", "tomllib",
-                               "cryptography.hazmat.primitives.serialization"]) == []
+                               "cryptography.hazmat.primitives.serialization", "difflib",
+                               "subprocess", "secrets"]) == []
 
 
 def test_install_of_a_plain_bundle_loads_no_encryption_delta_variant_or_staging_module(

@@ -99,3 +99,29 @@ def test_offers_name_the_delta_only_to_devices_keeping_its_base(
 
     got = fleet.client.get(offer["url"], headers=keeper.headers)
     assert got.status_code == 200 and got.data == pair["delta"].read_bytes()
+
+
+def _plan_deltas(fleet: Fleet) -> list[Any]:
+    r = fleet.client.post("/api/v1/usb/plan", json={}, headers=fleet.admin)
+    assert r.status_code == 200, r.json
+    return [a.get("deltas", []) for a in r.json["assignments"]]
+
+
+def test_a_usb_plan_lists_no_delta_while_a_device_on_it_last_reported_an_older_agent(
+    fleet: Fleet, pair: dict[str, Path]
+) -> None:
+    """An agent from before delta bundles refuses a whole plan that lists one, so one such
+    device on the stick takes the deltas off the whole plan; once it reports a current agent
+    they are back."""
+    for b in ("old", "full", "delta"):
+        assert _upload(fleet, pair[b]).status_code == 201  # type: ignore[attr-defined]
+    old, new = fleet.enroll("old-agent"), fleet.enroll("new-agent")  # both enroll as 0.1.0
+    fleet.deploy("vision:2.0.0", devices=["old-agent", "new-agent"], waves=["100%"])
+    assert _plan_deltas(fleet) == [[]]
+    for device in (old, new):
+        body = {**device.body(), "agent_version": "0.3.0"}
+        r = fleet.client.post(f"/api/v1/devices/{device.device_id}/checkin", json=body,
+                              headers=device.headers)
+        assert r.status_code == 200, r.json
+    (deltas,) = _plan_deltas(fleet)
+    assert [d["bundle_sha256"] for d in deltas] == [_sha(pair["delta"])]
