@@ -70,6 +70,7 @@ def _rows(fleet: Fleet, device: SimDevice, sha: str, dep: int) -> list[tuple[str
         ("POST", f"/api/v1/devices/{d}/samples", b"not a capture", "own"),
         ("GET", "/api/v1/samples", None, "admin"),
         ("GET", "/api/v1/samples/export?channel=vision&version=1.0.0", None, "admin"),
+        ("POST", f"/api/v1/bundles/{sha}/rewrap", {"to": [f"device:{d}"]}, "admin"),  # 409
         ("DELETE", f"/api/v1/bundles/{sha}", None, "admin"),  # kept by a deployment: 409
         ("DELETE", f"/api/v1/devices/{d}", None, "admin"),
     ]
