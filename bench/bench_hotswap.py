@@ -55,6 +55,8 @@ from satchel.bundles.manifest import (
 from satchel.bundles.pack import Payload, write_bundle
 from satchel.bundles.timeutil import utcnow
 from satchel.bundles.trust import make_root, sign_root
+from satchel.manager.build import BuildDefaults
+from satchel.manager.external_data import shipped_model
 from satchel.manager.modelgen import INPUT_NAME, make_mlp_weights, onnx_mlp, sample_inputs
 
 CHANNEL = "bench"
@@ -101,11 +103,18 @@ class BenchDevice:
             health_policy=POLICY, compatibility=Compatibility(),
         )
         bundle = self.root / f"{version}.satchel"
-        payloads = [Payload("model.onnx", model_file),
-                    Payload("smoke/inputs.npz", _npz({INPUT_NAME: inputs})),
-                    Payload("smoke/reference.npz", _npz(reference))]
-        with open(bundle, "wb") as f:
-            write_bundle(f, manifest, payloads, [self.key])
+        # the model as `satchel bundle build` ships it: above its size limit, the weights as
+        # ONNX external data (model.onnx + model.onnx.data)
+        limit = BuildDefaults().external_data_min_bytes
+        with shipped_model(model_file, limit, self.root) as shipped:
+            if shipped == model_file:
+                payloads = [Payload("model.onnx", model_file)]
+            else:  # model.onnx and model.onnx.data, alone in the build's temporary folder
+                payloads = [Payload(p.name, p) for p in sorted(shipped.parent.iterdir())]
+            payloads += [Payload("smoke/inputs.npz", _npz({INPUT_NAME: inputs})),
+                         Payload("smoke/reference.npz", _npz(reference))]
+            with open(bundle, "wb") as f:
+                write_bundle(f, manifest, payloads, [self.key])
         return bundle, version
 
     def install(self, bundle: Path, *, in_process: bool) -> None:

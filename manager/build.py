@@ -98,8 +98,9 @@ class BuildDefaults:
     progress_min_bytes: int = 32 * 1024 * 1024  # show a progress bar above this model size
     max_feeds: int = 10_000  # sample feeds in one smoke test
     smoke_warn_min_bytes: int = 1024 * 1024  # smoke data below this is never warned about
-    external_data_min_bytes: int = 64 * 1024 * 1024  # a single-file ONNX model larger than this
-    # ships its weights as external data, which onnxruntime maps instead of copying (issue 14)
+    external_data_min_bytes: int = 16 * 1024 * 1024  # a single-file ONNX model larger than this
+    # ships its weights as external data, which onnxruntime maps instead of copying (issue 14):
+    # loading a single file holds its bytes and the weights made from them at once
 
 
 @dataclass(frozen=True)

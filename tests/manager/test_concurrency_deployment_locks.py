@@ -8,7 +8,13 @@ Two real managers (`satchel serve`, one database) get requests released together
   where the deployment stays (without the lock, a check-in or a poll that read the deployment
   before the pause advances it after, or the pause answers with a wave already left behind);
 - the same action on both managers at once: one succeeds, the other is refused with 409
-  (without the lock in `actions`, both read `active` and both pause).
+  (without the lock in `actions`, both read `active` and both pause);
+- a status poll held (by a hook on this process's engine) between reading the deployment and
+  counting its targets while the other manager pauses it and devices report: without the lock
+  in `read.status`, the poll advances the paused deployment from the `active` it read.
+Each was checked by removing its lock from a copy of the code: the test named fails on
+PostgreSQL (the race tests are probabilistic: many rounds, the action sent a little later each
+time; the status one is deterministic).
 On SQLite every transaction holds the write lock (`BEGIN IMMEDIATE`), so the same tests hold.
 """
 
