@@ -54,9 +54,12 @@ def managers(config: ManagerConfig, tmp_path: Path) -> Iterator[tuple[Served, Se
     except BaseException:
         a.stop()
         raise
-    yield a, b
+    try:
+        yield a, b
+    finally:
+        for m in (a, b):
+            m.stop()
     for m in (a, b):
-        m.stop()
         assert "Traceback" not in (m.data_dir / "serve.log").read_text()
 
 
