@@ -6,6 +6,10 @@
 the CPU time of this thread per copy in microseconds (the best of R repeats of N copies, so
 a phase another program disturbed does not count), for both paths, and their ratio.
 Not a timed assertion: figures for docs and reports.
+
+`python -m bench.bench_judge --staging-full [bench_staging args]` runs `bench.bench_staging`
+with the shadow stage forced onto the full comparison for every copy (as before the judge),
+to compare its shadow cost with a plain `python -m bench.bench_staging` run.
 """
 
 from __future__ import annotations
@@ -86,7 +90,12 @@ def run(copies: int, repeats: int) -> dict[str, Any]:
 
         assert full() == [] and judge.failures(out, ref) == [], name  # passing pairs
         before = _cpu_us(full, copies, repeats)
-        after = _cpu_us(lambda j=judge, o=out, r=ref: j.failures(o, r), copies, repeats)
+
+        def fast(judge: SmokeJudge = judge, out: dict[str, np.ndarray] = out,
+                 ref: dict[str, np.ndarray] = ref) -> list[str]:
+            return judge.failures(out, ref)
+
+        after = _cpu_us(fast, copies, repeats)
         results[name] = {"full_us": round(before, 1), "judge_us": round(after, 1),
                          "speedup": round(before / after, 1)}
     return results
@@ -96,7 +105,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--copies", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--staging-full", nargs=argparse.REMAINDER, metavar="ARGS",
+                        help="run bench_staging (with ARGS) with the shadow stage on the full "
+                             "comparison for every copy, as before the compiled judge")
     args = parser.parse_args(argv)
+    if args.staging_full is not None:
+        from bench import bench_staging
+
+        SmokeJudge.passes = lambda self, outputs, reference: False  # type: ignore[method-assign]
+        bench_staging.main(args.staging_full)
+        return
     print(json.dumps(run(args.copies, args.repeats), indent=2))
 
 
