@@ -69,6 +69,19 @@ log = logging.getLogger(__name__)
 
 _LATENCIES_KEPT = 2048  # latency samples kept per release for the p95
 _FIGURES_EVERY_S = 0.5  # seconds between two writes of the figures file at most
+_RSS_EVERY = 16  # shadow copies between two readings of the service's resident memory
+
+
+def resident_kib() -> int | None:
+    """The service's resident memory now (VmRSS, KiB); None where /proc does not say."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,11 @@ class Staging:
         self.shadow_ms: list[float] = []
         self.active_ms: list[float] = []
         self.first_disagreement: str | None = None
+        # memory: the service's resident set from the candidate's first stage on (loaded by
+        # then), so its growth is what judging field inputs took, the candidate's working
+        # memory above all (an upper bound: the active release's share is in it too)
+        self.rss_start_kib = resident_kib()
+        self.rss_peak_kib = self.rss_start_kib
         # ramp
         self.step = 0
         self._routed = 0
@@ -238,7 +256,15 @@ class Staging:
             "p95_ms": round(percentile(self.shadow_ms, 95), 3) if self.shadow_ms else None,
             "active_p95_ms": round(percentile(self.active_ms, 95), 3) if self.active_ms
             else None,
+            "rss_mb": None if self.rss_peak_kib is None else round(self.rss_peak_kib / 1024, 1),
+            "rss_growth_mb": self.rss_growth_mb(),
         }
+
+    def rss_growth_mb(self) -> float | None:
+        """MiB the service's resident set grew above its size when the stage began."""
+        if self.rss_start_kib is None or self.rss_peak_kib is None:
+            return None
+        return round(max(0, self.rss_peak_kib - self.rss_start_kib) / 1024, 1)
 
     def ramp_status(self) -> dict[str, Any] | None:
         ramp = self.policy.ramp
@@ -293,7 +319,10 @@ class Staging:
         nonfinite = has_nonfinite(produced) and not has_nonfinite(copy.inputs)
         if nonfinite and not any("NaN" in r for r in reasons):
             reasons.append("NaN/Inf outputs")
+        rss = resident_kib() if self.compared % _RSS_EVERY == 0 else None
         with self._lock:
+            if rss is not None and (self.rss_peak_kib is None or rss > self.rss_peak_kib):
+                self.rss_peak_kib = rss
             self.compared += 1
             self.nonfinite += nonfinite
             if not reasons:
@@ -346,6 +375,11 @@ class Staging:
             p95 = percentile(self.shadow_ms, 95) if self.shadow_ms else None
             if limit is not None and p95 is not None and p95 > limit:
                 return False, f"shadow: p95 latency {p95:.1f} ms > {limit:.1f} ms"
+            budget = self._test.max_memory_mb if self._test is not None else None
+            grew = self.rss_growth_mb()
+            if budget is not None and grew is not None and grew > budget:
+                return False, (f"shadow: the service grew {grew:.1f} MB while judging field "
+                               f"requests, over the memory budget of {budget:.1f} MB")
             return True, f"shadow: agreement {share:.1%} over {compared} field requests"
         return None, ""
 

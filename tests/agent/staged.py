@@ -66,6 +66,7 @@ def make_models(directory: Path) -> StagedModels:
 def staged_bundle(
     out: Path, keys: Keyring, model_file: Path, *, version: str, sequence: int,
     activation: ActivationPolicy | None, policy: HealthPolicy = POLICY,
+    max_memory_mb: float | None = None,
 ) -> Path:
     """A signed bundle of `model_file` whose smoke test (positive inputs, the model's own
     outputs as references) passes, with `activation` in its signed manifest."""
@@ -80,7 +81,8 @@ def staged_bundle(
             outputs=tuple(TensorInfo(s.name, s.datatype, s.shape) for s in model.outputs),
         ),),
         smoke_tests=(SmokeTest("main", "smoke/inputs.npz", "smoke/reference.npz",
-                               max_abs_error=1e-3, warmup_runs=1, latency_runs=3),),
+                               max_abs_error=1e-3, warmup_runs=1, latency_runs=3,
+                               max_memory_mb=max_memory_mb),),
         health_policy=policy, compatibility=Compatibility(), activation=activation,
     )
     payloads = [
@@ -111,10 +113,11 @@ class Rig:
 
     def install(self, model: Path, *, version: str, sequence: int,
                 activation: ActivationPolicy | None = None,
-                policy: HealthPolicy = POLICY) -> InstallResult:
+                policy: HealthPolicy = POLICY,
+                max_memory_mb: float | None = None) -> InstallResult:
         bundle = staged_bundle(self.work / f"{version}.satchel", self.keys, model,
                                version=version, sequence=sequence, activation=activation,
-                               policy=policy)
+                               policy=policy, max_memory_mb=max_memory_mb)
         result = install(self.state_dir, bundle, config=self.config)
         if self.server is not None:
             self.server.reload_now()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from satchel.agent.config import AgentConfig
@@ -171,3 +172,33 @@ def test_staged_install_ends_its_events_with_shadow_started_not_activated(
         assert [e["kind"] for e in events][-1] == "shadow_started"
         assert events[-1]["figures"]["stage"] == "shadow"
         assert "activated" not in [e["kind"] for e in events]
+
+
+def test_release_whose_service_outgrows_its_memory_budget_in_shadow_is_refused(
+    tmp_path: Path, keys: Keyring, models: StagedModels
+) -> None:
+    """The shadow stage judges memory too: the service's resident set may grow by at most
+    the smoke test's `max_memory_mb` while the candidate answers field copies (here the
+    growth is 200 MB of ballast touched in this process, which serves in-process)."""
+    with rig(tmp_path, keys, models) as r:
+        r.install(models.good, version="1.0.0", sequence=1)
+        r.start()
+        result = r.install(models.twin, version="2.0.0", sequence=2,
+                           activation=shadow(40), max_memory_mb=64)
+        assert result.stage == "shadow"  # the lab smoke test stayed inside 64 MB
+        wait_for(lambda: r.server is not None and r.server.registry.candidate("vision")
+                 is not None)
+        ballast = np.ones(200 * 1024 * 1024 // 8)  # touched: resident
+        for x in field_inputs(1000):
+            assert r.infer(x)["model_version"] == "1.0.0"
+            if r.events.of_kind(SHADOW_FAILED) or r.events.of_kind(SHADOW_PASSED):
+                break
+        wait_for(lambda: bool(r.events.of_kind(SHADOW_FAILED)))
+        del ballast
+        (failed,) = r.events.of_kind(SHADOW_FAILED)
+        assert "over the memory budget of 64.0 MB" in failed.reason
+        assert failed.details["shadow"]["agreed"] == failed.details["shadow"]["compared"]
+        assert failed.details["shadow"]["rss_growth_mb"] > 64
+        assert failed.details["client_answers"] == 0
+        wait_for(lambda: r.status()["candidate"] is None)
+        assert r.status()["active"]["version"] == "1.0.0"
