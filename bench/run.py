@@ -189,7 +189,7 @@ def render_install(r: dict[str, Any]) -> list[str]:
             f"**{_f(ratios['install_vs_verify_copy_fsync_plus_session_load'])}x** | "
             f"{_goal(goals['time'])} | {_f(m['peak_rss_mb'], 0)} MB | "
             f"**{_f(ratios['peak_rss_vs_model'])}x** | {_goal(goals['peak_rss'])} | {rauc} |")
-    lines += ["", "`satchel bundle build` ships a single-file ONNX model above 64 MB in the first "
+    lines += ["", "`satchel bundle build` ships a single-file ONNX model above 16 MB in the first "
               "layout (manager/external_data.py: onnxruntime maps the weights, so they are "
               "held once); the second is what a bundle packed by other means carries."]
     lines += ["", "Without the inferences its smoke test runs (samples, warm-up, timed runs), "
