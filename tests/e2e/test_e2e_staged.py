@@ -106,9 +106,11 @@ def test_bad_release_is_refused_in_shadow_and_its_field_input_builds_the_next(
         for agent in agents.values():
             for x in positive(10, seed=3):
                 _answer(agent, x[None, :])
+        # the deployment first: a check-in between the two reads may switch the candidate in
+        # and release the next wave, never the other way round
+        status = _deployment(manager, rollout)
         cand = _candidate(manager, "staged-1") or {}
         stages.add(str(cand.get("stage")))
-        status = _deployment(manager, rollout)
         if cand.get("stage") in ("shadow", "ramp"):
             assert status["current_wave"] == 0  # a candidate is not healthy in its wave
         return status["state"] == "completed"
