@@ -7,6 +7,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.e2e.commands import SATCHEL, satchel_env
@@ -41,3 +43,22 @@ class Served:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+@contextmanager
+def two_managers(database_url: str, tmp_path: Path) -> Iterator[tuple[Served, Served]]:
+    """Managers A and B on data dirs of their own and one database; both stopped on leaving,
+    then neither may have logged a traceback."""
+    a = Served(tmp_path / "manager-a", database_url)
+    try:
+        b = Served(tmp_path / "manager-b", database_url)
+    except BaseException:
+        a.stop()
+        raise
+    try:
+        yield a, b
+    finally:
+        for m in (a, b):
+            m.stop()
+    for m in (a, b):
+        assert "Traceback" not in (m.data_dir / "serve.log").read_text()

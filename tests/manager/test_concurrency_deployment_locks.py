@@ -36,7 +36,7 @@ from satchel.manager.config import ManagerConfig
 from satchel.manager.models import Deployment, DeploymentTarget
 from tests.factory.keys import Keyring
 from tests.manager.helpers import Fleet, SimDevice, event
-from tests.manager.served import Served
+from tests.manager.served import Served, two_managers
 
 Call = tuple[str, str, dict[str, Any]]  # method, url, requests keyword arguments
 WAVE = 6  # devices per wave in the stall test
@@ -48,19 +48,8 @@ ROUNDS = 25  # pause/resume pairs in the double-action test
 
 @pytest.fixture
 def managers(config: ManagerConfig, tmp_path: Path) -> Iterator[tuple[Served, Served]]:
-    a = Served(tmp_path / "manager-a", config.url)
-    try:
-        b = Served(tmp_path / "manager-b", config.url)
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        yield a, b
-    finally:
-        for m in (a, b):
-            m.stop()
-    for m in (a, b):
-        assert "Traceback" not in (m.data_dir / "serve.log").read_text()
+    with two_managers(config.url, tmp_path) as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from satchel.manager.config import ManagerConfig
 from satchel.manager.models import DeploymentTarget, Event
 from tests.factory.keys import Keyring
 from tests.manager.helpers import Fleet, SimDevice, event
-from tests.manager.served import Served
+from tests.manager.served import Served, two_managers
 
 DEVICES = 12
 ROUNDS = 40  # rounds of check-ins at most before the rollout must have completed
@@ -35,19 +35,8 @@ WORKERS = 16  # client threads
 
 @pytest.fixture
 def managers(config: ManagerConfig, tmp_path: Path) -> Iterator[tuple[Served, Served]]:
-    a = Served(tmp_path / "manager-a", config.url)
-    try:
-        b = Served(tmp_path / "manager-b", config.url)
-    except BaseException:
-        a.stop()
-        raise
-    try:
-        yield a, b
-    finally:
-        for m in (a, b):
-            m.stop()
-    for m in (a, b):
-        assert "Traceback" not in (m.data_dir / "serve.log").read_text()
+    with two_managers(config.url, tmp_path) as pair:
+        yield pair
 
 
 @pytest.fixture
