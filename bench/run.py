@@ -637,7 +637,46 @@ RENDERERS = {
 }
 
 
-def render(results: dict[str, dict[str, Any]]) -> str:
+# The heading each benchmark's section starts with: a benchmark with no result in this run's
+# results.json (a fresh checkout, a run with --only) keeps its section of docs/BENCHMARKS.md
+# as it is.
+SECTION_HEADINGS: dict[str, str] = {
+    "bundle": "## Bundle format",
+    "install": "## Agent install",
+    "coldstart": "## Cold start",
+    "hotswap": "## Hot swap",
+    "variants": "## Variants",
+    "staging": "## staging",
+    "serving": "## Serving against MLServer",
+    "checkin-postgres": "## Manager check-ins on PostgreSQL",
+    "build": "## Bundle build",
+    "checkin-sqlite": "## Manager check-ins on SQLite",
+    "dashboard": "## Fleet page",
+    "delta": "## Delta bundles",
+    "encryption": "## Encrypted bundles",
+    "scaleout": "## Past one host",
+}
+
+
+def previous_sections(text: str) -> dict[str, list[str]]:
+    """The sections of an existing docs/BENCHMARKS.md by benchmark name, trailing blanks cut."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            name = next((n for n, h in SECTION_HEADINGS.items() if line.startswith(h)), None)
+            current = sections.setdefault(name, []) if name else None
+            if current is not None:
+                current.clear()
+        if current is not None:
+            current.append(line)
+    for lines in sections.values():
+        while lines and not lines[-1].strip():
+            lines.pop()
+    return sections
+
+
+def render(results: dict[str, dict[str, Any]], kept: dict[str, list[str]] | None = None) -> str:
     head = [
         "# Benchmarks",
         "",
@@ -648,7 +687,12 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "",
     ]
     body: list[str] = []
-    for name, r in results.items():
+    for name in BENCHES:
+        if name not in results:
+            if kept and name in kept:
+                body += kept[name] + [""]
+            continue
+        r = results[name]
         if "error" in r:
             body += [f"## {name}", "", f"Not measured: {r['error']}", ""]
             continue
@@ -672,7 +716,8 @@ def main(argv: list[str] | None = None) -> None:
         results[name] = run_one(module, quick if args.quick else full)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2))
-    OUT.write_text(render({k: results[k] for k in BENCHES if k in results}))
+    kept = previous_sections(OUT.read_text()) if OUT.exists() else {}
+    OUT.write_text(render({k: results[k] for k in BENCHES if k in results}, kept))
     print(f"wrote {OUT.relative_to(ROOT)}", file=sys.stderr)
 
 
