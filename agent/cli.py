@@ -33,15 +33,19 @@ from satchel.agent.config import (
     AgentConfig,
     load_agent_config,
 )
-from satchel.agent.errors import AgentError, SmokeTestFailedError, UsbInstallFailedError
-from satchel.bundles.errors import BundleError, ConfigError
+from satchel.agent.errors import UsbInstallFailedError
+from satchel.agent.quickinstall import (
+    check_acceleration,
+    install_and_report,
+    queue_events,
+    refusal_message,
+)
+from satchel.bundles.errors import ConfigError
 from satchel.bundles.logsetup import FORMATS, LEVELS
 from satchel.bundles.logsetup import configure as configure_logs
 
 if TYPE_CHECKING:
     from satchel.agent.event_queue import EventQueue
-    from satchel.agent.install.installer import InstallResult
-    from satchel.agent.sync.install_events import BundleOrigin
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The inference server's default address (agent.server.config.DEFAULT_LISTEN, which a test
@@ -67,16 +71,8 @@ def refusals_exit_1(func: F) -> F:
             return func(*args, **kwargs)
         except click.ClickException:
             raise  # usage errors: click prints them and exits 2
-        except (AgentError, BundleError) as e:
-            message = str(e)
-        except OSError as e:
-            where = f" {e.filename}" if e.filename else ""
-            message = f"cannot access{where}: {e.strerror or e}"
-        except KeyboardInterrupt:
-            message = "interrupted"
-        except Exception as e:  # noqa: BLE001 - the contract is one line, never a traceback
-            message = f"unexpected failure ({type(e).__name__}): {e}"
-        click.echo(f"error: {' '.join(message.split())}", err=True)
+        except (Exception, KeyboardInterrupt) as e:  # the contract is one line, no traceback
+            click.echo(f"error: {refusal_message(e)}", err=True)
         sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -203,41 +199,9 @@ def install_command(obj: CliContext, bundle: Path, as_json: bool) -> None:
     Settings: SATCHEL_AGENT_<NAME> environment variables, as for `usb` and `run` (e.g.
     SATCHEL_AGENT_DISK_MARGIN_BYTES).
     """
-    from satchel.agent.install.installer import install
-    from satchel.agent.sync.install_events import CLI, origin_of_file
-
-    config = _runtime_config()
-    origin = origin_of_file(bundle, CLI)
-    try:
-        result = install(obj.state_dir, bundle, config=config)
-    except (AgentError, BundleError) as e:
-        _queue_install(obj.state_dir, origin, config, error=e)
-        if as_json:
-            report = e.report if isinstance(e, SmokeTestFailedError) else None
-            _echo_json({"installed": False, "error": str(e), "report": report})
-        raise
-    _queue_install(obj.state_dir, origin, config, result=result)
-    release = result.release
-    if as_json:
-        _echo_json({
-            "installed": True,
-            "channel": release.channel,
-            "version": release.version,
-            "sequence": release.sequence,
-            "previous": result.previous,
-            "stage": result.stage,  # "shadow"/"ramp": judged on field requests, not active yet
-            "report": result.report.to_dict(),
-            "seconds": {phase: round(s, 6) for phase, s in result.seconds.items()},
-        })
-        return
-    if result.stage is not None:
-        click.echo(f"staged {release.channel} {release.version} (sequence {release.sequence})"
-                   f" in {result.stage} beside {result.previous}, which stays active until it"
-                   f" passes; smoke test passed: {result.report.summary()}")
-        return
-    was = f", replacing {result.previous}" if result.previous else ""
-    click.echo(f"activated {release.channel} {release.version} (sequence {release.sequence})"
-               f"{was}; smoke test passed: {result.report.summary()}")
+    # The plain cases never get here: the console entry point runs them without click
+    # (agent.quickinstall), with this same function.
+    install_and_report(obj.state_dir, bundle, as_json, _runtime_config(), click.echo)
 
 
 def _initialised(state_dir: Path) -> bool:
@@ -250,26 +214,7 @@ def _queue_events(state_dir: Path, queue: Callable[[EventQueue], object],
                   config: AgentConfig = DEFAULT_CONFIG) -> None:
     """Queue what a technician's command did, for the manager; a failure to queue is a note,
     not a failure of the command (the device state is what counts)."""
-    from satchel.agent.event_queue import EventQueue
-
-    if not _initialised(state_dir):
-        return
-    try:
-        queue(EventQueue(state_dir, config))
-    except OSError as e:
-        click.echo(f"note: the event for the manager was not queued: {e}", err=True)
-
-
-def _queue_install(
-    state_dir: Path, origin: BundleOrigin | None, config: AgentConfig, *,
-    result: InstallResult | None = None, error: BaseException | None = None,
-) -> None:
-    from satchel.agent.sync.install_events import queue_install_events
-
-    if origin is not None:
-        _queue_events(state_dir,
-                      lambda q: queue_install_events(q, origin, result=result, error=error),
-                      config)
+    queue_events(state_dir, queue, config, click.echo)
 
 
 def _recover_and_note(state_dir: Path) -> None:
@@ -418,16 +363,9 @@ def _runtime_config(**options: Any) -> AgentConfig:
     """`_config()` for the commands that load models: an execution provider or delegate that
     this device does not have is refused (exit code 1) before anything is done."""
     config = _config(**options)
-    if (config.onnx_providers, config.onnx_provider_options, config.tflite_delegates) == (
-            DEFAULT_CONFIG.onnx_providers, {}, ()):
-        return config  # the CPU: always there, nothing to import to know it
-    from satchel.agent.runtimes import ModelRuntimeError
-    from satchel.agent.runtimes.accel import Acceleration, check_available
-
-    try:
-        check_available(Acceleration.of(config))
-    except ModelRuntimeError as e:
-        click.echo(f"error: {e}", err=True)
+    unavailable = check_acceleration(config)
+    if unavailable is not None:
+        click.echo(f"error: {unavailable}", err=True)
         sys.exit(1)
     return config
 

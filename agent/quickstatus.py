@@ -1,4 +1,5 @@
-"""The `satchel-agent` console entry point, with a fast path for `status` and `history`.
+"""The `satchel-agent` console entry point, with a fast path for `status` and `history`, and
+the plain cases of `install` run without click (`install_args`, agent.quickinstall).
 
 A technician waits for `status`; the full command line (click, the settings dataclasses, the
 state classes, the manifest parser) takes ~90 ms to import, three times the interpreter's own
@@ -54,6 +55,15 @@ def main() -> None:
     code = quick(sys.argv[1:])
     if code is not None:
         sys.exit(code)
+    install = install_args(sys.argv[1:], os.environ)
+    if install is not None:  # the plain cases of `install`, without click (agent.quickinstall)
+        from pathlib import Path
+
+        from satchel.agent.quickinstall import run
+
+        state_dir, config_file, bundle, as_json = install
+        sys.exit(run(Path(state_dir), Path(config_file) if config_file else None, Path(bundle),
+                     as_json))
     from satchel.agent.cli import main as full_main
 
     full_main()
@@ -86,6 +96,49 @@ def answer(argv: list[str], environ: Any) -> str | None:
 
 
 # --- the command line ------------------------------------------------------------------------
+
+
+def install_args(argv: list[str], environ: Any) -> tuple[str, str | None, str, bool] | None:
+    """(state dir, settings file or None, bundle, --json) of a plain
+    `[--state-dir DIR] [--config FILE] install [--json] BUNDLE` whose arguments click would
+    accept as they are, or None for the full command line (anything else, and non-ASCII)."""
+    if any(k.startswith("_") and k.endswith("_COMPLETE") for k in environ):
+        return None
+    try:
+        if not all(a.isascii() for a in argv):
+            raise Decline
+        state_dir: str | None = None
+        config_file: str | None = None
+        rest = list(argv)
+        while rest and rest[0].startswith("-"):
+            name, value, rest = _option(rest, ("--state-dir", "--config"))
+            _check_path(value, directory=name == "--state-dir")
+            if name == "--state-dir":
+                state_dir = value
+            else:
+                config_file = value
+        if not rest or rest[0] != "install":
+            raise Decline
+        bundle: str | None = None
+        as_json = False
+        for arg in rest[1:]:
+            if arg == "--json":
+                as_json = True
+            elif bundle is not None or not arg or arg.startswith("-"):
+                raise Decline
+            else:
+                bundle = arg
+        if bundle is None:
+            raise Decline
+        _check_path(bundle, directory=False)
+        if state_dir is None:
+            state_dir = environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+        if not state_dir:
+            raise Decline
+        _check_path(state_dir, directory=True)
+    except (Decline, OSError, ValueError):
+        return None
+    return state_dir, config_file, bundle, as_json
 
 
 def _parse(argv: list[str], environ: Any) -> tuple[str, str, dict[str, Any]]:

@@ -2,8 +2,9 @@
 
 Payloads are compressed once, into a temporary body file, while their content sha256, their
 compressed sha256 and the sha256 of every chunk of the compressed member (the chunk index a
-device checks in one read) are computed in the same pass; the manifest (which must come
-first) is then written, followed by the body copied in-kernel.
+device checks in one read) are computed in the same pass, on a worker beside zstd
+(`_MemberHasher`); the manifest (which must come first) is then written, followed by the body
+copied in-kernel.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,6 +35,7 @@ if TYPE_CHECKING:  # cryptography loads only for encrypted bundles
     from satchel.bundles.crypt import BundleEncryption
 
 Progress = Callable[[int], None]
+_HASH_QUEUE_CHUNKS = 4  # source chunks (`PackOptions.chunk_bytes`) waiting to be hashed, at most
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,90 @@ class _HashingSink:
         self.out.flush()
 
 
+class _MemberHasher:
+    """The hashes of one member and the writing of its compressed bytes, on a worker thread
+    of their own, so that compressing (the caller's thread) overlaps them: zstd, hashlib and
+    file writes all release the GIL. Takes the content (`content`) and the compressed bytes
+    (`write`, a file for zstd to write to) in order; at most `max_bytes` wait for the worker
+    at once (one item more when it is larger). `finish` waits for the worker, `close` stops it.
+
+    Hashes and bytes are exactly those of the one-thread path: each stream is consumed in
+    order by the one worker."""
+
+    def __init__(self, out: BinaryIO, chunks: ChunkHasher | None, max_bytes: int) -> None:
+        self.out = out
+        self.sha = hashlib.sha256()  # of the compressed member
+        self.content_sha = hashlib.sha256()
+        self.count = 0  # compressed bytes
+        self.chunks = chunks
+        self._max_bytes = max_bytes
+        self._items: deque[tuple[bool, bytes]] = deque()
+        self._queued = 0
+        self._done = False
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="satchel-pack-hash", daemon=True)
+        self._thread.start()
+
+    def write(self, data: bytes) -> int:
+        data = bytes(data)  # a view of a buffer its writer reuses is copied
+        self.count += len(data)
+        self._put(True, data)
+        return len(data)
+
+    def flush(self) -> None:
+        """Nothing to do: `finish` makes everything written reach the file."""
+
+    def content(self, data: bytes) -> None:
+        self._put(False, data)
+
+    def _put(self, compressed: bool, data: bytes) -> None:
+        with self._cond:
+            while self._queued and self._queued + len(data) > self._max_bytes and (
+                self._error is None
+            ):
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+            self._items.append((compressed, data))
+            self._queued += len(data)
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items and not self._done:
+                    self._cond.wait()
+                if not self._items:
+                    return
+                compressed, data = self._items.popleft()
+            try:
+                if self._error is None and compressed:
+                    self.sha.update(data)
+                    if self.chunks is not None:
+                        self.chunks.update(data)
+                    self.out.write(data)
+                elif self._error is None:
+                    self.content_sha.update(data)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                self._error = e
+            with self._cond:
+                self._queued -= len(data)
+                self._cond.notify_all()
+
+    def finish(self) -> None:
+        """Wait for everything given to be hashed and written. Re-raises a worker error."""
+        self.close()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        with self._cond:
+            self._done = True
+            self._cond.notify_all()
+        self._thread.join()
+
+
 def index_chunk_size(payloads: list[Payload], options: PackOptions = DEFAULT_PACK) -> int | None:
     """The chunk size of the chunk index of a bundle of `payloads` (None: no index, when
     `options.index_chunk_bytes` is 0): 1 MiB unless the bundle is very large."""
@@ -84,30 +172,35 @@ def _compress_member(
     header_at = body.tell()
     body.write(b"\0" * BLOCK)
     size = payload.size()
-    content_sha = hashlib.sha256()
     chunks = ChunkHasher(chunk_size) if chunk_size else None
-    sink = _HashingSink(body, chunks)
-    # Encrypted: the zstd frame is sealed in segments on its way to the hashing sink, so the
-    # member's size, sha256 and chunk index are the ciphertext's (bundles/crypt.py).
-    sealer = encryption.sealer(payload.path, sink) if encryption is not None else None
-    cctx = zstandard.ZstdCompressor(
-        level=options.zstd_level, threads=options.zstd_threads, write_checksum=True
-    )
-    with cctx.stream_writer(sealer or sink, size=size, closefd=False) as writer:  # type: ignore[arg-type]
-        if isinstance(payload.source, bytes):
-            content_sha.update(payload.source)
-            writer.write(payload.source)
-            if progress:
-                progress(size)
-        else:
-            with open(payload.source, "rb") as src:
-                while chunk := src.read(options.chunk_bytes):
-                    content_sha.update(chunk)
-                    writer.write(chunk)
-                    if progress:
-                        progress(len(chunk))
-    if sealer is not None:
-        sealer.finish()
+    # Hashing and writing run on a worker beside zstd (`_MemberHasher`).
+    sink = _MemberHasher(body, chunks, _HASH_QUEUE_CHUNKS * options.chunk_bytes)
+    try:
+        # Encrypted: the zstd frame is sealed in segments on its way to the hashing sink, so
+        # the member's size, sha256 and chunk index are the ciphertext's (bundles/crypt.py).
+        sealer = encryption.sealer(payload.path, sink) if encryption is not None else None
+        cctx = zstandard.ZstdCompressor(
+            level=options.zstd_level, threads=options.zstd_threads, write_checksum=True
+        )
+        with cctx.stream_writer(sealer or sink, size=size, closefd=False) as writer:  # type: ignore[arg-type]
+            if isinstance(payload.source, bytes):
+                sink.content(payload.source)
+                writer.write(payload.source)
+                if progress:
+                    progress(size)
+            else:
+                with open(payload.source, "rb") as src:
+                    while chunk := src.read(options.chunk_bytes):
+                        sink.content(chunk)
+                        writer.write(chunk)
+                        if progress:
+                            progress(len(chunk))
+        if sealer is not None:
+            sealer.finish()
+        sink.finish()
+    finally:
+        sink.close()
+    content_sha = sink.content_sha
     body.write(b"\0" * padding(sink.count))
     end = body.tell()
     body.seek(header_at)

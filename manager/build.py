@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import os
 import platform
 import threading
 import time
@@ -82,6 +83,7 @@ INPUTS_PATH = "smoke/inputs.npz"
 REFERENCE_PATH = "smoke/reference.npz"
 MIN_RUNTIME_VERSION = {"onnxruntime": "1.16", "tflite": "2.0"}
 _ONNX_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
+_HASH_READ_BYTES = 4 * 1024 * 1024  # read per step when hashing the written bundle
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ class BuildDefaults:
     latency_runs: int = 20  # the device's smoke test; at most this many on this host
     host_latency_s: float = 0.25  # seconds; this host's latency runs stop after this
     # zstd on the packing thread itself (0 workers): it runs beside the model, whose runtime
-    # wants the cores; zstd's own workers would take them and ~100 MB of buffers besides.
+    # wants the cores; zstd's own workers would take them and ~100 MB of buffers besides
+    # (the member's hashing and writing run on a worker of their own: bundles/pack.py).
     pack: PackOptions = replace(DEFAULT_PACK, zstd_threads=0)
     progress_min_bytes: int = 32 * 1024 * 1024  # show a progress bar above this model size
     max_feeds: int = 10_000  # sample feeds in one smoke test
@@ -441,11 +444,11 @@ def _build_bundle(
             with clock.phase("write"):
                 body.add(Payload(INPUTS_PATH, inputs_npz))
                 body.add(Payload(REFERENCE_PATH, reference_npz))
-                final = _write_atomically(out, body, manifest, keys)
+                final, hasher = _write_atomically(out, body, manifest, keys)
         finally:
             packer.cancel()  # a refused build stops packing; a finished one has stopped
-    with clock.phase("bundle_sha256"):
-        bundle_sha256 = _sha256_file(out)
+    with clock.phase("bundle_sha256"):  # what hashing took beyond the write's own wait
+        bundle_sha256 = hasher.result(out)
     clock.seconds["total"] = clock.elapsed()
     return BuildResult(
         manifest=final,
@@ -773,11 +776,62 @@ def _runtime_name(path: Path) -> str:
 
 def _write_atomically(
     out: Path, body: BundleBody, manifest: Manifest, keys: list[SigningKey]
-) -> Manifest:
-    """Sign and write the bundle through the durable-write helper. Raises BuildError,
+) -> tuple[Manifest, _FileHasher]:
+    """Sign and write the bundle through the durable-write helper; return the final manifest
+    and the hashing of the bundle, read back from the file written while the helper waits for
+    the disk (fsync), so it costs the build little time of its own. Raises BuildError,
     BundleError."""
+    hasher: _FileHasher | None = None
     try:
         with atomic_writer(out) as f:
-            return body.write(f, manifest, keys)
+            final = body.write(f, manifest, keys)
+            f.flush()
+            hasher = _FileHasher(f.fileno())
+        return final, hasher
     except OSError as e:
+        if hasher is not None:
+            hasher.join()
         raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
+    except BaseException:
+        if hasher is not None:
+            hasher.join()
+        raise
+
+
+class _FileHasher:
+    """The sha256 of the file open at `fd` (written and flushed), read on a thread of its own
+    from its start to its end as they are when made; `result` waits for it and raises the
+    OSError reading raised."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)  # the writer closes its own descriptor meanwhile
+        self._size = os.fstat(self._fd).st_size
+        self._sha = hashlib.sha256()
+        self._error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="satchel-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            at = 0
+            while at < self._size:
+                data = os.pread(self._fd, min(_HASH_READ_BYTES, self._size - at), at)
+                if not data:
+                    raise OSError(f"bundle shrank while read back ({at} of {self._size} bytes)")
+                self._sha.update(data)
+                at += len(data)
+        except OSError as e:
+            self._error = e
+        finally:
+            os.close(self._fd)
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self, out: Path) -> str:
+        """The sha256; raises BuildError when the bundle could not be read back."""
+        self.join()
+        if self._error is not None:
+            reason = self._error.strerror or self._error
+            raise BuildError(f"cannot read back bundle {out}: {reason}") from self._error
+        return self._sha.hexdigest()

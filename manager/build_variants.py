@@ -50,7 +50,6 @@ from satchel.manager.build import (
     _run_models,
     _Runs,
     _runtime_name,
-    _sha256_file,
     _warnings,
     _write_atomically,
     check_release,
@@ -286,8 +285,8 @@ def build_variant_bundle(
             activation=req.activation,
         )
         with clock.phase("write"):
-            final = _write_atomically(out, body, manifest, keys)
-    bundle_sha256 = _sha256_file(out)
+            final, hasher = _write_atomically(out, body, manifest, keys)
+    bundle_sha256 = hasher.result(out)
     clock.seconds["total"] = clock.elapsed()
     return BuildResult(
         manifest=final,

@@ -116,8 +116,8 @@ def check_feeds(
             raise InferenceError(f"missing input {spec.name!r}")
         array = np.asarray(feeds[spec.name])
         # strings travel as object arrays (what onnxruntime takes for tensor(string))
-        got = "BYTES" if array.dtype == object else NUMPY_TO_DATATYPE.get(
-            array.dtype, str(array.dtype))
+        got = "BYTES" if array.dtype == object else (
+            NUMPY_TO_DATATYPE.get(array.dtype) or str(array.dtype))  # str() only when needed
         if got != spec.datatype:
             raise InferenceError(f"input {spec.name!r} must be {spec.datatype}, got {got}")
         if not _shape_matches(spec.shape, array.shape, flexible_batch):

@@ -68,6 +68,20 @@ def _has_external_data(path: Path) -> bool:
         return False
 
 
+def _external_weights_graph(path: Path) -> bytes | None:
+    """A large model file's graph with its weights referenced in the file itself, so that
+    onnxruntime maps them instead of copying them (agent.runtimes.onnx_weights); None for a
+    small file (a copy of its weights costs little) or one left to onnxruntime as it is."""
+    try:
+        if path.stat().st_size <= _EXTERNAL_DATA_SCAN_BYTES:
+            return None
+        from satchel.agent.runtimes.onnx_weights import external_weights_graph
+
+        return external_weights_graph(path)
+    except OSError:
+        return None
+
+
 class OnnxModel:
     """An onnxruntime InferenceSession; `run` is thread-safe as the session is."""
 
@@ -142,19 +156,33 @@ class OnnxRuntimeAdapter:
         if not path.is_file():
             raise ModelLoadError(f"model file not found: {path}")
         check_onnx_providers(acceleration, ort)
+        graph = _external_weights_graph(path)
+        if graph is not None:
+            try:
+                return OnnxModel(self._session(ort, graph, path, threads, acceleration))
+            except Exception:  # noqa: BLE001, S110 - judged below, on the file as it is
+                pass
+        try:
+            session = self._session(ort, str(path), path, threads, acceleration)
+        except Exception as e:  # invalid protobuf, unsupported opset, bad graph, ...
+            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {_reason(e)}") from e
+        return OnnxModel(session)
+
+    @staticmethod
+    def _session(ort: Any, model: str | bytes, path: Path, threads: int | None,
+                 acceleration: Acceleration) -> Any:
+        """An InferenceSession of `model` (the file's path, or a derived graph whose
+        weights are external data in `path`: agent.runtimes.onnx_weights)."""
         options = ort.SessionOptions()
         options.log_severity_level = _LOG_SEVERITY_FATAL
         if threads is not None:
             options.intra_op_num_threads = threads
-        if _has_external_data(path):
+        if isinstance(model, bytes):
+            options.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(path.parent))
+        if isinstance(model, bytes) or _has_external_data(path):
             # onnxruntime maps external weights from the file instead of copying them;
             # prepacking would copy them all again and double the model's memory
             options.add_session_config_entry("session.disable_prepacking", "1")
-        try:
-            session = ort.InferenceSession(
-                str(path), sess_options=options,
-                providers=acceleration.onnx_session_providers(),
-            )
-        except Exception as e:  # invalid protobuf, unsupported opset, bad graph, ...
-            raise ModelLoadError(f"onnxruntime cannot load {path.name}: {_reason(e)}") from e
-        return OnnxModel(session)
+        return ort.InferenceSession(model, sess_options=options,
+                                    providers=acceleration.onnx_session_providers())

@@ -150,20 +150,25 @@ def encode_response(
 ) -> bytes:
     """Status line, headers and body in one buffer (one write: headers and body in separate
     segments would meet Nagle's delay)."""
-    status = HTTPStatus(response.status)
-    head = [
-        f"HTTP/1.1 {status.value} {status.phrase}",
-        f"Server: {SERVER_NAME}",
-        f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
-    ]
-    head.extend(f"{k}: {v}" for k, v in response.headers.items())
+    first = _first_lines.get(response.status)
+    if first is None:
+        status = HTTPStatus(response.status)
+        first = _first_lines[response.status] = (
+            f"HTTP/1.1 {status.value} {status.phrase}\r\nServer: {SERVER_NAME}\r\n")
+    head = [first, "Content-Type: ", response.content_type,
+            "\r\nContent-Length: ", str(len(response.body)), "\r\n"]
+    for k, v in response.headers.items():
+        head += (k, ": ", v, "\r\n")
     if response.close:
-        head.append("Connection: close")
+        head.append("Connection: close\r\n")
     elif keep_alive_1_0:
-        head.append("Connection: keep-alive")
-    encoded = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        head.append("Connection: keep-alive\r\n")
+    head.append("\r\n")
+    encoded = "".join(head).encode("latin-1")
     return encoded if head_only else encoded + response.body
+
+
+_first_lines: dict[int, str] = {}  # status -> its status line and the Server header
 
 
 def route_params(groups: dict[str, str | None]) -> dict[str, str | None]:

@@ -1,9 +1,11 @@
 """The inference server's event loop: one thread holds every socket (both listeners and
 every connection), non-blocking, with `selectors`. Every endpoint but infer is answered in
-the loop; infer requests go to the inference pool, which batches those that wait together,
-and their answers come back through a wake-up socket. (Running a lone request in the loop
-itself, to spare two thread wake-ups, measured slower here: on a busy two-core machine, a
-21 MB model answered one client 1.3x to 5x fewer requests per second.)
+the loop. An infer request runs in the loop too when the inference pool has nothing to do,
+no other connection is ready in the same round, its body is small and its model's runs
+in the loop are short (see `INLINE_MAX_S`): a lone client then costs no thread hand-off
+(worker wake-up, GIL transfers, a wake-up socket, two epoll changes; about half our CPU per
+request on a small model). Otherwise it goes to the inference pool, which batches those that
+wait together, and their answers come back through a wake-up socket.
 
 A connection reads its request (head, then the body its Content-Length announces), is
 answered in order, and waits for the next one (keep-alive) or is closed. The loop enforces
@@ -54,6 +56,17 @@ access_log = logging.getLogger("satchel.agent.server.access")
 _made_up_ids = itertools.count(1)
 
 RECV_BYTES = 256 * 1024  # bytes asked of one recv()
+# Parsed request heads remembered by their bytes (a keep-alive client sends the same head
+# again and again): at most this many, each at most this long.
+HEADS_REMEMBERED = 64
+HEAD_REMEMBERED_BYTES = 1024
+# Infer requests run in the loop (see above): bodies at most this long; two in a row of one
+# channel that held the loop longer than INLINE_MAX_S each (one alone may have been the
+# machine's doing: a preempted thread) send the channel's next INLINE_PAUSE_REQUESTS to the
+# pool.
+INLINE_MAX_BODY_BYTES = 256 * 1024
+INLINE_MAX_S = 0.005
+INLINE_PAUSE_REQUESTS = 256
 ACCEPTS_PER_WAKE = 64  # connections accepted per readiness event of a listener
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 # Connection states: waiting for a request, reading one, running it, writing the answer,
@@ -116,6 +129,11 @@ class HttpLoop:
         self._stopping = threading.Event()
         self._paused = False  # listeners unwatched: a connection waits for a slot
         self._waiting: socket.socket | None = None  # accepted, waiting for a slot
+        self._in_pool = 0  # infer requests handed to the pool and not yet answered
+        self._ready = 0  # connections ready in this round of the loop
+        self._slow: dict[str, int] = {}  # channel -> requests still sent to the pool
+        self._strikes: dict[str, int] = {}  # channel -> its last inline runs over the limit
+        self._heads: dict[bytes, RequestHead] = {}  # parsed heads, by their bytes
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -130,8 +148,11 @@ class HttpLoop:
         try:
             while not self._stopping.is_set():
                 try:
-                    for key, mask in selector.select(tick):
+                    events = selector.select(tick)
+                    self._ready = len(events)
+                    for key, mask in events:
                         self._on_event(key.data, mask)
+                    self._ready = 0
                     now = time.monotonic()
                     self._take_answers(now)
                     if now >= next_sweep:
@@ -249,14 +270,20 @@ class HttpLoop:
                     message = f"the request head is over {config.max_head_bytes} bytes"
                     self._refuse(conn, HeadTooLargeError(message), now)
                 return False
-            try:
-                conn.head = parse_head(bytes(conn.inbuf[:end]),
-                                       max_body_bytes=config.max_body_bytes)
-            except RequestError as e:
-                self._refuse(conn, e, now)
-                return False
+            raw = bytes(conn.inbuf[:end])
+            conn.head = self._heads.get(raw)
+            if conn.head is None:
+                try:
+                    conn.head = parse_head(raw, max_body_bytes=config.max_body_bytes)
+                except RequestError as e:
+                    self._refuse(conn, e, now)
+                    return False
+                if end <= HEAD_REMEMBERED_BYTES:
+                    if len(self._heads) >= HEADS_REMEMBERED:
+                        self._heads.clear()
+                    self._heads[raw] = conn.head
             conn.head_end = end
-            if conn.head.expects_continue and len(conn.inbuf) < end + conn.head.body_length:
+            if len(conn.inbuf) < end + conn.head.body_length and conn.head.expects_continue:
                 with contextlib.suppress(OSError):  # 7 bytes fit any empty send buffer
                     conn.sock.send(CONTINUE)
         head = conn.head
@@ -270,17 +297,54 @@ class HttpLoop:
         conn.scanned = 0
         conn.state = BUSY
         self._slots.busy(conn, now)
-        self._watch(conn, 0)
         conn.request, conn.request_started = head, now
         conn.head_only = head.method == "HEAD"
         conn.keep_alive = head.keep_alive
         conn.http_1_0 = head.version == "HTTP/1.0"
         conn.endpoint, answer = self._endpoints.answer(head, body)
         if isinstance(answer, InferCall):
-            self.pool.submit(InferJob(conn, answer))
-            return False
+            call = answer
+            if not self._inline(call):
+                self._watch(conn, 0)  # nothing more is read from it until it is answered
+                self._in_pool += 1
+                self.pool.submit(InferJob(conn, call))
+                return False
+            answer = self.pool.answer_now(InferJob(conn, call))
+            took = time.monotonic() - now
+            if took > INLINE_MAX_S:
+                self._strike(call.channel)
+            elif self._strikes:
+                self._strikes.pop(call.channel, None)
+            now += took
         self._respond(conn, answer, now)
         return True
+
+    def _inline(self, call: InferCall) -> bool:
+        """Whether to run `call` here in the loop rather than in the pool: when the pool has
+        nothing to do, no other connection is ready in this round, the body is small and the
+        model's runs are short. A lone client then costs no thread hand-offs (two wake-ups,
+        GIL transfers, a wake-up socket, two epoll changes), half our time per request on a
+        small model; under load the pool runs and batches requests as before."""
+        if self._in_pool or self._ready > 1 or len(call.body) > INLINE_MAX_BODY_BYTES:
+            return False
+        paused = self._slow.get(call.channel)
+        if paused:
+            if paused <= 1:
+                del self._slow[call.channel]  # the next one is tried here again
+            else:
+                self._slow[call.channel] = paused - 1
+            return False
+        return True
+
+    def _strike(self, channel: str) -> None:
+        """An inline run of `channel` held the loop too long; the second in a row sends its
+        next requests to the pool for a while."""
+        strikes = self._strikes.get(channel, 0) + 1
+        if strikes < 2:
+            self._strikes[channel] = strikes
+            return
+        self._strikes.pop(channel, None)
+        self._slow[channel] = INLINE_PAUSE_REQUESTS
 
     def _refuse(self, conn: _Connection, error: RequestError, now: float) -> None:
         """Answer a request that cannot be read (bad head, too large), then close."""
@@ -357,6 +421,7 @@ class HttpLoop:
     def _take_answers(self, now: float) -> None:
         while self._answered:
             for job, response in self._answered.popleft():
+                self._in_pool -= 1
                 self._answer(job, response, now)
 
     def _answer(self, job: InferJob, response: Response, now: float) -> None:

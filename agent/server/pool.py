@@ -15,7 +15,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from satchel.agent.server.endpoints import decode_body, infer_response
 from satchel.agent.server.errors import RequestError
@@ -25,11 +24,16 @@ from satchel.agent.server.inference import InferCall, InferenceService, InferOut
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
 class InferJob:
-    token: object  # the caller's, handed back with the response (the loop's connection)
-    call: InferCall
-    submitted_ns: int = field(default_factory=time.perf_counter_ns)  # when it was queued
+    """An infer call and its caller's `token` (handed back with the response: the loop's
+    connection); a plain class, made per request."""
+
+    __slots__ = ("token", "call", "submitted_ns")
+
+    def __init__(self, token: object, call: InferCall) -> None:
+        self.token = token
+        self.call = call
+        self.submitted_ns = time.perf_counter_ns()  # when it was queued
 
 
 Done = Callable[[list[tuple[InferJob, Response]]], None]
@@ -61,6 +65,22 @@ class InferencePool:
 
     def submit(self, job: InferJob) -> None:
         self._queue.put(job)
+
+    def answer_now(self, job: InferJob) -> Response:
+        """Answer `job` on the caller's thread, as a worker would (the event loop's, when
+        the pool has nothing to do)."""
+        if job.call.content_encoding != "identity":
+            return self._answer([job])[0]
+        call = job.call
+        try:  # nothing to decode, and no queue but the moment since the loop made the job
+            (outcome,) = self._service.infer_many([InferCall(
+                call.channel, call.version, call.body, call.header_length,
+                queued_ns=time.perf_counter_ns() - job.submitted_ns,
+            )])
+            return infer_response(outcome)
+        except Exception as e:  # a bug must cost this request, never the server
+            log.exception("infer request failed")
+            return error_response(500, f"internal error: {type(e).__name__}", close=True)
 
     def stop(self, timeout_s: float) -> None:
         """Let the workers finish the calls they run, then end them."""

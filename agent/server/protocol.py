@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -35,13 +36,12 @@ class RequestedOutput:
     classification: int = 0  # answer the top-k classes of this output instead (0: no)
 
 
-@dataclass(frozen=True)
-class InferRequest:
+class InferRequest(NamedTuple):  # a tuple: made per request, 3-4x quicker than a dataclass
     id: str | None
     inputs: dict[str, np.ndarray]
     outputs: tuple[RequestedOutput, ...] | None  # None: every output of the model
     binary_output: bool  # how outputs not asked for by name are answered
-    parameters: Mapping[str, Any] = field(default_factory=dict)  # the request's, as sent
+    parameters: Mapping[str, Any] = MappingProxyType({})  # the request's, as sent
     # (`max_latency_ms` and `accuracy_level` choose a variant: agent/variants)
 
 
@@ -50,10 +50,12 @@ def _fail(message: str) -> BadRequestError:
 
 
 _fast_loads: Callable[[bytes], Any] | None
+_fast_dumps: Callable[[Any], bytes] | None
 try:  # a parser written in Rust: a tenth of the standard library's time on long number lists
+    from orjson import dumps as _fast_dumps
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson comes with the agent extras
-    _fast_loads = None
+    _fast_loads = _fast_dumps = None
 
 
 def _load_json(data: bytes) -> dict[str, Any]:
@@ -287,11 +289,15 @@ def encode_infer_response(
     request_id: str | None,
     outputs: Sequence[tuple[str, np.ndarray, bool]],
     parameters: Mapping[str, Any] | None = None,
+    *,
+    finite: bool = False,
 ) -> tuple[bytes, int | None]:
     """The response body and, when any output is binary, the JSON header's length.
 
     Non-finite floats are written as the tokens NaN / Infinity (as Python's json and
-    rapidjson read them); ask for binary outputs to get them bit-exact.
+    rapidjson read them); ask for binary outputs to get them bit-exact. `finite`: the caller
+    knows no output holds one, so orjson may write the JSON (a twentieth of the standard
+    library's time; it would write them as null).
     """
     described: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -300,7 +306,8 @@ def encode_infer_response(
         strings = tensors.is_bytes(a)
         entry: dict[str, Any] = {
             "name": name,
-            "datatype": tensors.BYTES if strings else NUMPY_TO_DATATYPE.get(a.dtype, str(a.dtype)),
+            "datatype": tensors.BYTES if strings else (
+                NUMPY_TO_DATATYPE.get(a.dtype) or str(a.dtype)),
             "shape": list(a.shape),
         }
         if binary:
@@ -322,7 +329,14 @@ def encode_infer_response(
         doc["id"] = request_id
     if parameters:
         doc["parameters"] = dict(parameters)
-    header = json.dumps(doc, separators=(",", ":")).encode("utf-8")
+    header = b""
+    if finite and _fast_dumps is not None:
+        try:
+            header = _fast_dumps(doc)
+        except TypeError:  # e.g. a string orjson refuses (lone surrogates): the slow way
+            header = b""
+    if not header:
+        header = json.dumps(doc, separators=(",", ":")).encode("utf-8")
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

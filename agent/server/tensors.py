@@ -30,7 +30,7 @@ def datatype_of(array: np.ndarray) -> str:
     """The protocol's datatype name of an array ("FP32", "BYTES", ...)."""
     if array.dtype == BYTES_DTYPE:
         return BYTES
-    return NUMPY_TO_DATATYPE.get(array.dtype, str(array.dtype))
+    return NUMPY_TO_DATATYPE.get(array.dtype) or str(array.dtype)  # str(): ~7 us, rarely
 
 
 def _text(element: bytes, name: str) -> str:

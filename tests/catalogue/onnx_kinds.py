@@ -3,13 +3,15 @@ broken shipped models, written with `onnx.helper` and `onnx.numpy_helper` only.
 
 A family is a float graph over learned weights (`Weights`), a maker of sample feeds and the
 places a mistake can land (the last layer, the bias of a one-value output, the input a NaN
-path reads). The good shipped model is the reference after onnxruntime's INT8 dynamic
-quantization (weights int8, activations quantized at run time); every family stays within the
-smoke-test tolerances that way, so none falls back to float16 or slightly noisy float weights
-(the segmenter's and detector's heads are shaped so that holds: see their weight makers). The
-broken ones change the weights (shifted bias, noise, negated last layer, another model's
-weights) or the graph (a NaN path, boxes scaled in post-processing). Everything is seeded,
-so the same directory is written byte for byte on every run.
+path reads). The good shipped model is the reference after `satchel model quantize`'s INT8
+dynamic quantization (manager.quantize.quantize_dynamic_portable: Conv weights int8, MatMul
+weights uint8, activations quantized at run time; the same outputs on CPUs with and without
+VNNI); every family stays within the smoke-test tolerances that way, on either CPU, so none
+falls back to float16 or slightly noisy float weights (the segmenter's and detector's heads
+are shaped so that holds: see their weight makers). The broken ones change the weights
+(shifted bias, noise, negated last layer, another model's weights) or the graph (a NaN path,
+boxes scaled in post-processing). Everything is seeded, so the same directory is written
+byte for byte on every run.
 
 onnx and onnxruntime are imported by this module: it is test tooling, not product code.
 """
@@ -112,7 +114,7 @@ def write_family(family: Family, directory: Path) -> FamilyFiles:
         ShippedModel(
             GOOD,
             _save(_quantized_dynamic(reference), folder / "good.onnx", family.external_data),
-            f"{family.summary}, INT8 dynamic quantization (weights int8) of the float reference",
+            f"{family.summary}, INT8 dynamic quantization (portable) of the float reference",
         )
     ]
     for variant in family.broken:
@@ -329,13 +331,12 @@ def _quiet_quantizer() -> Iterator[None]:
 
 
 def _quantized_dynamic(model: onnx.ModelProto) -> onnx.ModelProto:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from satchel.manager.quantize import quantize_dynamic_portable
 
-    source = onnx.ModelProto()
-    source.CopyFrom(model)
     with tempfile.TemporaryDirectory(prefix="satchel-catalogue-") as tmp, _quiet_quantizer():
-        target = Path(tmp) / "int8.onnx"
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
+        onnx.save_model(model, str(source))
+        quantize_dynamic_portable(source, target)
         return onnx.load(str(target))
 
 

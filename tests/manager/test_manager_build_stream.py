@@ -4,6 +4,7 @@ stops packing, and this host's latency runs stop at their time bound."""
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import sys
 import threading
@@ -45,7 +46,8 @@ def _request(model: Path, reference: Path | None = None) -> BuildRequest:
 
 
 def _pack_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "satchel-pack"]
+    names = ("satchel-pack", "satchel-pack-hash", "satchel-hash")
+    return [t for t in threading.enumerate() if t.name in names]
 
 
 @pytest.mark.parametrize("external", [False, True], ids=["one file", "external data"])
@@ -71,6 +73,8 @@ def test_streamed_build_writes_the_bundle_write_bundle_writes(
             Payload(REFERENCE_PATH, (staged / REFERENCE_PATH).read_bytes()),
         ], [keys.signing], options=BuildDefaults().pack)
     assert streamed.read_bytes() == one_pass.read_bytes()
+    # hashed on a thread while the write waited for the disk: the file's own sha256
+    assert result.bundle_sha256 == hashlib.sha256(streamed.read_bytes()).hexdigest()
     assert (staged / "model.onnx").read_bytes() == model.read_bytes()
     assert not _pack_threads()
 

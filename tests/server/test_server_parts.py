@@ -207,3 +207,34 @@ def test_bad_listen_addresses_are_refused(listen: str) -> None:
 def test_listen_address_forms() -> None:
     assert parse_listen("127.0.0.1:8401") == ("127.0.0.1", 8401)
     assert parse_listen("[::1]:0") == ("::1", 0)
+
+
+def test_routes_are_remembered_within_a_bound_and_refusals_are_not() -> None:
+    from satchel.agent.server import endpoints
+    from satchel.agent.server.errors import MethodNotAllowedError, NotFoundError
+
+    endpoints._routed.clear()
+    first = endpoints.route("POST", "/v2/models/a%20b/infer")
+    assert first == ("infer", {"name": "a b", "version": None})
+    assert endpoints.route("POST", "/v2/models/a%20b/infer") is first
+    assert endpoints.route("GET", "/v2/models/stats")[0] == "stats"  # first match still wins
+    for _ in range(2):
+        with pytest.raises(NotFoundError):
+            endpoints.route("GET", "/v3/nothing")
+        with pytest.raises(MethodNotAllowedError):
+            endpoints.route("GET", "/v2/models/a/infer")
+    for i in range(endpoints._ROUTED_MAX + 10):
+        endpoints.route("GET", f"/v2/models/m{i}/ready")
+    assert len(endpoints._routed) <= endpoints._ROUTED_MAX
+
+
+def test_a_response_is_encoded_as_one_buffer_with_its_headers() -> None:
+    from satchel.agent.server.http import Response, encode_response
+
+    response = Response(404, b'{"error":"x"}', headers={"Allow": "GET"}, close=True)
+    assert encode_response(response) == (
+        b"HTTP/1.1 404 Not Found\r\nServer: satchel-agent\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 13\r\nAllow: GET\r\nConnection: close\r\n\r\n{"error":"x"}')
+    assert encode_response(Response(200, b"{}"), head_only=True, keep_alive_1_0=True) == (
+        b"HTTP/1.1 200 OK\r\nServer: satchel-agent\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 2\r\nConnection: keep-alive\r\n\r\n")

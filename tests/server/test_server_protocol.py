@@ -267,3 +267,19 @@ def test_garbage_on_the_wire_gets_400_json_not_a_dead_server(served: str) -> Non
     assert reply.startswith(b"HTTP/1.1 400")
     assert b'"error"' in reply
     assert requests.get(f"{served}/v2/health/live").status_code == 200
+
+
+def test_finite_outputs_are_encoded_alike_both_ways_and_nonfinite_ones_as_tokens() -> None:
+    from satchel.agent.server.protocol import encode_infer_response
+
+    a = np.array([[0.1, -2.5e-7, 3e38, 7.0]], np.float32)
+    b = np.array([[1, 2]], np.int64)
+    outputs = [("a", a, False), ("b", b, False), ("c", a, True)]
+    args = ("m", "1.0.0", "r-1", outputs, {"variant": "lite"})
+    fast, fast_length = encode_infer_response(*args, finite=True)
+    slow, slow_length = encode_infer_response(*args)
+    assert fast_length is not None and slow_length is not None
+    assert json.loads(fast[:fast_length]) == json.loads(slow[:slow_length])
+    assert fast[fast_length:] == slow[slow_length:] == a.tobytes()
+    body, _ = encode_infer_response("m", "1", None, [("a", np.array([np.nan, np.inf]), False)])
+    assert b"[NaN,Infinity]" in body

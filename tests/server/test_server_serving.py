@@ -256,3 +256,61 @@ def test_a_batch_whose_outputs_lose_the_batch_axis_is_rerun_one_by_one(
     for x, outcome in zip(xs, outcomes, strict=True):
         assert isinstance(outcome, tuple)
         np.testing.assert_allclose(_logits(outcome[0], 1), mlp_forward(WEIGHTS_1, x), atol=1e-4)
+
+
+# --- where infer requests run: the loop itself for a lone client, else the pool ----------------
+
+
+def _threads_running(server: AgentServer, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread each model run of the served release happens on, from now on."""
+    serving = server.registry.get(CHANNEL)
+    assert serving is not None
+    real_run = serving.model.run
+    threads: list[str] = []
+
+    def run(feeds: dict[str, Any]) -> dict[str, Any]:
+        threads.append(threading.current_thread().name)
+        return real_run(feeds)
+
+    monkeypatch.setattr(serving.model, "run", run)
+    return threads
+
+
+def test_a_lone_client_is_answered_by_the_loop_without_the_pool(
+    server: AgentServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    threads = _threads_running(server, monkeypatch)
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        for seed in range(5):
+            x = positive_inputs(1 + seed % 2, seed=seed)
+            sock.sendall(_request("POST", INFER, infer_body(x)))
+            status, _, body = reader.response()
+            assert status == 200
+            np.testing.assert_allclose(_logits(body, len(x)), mlp_forward(WEIGHTS_1, x),
+                                       atol=1e-4)
+    assert threads == ["satchel-http"] * 5
+    stats = requests.get(f"{server.url}/v2/models/{CHANNEL}/stats", timeout=10).json()
+    (model,) = stats["model_stats"]
+    assert model["inference_stats"]["queue"]["count"] == 5
+
+
+def test_a_model_that_holds_the_loop_too_long_twice_runs_in_the_pool_for_a_while(
+    server: AgentServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from satchel.agent.server import loop
+
+    monkeypatch.setattr(loop, "INLINE_MAX_S", 0.0)  # every run is too long for the loop
+    monkeypatch.setattr(loop, "INLINE_PAUSE_REQUESTS", 3)
+    threads = _threads_running(server, monkeypatch)
+    session = requests.Session()
+    for seed in range(8):
+        x = positive_inputs(1, seed=seed)
+        response = session.post(f"{server.url}{INFER}", data=infer_body(x), timeout=30)
+        assert response.status_code == 200
+        np.testing.assert_allclose(_logits(response.content, 1), mlp_forward(WEIGHTS_1, x),
+                                   atol=1e-4)
+    on_loop = [name == "satchel-http" for name in threads]
+    # two in a row over the limit (one may be a preempted thread), then three in the pool
+    assert on_loop == [True, True, False, False, False, True, True, False]
+    assert all(name.startswith("satchel-inference-") for name in threads if name != "satchel-http")
