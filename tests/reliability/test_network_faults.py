@@ -105,6 +105,21 @@ def _infer_ok(agent: AgentProcess, x: np.ndarray, reference: np.ndarray) -> None
     np.testing.assert_allclose(agent.infer("vision", x), reference, rtol=1e-5, atol=1e-6)
 
 
+def _wait_for_drain(queue: EventQueue, agent: AgentProcess, proxy: SwitchProxy,
+                    timeout_s: float) -> None:
+    """Wait for the queue to empty; on timeout, fail with what a diagnosis needs (CI once
+    timed out here on a slow machine: the drain takes ~6 s on ours)."""
+    started = time.monotonic()
+    left = [len(queue.pending())]
+    while left[-1]:
+        if time.monotonic() - started > timeout_s:
+            pytest.fail(f"the queue did not drain within {timeout_s} s: pending "
+                        f"{left[0]} -> {left[-1]} (every 10 s: {left[::100]}); proxy "
+                        f"{proxy.connections}; the agent's log ends:\n{agent.log[-6000:]}")
+        time.sleep(0.1)
+        left.append(len(queue.pending()))
+
+
 def _outage(site: Site, manager: Manager, models: Models, outage_s: float, events: int,
             measured: Recorder) -> None:
     proxy = SwitchProxy(int(manager.url.rsplit(":", 1)[1]))
@@ -137,7 +152,7 @@ def _outage(site: Site, manager: Manager, models: Models, outage_s: float, event
         assert set(queued) <= pending
 
         proxy.mode = PASS
-        wait_for(lambda: not queue.pending(), 120, "the queue drains")
+        _wait_for_drain(queue, agent, proxy, 120)
         _infer_ok(agent, x, reference)
     finally:
         code = agent.stop()
