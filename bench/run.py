@@ -446,6 +446,9 @@ def render_build(r: dict[str, Any]) -> list[str]:
         f"{_f(a['sha256_model_s'])} + {_f(a['sha256_bundle_s'])} s) | |",
         f"| (build - session load) / anchors | **{_f(r['ratio'])}x** | <= "
         f"{_f(r['goal_ratio_at_most'], 1)}x, {_verdict(r['ok_time'])} |",
+        f"| (build - session load - the model's runs) / anchors: the build's own overhead "
+        f"(reference runs on the sample feeds and host latency runs, "
+        f"{_f(r.get('model_runs_s'))} s, taken out too) | {_f(r.get('overhead_ratio'))}x | |",
         f"| CPU: (build - session load) / anchors | {_f(r.get('cpu_ratio'))}x "
         f"({_f(b.get('cpu_s'))} s vs {_f(a.get('cpu_s'))} s; what a busy machine distorts least) "
         "| |",
