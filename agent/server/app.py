@@ -186,6 +186,7 @@ class AgentServer:
             return
         self._stop.set()
         self.monitor.poke()
+        self.stager.wake()  # its worker may sleep while nothing is staged
         if self._loop is not None:
             self._loop.stop()
             self._loop.pool.stop(self.config.stop_timeout_s)

@@ -70,6 +70,7 @@ log = logging.getLogger(__name__)
 _LATENCIES_KEPT = 2048  # latency samples kept per release for the p95
 _FIGURES_EVERY_S = 0.5  # seconds between two writes of the figures file at most
 _RSS_EVERY = 16  # shadow copies between two readings of the service's resident memory
+IDLE_WAIT_S = 1.0  # seconds the worker sleeps at most while nothing is staged
 
 
 def resident_kib() -> int | None:
@@ -494,6 +495,10 @@ class Stager:
         share = min(1.0, max(0.01, self.config.shadow_cpu_share))
         self._worker = threading.current_thread()
         while not stop.is_set():
+            if not self._stagings and self._queue.empty() and not self._to_keep:
+                # nothing staged: sleep until `begin` (or a capture, or stop) wakes us, not
+                # 20 times a second (each wake-up takes the GIL from the request path)
+                self._wake.wait(IDLE_WAIT_S)
             with self._pending_lock:
                 kept, self._to_keep = self._to_keep, []
             for args in kept:
