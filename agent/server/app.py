@@ -177,7 +177,11 @@ class AgentServer:
         self.monitor.poke()
 
     def healthy(self) -> bool:
-        """True while every thread of the server runs (what the systemd watchdog checks)."""
+        """True while every thread of the server runs and the event loop is not held by an
+        infer request past `inline_stall_s` (what the systemd watchdog checks)."""
+        if self._loop is not None and self._loop.stalled(time.monotonic(),
+                                                         self.config.inline_stall_s):
+            return False
         return bool(self._threads) and all(t.is_alive() for t in self._threads)
 
     def stop(self) -> None:
@@ -241,9 +245,18 @@ def serve(
     sdnotify.ready(f"serving on {where}")
     interval = sdnotify.watchdog_interval_s()
     try:
+        warned = False
         while not stop_event.wait(interval or 1.0):
-            if interval and server.healthy():
+            if not interval:
+                continue
+            if server.healthy():
                 sdnotify.watchdog()
+                warned = False
+            elif not warned:
+                log.error("the server is not healthy (a thread ended, or one infer request "
+                          "has held the event loop for over %g s): the systemd watchdog is "
+                          "no longer told it is alive", server.config.inline_stall_s)
+                warned = True
     finally:
         sdnotify.stopping()
         server.stop()

@@ -134,6 +134,9 @@ class HttpLoop:
         self._slow: dict[str, int] = {}  # channel -> requests still sent to the pool
         self._strikes: dict[str, int] = {}  # channel -> its last inline runs over the limit
         self._heads: dict[bytes, RequestHead] = {}  # parsed heads, by their bytes
+        # when the infer request running in the loop began (monotonic), or None: read by
+        # other threads (`stalled`)
+        self.inline_started: float | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -309,7 +312,11 @@ class HttpLoop:
                 self._in_pool += 1
                 self.pool.submit(InferJob(conn, call))
                 return False
-            answer = self.pool.answer_now(InferJob(conn, call))
+            self.inline_started = now
+            try:
+                answer = self.pool.answer_now(InferJob(conn, call))
+            finally:
+                self.inline_started = None
             took = time.monotonic() - now
             if took > INLINE_MAX_S:
                 self._strike(call.channel)
@@ -318,6 +325,12 @@ class HttpLoop:
             now += took
         self._respond(conn, answer, now)
         return True
+
+    def stalled(self, now: float, limit_s: float) -> bool:
+        """Whether an infer request has been running in the loop for over `limit_s` seconds
+        at monotonic time `now` (a model that hangs holds every socket). Any thread."""
+        started = self.inline_started
+        return started is not None and now - started > limit_s
 
     def _inline(self, call: InferCall) -> bool:
         """Whether to run `call` here in the loop rather than in the pool: when the pool has

@@ -23,7 +23,7 @@ from satchel.agent.server.registry import ServingModel
 from tests.factory.model_makers import make_mlp_weights, mlp_forward
 from tests.server.clients import infer_body
 from tests.server.devices import CHANNEL, HIDDEN, IN_DIM, OUT_DIM, Device, Models, positive_inputs
-from tests.server.servers import FAST, ServerFactory
+from tests.server.servers import FAST, ServerFactory, wait_for
 
 WEIGHTS_1 = make_mlp_weights(IN_DIM, HIDDEN, OUT_DIM, seed=1)
 INFER = f"/v2/models/{CHANNEL}/infer"
@@ -314,3 +314,34 @@ def test_a_model_that_holds_the_loop_too_long_twice_runs_in_the_pool_for_a_while
     # two in a row over the limit (one may be a preempted thread), then three in the pool
     assert on_loop == [True, True, False, False, False, True, True, False]
     assert all(name.startswith("satchel-inference-") for name in threads if name != "satchel-http")
+
+
+def test_a_model_that_hangs_in_the_loop_makes_the_server_unhealthy_for_the_watchdog(
+    device: Device, models: Models, start_server: ServerFactory,
+) -> None:
+    device.install(models.good, version="1.0.0", sequence=1)
+    server = start_server(config=replace(FAST, inline_stall_s=0.3))
+    serving = server.registry.get(CHANNEL)
+    assert serving is not None
+    real_run, release, entered = serving.model.run, threading.Event(), threading.Event()
+
+    def hanging_run(feeds: dict[str, Any]) -> dict[str, Any]:
+        entered.set()
+        release.wait(30)  # a model stuck in its runtime, until the test lets it go
+        return real_run(feeds)
+
+    serving.model.run = hanging_run  # type: ignore[method-assign]
+    x = positive_inputs(1, seed=3)
+    answers: list[int] = []
+    client = threading.Thread(target=lambda: answers.append(requests.post(
+        f"{server.url}{INFER}", data=infer_body(x), timeout=60).status_code))
+    client.start()
+    try:
+        assert entered.wait(10)
+        assert server.healthy()  # held, but not yet past the limit
+        wait_for(lambda: not server.healthy(), 5)  # past it: systemd stops being told alive
+    finally:
+        release.set()
+        client.join(30)
+    assert answers == [200]
+    wait_for(server.healthy, 5)  # the loop turns again: healthy
