@@ -70,10 +70,20 @@ def test_bad_release_is_refused_in_shadow_and_its_field_input_builds_the_next(
     canary = agents["staged-1"]
     wait_for(lambda: (_candidate(manager, "staged-1") or {}).get("stage") == "shadow", 30,
              "the canary runs 2.0.0 in shadow")
-    answered = [_answer(canary, x[None, :]) for x in np.concatenate(
-        [positive(3, seed=1), negative(3, seed=2)])]
-    halted = wait_for(lambda: (d := _deployment(manager, halting))["state"] == "halted" and d,
-                      30, "the deployment halts")
+    # The manager's view of the candidate comes from the device's state; the agent's server
+    # loads it on its own next look at that state. Requests sent before then are not
+    # copied to the shadow, so clients keep asking until the deployment halts.
+    answered: list[str] = []
+    rounds = iter(range(1, 10_000))
+
+    def halts() -> dict[str, Any] | bool:
+        seed = next(rounds)
+        for x in np.concatenate([positive(1, seed=seed), negative(1, seed=seed + 1)]):
+            answered.append(_answer(canary, x[None, :]))
+        d = _deployment(manager, halting)
+        return d["state"] == "halted" and d
+
+    halted = wait_for(halts, 30, "the deployment halts")
 
     assert set(answered) == {"1.0.0"}  # no client ever got an answer from 2.0.0
     assert "shadow failed" in halted["reason"]
