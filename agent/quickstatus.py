@@ -107,16 +107,7 @@ def install_args(argv: list[str], environ: Any) -> tuple[str, str | None, str, b
     try:
         if not all(a.isascii() for a in argv):
             raise Decline
-        state_dir: str | None = None
-        config_file: str | None = None
-        rest = list(argv)
-        while rest and rest[0].startswith("-"):
-            name, value, rest = _option(rest, ("--state-dir", "--config"))
-            _check_path(value, directory=name == "--state-dir")
-            if name == "--state-dir":
-                state_dir = value
-            else:
-                config_file = value
+        state_dir, config_file, rest = _global_options(argv)
         if not rest or rest[0] != "install":
             raise Decline
         bundle: str | None = None
@@ -141,14 +132,24 @@ def install_args(argv: list[str], environ: Any) -> tuple[str, str | None, str, b
     return state_dir, config_file, bundle, as_json
 
 
-def _parse(argv: list[str], environ: Any) -> tuple[str, str, dict[str, Any]]:
+def _global_options(argv: list[str]) -> tuple[str | None, str | None, list[str]]:
+    """(--state-dir, --config, the arguments after them) of a command line's leading options;
+    raises Decline for anything the fast path leaves to the full command line."""
     state_dir: str | None = None
+    config_file: str | None = None
     rest = list(argv)
     while rest and rest[0].startswith("-"):
         name, value, rest = _option(rest, ("--state-dir", "--config"))
         _check_path(value, directory=name == "--state-dir")
         if name == "--state-dir":
             state_dir = value
+        else:
+            config_file = value
+    return state_dir, config_file, rest
+
+
+def _parse(argv: list[str], environ: Any) -> tuple[str, str, dict[str, Any]]:
+    state_dir, _, rest = _global_options(argv)
     if not rest or rest[0] not in ("status", "history"):
         raise Decline
     command, rest = rest[0], rest[1:]
