@@ -1,10 +1,13 @@
 """Writing bundles: compress every payload as one zstd frame, sign the manifest, lay out the tar.
 
-Payloads are compressed once, into a temporary body file, while their content sha256, their
-compressed sha256 and the sha256 of every chunk of the compressed member (the chunk index a
-device checks in one read) are computed in the same pass, on a worker beside zstd
-(`_MemberHasher`); the manifest (which must come first) is then written, followed by the body
-copied in-kernel.
+Payloads are compressed once while their content sha256, their compressed sha256 and the
+sha256 of every chunk of the compressed member (the chunk index a device checks in one read)
+are computed in the same pass, on a worker beside zstd (`_MemberHasher`). The manifest must come
+first but is known last, so the body goes either into a temporary file, copied in-kernel
+behind the manifest at the end, or (`BundleBody(into=...)`) straight into the bundle file
+behind room left for its head (`head_room`): the head then fills that room exactly, the
+manifest.sig member padded with JSON whitespace, and nothing is copied. When the head does not
+fit the room (or would need more padding than `MAX_SIG_PADDING`), the body is moved once.
 """
 
 from __future__ import annotations
@@ -35,6 +38,11 @@ if TYPE_CHECKING:  # cryptography loads only for encrypted bundles
     from satchel.bundles.crypt import BundleEncryption
 
 Progress = Callable[[int], None]
+# manifest.sig padding (JSON whitespace) at most: half of what a reader accepts for the member
+MAX_SIG_PADDING = DEFAULT_LIMITS.max_signatures_bytes // 2
+_HEAD_SLACK = 16 * 1024  # head room for what a manifest names besides its files' entries
+_FILE_ENTRY_BYTES = 640  # a file entry's bytes in the manifest, besides its chunk index
+_CHUNK_ENTRY_BYTES = 67  # one chunk's sha256 in the index: '"<64 hex digits>",'
 _HASH_QUEUE_CHUNKS = 4  # source chunks (`PackOptions.chunk_bytes`) waiting to be hashed, at most
 
 
@@ -160,6 +168,23 @@ def index_chunk_size(payloads: list[Payload], options: PackOptions = DEFAULT_PAC
     return chunk_size_for(sum(p.size() for p in payloads), options)
 
 
+def head_room(sizes: list[int], chunk_size: int | None, extra: int = 0) -> int:
+    """Bytes to leave before a body of payloads of `sizes` content bytes for the bundle's head
+    (manifest.json, manifest.sig, keys.json as tar members): enough for a manifest whose
+    files' chunk indexes cover the payloads uncompressed (zstd's worst case, about), plus
+    `extra` bytes the caller knows the manifest names besides, in whole tar blocks."""
+    chunks = 0
+    if chunk_size:
+        chunks = sum(-(-(size + (size >> 8) + BLOCK) // chunk_size) for size in sizes)
+    room = (_HEAD_SLACK + extra + len(sizes) * _FILE_ENTRY_BYTES
+            + chunks * _CHUNK_ENTRY_BYTES)
+    return room + padding(room)
+
+
+def _member(name: str, data: bytes, mtime: int) -> bytes:
+    return encode_header(name, len(data), mtime) + data + b"\0" * padding(len(data))
+
+
 def _compress_member(
     payload: Payload,
     body: BinaryIO,
@@ -218,31 +243,37 @@ def _compress_member(
 
 
 def _write_member(out: BinaryIO, name: str, data: bytes, mtime: int) -> None:
-    out.write(encode_header(name, len(data), mtime))
-    out.write(data)
-    out.write(b"\0" * padding(len(data)))
+    out.write(_member(name, data, mtime))
 
 
-def _copy(src: BinaryIO, dst: BinaryIO) -> None:
-    src.seek(0)
+def _copy(src: BinaryIO, dst: BinaryIO, start: int = 0) -> None:
+    """`src` from `start` to its end, appended to `dst`: in the kernel where it can."""
+    src.flush()
     dst.flush()
     try:
-        remaining = os.fstat(src.fileno()).st_size
+        remaining = os.fstat(src.fileno()).st_size - start
+        at = start
         while remaining > 0:
-            n = os.copy_file_range(src.fileno(), dst.fileno(), remaining)
+            n = os.copy_file_range(src.fileno(), dst.fileno(), remaining, at)
             if n == 0:
                 break
             remaining -= n
+            at += n
         dst.seek(0, os.SEEK_END)
     except (AttributeError, OSError, ValueError):
+        src.seek(start)
         shutil.copyfileobj(src, dst, 4 * 1024 * 1024)
 
 
 class BundleBody:
-    """A bundle's payloads compressed one at a time into a temporary file, then laid out
-    behind their signed manifest by `write`. `write_bundle` does both at once; a caller that
-    still computes the manifest and its small payloads (`satchel bundle build` runs the model
-    meanwhile) compresses the big ones first, on another thread."""
+    """A bundle's payloads compressed one at a time, then laid out behind their signed
+    manifest by `write`. `write_bundle` does both at once; a caller that still computes the
+    manifest and its small payloads (`satchel bundle build` runs the model meanwhile)
+    compresses the big ones first, on another thread.
+
+    The body goes into a temporary file, or with `into` (the bundle file itself, empty and
+    seekable) straight into it `room` bytes from its start (`head_room`), where `write` puts
+    the head when `out` is that same file."""
 
     def __init__(
         self,
@@ -251,15 +282,28 @@ class BundleBody:
         options: PackOptions = DEFAULT_PACK,
         tmp_dir: Path | None = None,
         encryption: BundleEncryption | None = None,
+        *,
+        into: BinaryIO | None = None,
+        room: int = 0,
     ) -> None:
         """`mtime` of every tar member (the manifest's creation time); `chunk_size` of the
         chunk index (`index_chunk_size`, None for none); `encryption` to encrypt every
-        payload (bundles/crypt.py). Raises OSError."""
+        payload (bundles/crypt.py). Raises OSError, ValueError for a room that is not whole
+        tar blocks."""
         self._encryption = encryption
         self._mtime = mtime
         self._chunk_size = chunk_size
         self._options = options
-        self._file = tempfile.TemporaryFile(dir=tmp_dir)  # noqa: SIM115 (closed by close())
+        if into is None:
+            self._file: BinaryIO = tempfile.TemporaryFile(dir=tmp_dir)  # noqa: SIM115
+            self._start = 0
+        else:
+            if room <= 0 or room % BLOCK:
+                raise ValueError(f"head room of {room} bytes is not whole tar blocks")
+            self._file = into
+            self._start = room
+            into.seek(room)
+        self._into = into
         self.entries: list[FileEntry] = []
 
     def add(self, payload: Payload, progress: Progress | None = None) -> FileEntry:
@@ -313,24 +357,59 @@ class BundleBody:
         Manifest.from_dict(final.to_dict())  # the same validation a device will run
         manifest_bytes = final.to_bytes()
         sigs = encode_canonical([s.to_dict() for s in sign_all(manifest_bytes, keys)])
-        _write_member(out, "manifest.json", manifest_bytes, self._mtime)
-        _write_member(out, "manifest.sig", sigs, self._mtime)
+        manifest_member = _member("manifest.json", manifest_bytes, self._mtime)
+        keys_member = b""
         if self._encryption is not None:  # the wrapped data keys, outside what is signed
             key_file = self._encryption.key_file().to_bytes()
-            _write_member(out, KEYS_MEMBER, key_file, self._mtime)
-        _copy(self._file, out)
+            keys_member = _member(KEYS_MEMBER, key_file, self._mtime)
+        if self._into is not None and out is self._into:
+            end = self._file.seek(0, os.SEEK_END)
+            sig_room = self._start - len(manifest_member) - len(keys_member) - BLOCK
+            if len(sigs) <= sig_room <= len(sigs) + MAX_SIG_PADDING:
+                # the room filled exactly: the signatures padded with JSON whitespace
+                sig_member = _member("manifest.sig", sigs.ljust(sig_room, b" "), self._mtime)
+                out.write(END_OF_ARCHIVE)
+                out.seek(0)
+                out.write(manifest_member + sig_member + keys_member)
+                out.seek(end + len(END_OF_ARCHIVE))
+                out.flush()
+                return final
+            self._move_body_after(out, manifest_member + _member("manifest.sig", sigs,
+                                  self._mtime) + keys_member)
+        else:
+            out.write(manifest_member)
+            _write_member(out, "manifest.sig", sigs, self._mtime)
+            out.write(keys_member)
+            _copy(self._file, out, self._start)
         out.write(END_OF_ARCHIVE)
         out.flush()
         return final
 
+    def _move_body_after(self, out: BinaryIO, head: bytes) -> None:
+        """The body, written into `out` behind room its head does not fit, moved to right
+        behind `head` (once, through a temporary file beside it)."""
+        out.flush()
+        with tempfile.TemporaryFile(dir=_folder_of(out)) as body:
+            _copy(out, body, self._start)
+            out.seek(0)
+            out.truncate()
+            out.write(head)
+            _copy(body, out)
+
     def close(self) -> None:
-        self._file.close()
+        if self._into is None:  # the bundle file itself is its opener's to close
+            self._file.close()
 
     def __enter__(self) -> BundleBody:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _folder_of(f: BinaryIO) -> str | None:
+    name = getattr(f, "name", None)
+    return os.path.dirname(os.path.abspath(name)) if isinstance(name, str) else None
 
 
 def write_bundle(
@@ -356,9 +435,20 @@ def write_bundle(
     for p in payloads:
         check_payload_path(p.path, DEFAULT_LIMITS)
     mtime = int(manifest.created.timestamp())
-    with BundleBody(
-        mtime, index_chunk_size(payloads, options), options, tmp_dir, encryption
-    ) as body:
+    chunk_size = index_chunk_size(payloads, options)
+    into, room = None, 0
+    if _seekable(out) and out.tell() == 0:  # the body straight into `out`, behind its head
+        into = out
+        room = head_room([p.size() for p in payloads], chunk_size, len(manifest.to_bytes()))
+    with BundleBody(mtime, chunk_size, options, tmp_dir, encryption, into=into,
+                    room=room) as body:
         for p in payloads:
             body.add(p, progress)
         return body.write(out, manifest, keys)
+
+
+def _seekable(f: BinaryIO) -> bool:
+    try:
+        return f.seekable()
+    except (AttributeError, OSError, ValueError):
+        return False

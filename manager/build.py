@@ -60,7 +60,7 @@ from satchel.bundles.manifest import (
     SmokeTest,
     TensorInfo,
 )
-from satchel.bundles.pack import BundleBody, Payload, index_chunk_size
+from satchel.bundles.pack import BundleBody, Payload, head_room, index_chunk_size
 from satchel.bundles.smoke import (
     DEFAULT_CHECKS,
     Agreement,
@@ -86,6 +86,16 @@ _ONNX_FLOAT16 = 10  # onnx.TensorProto.FLOAT16
 _HASH_READ_BYTES = 4 * 1024 * 1024  # read per step when hashing the written bundle
 
 
+def spare_cores() -> int:
+    """Intra-op threads for the build's model sessions: every core this process may use but
+    one, which the packing thread (zstd, then hashing beside it) keeps busy meanwhile."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
 @dataclass(frozen=True)
 class BuildDefaults:
     generated_samples: int = 32  # feeds made when no --samples file is given
@@ -94,10 +104,13 @@ class BuildDefaults:
     warmup_runs: int = 3  # the device's smoke test; on this host only if no feed ran before
     latency_runs: int = 20  # the device's smoke test; at most this many on this host
     host_latency_s: float = 0.25  # seconds; this host's latency runs stop after this
+    # The model runs beside packing: a runtime's default of one thread per core (spinning
+    # between runs) takes the core zstd needs, and the build waits for the slower of the two.
+    model_threads: int = field(default_factory=spare_cores)
     # zstd on the packing thread itself (0 workers): it runs beside the model, whose runtime
     # wants the cores; zstd's own workers would take them and ~100 MB of buffers besides
     # (the member's hashing and writing run on a worker of their own: bundles/pack.py).
-    pack: PackOptions = replace(DEFAULT_PACK, zstd_threads=0)
+    pack: PackOptions = replace(DEFAULT_PACK, zstd_threads=0, chunk_bytes=1024 * 1024)
     progress_min_bytes: int = 32 * 1024 * 1024  # show a progress bar above this model size
     max_feeds: int = 10_000  # sample feeds in one smoke test
     smoke_warn_min_bytes: int = 1024 * 1024  # smoke data below this is never warned about
@@ -182,12 +195,13 @@ def check_release(name: str, version: str, sequence: int | None) -> None:
         raise BuildError(f"sequence {sequence} is invalid: use an integer from 0 to 2^63-1")
 
 
-def _load(path: Path, role: str, signature: str | None = None) -> LoadedModel:
+def _load(path: Path, role: str, signature: str | None = None,
+          threads: int | None = None) -> LoadedModel:
     try:
         adapter = get_runtime(runtime_for_file(path))
         if signature is not None:
-            return adapter.load(path, signature=signature)
-        return adapter.load(path)
+            return adapter.load(path, signature=signature, threads=threads)
+        return adapter.load(path, threads=threads)
     except ModelRuntimeError as e:
         raise BuildError(f"{role} {path.name}: {e}") from e
 
@@ -417,7 +431,8 @@ def _build_bundle(
         Payload(_model_file(req.model), req.model),
         *(Payload(f, files.folder / f) for f in files.data_files),
     ]
-    with _bundle_body(out, created, model_payloads, defaults.pack, req.encryption) as body:
+    with _BundleFile(out, created, model_payloads, defaults.pack, req.encryption) as bundle:
+        body = bundle.body
         packer = _ModelPacker(body, model_payloads, progress, also_hash=req.reference)
         try:
             runs = _run_models(req, files, raw_samples, defaults, clock)
@@ -444,11 +459,11 @@ def _build_bundle(
             with clock.phase("write"):
                 body.add(Payload(INPUTS_PATH, inputs_npz))
                 body.add(Payload(REFERENCE_PATH, reference_npz))
-                final, hasher = _write_atomically(out, body, manifest, keys)
+                final = bundle.finish(manifest, keys)
         finally:
             packer.cancel()  # a refused build stops packing; a finished one has stopped
     with clock.phase("bundle_sha256"):  # what hashing took beyond the write's own wait
-        bundle_sha256 = hasher.result(out)
+        bundle_sha256 = bundle.sha256()
     clock.seconds["total"] = clock.elapsed()
     return BuildResult(
         manifest=final,
@@ -538,9 +553,11 @@ def _run_models(
     """Load the shipped model and its reference once each, run the samples through both and
     time the shipped one. Raises BuildError."""
     with clock.phase("load"):
-        shipped = _load(req.model, "model", req.signature)
+        threads = defaults.model_threads
+        shipped = _load(req.model, "model", req.signature, threads)
         reference = (
-            _load(req.reference, "reference model", req.signature) if req.reference else shipped
+            _load(req.reference, "reference model", req.signature, threads)
+            if req.reference else shipped
         )
     try:
         if reference is not shipped:
@@ -563,14 +580,12 @@ def _run_models(
             raise BuildError(f"samples do not fit the model: {e}") from e
         try:
             with clock.phase("run"):
-                outputs, _ = run_feeds(shipped, feeds)
+                outputs, sample_latencies = run_feeds(shipped, feeds)
                 expected = outputs
                 if reference is not shipped:
                     expected, _ = run_feeds(reference, _reference_feeds(shipped, reference, feeds))
             with clock.phase("latency"):
-                latencies = _host_latencies(
-                    shipped, feeds[0], defaults, warm=len(feeds) >= defaults.warmup_runs
-                )
+                latencies = _host_latencies(shipped, feeds[0], sample_latencies, defaults)
         except ModelRuntimeError as e:
             hint = "; give real inputs with --samples" if generated else ""
             raise BuildError(f"running the models on the samples failed: {e}{hint}") from e
@@ -592,14 +607,18 @@ def _run_models(
 
 
 def _host_latencies(
-    model: LoadedModel, feed: dict[str, np.ndarray], defaults: BuildDefaults, *, warm: bool
+    model: LoadedModel, feed: dict[str, np.ndarray], sample_latencies: list[float],
+    defaults: BuildDefaults,
 ) -> list[float]:
-    """Latency in ms of runs of `feed`: at most `latency_runs`, and none begun after
-    `host_latency_s`. The warm-up runs are left out when the sample feeds warmed the model."""
-    if not warm:
-        for _ in range(defaults.warmup_runs):
-            model.run(feed)
-    latencies: list[float] = []
+    """This host's latency in ms: the runs of the sample feeds after the warm-up ones (they
+    are inferences like any other), topped up with runs of `feed` while fewer than
+    `latency_runs`, none begun after `host_latency_s`."""
+    latencies = list(sample_latencies[defaults.warmup_runs:defaults.warmup_runs
+                                      + defaults.latency_runs])
+    if len(latencies) >= defaults.latency_runs:
+        return latencies
+    for _ in range(max(0, defaults.warmup_runs - len(sample_latencies))):
+        model.run(feed)
     deadline = time.perf_counter() + defaults.host_latency_s
     while len(latencies) < defaults.latency_runs:
         start = time.perf_counter()
@@ -738,24 +757,6 @@ class _ModelPacker:
         self._thread.join()
 
 
-@contextmanager
-def _bundle_body(
-    out: Path, created: datetime, payloads: list[Payload], options: PackOptions,
-    encryption: Any = None,
-) -> Iterator[BundleBody]:
-    """A bundle body beside `out`, its chunk index sized by the model's files (the smoke data
-    is small beside them). Raises BuildError when the folder cannot be written."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        chunk_size = index_chunk_size(payloads, options)
-        body = BundleBody(int(created.timestamp()), chunk_size, options, tmp_dir=out.parent,
-                          encryption=encryption)
-    except OSError as e:
-        raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
-    with body:
-        yield body
-
-
 def _json_safe(value: Any) -> Any:
     """`value` with non-finite floats as None: the manifest is strict JSON."""
     if isinstance(value, float):
@@ -774,28 +775,75 @@ def _runtime_name(path: Path) -> str:
         raise BuildError(str(e)) from e
 
 
-def _write_atomically(
-    out: Path, body: BundleBody, manifest: Manifest, keys: list[SigningKey]
-) -> tuple[Manifest, _FileHasher]:
-    """Sign and write the bundle through the durable-write helper; return the final manifest
-    and the hashing of the bundle, read back from the file written while the helper waits for
-    the disk (fsync), so it costs the build little time of its own. Raises BuildError,
-    BundleError."""
-    hasher: _FileHasher | None = None
-    try:
-        with atomic_writer(out) as f:
-            final = body.write(f, manifest, keys)
-            f.flush()
-            hasher = _FileHasher(f.fileno())
-        return final, hasher
-    except OSError as e:
-        if hasher is not None:
-            hasher.join()
-        raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
-    except BaseException:
-        if hasher is not None:
-            hasher.join()
-        raise
+class _BundleFile:
+    """The bundle being written at `out`'s temporary name: its payloads packed by `body`
+    straight into it behind room for the head (bundles/pack.py `head_room`), so nothing is
+    copied at the end. `finish` writes the head and makes the file `out` (fsync, rename) while
+    a thread reads it back for its sha256; leaving without `finish` removes it.
+    Raises BuildError when the folder or the file cannot be written."""
+
+    def __init__(self, out: Path, created: datetime, payloads: list[Payload],
+                 options: PackOptions, encryption: Any = None) -> None:
+        self._out = out
+        self.hasher: _FileHasher | None = None
+        self._done = False
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            # the chunk index sized by the model's files (the smoke data is small beside them)
+            chunk_size = index_chunk_size(payloads, options)
+            room = head_room([p.size() for p in payloads] + [0, 0], chunk_size)
+            self._writer = atomic_writer(out)
+            self._file = self._writer.__enter__()
+        except OSError as e:
+            raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
+        try:
+            self.body = BundleBody(int(created.timestamp()), chunk_size, options,
+                                   tmp_dir=out.parent, encryption=encryption,
+                                   into=self._file, room=room)
+        except BaseException as e:
+            self._abandon(e)
+            raise self._wrapped(e) from e
+
+    def finish(self, manifest: Manifest, keys: list[SigningKey]) -> Manifest:
+        """Sign and write the head, make the bundle durable at `out`; the final manifest.
+        Raises BuildError, BundleError."""
+        try:
+            final = self.body.write(self._file, manifest, keys)
+            self._file.flush()
+            self.hasher = _FileHasher(self._file.fileno())
+            self._done = True
+            self._writer.__exit__(None, None, None)
+        except BaseException as e:
+            if not self._done:
+                self._abandon(e)
+            elif self.hasher is not None:
+                self.hasher.join()
+            raise self._wrapped(e) from e
+        return final
+
+    def sha256(self) -> str:
+        """The written bundle's sha256; raises BuildError."""
+        assert self.hasher is not None, "finish() first"
+        return self.hasher.result(self._out)
+
+    def _abandon(self, error: BaseException) -> None:
+        self._done = True
+        if self.hasher is not None:
+            self.hasher.join()
+        self._writer.__exit__(type(error), error, error.__traceback__)  # removes the file
+
+    def _wrapped(self, error: BaseException) -> BaseException:
+        if isinstance(error, OSError):
+            return BuildError(f"cannot write bundle {self._out}: {error.strerror or error}")
+        return error
+
+    def __enter__(self) -> _BundleFile:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: object) -> None:
+        if not self._done:
+            self._abandon(error or BuildError("the bundle was left unfinished"))
 
 
 class _FileHasher:

@@ -40,7 +40,7 @@ from satchel.manager.build import (
     BuildDefaults,
     BuildRequest,
     BuildResult,
-    _bundle_body,
+    _BundleFile,
     _Clock,
     _json_safe,
     _judge,
@@ -51,7 +51,6 @@ from satchel.manager.build import (
     _Runs,
     _runtime_name,
     _warnings,
-    _write_atomically,
     check_release,
 )
 from satchel.manager.errors import BuildError
@@ -235,7 +234,8 @@ def build_variant_bundle(
     out = Path(out)
     every = [p for s in ordered for p in _payloads(s, model_files(s.model))]
     built: list[_Built] = []
-    with _bundle_body(out, created, every, defaults.pack, req.encryption) as body:
+    with _BundleFile(out, created, every, defaults.pack, req.encryption) as bundle:
+        body = bundle.body
         smoke_payloads: list[Payload] = []
         for spec in ordered:
             one, data = _build_one(req, spec, body, raw_samples, out, defaults,
@@ -285,8 +285,8 @@ def build_variant_bundle(
             activation=req.activation,
         )
         with clock.phase("write"):
-            final, hasher = _write_atomically(out, body, manifest, keys)
-    bundle_sha256 = hasher.result(out)
+            final = bundle.finish(manifest, keys)
+    bundle_sha256 = bundle.sha256()
     clock.seconds["total"] = clock.elapsed()
     return BuildResult(
         manifest=final,

@@ -1,16 +1,20 @@
 """`build_bundle` packs the model on a thread while the model runs (the fast path): its bundle is
 the one `write_bundle` writes in one go (the slow path), a refused build leaves nothing and
-stops packing, and this host's latency runs stop at their time bound."""
+stops packing, and this host's latency comes from the sample runs, topped up with runs of
+its own that stop at their time bound."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
 import sys
+import tarfile
 import threading
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -45,6 +49,14 @@ def _request(model: Path, reference: Path | None = None) -> BuildRequest:
                         sequence=7)
 
 
+def _members(bundle: Path) -> list[tuple[str, bytes]]:
+    """The bundle's members in order, manifest.sig without its whitespace fill."""
+    with tarfile.open(bundle) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]  # type: ignore[union-attr]
+    return [(name, data.rstrip(b" ") if name == "manifest.sig" else data)
+            for name, data in members]
+
+
 def _pack_threads() -> list[threading.Thread]:
     names = ("satchel-pack", "satchel-pack-hash", "satchel-hash")
     return [t for t in threading.enumerate() if t.name in names]
@@ -72,7 +84,8 @@ def test_streamed_build_writes_the_bundle_write_bundle_writes(
             Payload(INPUTS_PATH, (staged / INPUTS_PATH).read_bytes()),
             Payload(REFERENCE_PATH, (staged / REFERENCE_PATH).read_bytes()),
         ], [keys.signing], options=BuildDefaults().pack)
-    assert streamed.read_bytes() == one_pass.read_bytes()
+    # the same members; each writer pads the signatures to fill the room it left for its head
+    assert _members(streamed) == _members(one_pass)
     # hashed on a thread while the write waited for the disk: the file's own sha256
     assert result.bundle_sha256 == hashlib.sha256(streamed.read_bytes()).hexdigest()
     assert (staged / "model.onnx").read_bytes() == model.read_bytes()
@@ -91,21 +104,44 @@ def test_refused_build_stops_packing_and_leaves_nothing(tmp_path: Path, keys: Ke
     assert not _pack_threads()
 
 
-def test_host_latency_runs_stop_at_their_time_bound(tmp_path: Path, keys: Keyring) -> None:
+def _few_samples(folder: Path, feeds: int) -> Path:
+    """An .npz of `feeds` feeds for the MLP `_model` makes (input "input", 64 features)."""
+    path = folder / "samples.npz"
+    rng = np.random.default_rng(3)
+    np.savez(path, input=rng.standard_normal((feeds, 1, 64)).astype(np.float32))
+    return path
+
+
+def test_host_latency_comes_from_the_sample_runs_when_enough_ran(
+    tmp_path: Path, keys: Keyring
+) -> None:
     model = _model(tmp_path / "model")
 
+    # no time at all for runs of its own: the 32 generated feeds give the latencies
     result = build_bundle(_request(model), [keys.signing], tmp_path / "b.satchel",
                           defaults=BuildDefaults(host_latency_s=0.0), now=CREATED)
 
-    assert result.manifest.build["host_latency_runs"] == 1
+    assert result.manifest.build["host_latency_runs"] == 20  # 32 feeds less 3 warm-up, capped
     (smoke,) = result.manifest.smoke_tests
     assert (smoke.warmup_runs, smoke.latency_runs) == (3, 20)  # the device's runs, unchanged
 
 
+def test_host_latency_runs_stop_at_their_time_bound(tmp_path: Path, keys: Keyring) -> None:
+    model = _model(tmp_path / "model")
+    request = replace(_request(model), samples=_few_samples(tmp_path, 4))
+
+    result = build_bundle(request, [keys.signing], tmp_path / "b.satchel",
+                          defaults=BuildDefaults(host_latency_s=0.0), now=CREATED)
+
+    # 4 feeds: 3 warm the model, 1 is timed; then one run of its own before the bound
+    assert result.manifest.build["host_latency_runs"] == 2
+
+
 def test_host_latency_runs_stop_at_their_count(tmp_path: Path, keys: Keyring) -> None:
     model = _model(tmp_path / "model")
+    request = replace(_request(model), samples=_few_samples(tmp_path, 2))
 
-    result = build_bundle(_request(model), [keys.signing], tmp_path / "b.satchel",
+    result = build_bundle(request, [keys.signing], tmp_path / "b.satchel",
                           defaults=BuildDefaults(latency_runs=7, host_latency_s=600.0),
                           now=CREATED)
 
