@@ -10,17 +10,24 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
-from typing import Any
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any
 
 from satchel.bundles.errors import KeyFileError, SignatureError
 from satchel.bundles.identifiers import SHA256_RE
 
-# cryptography's `serialization` (PEM, PKCS#8: ~10 ms of imports with its SSH and cipher
-# modules) is imported only where keys are read or written as files: verifying a bundle on a
-# device needs raw keys alone (issue 14).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# cryptography (~13 MB of memory, ~20 ms of imports) loads when a key first signs or checks a
+# signature: a plain PKCS#8 signing key is read without it, so `satchel bundle build` runs
+# its model before the library is in memory (issue 14: the build's peak is while the model
+# runs). Its `serialization` (PEM, PKCS#8, with its SSH and cipher modules) is imported only
+# where keys are written or read in any other form.
+
+# A PKCS#8 Ed25519 private key without attributes, as DER: this prefix, then the 32-byte seed
+# (RFC 8410; what cryptography writes for an unencrypted key).
+_PKCS8_ED25519_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_PEM_PRIVATE = (b"-----BEGIN PRIVATE KEY-----", b"-----END PRIVATE KEY-----")
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,9 @@ class PublicKey:
 
     def verify(self, signature: bytes, data: bytes) -> bool:
         """True if `signature` is a valid Ed25519 signature of `data` by this key."""
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
         try:
             Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, data)
         except (InvalidSignature, ValueError):
@@ -43,6 +53,7 @@ class PublicKey:
 
     def to_pem(self) -> bytes:
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
         key = Ed25519PublicKey.from_public_bytes(self.raw)
         return key.public_bytes(
@@ -69,6 +80,7 @@ class PublicKey:
     def from_pem(cls, data: bytes) -> PublicKey:
         """Load a PEM public key. Raises KeyFileError."""
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
         try:
             key = serialization.load_pem_public_key(data)
@@ -80,11 +92,30 @@ class PublicKey:
 
 
 class SigningKey:
-    """An Ed25519 private key that signs bundles, plans, reports or trust documents."""
+    """An Ed25519 private key that signs bundles, plans, reports or trust documents: a
+    cryptography key, or the 32-byte seed of one made when first needed."""
 
-    def __init__(self, private: Ed25519PrivateKey) -> None:
-        self._private = private
-        self.public = PublicKey(private.public_key().public_bytes_raw())
+    def __init__(self, private: Ed25519PrivateKey | None = None, *,
+                 seed: bytes | None = None) -> None:
+        if (private is None) == (seed is None):
+            raise ValueError("give a private key or its seed")
+        self._key = private
+        self._seed = seed
+        self._public: PublicKey | None = None
+
+    def _private(self) -> Ed25519PrivateKey:
+        if self._key is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+            assert self._seed is not None
+            self._key = Ed25519PrivateKey.from_private_bytes(self._seed)
+        return self._key
+
+    @property
+    def public(self) -> PublicKey:
+        if self._public is None:
+            self._public = PublicKey(self._private().public_key().public_bytes_raw())
+        return self._public
 
     @property
     def keyid(self) -> str:
@@ -92,10 +123,12 @@ class SigningKey:
 
     @classmethod
     def generate(cls) -> SigningKey:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(Ed25519PrivateKey.generate())
 
     def sign(self, data: bytes) -> bytes:
-        return self._private.sign(data)
+        return self._private().sign(data)
 
     def to_pem(self, passphrase: bytes | None = None) -> bytes:
         """PKCS#8 PEM, encrypted with the best available cipher when a passphrase is given."""
@@ -106,14 +139,19 @@ class SigningKey:
             if passphrase
             else serialization.NoEncryption()
         )
-        return self._private.private_bytes(
+        return self._private().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
         )
 
     @classmethod
     def from_pem(cls, data: bytes, passphrase: bytes | None = None) -> SigningKey:
         """Load a PEM private key. Raises KeyFileError (wrong passphrase, not Ed25519...)."""
+        if not passphrase:
+            seed = _plain_pkcs8_seed(data)
+            if seed is not None:
+                return cls(seed=seed)
         from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         try:
             key = serialization.load_pem_private_key(data, password=passphrase or None)
@@ -128,6 +166,21 @@ class SigningKey:
         if not isinstance(key, Ed25519PrivateKey):
             raise KeyFileError("private key is not Ed25519")
         return cls(key)
+
+
+def _plain_pkcs8_seed(data: bytes) -> bytes | None:
+    """The seed of `data` when it is exactly one unencrypted PKCS#8 Ed25519 key in PEM (any
+    32 bytes are a valid seed); None for anything else, which cryptography then reads."""
+    lines = data.strip().splitlines()
+    if len(lines) < 3 or (lines[0].strip(), lines[-1].strip()) != _PEM_PRIVATE:
+        return None
+    try:
+        der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != len(_PKCS8_ED25519_PREFIX) + 32 or not der.startswith(_PKCS8_ED25519_PREFIX):
+        return None
+    return der[len(_PKCS8_ED25519_PREFIX):]
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@ only with the right passphrase."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +136,38 @@ def test_key_id_is_the_sha256_of_the_raw_public_key() -> None:
     key = SigningKey.generate()
     assert key.keyid == hashlib.sha256(key.public.raw).hexdigest()
     assert PublicKey.from_pem(key.public.to_pem()) == key.public
+
+
+def test_plain_signing_key_is_read_without_loading_cryptography(tmp_path: Path) -> None:
+    # `satchel bundle build` reads its key before running the model: the library's memory
+    # should not add to the peak the model makes (issue 14)
+    key = SigningKey.generate()
+    (tmp_path / "signing.key").write_bytes(key.to_pem())
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from satchel.bundles.keys import SigningKey\n"
+        f"k = SigningKey.from_pem(Path({str(tmp_path / 'signing.key')!r}).read_bytes())\n"
+        "print('cryptography' in sys.modules, k.keyid, 'cryptography' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", key.keyid, "True"]
+
+
+@pytest.mark.parametrize("pem", [
+    b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI\n-----END PRIVATE KEY-----\n",  # cut short
+    b"-----BEGIN PRIVATE KEY-----\n" + base64.b64encode(b"\x30" * 48)
+    + b"\n-----END PRIVATE KEY-----\n",  # the right length, not the key's DER
+])
+def test_private_key_pem_that_is_not_a_plain_ed25519_key_is_refused(pem: bytes) -> None:
+    with pytest.raises(KeyFileError):
+        SigningKey.from_pem(pem)
+
+
+def test_seed_read_key_signs_as_the_key_it_was_written_from() -> None:
+    key = SigningKey.generate()
+    again = SigningKey.from_pem(key.to_pem())
+    assert again.keyid == key.keyid
+    assert again.sign(b"manifest") == key.sign(b"manifest")  # Ed25519 is deterministic
+    assert again.to_pem() == key.to_pem()
