@@ -14,7 +14,6 @@ from typing import Any
 import click
 
 from satchel.bundles.manifest import HealthPolicy
-from satchel.bundles.reader import check_payloads, read_unverified, verify_bundle
 from satchel.bundles.timeutil import utcnow
 from satchel.manager.commands.common import (
     echo_json,
@@ -465,6 +464,8 @@ def inspect_cmd(file: Path, keydir: Path | None, as_json: bool) -> None:
 
     Inspecting does not verify: use `satchel bundle verify` for that.
     """
+    from satchel.bundles.reader import read_unverified
+
     with open(file, "rb") as f:
         manifest, sigs = read_unverified(f)
         encryption = _encryption_of(f, manifest)
@@ -527,6 +528,8 @@ def verify_cmd(file: Path, trust: Path, identities: tuple[Path, ...], as_json: b
 
     Exit 0 if it verifies, 1 with the reason on one line if not.
     """
+    from satchel.bundles.reader import check_payloads, verify_bundle
+
     root = read_root(trust)
     try:
         f = open(file, "rb")  # noqa: SIM115 - closed by the with below
