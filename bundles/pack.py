@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -47,14 +47,64 @@ _HASH_QUEUE_CHUNKS = 4  # source chunks (`PackOptions.chunk_bytes`) waiting to b
 
 
 @dataclass(frozen=True)
+class Pieces:
+    """A payload's content made of byte ranges of a file, each at an offset of its own in the
+    content, zeros in between and up to `size`: a file packed without ever being written (an
+    ONNX external data file cut out of a single-file model, manager/external_data.py)."""
+
+    file: Path
+    pieces: tuple[tuple[int, int, int], ...]  # (start, end) in `file`, offset in the content
+    size: int
+
+    def chunks(self, step: int) -> Iterator[bytes]:
+        """The content, at most `step` bytes at a time. Raises OSError, also when the file
+        ends before a range does."""
+        pos = 0
+        with open(self.file, "rb") as f:
+            for start, end, at in self.pieces:
+                yield from _zeros(at - pos, step)
+                pos = at
+                f.seek(start)
+                while start < end:
+                    data = f.read(min(step, end - start))
+                    if not data:
+                        raise OSError(f"{self.file.name} ended at byte {start}, before {end}")
+                    yield data
+                    start += len(data)
+                    pos += len(data)
+        yield from _zeros(self.size - pos, step)
+
+
+def _zeros(count: int, step: int) -> Iterator[bytes]:
+    while count > 0:
+        yield bytes(min(step, count))
+        count -= step
+
+
+@dataclass(frozen=True)
 class Payload:
     """One file to put in a bundle: its path inside the bundle, and where its bytes are."""
 
     path: str
-    source: Path | bytes
+    source: Path | bytes | Pieces
 
     def size(self) -> int:
-        return len(self.source) if isinstance(self.source, bytes) else self.source.stat().st_size
+        if isinstance(self.source, bytes):
+            return len(self.source)
+        if isinstance(self.source, Pieces):
+            return self.source.size
+        return self.source.stat().st_size
+
+    def chunks(self, step: int) -> Iterator[bytes]:
+        """The content, at most `step` bytes at a time (bytes: in one). Raises OSError."""
+        if isinstance(self.source, bytes):
+            yield self.source
+        elif isinstance(self.source, Pieces):
+            yield from self.source.chunks(step)
+        else:
+            with open(self.source, "rb") as src:
+                while chunk := src.read(step):
+                    yield chunk
 
 
 class _HashingSink:
@@ -208,18 +258,11 @@ def _compress_member(
             level=options.zstd_level, threads=options.zstd_threads, write_checksum=True
         )
         with cctx.stream_writer(sealer or sink, size=size, closefd=False) as writer:  # type: ignore[arg-type]
-            if isinstance(payload.source, bytes):
-                sink.content(payload.source)
-                writer.write(payload.source)
+            for chunk in payload.chunks(options.chunk_bytes):
+                sink.content(chunk)
+                writer.write(chunk)
                 if progress:
-                    progress(size)
-            else:
-                with open(payload.source, "rb") as src:
-                    while chunk := src.read(options.chunk_bytes):
-                        sink.content(chunk)
-                        writer.write(chunk)
-                        if progress:
-                            progress(len(chunk))
+                    progress(len(chunk))
         if sealer is not None:
             sealer.finish()
         sink.finish()

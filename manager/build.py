@@ -75,7 +75,7 @@ from satchel.bundles.smoke import (
 )
 from satchel.bundles.timeutil import utcnow
 from satchel.manager.errors import BuildError
-from satchel.manager.external_data import shipped_model
+from satchel.manager.external_data import DATA_FILE, shipped_plan
 from satchel.manager.model_files import ModelFiles, model_files, onnx_graph
 from satchel.manager.onnx_graph import GraphSummary
 
@@ -403,9 +403,7 @@ def build_bundle(
     reference beyond the thresholds (the message gives the figures); BundleError subclasses
     from packing.
     """
-    with shipped_model(req.model, defaults.external_data_min_bytes, Path(out).parent) as model:
-        return _build_bundle(replace(req, model=model), keys, out, defaults=defaults,
-                             progress=progress, now=now)
+    return _build_bundle(req, keys, out, defaults=defaults, progress=progress, now=now)
 
 
 def _build_bundle(
@@ -426,11 +424,21 @@ def _build_bundle(
         if req.reference is not None:
             model_files(req.reference)  # a reference with a missing data file: refuse in one line
         raw_samples = _load_samples(req.samples) if req.samples else None
+        # a large single-file ONNX model ships as model.onnx + model.onnx.data, packed from
+        # ranges of the file itself; the build runs the file as it is (onnxruntime maps its
+        # weights from it, as from the data file: agent/runtimes/onnx_weights.py)
+        plan = shipped_plan(req.model, defaults.external_data_min_bytes)
     out = Path(out)
-    model_payloads = [
-        Payload(_model_file(req.model), req.model),
-        *(Payload(f, files.folder / f) for f in files.data_files),
-    ]
+    if plan is not None:
+        model_payloads = [Payload(_model_file(req.model), plan.graph),
+                          Payload(DATA_FILE, plan.data)]
+        data_files: tuple[str, ...] = (DATA_FILE,)
+    else:
+        model_payloads = [
+            Payload(_model_file(req.model), req.model),
+            *(Payload(f, files.folder / f) for f in files.data_files),
+        ]
+        data_files = files.data_files
     with _BundleFile(out, created, model_payloads, defaults.pack, req.encryption) as bundle:
         body = bundle.body
         packer = _ModelPacker(body, model_payloads, progress, also_hash=req.reference)
@@ -440,7 +448,7 @@ def _build_bundle(
                 checks, agreement, smoke = _judge(req, runs, defaults)
             p50, p95 = percentile(runs.latencies, 50), percentile(runs.latencies, 95)
             inputs_npz, reference_npz = _npz_bytes(runs.stored), _npz_bytes(runs.expected)
-            model_bytes = files.total_bytes()
+            model_bytes = sum(p.size() for p in model_payloads)
             warnings = _warnings(req, checks, p95, len(inputs_npz) + len(reference_npz),
                                  model_bytes, defaults.smoke_warn_min_bytes)
             build_info = {
@@ -454,7 +462,7 @@ def _build_bundle(
             with clock.phase("pack_wait"):
                 packer.wait(out)
             clock.seconds["pack"] = packer.seconds
-            manifest = _manifest(req, created, runtime, files, runs, smoke, build_info,
+            manifest = _manifest(req, created, runtime, data_files, runs, smoke, build_info,
                                  packer.hashed)
             with clock.phase("write"):
                 body.add(Payload(INPUTS_PATH, inputs_npz))
@@ -483,7 +491,7 @@ def _manifest(
     req: BuildRequest,
     created: datetime,
     runtime: str,
-    files: ModelFiles,
+    data_files: tuple[str, ...],
     runs: _Runs,
     smoke: SmokeTest,
     build_info: dict[str, Any],
@@ -506,7 +514,7 @@ def _manifest(
                 outputs=runs.outputs_info,
                 quantization=runs.quantization,
                 reference_sha256=reference_sha256,
-                data_files=files.data_files,
+                data_files=data_files,
                 signature=req.signature,
             ),
         ),

@@ -6,7 +6,10 @@ uses its pages in place. So the build ships a single-file model above a size
 (`BuildDefaults.external_data_min_bytes`) as `model.onnx` (the graph) + `model.onnx.data`
 (every large initializer's bytes, each at an aligned offset), as SPEC "Samples" allows: the
 weights are bit for bit the same, the bundle lists and hashes both files, and the device
-loads them from one folder (issue 14).
+loads them from one folder (issue 14). The build writes neither: it packs the graph from
+memory and the data file from ranges of the model file (`plan_external`, `Pieces`), and runs
+the model file as it is, whose weights onnxruntime maps in place too
+(agent/runtimes/onnx_weights.py).
 
 The rewrite streams the protobuf wire format over a memory map (as `onnx_graph` reads it):
 each initializer of the main graph whose `raw_data` is large enough becomes the same tensor
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from satchel.bundles.pack import Pieces
 from satchel.manager.onnx_graph import OnnxFormatError, read_graph_summary
 
 DATA_FILE = "model.onnx.data"  # beside model.onnx in the bundle
@@ -71,11 +75,27 @@ class _Field:
     end: int
 
 
-def externalize(source: Path, folder: Path, *, tensor_min_bytes: int = TENSOR_MIN_BYTES,
-                alignment: int = ALIGNMENT) -> Externalized | None:
-    """Write `folder/model.onnx` and `folder/model.onnx.data` from the single-file model at
-    `source`; None (nothing written) when no initializer is worth moving or the model is not
-    one this rewrites plainly. The files are the build's own, read back at once: not fsync'd.
+@dataclass(frozen=True)
+class ExternalPlan:
+    """A single-file model as the two files it ships as, not written: the graph's bytes, and
+    the data file as the ranges of the source it is made of (packed straight from the source:
+    bundles/pack.py `Pieces`)."""
+
+    graph: bytes  # model.onnx: every moved tensor points into the data file
+    data: Pieces  # model.onnx.data: each moved raw_data of the source at an aligned offset
+    tensors: int  # initializers moved to the data file
+
+    @property
+    def data_bytes(self) -> int:
+        """The moved tensors' bytes (the data file is larger by the alignment padding)."""
+        return sum(end - start for start, end, _ in self.data.pieces)
+
+
+def plan_external(source: Path, *, tensor_min_bytes: int = TENSOR_MIN_BYTES,
+                  alignment: int = ALIGNMENT) -> ExternalPlan | None:
+    """`model.onnx` and `model.onnx.data` for the single-file model at `source`; None when no
+    initializer is worth moving or the model is not one this rewrites plainly. Reads the
+    protobuf's field headers through a memory map; the weights are never read.
     Raises OSError, OnnxFormatError."""
     with open(source, "rb") as f:
         if f.seek(0, 2) == 0:
@@ -83,13 +103,31 @@ def externalize(source: Path, folder: Path, *, tensor_min_bytes: int = TENSOR_MI
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             view = memoryview(mapped)
             try:
-                return _externalize(view, f, folder, tensor_min_bytes, alignment)
+                return _plan(view, Path(source), tensor_min_bytes, alignment)
             finally:
                 view.release()
 
 
-def _externalize(data: memoryview, source: BinaryIO, folder: Path, tensor_min_bytes: int,
-                 alignment: int) -> Externalized | None:
+def externalize(source: Path, folder: Path, *, tensor_min_bytes: int = TENSOR_MIN_BYTES,
+                alignment: int = ALIGNMENT) -> Externalized | None:
+    """Write `folder/model.onnx` and `folder/model.onnx.data` from the single-file model at
+    `source` (`plan_external`); None (nothing written) when the plan is None. The files are
+    their writer's own, read back at once: not fsync'd. Raises OSError, OnnxFormatError."""
+    plan = plan_external(source, tensor_min_bytes=tensor_min_bytes, alignment=alignment)
+    if plan is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path, data_path = folder / "model.onnx", folder / DATA_FILE
+    model_path.write_bytes(plan.graph)
+    with open(source, "rb") as src, open(data_path, "wb") as out:
+        for start, end, at in plan.data.pieces:
+            _copy(src, out, start, end, at)
+        out.truncate(plan.data.size)
+    return Externalized(model_path, data_path, plan.tensors, plan.data_bytes)
+
+
+def _plan(data: memoryview, source: Path, tensor_min_bytes: int,
+          alignment: int) -> ExternalPlan | None:
     graphs = [f for f in _fields(data, 0, len(data))
               if f.number == _MODEL_GRAPH and f.wire == _LENGTH]
     if len(graphs) != 1:
@@ -106,29 +144,23 @@ def _externalize(data: memoryview, source: BinaryIO, folder: Path, tensor_min_by
     tensors = [_external_tensor(data, move, at) for move, at in zip(moves, offsets, strict=True)]
     graph_len = (graph_end - graph_start) + sum(
         len(new) - (m.end - m.field_start) for m, new in zip(moves, tensors, strict=True))
-    folder.mkdir(parents=True, exist_ok=True)
-    model_path, data_path = folder / "model.onnx", folder / DATA_FILE
-    with open(model_path, "wb") as out:
-        out.write(data[:graph_key])
-        out.write(_key(_MODEL_GRAPH, _LENGTH) + _varint(graph_len))
-        pos = graph_start
-        for move, tensor in zip(moves, tensors, strict=True):
-            out.write(data[pos:move.field_start])
-            out.write(tensor)
-            pos = move.end
-        out.write(data[pos:])
-    with open(data_path, "wb") as out:
-        for move, at in zip(moves, offsets, strict=True):
-            _copy(data, source, out, move.raw_start, move.raw_end, at)
-    moved = sum(m.raw_end - m.raw_start for m in moves)
-    return Externalized(model_path, data_path, len(moves), moved)
+    graph = bytearray(data[:graph_key])
+    graph += _key(_MODEL_GRAPH, _LENGTH) + _varint(graph_len)
+    pos = graph_start
+    for move, tensor in zip(moves, tensors, strict=True):
+        graph += data[pos:move.field_start]
+        graph += tensor
+        pos = move.end
+    graph += data[pos:]
+    pieces = tuple((m.raw_start, m.raw_end, at) for m, at in zip(moves, offsets, strict=True))
+    return ExternalPlan(bytes(graph), Pieces(source, pieces, offset), len(moves))
 
 
-def _copy(data: memoryview, source: BinaryIO, out: BinaryIO, start: int, end: int,
-          at: int) -> None:
-    """data[start:end] to `out` at offset `at`: in the kernel where it can (the weights' pages
-    never enter this process), else through the memory map."""
+def _copy(source: BinaryIO, out: BinaryIO, start: int, end: int, at: int) -> None:
+    """source[start:end] to `out` at offset `at`: in the kernel where it can (the weights'
+    pages never enter this process), else read and written."""
     out.seek(at)
+    out.flush()
     while start < end:
         step = min(_COPY_BYTES, end - start)
         try:
@@ -136,10 +168,14 @@ def _copy(data: memoryview, source: BinaryIO, out: BinaryIO, start: int, end: in
         except (AttributeError, OSError):
             done = 0
         if done <= 0:
-            out.write(data[start:start + step])
-            done = step
+            source.seek(start)
+            chunk = source.read(step)
+            if not chunk:
+                raise OSError(f"the model ended at byte {start}, before {end}")
+            out.write(chunk)
+            out.flush()
+            done = len(chunk)
         start += done
-    out.flush()
 
 
 def _moves(data: memoryview, start: int, end: int, tensor_min_bytes: int) -> Iterator[_Move]:
@@ -255,6 +291,18 @@ def shipped_model(model: Path, min_bytes: int, work_dir: Path) -> Iterator[Path]
         yield done.model if done is not None else model
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def shipped_plan(model: Path, min_bytes: int) -> ExternalPlan | None:
+    """How `satchel bundle build` ships `model`: None as it is, or, when it is a single-file
+    ONNX model larger than `min_bytes`, as `plan_external` splits it. A model that cannot be
+    split (or read: the build then says why) is shipped as it is."""
+    if not _worth_externalizing(model, min_bytes):
+        return None
+    try:
+        return plan_external(model)
+    except (OSError, OnnxFormatError):
+        return None
 
 
 def _worth_externalizing(model: Path, min_bytes: int) -> bool:
