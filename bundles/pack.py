@@ -40,6 +40,8 @@ if TYPE_CHECKING:  # cryptography loads only for encrypted bundles
 Progress = Callable[[int], None]
 # manifest.sig padding (JSON whitespace) at most: half of what a reader accepts for the member
 MAX_SIG_PADDING = DEFAULT_LIMITS.max_signatures_bytes // 2
+IN_PLACE_MIN_BYTES = 4 * 1024 * 1024  # payload bytes from which `write_bundle` packs in place
+# (below it, copying the body costs less than the room's padding weighs in a small bundle)
 _HEAD_SLACK = 16 * 1024  # head room for what a manifest names besides its files' entries
 _FILE_ENTRY_BYTES = 640  # a file entry's bytes in the manifest, besides its chunk index
 _CHUNK_ENTRY_BYTES = 67  # one chunk's sha256 in the index: '"<64 hex digits>",'
@@ -480,9 +482,10 @@ def write_bundle(
     mtime = int(manifest.created.timestamp())
     chunk_size = index_chunk_size(payloads, options)
     into, room = None, 0
-    if _seekable(out) and out.tell() == 0:  # the body straight into `out`, behind its head
-        into = out
-        room = head_room([p.size() for p in payloads], chunk_size, len(manifest.to_bytes()))
+    sizes = [p.size() for p in payloads]
+    if sum(sizes) >= IN_PLACE_MIN_BYTES and _seekable(out) and out.tell() == 0:
+        into = out  # the body straight into `out`, behind its head
+        room = head_room(sizes, chunk_size, len(manifest.to_bytes()))
     with BundleBody(mtime, chunk_size, options, tmp_dir, encryption, into=into,
                     room=room) as body:
         for p in payloads:

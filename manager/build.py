@@ -60,7 +60,13 @@ from satchel.bundles.manifest import (
     SmokeTest,
     TensorInfo,
 )
-from satchel.bundles.pack import BundleBody, Payload, head_room, index_chunk_size
+from satchel.bundles.pack import (
+    IN_PLACE_MIN_BYTES,
+    BundleBody,
+    Payload,
+    head_room,
+    index_chunk_size,
+)
 from satchel.bundles.smoke import (
     DEFAULT_CHECKS,
     Agreement,
@@ -786,8 +792,9 @@ def _runtime_name(path: Path) -> str:
 class _BundleFile:
     """The bundle being written at `out`'s temporary name: its payloads packed by `body`
     straight into it behind room for the head (bundles/pack.py `head_room`), so nothing is
-    copied at the end. `finish` writes the head and makes the file `out` (fsync, rename) while
-    a thread reads it back for its sha256; leaving without `finish` removes it.
+    copied at the end (a model of `IN_PLACE_MIN_BYTES` or more; a smaller one is copied).
+    `finish` writes the head and makes the file `out` (fsync, rename) while a thread reads it
+    back for its sha256; leaving without `finish` removes it.
     Raises BuildError when the folder or the file cannot be written."""
 
     def __init__(self, out: Path, created: datetime, payloads: list[Payload],
@@ -799,15 +806,18 @@ class _BundleFile:
             out.parent.mkdir(parents=True, exist_ok=True)
             # the chunk index sized by the model's files (the smoke data is small beside them)
             chunk_size = index_chunk_size(payloads, options)
-            room = head_room([p.size() for p in payloads] + [0, 0], chunk_size)
+            sizes = [p.size() for p in payloads]
+            room = head_room([*sizes, 0, 0], chunk_size)
             self._writer = atomic_writer(out)
             self._file = self._writer.__enter__()
         except OSError as e:
             raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
+        in_place = sum(sizes) >= IN_PLACE_MIN_BYTES
         try:
             self.body = BundleBody(int(created.timestamp()), chunk_size, options,
                                    tmp_dir=out.parent, encryption=encryption,
-                                   into=self._file, room=room)
+                                   into=self._file if in_place else None,
+                                   room=room if in_place else 0)
         except BaseException as e:
             self._abandon(e)
             raise self._wrapped(e) from e

@@ -30,6 +30,10 @@ class ServerConfig:
     linger_s: float = 2.0  # seconds a connection ended by the server drains what its client
     # still sends, so the client reads the answer rather than a reset
     timer_resolution_s: float = 0.05  # seconds between the event loop's looks at timeouts
+    busy_poll_s: float = 0.0001  # seconds the event loop keeps looking at its sockets after
+    # answering, before it sleeps: a kept-alive client's next request is then read without
+    # waking a sleeping thread (tens of microseconds on a VM, more than the server's own work
+    # on a small model). Never while idle, nor while the pool runs requests; 0 = off
     inference_workers: int = 0  # threads running inference; 0 = one per CPU core, at most 4
     max_batch: int = 8  # waiting infer requests run together as one batch, at most (1: none)
     gil_switch_interval_s: float | None = 0.001  # seconds a thread may keep the GIL while

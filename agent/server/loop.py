@@ -131,6 +131,7 @@ class HttpLoop:
         self._waiting: socket.socket | None = None  # accepted, waiting for a slot
         self._in_pool = 0  # infer requests handed to the pool and not yet answered
         self._ready = 0  # connections ready in this round of the loop
+        self._responded = False  # this round answered a request: poll briefly before sleeping
         self._slow: dict[str, int] = {}  # channel -> requests still sent to the pool
         self._strikes: dict[str, int] = {}  # channel -> its last inline runs over the limit
         self._heads: dict[bytes, RequestHead] = {}  # parsed heads, by their bytes
@@ -151,7 +152,10 @@ class HttpLoop:
         try:
             while not self._stopping.is_set():
                 try:
-                    events = selector.select(tick)
+                    events = self._poll_briefly() if self._responded else []
+                    self._responded = False
+                    if not events:
+                        events = selector.select(tick)
                     self._ready = len(events)
                     for key, mask in events:
                         self._on_event(key.data, mask)
@@ -176,6 +180,19 @@ class HttpLoop:
     def stop(self) -> None:
         self._stopping.set()
         self._wake()
+
+    def _poll_briefly(self) -> list[tuple[selectors.SelectorKey, int]]:
+        """The sockets' events, looked for without sleeping for up to `busy_poll_s` (none
+        while the pool runs requests: it wakes the loop itself when it answers)."""
+        limit = self._config.busy_poll_s
+        if limit <= 0 or self._in_pool:
+            return []
+        select = self._selector.select
+        deadline = time.perf_counter() + limit
+        while not (events := select(0)):
+            if time.perf_counter() >= deadline:
+                break
+        return events
 
     # --- events -----------------------------------------------------------------------
 
@@ -368,6 +385,7 @@ class HttpLoop:
         self._respond(conn, error_response(error.status, str(error), error.headers), now)
 
     def _respond(self, conn: _Connection, response: Response, now: float) -> None:
+        self._responded = True
         self._requests.add(conn.endpoint, response.status)
         if access_log.isEnabledFor(logging.DEBUG):
             _log_access(conn, response, now)

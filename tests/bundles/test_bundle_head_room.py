@@ -11,11 +11,20 @@ from pathlib import Path
 import pytest
 
 from satchel.bundles.canonical import decode_json
-from satchel.bundles.pack import MAX_SIG_PADDING, BundleBody, Payload, head_room, write_bundle
+from satchel.bundles.errors import MalformedJSONError
+from satchel.bundles.pack import (
+    IN_PLACE_MIN_BYTES,
+    MAX_SIG_PADDING,
+    BundleBody,
+    Payload,
+    head_room,
+    write_bundle,
+)
 from satchel.bundles.tarformat import BLOCK, padding
 from tests.factory.bundles import TEST_PACK, default_manifest
 from tests.factory.device import Device
 from tests.factory.keys import Keyring
+from tests.factory.spans import flip_byte, layout
 from tests.factory.tar import read_members
 
 PAYLOADS = {
@@ -64,6 +73,33 @@ def test_body_moves_once_behind_a_head_that_does_not_fit_its_room(
     assert not _signatures(data).endswith(b" ")  # the plain layout, no fill
     assert [m.name for m in read_members(data)][:2] == ["manifest.json", "manifest.sig"]
     assert device.install(data) == PAYLOADS
+
+
+def test_one_flipped_byte_in_the_signatures_whitespace_fill_is_refused(
+    tmp_path: Path, keys: Keyring, device: Device
+) -> None:
+    room = head_room([len(d) for d in PAYLOADS.values()], 64 * 1024)
+    data = _write(tmp_path / "b.satchel", keys, room)
+    sig = next(s for s in layout(data) if s.member == "manifest.sig" and s.region == "data")
+    fill = sig.start + len(data[sig.start:sig.stop].rstrip(b" "))
+    assert fill < sig.stop
+    for offset in (fill, sig.stop - 1):
+        device.refuses(flip_byte(data, offset), MalformedJSONError)
+
+
+def test_write_bundle_packs_a_large_body_in_place_and_a_small_one_through_a_copy(
+    tmp_path: Path, keys: Keyring, device: Device
+) -> None:
+    manifest = default_manifest("vision", "1.0.0", 1, ["model.onnx"])
+    for size, padded in ((IN_PLACE_MIN_BYTES, True), (IN_PLACE_MIN_BYTES - 1, False)):
+        payload = random.Random(size).randbytes(size)
+        path = tmp_path / f"{size}.satchel"
+        with open(path, "wb") as f:
+            write_bundle(f, manifest, [Payload("model.onnx", payload)], keys.signing_keys,
+                         TEST_PACK)
+        data = path.read_bytes()
+        assert _signatures(data).endswith(b" ") is padded
+        assert device.install(data) == {"model.onnx": payload}
 
 
 def test_room_that_is_not_whole_tar_blocks_is_refused(tmp_path: Path) -> None:

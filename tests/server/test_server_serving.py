@@ -5,8 +5,10 @@ would get alone and counts each in its release's health."""
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import threading
+import time
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
@@ -345,3 +347,56 @@ def test_a_model_that_hangs_in_the_loop_makes_the_server_unhealthy_for_the_watch
         client.join(30)
     assert answers == [200]
     wait_for(server.healthy, 5)  # the loop turns again: healthy
+
+
+def _selects(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
+    """The timeout of every `select` the event loop's thread makes, from now on."""
+    real = selectors.EpollSelector.select
+    timeouts: list[float | None] = []
+
+    def select(self: selectors.EpollSelector, timeout: float | None = None) -> Any:
+        if threading.current_thread().name == "satchel-http":
+            timeouts.append(timeout)
+        return real(self, timeout)
+
+    monkeypatch.setattr(selectors.EpollSelector, "select", select)
+    return timeouts
+
+
+def test_after_answering_the_loop_reads_the_next_request_without_sleeping(
+    device: Device, models: Models, start_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device.install(models.good, version="1.0.0", sequence=1)
+    server = start_server(config=replace(FAST, busy_poll_s=0.5))
+    timeouts = _selects(monkeypatch)
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        for seed in range(4):
+            sock.sendall(_request("POST", INFER, infer_body(positive_inputs(1, seed=seed))))
+            assert reader.response()[0] == 200
+            if seed == 0:
+                timeouts.clear()  # from the first answer on
+        answered = list(timeouts)
+        # every request after the first was found by a look that did not sleep
+        assert answered and set(answered) == {0}
+        time.sleep(0.8)  # idle, past busy_poll_s: the loop sleeps between its timer ticks
+        idle_from = len(timeouts)
+        time.sleep(0.3)
+        idle = timeouts[idle_from:]
+        assert idle and 0 not in idle
+
+
+def test_with_busy_polling_off_the_loop_sleeps_between_requests(
+    device: Device, models: Models, start_server: ServerFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    device.install(models.good, version="1.0.0", sequence=1)
+    server = start_server(config=replace(FAST, busy_poll_s=0.0))
+    timeouts = _selects(monkeypatch)
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        for seed in range(3):
+            sock.sendall(_request("POST", INFER, infer_body(positive_inputs(1, seed=seed))))
+            assert reader.response()[0] == 200
+    assert timeouts and 0 not in timeouts
