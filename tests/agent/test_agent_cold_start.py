@@ -20,13 +20,19 @@ import pytest
 from satchel.agent.cli import DEFAULT_LISTEN
 from tests.agent.devices import SPAWN_TIMEOUT_S
 
-# Runs the real console entry point, then writes every loaded module's name at exit.
+# Runs the real console entry point, then writes every loaded module's name at exit (atexit,
+# or os._exit for the install's fast path).
 PROBE = """
 import atexit, json, os, sys
 def write_modules():
     with open(os.environ["PROBE_MODULES"], "w") as f:
         json.dump(sorted(sys.modules), f)
 atexit.register(write_modules)
+real_exit = os._exit
+def exit_now(code):  # the install's fast path ends without the interpreter's teardown
+    write_modules()
+    real_exit(code)
+os._exit = exit_now
 from satchel.agent.quickstatus import main
 sys.argv = ["satchel-agent", *json.loads(os.environ["PROBE_ARGS"])]
 main()
