@@ -11,7 +11,7 @@ memory and the data file from ranges of the model file (`plan_external`, `Pieces
 the model file as it is, whose weights onnxruntime maps in place too
 (agent/runtimes/onnx_weights.py).
 
-The rewrite streams the protobuf wire format over a memory map (as `onnx_graph` reads it):
+The rewrite walks the protobuf wire format over a memory map (bundles/protowire.py):
 each initializer of the main graph whose `raw_data` is large enough becomes the same tensor
 with `data_location: EXTERNAL` and `external_data` {location, offset, length}; every other
 byte is copied as it was. Initializers in subgraphs or held as typed fields stay inline;
@@ -32,6 +32,16 @@ from pathlib import Path
 from typing import BinaryIO
 
 from satchel.bundles.pack import Pieces
+from satchel.bundles.protowire import (
+    LENGTH,
+    Field,
+    WireError,
+    encode_varint,
+    fields,
+    key,
+    length_delimited,
+    varint_field,
+)
 from satchel.manager.onnx_graph import OnnxFormatError, read_graph_summary
 
 DATA_FILE = "model.onnx.data"  # beside model.onnx in the bundle
@@ -40,7 +50,6 @@ ALIGNMENT = 64 * 1024  # offset of each tensor in the data file: a multiple of t
 # page and mapping granularity in use, so onnxruntime can map each tensor in place
 _COPY_BYTES = 8 * 1024 * 1024  # copied per step from the model to the data file
 
-_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
 _TENSOR_SEGMENT, _TENSOR_RAW_DATA, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 3, 9, 13, 14
 _LOCATION_EXTERNAL = 1
@@ -64,15 +73,6 @@ class _Move:
     end: int
     raw_start: int  # its raw_data's content
     raw_end: int
-
-
-@dataclass(frozen=True)
-class _Field:
-    number: int
-    wire: int
-    field_start: int  # where its key begins
-    start: int  # its content (length-delimited), its value's bytes (others)
-    end: int
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def externalize(source: Path, folder: Path, *, tensor_min_bytes: int = TENSOR_MI
 def _plan(data: memoryview, source: Path, tensor_min_bytes: int,
           alignment: int) -> ExternalPlan | None:
     graphs = [f for f in _fields(data, 0, len(data))
-              if f.number == _MODEL_GRAPH and f.wire == _LENGTH]
+              if f.number == _MODEL_GRAPH and f.wire == LENGTH]
     if len(graphs) != 1:
         return None  # no graph, or one given in parts that protobuf merges: leave it be
     graph_key, graph_start, graph_end = graphs[0].field_start, graphs[0].start, graphs[0].end
@@ -145,7 +145,7 @@ def _plan(data: memoryview, source: Path, tensor_min_bytes: int,
     graph_len = (graph_end - graph_start) + sum(
         len(new) - (m.end - m.field_start) for m, new in zip(moves, tensors, strict=True))
     graph = bytearray(data[:graph_key])
-    graph += _key(_MODEL_GRAPH, _LENGTH) + _varint(graph_len)
+    graph += key(_MODEL_GRAPH, LENGTH) + encode_varint(graph_len)
     pos = graph_start
     for move, tensor in zip(moves, tensors, strict=True):
         graph += data[pos:move.field_start]
@@ -181,12 +181,12 @@ def _copy(source: BinaryIO, out: BinaryIO, start: int, end: int, at: int) -> Non
 def _moves(data: memoryview, start: int, end: int, tensor_min_bytes: int) -> Iterator[_Move]:
     """The main graph's initializers whose raw_data moves to the data file, in file order."""
     for initializer in _fields(data, start, end):
-        if initializer.number != _GRAPH_INITIALIZER or initializer.wire != _LENGTH:
+        if initializer.number != _GRAPH_INITIALIZER or initializer.wire != LENGTH:
             continue
         raw: tuple[int, int] | None = None
         plain = True
         for f in _fields(data, initializer.start, initializer.end):
-            if f.number == _TENSOR_RAW_DATA and f.wire == _LENGTH:
+            if f.number == _TENSOR_RAW_DATA and f.wire == LENGTH:
                 plain = plain and raw is None  # raw_data given twice: the last wins; leave it
                 raw = (f.start, f.end)
             elif f.number in (_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _TENSOR_SEGMENT):
@@ -199,72 +199,24 @@ def _external_tensor(data: memoryview, move: _Move, offset: int) -> bytes:
     """The initializer field with its raw_data replaced by a pointer into the data file."""
     body = bytearray()
     for f in _fields(data, move.start, move.end):
-        if not (f.number == _TENSOR_RAW_DATA and f.wire == _LENGTH):
+        if not (f.number == _TENSOR_RAW_DATA and f.wire == LENGTH):
             body += data[f.field_start:f.end]  # every other field, byte for byte
-    for key, value in (("location", DATA_FILE), ("offset", str(offset)),
-                       ("length", str(move.raw_end - move.raw_start))):
-        entry = _bytes_field(_ENTRY_KEY, key.encode()) + _bytes_field(_ENTRY_VALUE,
-                                                                       value.encode())
-        body += _bytes_field(_TENSOR_EXTERNAL_DATA, entry)
-    body += _key(_TENSOR_DATA_LOCATION, _VARINT) + _varint(_LOCATION_EXTERNAL)
-    return _bytes_field(_GRAPH_INITIALIZER, bytes(body))
+    for name, value in (("location", DATA_FILE), ("offset", str(offset)),
+                        ("length", str(move.raw_end - move.raw_start))):
+        entry = (length_delimited(_ENTRY_KEY, name.encode())
+                 + length_delimited(_ENTRY_VALUE, value.encode()))
+        body += length_delimited(_TENSOR_EXTERNAL_DATA, entry)
+    body += varint_field(_TENSOR_DATA_LOCATION, _LOCATION_EXTERNAL)
+    return length_delimited(_GRAPH_INITIALIZER, bytes(body))
 
 
-def _key(number: int, wire: int) -> bytes:
-    return _varint(number << 3 | wire)
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _bytes_field(number: int, content: bytes) -> bytes:
-    return _key(number, _LENGTH) + _varint(len(content)) + content
-
-
-def _fields(data: memoryview, pos: int, end: int) -> Iterator[_Field]:
-    """Every field of the message in data[pos:end] (as onnx_graph._fields reads them, with
-    where each one begins, fixed-width ones included)."""
-    while pos < end:
-        field_start = pos
-        key, pos = _read_varint(data, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise OnnxFormatError(f"field number 0 at byte {pos}")
-        if wire == _VARINT:
-            start = pos
-            _, pos = _read_varint(data, pos, end)
-        elif wire == _LENGTH:
-            length, start = _read_varint(data, pos, end)
-            pos = start + length
-        elif wire in (_FIXED64, _FIXED32):
-            start, pos = pos, pos + (8 if wire == _FIXED64 else 4)
-        else:
-            raise OnnxFormatError(f"wire type {wire} of field {number} is not valid")
-        if pos > end:
-            raise OnnxFormatError(f"field {number} runs past the end of its message")
-        yield _Field(number, wire, field_start, start, pos)
-
-
-def _read_varint(data: memoryview, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise OnnxFormatError("a truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+def _fields(data: memoryview, pos: int, end: int) -> Iterator[Field]:
+    """Every field of the message in data[pos:end] (bundles/protowire.py). Raises
+    OnnxFormatError."""
+    try:
+        yield from fields(data, pos, end)
+    except WireError as e:
+        raise OnnxFormatError(str(e)) from e
 
 
 @contextmanager

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from satchel.bundles.protowire import LENGTH, VARINT, WireError, fields
+
 # ModelProto
 _MODEL_GRAPH, _MODEL_FUNCTIONS = 7, 25
 # GraphProto
@@ -33,7 +35,6 @@ _LOCATION_EXTERNAL = 1
 # StringStringEntryProto
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 
-_VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 _MAX_DEPTH = 100  # nested messages, as protobuf's own parser allows
 
 
@@ -97,9 +98,9 @@ def summarize(data: bytes | memoryview) -> GraphSummary:
     graph = _Graph()
     functions: list[_Graph] = []
     for number, wire, start, end in _fields(data, 0, len(data)):
-        if number == _MODEL_GRAPH and wire == _LENGTH:
+        if number == _MODEL_GRAPH and wire == LENGTH:
             _read_graph(data, start, end, graph, 1)
-        elif number == _MODEL_FUNCTIONS and wire == _LENGTH:
+        elif number == _MODEL_FUNCTIONS and wire == LENGTH:
             functions.append(_read_graph(data, start, end, _Graph(), 1, node_field=_FUNCTION_NODE))
     locations: list[str] = []
     for tensor in [*_initializer_tensors(graph), *_attribute_tensors(graph, functions)]:
@@ -155,7 +156,7 @@ def _read_graph(
 ) -> _Graph:
     _check_depth(depth)
     for number, wire, s, e in _fields(data, start, end):
-        if wire != _LENGTH:
+        if wire != LENGTH:
             continue
         if number == node_field:
             graph.nodes.append(_read_node(data, s, e, depth + 1))
@@ -168,9 +169,9 @@ def _read_node(data: bytes | memoryview, start: int, end: int, depth: int) -> _N
     _check_depth(depth)
     node = _Node()
     for number, wire, s, e in _fields(data, start, end):
-        if number == _NODE_OP_TYPE and wire == _LENGTH:
+        if number == _NODE_OP_TYPE and wire == LENGTH:
             node.op_type = bytes(data[s:e]).decode("utf-8", "replace")
-        elif number == _NODE_ATTRIBUTE and wire == _LENGTH:
+        elif number == _NODE_ATTRIBUTE and wire == LENGTH:
             node.attributes.append(_read_attribute(data, s, e, depth + 1))
     return node
 
@@ -179,9 +180,9 @@ def _read_attribute(data: bytes | memoryview, start: int, end: int, depth: int) 
     _check_depth(depth)
     attr = _Attribute()
     for number, wire, s, e in _fields(data, start, end):
-        if number == _ATTR_TYPE and wire == _VARINT:
+        if number == _ATTR_TYPE and wire == VARINT:
             attr.type = s
-        elif wire != _LENGTH:
+        elif wire != LENGTH:
             continue
         elif number == _ATTR_T:
             attr.t = _read_tensor(data, s, e, attr.t or _Tensor(), depth + 1)
@@ -199,11 +200,11 @@ def _read_tensor(
 ) -> _Tensor:
     _check_depth(depth)
     for number, wire, s, e in _fields(data, start, end):
-        if number == _TENSOR_DATA_TYPE and wire == _VARINT:
+        if number == _TENSOR_DATA_TYPE and wire == VARINT:
             tensor.data_type = s
-        elif number == _TENSOR_DATA_LOCATION and wire == _VARINT:
+        elif number == _TENSOR_DATA_LOCATION and wire == VARINT:
             tensor.data_location = s
-        elif number == _TENSOR_EXTERNAL_DATA and wire == _LENGTH:
+        elif number == _TENSOR_EXTERNAL_DATA and wire == LENGTH:
             key, value = _read_entry(data, s, e)
             tensor.external[key] = value
     return tensor
@@ -212,7 +213,7 @@ def _read_tensor(
 def _read_entry(data: bytes | memoryview, start: int, end: int) -> tuple[str, str]:
     key = value = ""
     for number, wire, s, e in _fields(data, start, end):
-        if wire != _LENGTH:
+        if wire != LENGTH:
             continue
         if number == _ENTRY_KEY:
             key = bytes(data[s:e]).decode("utf-8", "replace")
@@ -227,38 +228,14 @@ def _check_depth(depth: int) -> None:
 
 
 def _fields(data: bytes | memoryview, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, a, b) for each field of the message in data[pos:end]: for a
-    varint a is its value; for a length-delimited field data[a:b] is its content."""
-    while pos < end:
-        key, pos = _varint(data, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise OnnxFormatError(f"field number 0 at byte {pos}")
-        if wire == _VARINT:
-            value, pos = _varint(data, pos, end)
-            yield number, wire, value, pos
-        elif wire == _LENGTH:
-            length, pos = _varint(data, pos, end)
-            if pos + length > end:
-                raise OnnxFormatError(f"field {number} runs past the end of its message")
-            yield number, wire, pos, pos + length
-            pos += length
-        elif wire in (_FIXED64, _FIXED32):
-            pos += 8 if wire == _FIXED64 else 4
-            if pos > end:
-                raise OnnxFormatError(f"field {number} runs past the end of its message")
-        else:
-            raise OnnxFormatError(f"wire type {wire} of field {number} is not valid")
-
-
-def _varint(data: bytes | memoryview, pos: int, end: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise OnnxFormatError("a truncated or overlong varint")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
+    """(field number, wire type, a, b) for each field of the message in data[pos:end]
+    (bundles/protowire.py): for a varint a is its value; for a length-delimited field
+    data[a:b] is its content; fixed-width fields are stepped over. Raises OnnxFormatError."""
+    try:
+        for f in fields(data, pos, end):
+            if f.wire == VARINT:
+                yield f.number, f.wire, f.value, f.end
+            elif f.wire == LENGTH:
+                yield f.number, f.wire, f.start, f.end
+    except WireError as e:
+        raise OnnxFormatError(str(e)) from e

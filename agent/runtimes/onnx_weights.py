@@ -23,6 +23,15 @@ from __future__ import annotations
 import mmap
 from pathlib import Path
 
+from satchel.bundles.protowire import (
+    LENGTH,
+    Field,
+    WireError,
+    fields,
+    length_delimited,
+    varint_field,
+)
+
 # ModelProto.graph, GraphProto.initializer, and TensorProto's fields (onnx.proto3).
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
@@ -32,7 +41,6 @@ _TENSOR_EXTERNAL_DATA = 13
 _TENSOR_DATA_LOCATION = 14
 _DATA_LOCATION_EXTERNAL = 1
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2  # StringStringEntryProto
-_VARINT, _FIXED64, _LENGTH_DELIMITED, _FIXED32 = 0, 1, 2, 5
 
 MIN_TENSOR_BYTES = 64 * 1024  # smaller initializers stay inline: their copy costs nothing
 
@@ -41,65 +49,17 @@ class _Malformed(ValueError):
     """The bytes are not protobuf as this reader expects them."""
 
 
-def _varint(buf: mmap.mmap, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _Malformed("truncated or overlong varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
+def _fields(buf: mmap.mmap, start: int, end: int) -> list[Field]:
+    """The fields in buf[start:end] (bundles/protowire.py). Raises _Malformed."""
+    try:
+        return list(fields(buf, start, end))
+    except WireError as e:
+        raise _Malformed(str(e)) from e
 
 
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
-
-
-def _fields(buf: mmap.mmap, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
-    """The fields in buf[start:end]: (field number, wire type, field start, value start,
-    field end); the value of a length-delimited field is buf[value start:field end]."""
-    fields = []
-    pos = start
-    while pos < end:
-        field_start = pos
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _Malformed("field number 0")
-        value_start = pos
-        if wire == _VARINT:
-            _, pos = _varint(buf, pos, end)
-        elif wire == _FIXED64:
-            pos += 8
-        elif wire == _FIXED32:
-            pos += 4
-        elif wire == _LENGTH_DELIMITED:
-            length, value_start = _varint(buf, pos, end)
-            pos = value_start + length
-        else:  # groups: not in ONNX
-            raise _Malformed(f"wire type {wire}")
-        if pos > end:
-            raise _Malformed("field runs past its message")
-        fields.append((number, wire, field_start, value_start, pos))
-    return fields
-
-
-def _delimited(number: int, payload: bytes) -> bytes:
-    return _encode_varint(number << 3 | _LENGTH_DELIMITED) + _encode_varint(len(payload)) + payload
-
-
-def _entry(key: str, value: str) -> bytes:
-    return _delimited(_TENSOR_EXTERNAL_DATA, _delimited(_ENTRY_KEY, key.encode())
-                      + _delimited(_ENTRY_VALUE, value.encode()))
+def _entry(name: str, value: str) -> bytes:
+    return length_delimited(_TENSOR_EXTERNAL_DATA, length_delimited(_ENTRY_KEY, name.encode())
+                            + length_delimited(_ENTRY_VALUE, value.encode()))
 
 
 def _external_tensor(buf: mmap.mmap, start: int, end: int, location: str,
@@ -108,19 +68,18 @@ def _external_tensor(buf: mmap.mmap, start: int, end: int, location: str,
     model file, or None to keep it as it is."""
     kept: list[bytes] = []
     raw: tuple[int, int] | None = None
-    for number, wire, field_start, value_start, field_end in _fields(buf, start, end):
-        if number in (_TENSOR_SEGMENT, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION):
+    for f in _fields(buf, start, end):
+        if f.number in (_TENSOR_SEGMENT, _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION):
             return None  # segmented, or already external: onnxruntime's own loading
-        if number == _TENSOR_RAW_DATA and wire == _LENGTH_DELIMITED and raw is None:
-            raw = (value_start, field_end)
+        if f.number == _TENSOR_RAW_DATA and f.wire == LENGTH and raw is None:
+            raw = (f.start, f.end)
         else:
-            kept.append(buf[field_start:field_end])
+            kept.append(buf[f.field_start:f.end])
     if raw is None or raw[1] - raw[0] < min_bytes:
         return None
     kept += [_entry("location", location), _entry("offset", str(raw[0])),
              _entry("length", str(raw[1] - raw[0])),
-             _encode_varint(_TENSOR_DATA_LOCATION << 3 | _VARINT)
-             + _encode_varint(_DATA_LOCATION_EXTERNAL)]
+             varint_field(_TENSOR_DATA_LOCATION, _DATA_LOCATION_EXTERNAL)]
     return b"".join(kept)
 
 
@@ -128,14 +87,14 @@ def _graph(buf: mmap.mmap, start: int, end: int, location: str,
            min_bytes: int) -> tuple[bytes, int]:
     parts: list[bytes] = []
     moved = 0
-    for number, wire, field_start, value_start, field_end in _fields(buf, start, end):
-        if number == _GRAPH_INITIALIZER and wire == _LENGTH_DELIMITED:
-            tensor = _external_tensor(buf, value_start, field_end, location, min_bytes)
+    for f in _fields(buf, start, end):
+        if f.number == _GRAPH_INITIALIZER and f.wire == LENGTH:
+            tensor = _external_tensor(buf, f.start, f.end, location, min_bytes)
             if tensor is not None:
-                parts.append(_delimited(_GRAPH_INITIALIZER, tensor))
+                parts.append(length_delimited(_GRAPH_INITIALIZER, tensor))
                 moved += 1
                 continue
-        parts.append(buf[field_start:field_end])
+        parts.append(buf[f.field_start:f.end])
     return b"".join(parts), moved
 
 
@@ -150,19 +109,19 @@ def external_weights_graph(path: Path, min_tensor_bytes: int = MIN_TENSOR_BYTES)
             return None
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             try:
-                fields = _fields(buf, 0, len(buf))
-                graphs = [f for f in fields if f[0] == _MODEL_GRAPH]
-                if len(graphs) != 1 or graphs[0][1] != _LENGTH_DELIMITED:
+                top = _fields(buf, 0, len(buf))
+                graphs = [field for field in top if field.number == _MODEL_GRAPH]
+                if len(graphs) != 1 or graphs[0].wire != LENGTH:
                     return None  # no graph, or parts of one to merge: onnxruntime's own
                 parts: list[bytes] = []
                 moved = 0
-                for number, _, field_start, value_start, field_end in fields:
-                    if number == _MODEL_GRAPH:
-                        graph, moved = _graph(buf, value_start, field_end, path.name,
+                for field in top:
+                    if field.number == _MODEL_GRAPH:
+                        graph, moved = _graph(buf, field.start, field.end, path.name,
                                               min_tensor_bytes)
-                        parts.append(_delimited(_MODEL_GRAPH, graph))
+                        parts.append(length_delimited(_MODEL_GRAPH, graph))
                     else:
-                        parts.append(buf[field_start:field_end])
+                        parts.append(buf[field.field_start:field.end])
             except _Malformed:
                 return None
     return b"".join(parts) if moved else None
