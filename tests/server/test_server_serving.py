@@ -9,6 +9,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
@@ -363,6 +364,18 @@ def _selects(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
     return timeouts
 
 
+def _infer_in_a_row(server: AgentServer, count: int,
+                    answered: Callable[[int], object] = lambda _: None) -> None:
+    """`count` infer requests on one kept-alive connection, each sent once the last is
+    answered; `answered(i)` runs once the i-th is, the connection still open."""
+    with _connect(server) as sock:
+        reader = _Reader(sock)
+        for seed in range(count):
+            sock.sendall(_request("POST", INFER, infer_body(positive_inputs(1, seed=seed))))
+            assert reader.response()[0] == 200
+            answered(seed)
+
+
 def test_after_answering_the_loop_reads_the_next_request_without_sleeping(
     device: Device, models: Models, start_server: ServerFactory,
     monkeypatch: pytest.MonkeyPatch,
@@ -370,21 +383,24 @@ def test_after_answering_the_loop_reads_the_next_request_without_sleeping(
     device.install(models.good, version="1.0.0", sequence=1)
     server = start_server(config=replace(FAST, busy_poll_s=0.5))
     timeouts = _selects(monkeypatch)
-    with _connect(server) as sock:
-        reader = _Reader(sock)
-        for seed in range(4):
-            sock.sendall(_request("POST", INFER, infer_body(positive_inputs(1, seed=seed))))
-            assert reader.response()[0] == 200
-            if seed == 0:
-                timeouts.clear()  # from the first answer on
-        answered = list(timeouts)
-        # every request after the first was found by a look that did not sleep
-        assert answered and set(answered) == {0}
-        time.sleep(0.8)  # idle, past busy_poll_s: the loop sleeps between its timer ticks
-        idle_from = len(timeouts)
-        time.sleep(0.3)
-        idle = timeouts[idle_from:]
-        assert idle and 0 not in idle
+
+    seen: list[float | None] = []
+
+    def answered(i: int) -> None:
+        if i == 0:
+            timeouts.clear()  # from the first answer on
+        elif i == 3:
+            seen.extend(timeouts)
+
+    _infer_in_a_row(server, 4, answered)
+
+    # every request after the first was found by a look that did not sleep
+    assert seen and set(seen) == {0}
+    time.sleep(0.8)  # idle, past busy_poll_s: the loop sleeps between its timer ticks
+    idle_from = len(timeouts)
+    time.sleep(0.3)
+    idle = timeouts[idle_from:]
+    assert idle and 0 not in idle
 
 
 def test_with_busy_polling_off_the_loop_sleeps_between_requests(
@@ -394,9 +410,7 @@ def test_with_busy_polling_off_the_loop_sleeps_between_requests(
     device.install(models.good, version="1.0.0", sequence=1)
     server = start_server(config=replace(FAST, busy_poll_s=0.0))
     timeouts = _selects(monkeypatch)
-    with _connect(server) as sock:
-        reader = _Reader(sock)
-        for seed in range(3):
-            sock.sendall(_request("POST", INFER, infer_body(positive_inputs(1, seed=seed))))
-            assert reader.response()[0] == 200
+
+    _infer_in_a_row(server, 3)
+
     assert timeouts and 0 not in timeouts
