@@ -376,14 +376,25 @@ def _infer_in_a_row(server: AgentServer, count: int,
             answered(seed)
 
 
-def test_after_answering_the_loop_reads_the_next_request_without_sleeping(
+@pytest.fixture
+def watched(
     device: Device, models: Models, start_server: ServerFactory,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> Callable[[float], tuple[AgentServer, list[float | None]]]:
+    """A server with `busy_poll_s` set, and the timeouts of its loop's selects."""
     device.install(models.good, version="1.0.0", sequence=1)
-    server = start_server(config=replace(FAST, busy_poll_s=0.5))
-    timeouts = _selects(monkeypatch)
 
+    def start(busy_poll_s: float) -> tuple[AgentServer, list[float | None]]:
+        server = start_server(config=replace(FAST, busy_poll_s=busy_poll_s))
+        return server, _selects(monkeypatch)
+
+    return start
+
+
+def test_after_answering_the_loop_reads_the_next_request_without_sleeping(
+    watched: Callable[[float], tuple[AgentServer, list[float | None]]],
+) -> None:
+    server, timeouts = watched(0.5)
     seen: list[float | None] = []
 
     def answered(i: int) -> None:
@@ -404,12 +415,9 @@ def test_after_answering_the_loop_reads_the_next_request_without_sleeping(
 
 
 def test_with_busy_polling_off_the_loop_sleeps_between_requests(
-    device: Device, models: Models, start_server: ServerFactory,
-    monkeypatch: pytest.MonkeyPatch,
+    watched: Callable[[float], tuple[AgentServer, list[float | None]]],
 ) -> None:
-    device.install(models.good, version="1.0.0", sequence=1)
-    server = start_server(config=replace(FAST, busy_poll_s=0.0))
-    timeouts = _selects(monkeypatch)
+    server, timeouts = watched(0.0)
 
     _infer_in_a_row(server, 3)
 
