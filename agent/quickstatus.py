@@ -60,6 +60,7 @@ def main() -> None:
         from pathlib import Path
 
         from satchel.agent.quickinstall import run
+        from satchel.bundles.fastexit import exit_now
 
         state_dir, config_file, bundle, as_json = install
         exit_now(run(Path(state_dir), Path(config_file) if config_file else None, Path(bundle),
@@ -67,22 +68,6 @@ def main() -> None:
     from satchel.agent.cli import main as full_main
 
     full_main()
-
-
-def exit_now(code: int) -> None:
-    """End the process with `code` once what it printed and logged is out, without the
-    interpreter's teardown: unloading onnxruntime and every module takes ~35 ms of a small
-    bundle's ~230 ms install. What the install wrote is on disk and durable by then (it
-    survives a power cut at any moment, which ends a process more abruptly than this), no
-    other thread is running, and logging's flush is the only exit handler registered."""
-    import contextlib
-    import logging
-
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more to say
-            stream.flush()
-    logging.shutdown()
-    os._exit(code)
 
 
 def quick(argv: list[str]) -> int | None:

@@ -135,3 +135,18 @@ def main(
     if log_level or log_format:  # `serve` reads them with the other settings (config_of)
         configure_logs((log_level or "info").lower(), log_format or "text")
     ctx.obj = CliContext(data_dir=data_dir, url=url, token_file=token_file)
+
+
+def run() -> None:
+    """The `satchel` console script: the command line; a command that allows it (`bundle
+    build`) then ends without the interpreter's teardown (bundles/fastexit.py)."""
+    try:
+        main()  # standalone: it always ends by raising SystemExit
+    except SystemExit as e:
+        from satchel.manager.commands.common import fast_exit_requested
+
+        if fast_exit_requested():
+            from satchel.bundles.fastexit import exit_now
+
+            exit_now(e.code if isinstance(e.code, int) else int(e.code is not None))
+        raise

@@ -17,6 +17,7 @@ from satchel.bundles.manifest import HealthPolicy
 from satchel.bundles.timeutil import utcnow
 from satchel.manager.commands.common import (
     echo_json,
+    ends_fast,
     human_bytes,
     load_keys,
     passphrase_file_option,
@@ -215,6 +216,7 @@ def _progress_bar(total: int, label: str) -> Any:
               "(docs/DELTAS.md).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @refusals_exit_1
+@ends_fast
 def build_cmd(**opts: Any) -> None:
     """Build a signed bundle with the model, its smoke test and its health policy.
 

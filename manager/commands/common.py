@@ -46,6 +46,28 @@ def refusals_exit_1(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _FastExit:
+    requested = False  # set by a command whose results are durable when it returns
+
+
+def ends_fast(func: F) -> F:
+    """Let the `satchel` console script end without the interpreter's teardown once `func`
+    returns (bundles/fastexit.py): for commands that loaded a runtime and whose output is
+    written durably before they return."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        result = func(*args, **kwargs)
+        _FastExit.requested = True
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def fast_exit_requested() -> bool:
+    return _FastExit.requested
+
+
 PASSPHRASE_ENV = "SATCHEL_KEY_PASSPHRASE"
 
 passphrase_file_option = click.option(

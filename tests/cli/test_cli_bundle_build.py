@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import time
 from datetime import timedelta
@@ -322,3 +323,20 @@ def test_signing_key_that_is_not_a_key_is_refused(
 
     assert line == f"error: {shared_keydir / 'root.json'}: not a PEM private key"
     assert not out.exists()
+
+
+def test_the_console_script_ends_after_a_build_with_its_answer_out_and_the_bundle_durable(
+    cli: Cli, models: Models, shared_keydir: Path, tmp_path: Path
+) -> None:
+    # `satchel` skips the interpreter's teardown after a build (bundles/fastexit.py): what
+    # it printed must be whole, its exit code 0 and the bundle the one it describes
+    out = tmp_path / "b.satchel"
+
+    printed = cli.spawn(*_build_args(models.float_onnx, out, shared_keydir / "signing.key",
+                                     "--json")).ok()
+
+    report = json.loads(printed.stdout)
+    assert report["bundle_sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert report["bundle_bytes"] == out.stat().st_size
+    assert _unpack(out, shared_keydir, tmp_path / "staged").version == "2.0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.satchel", "staged"]  # no temp
