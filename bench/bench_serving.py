@@ -8,8 +8,10 @@ with the model installed by the real installer; `mlserver start` with the onnxru
 class of `bench/mlserver_onnx.py`, in-process inference as MLServer runs it with
 `parallel_workers: 0`, both with the agent's intra-op threads per run). The load comes from wrk in
 another process: keep-alive connections posting the same JSON infer request for a fixed
-time, at concurrency 1 and 8, after a warm-up. Two models: a small ONNX MLP 64-512-10 and a
-~21 MB one (1024-5120-10), float32, realistic random weights, batch 1.
+time, at concurrency 1 and 8, after a warm-up, in rounds in which the servers take turns
+(both are up throughout); each figure is the median over the rounds. Two models: a small
+ONNX MLP 64-512-10 and a ~21 MB one (1024-5120-10), float32, realistic random weights,
+batch 1.
 
 Reported per server and model: requests/s, p50/p90/p99/max latency, server memory (VmHWM,
 VmRSS of its processes), time from exec to ready, and the machine's idle share and the share
@@ -29,6 +31,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -235,27 +238,54 @@ def wrk(port: int, body_file: Path, connections: int, seconds: float) -> dict[st
     }
 
 
-def measure(server: Running, body_file: Path, seconds: float, warmup_s: float) -> dict[str, Any]:
-    """Warm up, then every concurrency in turn; the server's memory, CPU and the machine."""
-    wrk(server.port, body_file, max(CONCURRENCY), warmup_s)
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One figure per measure over rounds of the same (server, concurrency): the medians."""
+    out: dict[str, Any] = {"connections": runs[0]["connections"], "rounds": len(runs)}
+    for key in ("rps", "p50_ms", "p90_ms", "p99_ms", "max_ms"):
+        out[key] = round(statistics.median(r[key] for r in runs), 4)
+    out["requests"] = sum(r["requests"] for r in runs)
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["p99_over_p50"] = round(out["p99_ms"] / max(1e-9, out["p50_ms"]), 2)
+    out["rps_runs"] = [r["rps"] for r in runs]
+    return out
+
+
+def measure(servers: list[Running], body_file: Path, seconds: float, warmup_s: float,
+            rounds: int) -> dict[str, dict[str, Any]]:
+    """Warm every server up, then `rounds` rounds of every concurrency, the servers taking
+    turns within each (a neighbour's burst or the host's drift then lands on both sides, not
+    on whichever ran in that minute); medians per server and concurrency, each server's
+    memory, CPU and the machine."""
+    for server in servers:
+        wrk(server.port, body_file, max(CONCURRENCY), warmup_s)
     wait_for_quiet(timeout_s=30.0)
-    runs: dict[str, Any] = {}
-    cpu_before = _cpu_s(server.proc.pid)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        s.name: {f"c{c}": [] for c in CONCURRENCY} for s in servers}
+    own_cpu = {s.name: 0.0 for s in servers}
     with Quiet() as quiet:
-        for c in CONCURRENCY:
-            runs[f"c{c}"] = wrk(server.port, body_file, c, seconds)
-        quiet.extra_own_cpu_s = _cpu_s(server.proc.pid) - cpu_before
+        for _ in range(rounds):
+            for c in CONCURRENCY:
+                for server in servers:
+                    before = _cpu_s(server.proc.pid)
+                    runs[server.name][f"c{c}"].append(
+                        wrk(server.port, body_file, c, seconds / rounds))
+                    own_cpu[server.name] += _cpu_s(server.proc.pid) - before
+        quiet.extra_own_cpu_s = sum(own_cpu.values())
+    machine = quiet.report()
     return {
-        **runs,
-        "startup_to_ready_s": round(server.ready_s, 3),
-        "memory": _memory_mb(server.proc.pid),
-        "server_cpu_s": round(quiet.extra_own_cpu_s, 2),
-        "machine": quiet.report(),
+        s.name: {
+            **{key: _median_run(value) for key, value in runs[s.name].items()},
+            "startup_to_ready_s": round(s.ready_s, 3),
+            "memory": _memory_mb(s.proc.pid),
+            "server_cpu_s": round(own_cpu[s.name], 2),
+            "machine": machine,
+        }
+        for s in servers
     }
 
 
 def bench_model(name: str, in_dim: int, hidden: int, work: Path, seconds: float,
-                warmup_s: float, with_mlserver: bool) -> dict[str, Any]:
+                warmup_s: float, with_mlserver: bool, rounds: int) -> dict[str, Any]:
     device = BenchDevice(work / name, in_dim, hidden)
     model_file = device.model(seed=1)
     device.install(device.build(model_file)[0], in_process=True)
@@ -269,15 +299,14 @@ def bench_model(name: str, in_dim: int, hidden: int, work: Path, seconds: float,
         "model_mb": round(model_file.stat().st_size / 1e6, 1),
         "runtime": runtime_ms(model_file, in_dim),  # bench/serving_profile.py
     }
-    starters = [("satchel", lambda: start_satchel(device.state_dir, work / f"{name}-satchel.log"))]
-    if with_mlserver:
-        starters.append(("mlserver", lambda: start_mlserver(
-            model_file, work / f"{name}-mls", work / f"{name}-mlserver.log")))
-    for server_name, start in starters:
-        server = start()
-        try:
-            result[server_name] = measure(server, body_file, seconds, warmup_s)
-        finally:
+    servers = [start_satchel(device.state_dir, work / f"{name}-satchel.log")]
+    try:
+        if with_mlserver:
+            servers.append(start_mlserver(model_file, work / f"{name}-mls",
+                                          work / f"{name}-mlserver.log"))
+        result.update(measure(servers, body_file, seconds, warmup_s, rounds))
+    finally:
+        for server in servers:
             server.stop()
     return result
 
@@ -367,8 +396,11 @@ def goals(models: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="per server and concurrency, over all rounds")
     parser.add_argument("--warmup-s", type=float, default=2.0)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="rounds per concurrency, the servers taking turns in each")
     parser.add_argument("--no-mlserver", action="store_true")
     parser.add_argument("--models", nargs="*", choices=sorted(MODELS), default=list(MODELS))
     args = parser.parse_args(argv)
@@ -379,13 +411,14 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.models:
             in_dim, hidden = MODELS[name]
             r = bench_model(name, in_dim, hidden, Path(tmp), args.seconds, args.warmup_s,
-                            not args.no_mlserver)
+                            not args.no_mlserver, args.rounds)
             if "mlserver" in r:
                 r["vs_mlserver"] = _ratios(r["satchel"], r["mlserver"])
             models[name] = r
     result: dict[str, Any] = {
         "load": f"wrk, 1 thread, keep-alive, {args.seconds:g} s per concurrency "
-                f"{', '.join(map(str, CONCURRENCY))}, same JSON request",
+                f"{', '.join(map(str, CONCURRENCY))} in {args.rounds} rounds, the servers "
+                "taking turns in each (medians), same JSON request",
         "mlserver": f"MLServer {MLSERVER_VERSION}, parallel_workers 0, bench/mlserver_onnx.py",
         "runtime_threads": DEFAULT_CONFIG.runtime_threads or "onnxruntime's default",
         "models": models,
