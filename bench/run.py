@@ -441,8 +441,9 @@ def render_build(r: dict[str, Any]) -> list[str]:
         "| measure | value | goal |",
         "|---|---|---|",
         f"| build wall | {_f(b['wall_s'])} s (startup {_f(b['startup_s'])} s) | |",
-        f"| session load alone ({r.get('shipped_layout', 'single file')}, as the build "
-        f"loads it) | {_f(load['s'])} s (import {_f(load['import_s'])} s), "
+        f"| session load alone (the model file, as the build loads it; shipped as "
+        f"{r.get('shipped_layout', 'single file')}) | {_f(load['s'])} s (import "
+        f"{_f(load['import_s'])} s), "
         f"peak RSS {_f(load['peak_rss_mb'], 0)} MB | |",
         f"| anchors | {_f(a['s'])} s (tar \\| zstd {_f(a['tar_zstd_s'])} s, sha256 "
         f"{_f(a['sha256_model_s'])} + {_f(a['sha256_bundle_s'])} s) | |",
