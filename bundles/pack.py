@@ -233,6 +233,15 @@ def head_room(sizes: list[int], chunk_size: int | None, extra: int = 0) -> int:
     return room + padding(room)
 
 
+def in_place_room(sizes: list[int], chunk_size: int | None, extra: int = 0) -> int:
+    """The room to pack a body of payloads of `sizes` in place behind (`head_room`), or 0 to
+    pack it through a temporary file: below `IN_PLACE_MIN_BYTES`, copying costs less than the
+    room's padding weighs in a small bundle."""
+    if sum(sizes) < IN_PLACE_MIN_BYTES:
+        return 0
+    return head_room(sizes, chunk_size, extra)
+
+
 def _member(name: str, data: bytes, mtime: int) -> bytes:
     return encode_header(name, len(data), mtime) + data + b"\0" * padding(len(data))
 
@@ -317,8 +326,8 @@ class BundleBody:
     compresses the big ones first, on another thread.
 
     The body goes into a temporary file, or with `into` (the bundle file itself, empty and
-    seekable) straight into it `room` bytes from its start (`head_room`), where `write` puts
-    the head when `out` is that same file."""
+    seekable) and a `room` (`in_place_room`; 0: the temporary file) straight into it `room`
+    bytes from its start, where `write` puts the head when `out` is that same file."""
 
     def __init__(
         self,
@@ -339,12 +348,13 @@ class BundleBody:
         self._mtime = mtime
         self._chunk_size = chunk_size
         self._options = options
-        if into is None:
+        if room < 0 or room % BLOCK:
+            raise ValueError(f"head room of {room} bytes is not whole tar blocks")
+        if into is None or room == 0:
             self._file: BinaryIO = tempfile.TemporaryFile(dir=tmp_dir)  # noqa: SIM115
             self._start = 0
+            into = None
         else:
-            if room <= 0 or room % BLOCK:
-                raise ValueError(f"head room of {room} bytes is not whole tar blocks")
             self._file = into
             self._start = room
             into.seek(room)
@@ -482,10 +492,10 @@ def write_bundle(
     mtime = int(manifest.created.timestamp())
     chunk_size = index_chunk_size(payloads, options)
     into, room = None, 0
-    sizes = [p.size() for p in payloads]
-    if sum(sizes) >= IN_PLACE_MIN_BYTES and _seekable(out) and out.tell() == 0:
-        into = out  # the body straight into `out`, behind its head
-        room = head_room(sizes, chunk_size, len(manifest.to_bytes()))
+    if _seekable(out) and out.tell() == 0:  # the body straight into `out`, behind its head
+        into = out
+        room = in_place_room([p.size() for p in payloads], chunk_size,
+                             len(manifest.to_bytes()))
     with BundleBody(mtime, chunk_size, options, tmp_dir, encryption, into=into,
                     room=room) as body:
         for p in payloads:

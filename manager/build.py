@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -60,13 +60,7 @@ from satchel.bundles.manifest import (
     SmokeTest,
     TensorInfo,
 )
-from satchel.bundles.pack import (
-    IN_PLACE_MIN_BYTES,
-    BundleBody,
-    Payload,
-    head_room,
-    index_chunk_size,
-)
+from satchel.bundles.pack import BundleBody, Payload, in_place_room, index_chunk_size
 from satchel.bundles.smoke import (
     DEFAULT_CHECKS,
     Agreement,
@@ -792,7 +786,7 @@ def _runtime_name(path: Path) -> str:
 class _BundleFile:
     """The bundle being written at `out`'s temporary name: its payloads packed by `body`
     straight into it behind room for the head (bundles/pack.py `head_room`), so nothing is
-    copied at the end (a model of `IN_PLACE_MIN_BYTES` or more; a smaller one is copied).
+    copied at the end (`in_place_room`: a smaller model is copied).
     `finish` writes the head and makes the file `out` (fsync, rename) while a thread reads it
     back for its sha256; leaving without `finish` removes it.
     Raises BuildError when the folder or the file cannot be written."""
@@ -806,21 +800,18 @@ class _BundleFile:
             out.parent.mkdir(parents=True, exist_ok=True)
             # the chunk index sized by the model's files (the smoke data is small beside them)
             chunk_size = index_chunk_size(payloads, options)
-            sizes = [p.size() for p in payloads]
-            room = head_room([*sizes, 0, 0], chunk_size)
+            room = in_place_room([*(p.size() for p in payloads), 0, 0], chunk_size)
             self._writer = atomic_writer(out)
             self._file = self._writer.__enter__()
         except OSError as e:
             raise BuildError(f"cannot write bundle {out}: {e.strerror or e}") from e
-        in_place = sum(sizes) >= IN_PLACE_MIN_BYTES
         try:
             self.body = BundleBody(int(created.timestamp()), chunk_size, options,
                                    tmp_dir=out.parent, encryption=encryption,
-                                   into=self._file if in_place else None,
-                                   room=room if in_place else 0)
+                                   into=self._file, room=room)
         except BaseException as e:
             self._abandon(e)
-            raise self._wrapped(e) from e
+            self._raise(e)
 
     def finish(self, manifest: Manifest, keys: list[SigningKey]) -> Manifest:
         """Sign and write the head, make the bundle durable at `out`; the final manifest.
@@ -836,7 +827,7 @@ class _BundleFile:
                 self._abandon(e)
             elif self.hasher is not None:
                 self.hasher.join()
-            raise self._wrapped(e) from e
+            self._raise(e)
         return final
 
     def sha256(self) -> str:
@@ -850,10 +841,12 @@ class _BundleFile:
             self.hasher.join()
         self._writer.__exit__(type(error), error, error.__traceback__)  # removes the file
 
-    def _wrapped(self, error: BaseException) -> BaseException:
+    def _raise(self, error: BaseException) -> NoReturn:
+        """Raise `error`, an OSError as the BuildError saying the bundle cannot be written."""
         if isinstance(error, OSError):
-            return BuildError(f"cannot write bundle {self._out}: {error.strerror or error}")
-        return error
+            raise BuildError(f"cannot write bundle {self._out}: {error.strerror or error}") \
+                from error
+        raise error
 
     def __enter__(self) -> _BundleFile:
         return self
