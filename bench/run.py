@@ -31,7 +31,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
     "variants": ("bench.bench_variants", [], ["--requests", "500", "--picks", "5000",
                                               "--switches", "6"]),
     "staging": ("bench.bench_staging", [], ["--seconds", "2", "--phases", "2", "--repeats", "2"]),
-    "serving": ("bench.bench_serving", [], ["--seconds", "4"]),
+    "serving": ("bench.bench_serving", [], ["--seconds", "4", "--probe-seconds", "2"]),
     "checkin-postgres": ("bench.bench_checkin", ["--db", "postgres", "--devices", "100000"],
                          ["--db", "postgres", "--seconds", "8"]),
     "build": ("bench.bench_build", ["--mb", "200", "--repeat", "3"],

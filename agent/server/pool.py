@@ -1,9 +1,11 @@
 """The inference pool: a few threads that run infer calls off the event loop, batching
 the calls that wait together.
 
-A worker takes the oldest waiting call and, with it, every call already waiting (up to
-`max_batch`), so a lone request never waits for company, and under load requests for the
-same release and input shapes run as one batch (`InferenceService.infer_many`). Sized to
+A worker takes the oldest waiting call and, with it, the calls already waiting (up to
+`max_batch`) when running them as one batch has been cheaper per call than running them
+alone (agent.server.batching learns which, per model), so a lone request never waits for
+company, and under load requests for the same release and input shapes run as one batch
+(`InferenceService.infer_many`). Sized to
 the machine's cores: onnxruntime and TFLite release the GIL while they run, and more threads
 than cores would only queue for it.
 """
@@ -16,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from satchel.agent.server.batching import BatchChooser
 from satchel.agent.server.endpoints import decode_body, infer_response
 from satchel.agent.server.errors import RequestError
 from satchel.agent.server.http import Response, error_response
@@ -51,7 +54,8 @@ class InferencePool:
             raise ValueError("an inference pool needs at least one worker and a batch of one")
         self._service = service
         self._done = done
-        self._max_batch = max_batch
+        self.batching = BatchChooser(max_batch)
+        self._batching_lock = threading.Lock()
         self._max_body_bytes = max_body_bytes
         self._queue: queue.SimpleQueue[InferJob | None] = queue.SimpleQueue()
         self.threads = [
@@ -97,19 +101,27 @@ class InferencePool:
                 return
             jobs = [job]
             stopping = False
-            while len(jobs) < self._max_batch:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                jobs.append(more)
+            model = (job.call.channel, job.call.version)
+            waiting = self._queue.qsize()
+            if waiting:
+                with self._batching_lock:
+                    take = self.batching.size(model, 1 + waiting)
+                while len(jobs) < take:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is None:
+                        stopping = True
+                        break
+                    jobs.append(more)
+            started = time.perf_counter()
             try:
                 self._done(list(zip(jobs, self._answer(jobs), strict=True)))
             except Exception:  # a bug must cost these requests, never the pool
                 log.exception("answering %d infer request(s) failed", len(jobs))
+            with self._batching_lock:
+                self.batching.ran(model, len(jobs), time.perf_counter() - started)
             if stopping:
                 return
 
