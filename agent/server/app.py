@@ -177,8 +177,8 @@ class AgentServer:
         self.monitor.poke()
 
     def healthy(self) -> bool:
-        """True while every thread of the server runs and the event loop is not held by an
-        infer request past `inline_stall_s` (what the systemd watchdog checks)."""
+        """True while every thread of the server runs and no infer run, in the event loop or
+        a pool worker, has gone past `inline_stall_s` (what the systemd watchdog checks)."""
         if self._loop is not None and self._loop.stalled(time.monotonic(),
                                                          self.config.inline_stall_s):
             return False
@@ -253,9 +253,9 @@ def serve(
                 sdnotify.watchdog()
                 warned = False
             elif not warned:
-                log.error("the server is not healthy (a thread ended, or one infer request "
-                          "has held the event loop for over %g s): the systemd watchdog is "
-                          "no longer told it is alive", server.config.inline_stall_s)
+                log.error("the server is not healthy (a thread ended, or one infer run has "
+                          "gone on for over %g s): the systemd watchdog is no longer told "
+                          "it is alive", server.config.inline_stall_s)
                 warned = True
     finally:
         sdnotify.stopping()

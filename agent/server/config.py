@@ -54,9 +54,10 @@ class ServerConfig:
     acceleration: Acceleration = CPU  # execution providers and delegates (the agent's settings)
     socket_mode: int = 0o660  # permissions of the Unix socket
     stop_timeout_s: float = 5.0  # seconds to wait for worker threads when stopping
-    inline_stall_s: float = 20.0  # seconds an infer request run in the event loop may take
-    # before the server calls itself unhealthy: systemd's watchdog (WatchdogSec=30) then
-    # restarts the service, and the crash-loop rule rolls back a model that hangs
+    inline_stall_s: float = 20.0  # seconds one infer run may take, in the event loop or in a
+    # pool worker, before the server calls itself unhealthy: systemd's watchdog
+    # (WatchdogSec=30) then restarts the service, and the crash-loop rule rolls back a model
+    # that hangs
     variants: VariantSettings = DEFAULT_VARIANT_SETTINGS  # the agent's `[variants]` settings
 
 

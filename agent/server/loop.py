@@ -344,10 +344,13 @@ class HttpLoop:
         return True
 
     def stalled(self, now: float, limit_s: float) -> bool:
-        """Whether an infer request has been running in the loop for over `limit_s` seconds
-        at monotonic time `now` (a model that hangs holds every socket). Any thread."""
+        """Whether an infer request has been running in the loop (where a model that hangs
+        holds every socket) or in a pool worker for over `limit_s` seconds at monotonic
+        time `now`. Any thread."""
         started = self.inline_started
-        return started is not None and now - started > limit_s
+        if started is not None and now - started > limit_s:
+            return True
+        return self.pool.stalled(now, limit_s)
 
     def _inline(self, call: InferCall) -> bool:
         """Whether to run `call` here in the loop rather than in the pool: when the pool has

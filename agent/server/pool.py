@@ -59,9 +59,13 @@ class InferencePool:
         self._max_body_bytes = max_body_bytes
         self._queue: queue.SimpleQueue[InferJob | None] = queue.SimpleQueue()
         self.threads = [
-            threading.Thread(target=self._work, name=f"satchel-inference-{i}", daemon=True)
+            threading.Thread(target=self._work, args=(i,), name=f"satchel-inference-{i}",
+                             daemon=True)
             for i in range(workers)
         ]
+        # per worker, the monotonic time its current batch started (None: waiting); read by
+        # other threads (`stalled`)
+        self._running_since: list[float | None] = [None] * workers
 
     def start(self) -> None:
         for thread in self.threads:
@@ -86,6 +90,12 @@ class InferencePool:
             log.exception("infer request failed")
             return error_response(500, f"internal error: {type(e).__name__}", close=True)
 
+    def stalled(self, now: float, limit_s: float) -> bool:
+        """Whether a worker has been running one batch for over `limit_s` seconds at
+        monotonic time `now` (a model that hangs in its runtime). Any thread."""
+        return any(since is not None and now - since > limit_s
+                   for since in self._running_since)
+
     def stop(self, timeout_s: float) -> None:
         """Let the workers finish the calls they run, then end them."""
         for _ in self.threads:
@@ -94,7 +104,7 @@ class InferencePool:
             if thread.is_alive():
                 thread.join(timeout_s)
 
-    def _work(self) -> None:
+    def _work(self, worker: int) -> None:
         while True:
             job = self._queue.get()
             if job is None:
@@ -116,10 +126,13 @@ class InferencePool:
                         break
                     jobs.append(more)
             started = time.perf_counter()
+            self._running_since[worker] = time.monotonic()
             try:
                 self._done(list(zip(jobs, self._answer(jobs), strict=True)))
             except Exception:  # a bug must cost these requests, never the pool
                 log.exception("answering %d infer request(s) failed", len(jobs))
+            finally:
+                self._running_since[worker] = None
             with self._batching_lock:
                 self.batching.ran(model, len(jobs), time.perf_counter() - started)
             if stopping:

@@ -350,6 +350,43 @@ def test_a_model_that_hangs_in_the_loop_makes_the_server_unhealthy_for_the_watch
     wait_for(server.healthy, 5)  # the loop turns again: healthy
 
 
+def test_a_model_that_hangs_in_a_pool_worker_makes_the_server_unhealthy_for_the_watchdog(
+    device: Device, models: Models, start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from satchel.agent.server import loop
+
+    monkeypatch.setattr(loop, "INLINE_MAX_BODY_BYTES", 0)  # every request goes to the pool
+    device.install(models.good, version="1.0.0", sequence=1)
+    server = start_server(config=replace(FAST, inline_stall_s=0.3))
+    serving = server.registry.get(CHANNEL)
+    assert serving is not None
+    real_run, release, entered = serving.model.run, threading.Event(), threading.Event()
+    ran_on: list[str] = []
+
+    def hanging_run(feeds: dict[str, Any]) -> dict[str, Any]:
+        ran_on.append(threading.current_thread().name)
+        entered.set()
+        release.wait(30)  # a model stuck in its runtime, until the test lets it go
+        return real_run(feeds)
+
+    serving.model.run = hanging_run  # type: ignore[method-assign]
+    x = positive_inputs(1, seed=3)
+    answers: list[int] = []
+    client = threading.Thread(target=lambda: answers.append(requests.post(
+        f"{server.url}{INFER}", data=infer_body(x), timeout=60).status_code))
+    client.start()
+    try:
+        assert entered.wait(10)
+        assert ran_on[0].startswith("satchel-inference-")
+        assert server.healthy()  # held, but not yet past the limit
+        wait_for(lambda: not server.healthy(), 5)  # past it: systemd stops being told alive
+    finally:
+        release.set()
+        client.join(30)
+    assert answers == [200]
+    wait_for(server.healthy, 5)  # the worker is free again: healthy
+
+
 def _selects(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
     """The timeout of every `select` the event loop's thread makes, from now on."""
     real = selectors.EpollSelector.select
