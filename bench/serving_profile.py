@@ -47,12 +47,25 @@ def runtime_ms(model_file: Path, in_dim: int, seconds: float = 3.0) -> dict[str,
             "p50_ms": round(statistics.median(times), 4), "runs": len(times)}
 
 
-def arithmetic(runtime: float, ours_rps: float, theirs_rps: float) -> dict[str, float]:
+def arithmetic(runtime: float, ours_rps: float, theirs_rps: float,
+               floor_rps: float | None = None) -> dict[str, float]:
     """The requests/s ratio at one client, split into runtime and overheads (ms per request;
-    each server's time per request is 1000 / its requests/s)."""
+    each server's time per request is 1000 / its requests/s). With `floor_rps`, the
+    requests/s of a server that does no work (bench/tail_probe.py) under the same client,
+    the overheads are also split into the client's and the host's share (the floor's time
+    per request) and each server's own."""
     ours, theirs = 1000.0 / ours_rps, 1000.0 / theirs_rps
     o_ours, o_theirs = max(ours - runtime, 1e-9), max(theirs - runtime, 0.0)
-    return {
+    own: dict[str, float] = {}
+    if floor_rps:
+        floor = 1000.0 / floor_rps
+        own_ours, own_theirs = max(o_ours - floor, 1e-9), max(o_theirs - floor, 0.0)
+        own = {"floor_ms": round(floor, 4), "own_ours_ms": round(own_ours, 4),
+               "own_theirs_ms": round(own_theirs, 4),
+               "ratio_own_overhead": round(own_theirs / own_ours, 2),
+               # a server of ours doing nothing but the run: R + F per request
+               "ratio_bound_at_no_own_time": round(theirs / (runtime + floor), 2)}
+    return {**own,
         "runtime_ms": round(runtime, 4),
         "ours_ms": round(ours, 4),
         "theirs_ms": round(theirs, 4),
