@@ -319,43 +319,11 @@ def test_a_model_that_holds_the_loop_too_long_twice_runs_in_the_pool_for_a_while
     assert all(name.startswith("satchel-inference-") for name in threads if name != "satchel-http")
 
 
-def test_a_model_that_hangs_in_the_loop_makes_the_server_unhealthy_for_the_watchdog(
-    device: Device, models: Models, start_server: ServerFactory,
-) -> None:
-    device.install(models.good, version="1.0.0", sequence=1)
-    server = start_server(config=replace(FAST, inline_stall_s=0.3))
-    serving = server.registry.get(CHANNEL)
-    assert serving is not None
-    real_run, release, entered = serving.model.run, threading.Event(), threading.Event()
-
-    def hanging_run(feeds: dict[str, Any]) -> dict[str, Any]:
-        entered.set()
-        release.wait(30)  # a model stuck in its runtime, until the test lets it go
-        return real_run(feeds)
-
-    serving.model.run = hanging_run  # type: ignore[method-assign]
-    x = positive_inputs(1, seed=3)
-    answers: list[int] = []
-    client = threading.Thread(target=lambda: answers.append(requests.post(
-        f"{server.url}{INFER}", data=infer_body(x), timeout=60).status_code))
-    client.start()
-    try:
-        assert entered.wait(10)
-        assert server.healthy()  # held, but not yet past the limit
-        wait_for(lambda: not server.healthy(), 5)  # past it: systemd stops being told alive
-    finally:
-        release.set()
-        client.join(30)
-    assert answers == [200]
-    wait_for(server.healthy, 5)  # the loop turns again: healthy
-
-
-def test_a_model_that_hangs_in_a_pool_worker_makes_the_server_unhealthy_for_the_watchdog(
-    device: Device, models: Models, start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from satchel.agent.server import loop
-
-    monkeypatch.setattr(loop, "INLINE_MAX_BODY_BYTES", 0)  # every request goes to the pool
+def _hang_one_request(device: Device, models: Models, start_server: ServerFactory) -> str:
+    """One infer request to a model stuck in its runtime: the server stays healthy while
+    the run is within `inline_stall_s` (0.3 s), turns unhealthy past it (systemd stops being
+    told it is alive), and healthy again once the run ends and is answered. The name of
+    the thread the run was on."""
     device.install(models.good, version="1.0.0", sequence=1)
     server = start_server(config=replace(FAST, inline_stall_s=0.3))
     serving = server.registry.get(CHANNEL)
@@ -377,14 +345,29 @@ def test_a_model_that_hangs_in_a_pool_worker_makes_the_server_unhealthy_for_the_
     client.start()
     try:
         assert entered.wait(10)
-        assert ran_on[0].startswith("satchel-inference-")
         assert server.healthy()  # held, but not yet past the limit
         wait_for(lambda: not server.healthy(), 5)  # past it: systemd stops being told alive
     finally:
         release.set()
         client.join(30)
     assert answers == [200]
-    wait_for(server.healthy, 5)  # the worker is free again: healthy
+    wait_for(server.healthy, 5)  # the run is over: healthy
+    return ran_on[0]
+
+
+def test_a_model_that_hangs_in_the_loop_makes_the_server_unhealthy_for_the_watchdog(
+    device: Device, models: Models, start_server: ServerFactory,
+) -> None:
+    assert _hang_one_request(device, models, start_server) == "satchel-http"
+
+
+def test_a_model_that_hangs_in_a_pool_worker_makes_the_server_unhealthy_for_the_watchdog(
+    device: Device, models: Models, start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from satchel.agent.server import loop
+
+    monkeypatch.setattr(loop, "INLINE_MAX_BODY_BYTES", 0)  # every request goes to the pool
+    assert _hang_one_request(device, models, start_server).startswith("satchel-inference-")
 
 
 def _selects(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
