@@ -32,6 +32,7 @@ BENCHES: dict[str, tuple[str, list[str], list[str]]] = {
                                               "--switches", "6"]),
     "staging": ("bench.bench_staging", [], ["--seconds", "2", "--phases", "2", "--repeats", "2"]),
     "serving": ("bench.bench_serving", [], ["--seconds", "4", "--probe-seconds", "2"]),
+    "batch-costs": ("bench.batch_costs", [], ["--seconds", "0.5"]),
     "checkin-postgres": ("bench.bench_checkin", ["--db", "postgres", "--devices", "100000"],
                          ["--db", "postgres", "--seconds", "8"]),
     "build": ("bench.bench_build", ["--mb", "200", "--repeat", "3"],
@@ -629,6 +630,34 @@ def render_delta(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_batch_costs(r: dict[str, Any]) -> list[str]:
+    machine = r.get("machine", {})
+    layouts = [k for k in r if k.startswith(("prepacked", "not prepacked"))]
+    batches = list(next(iter(r[layouts[0]].values()))) if layouts else []
+    lines = [
+        "## What a batch costs the runtime (issue 14)",
+        "",
+        f"`python -m bench.batch_costs`: onnxruntime in-process on the {r.get('model')}, "
+        f"{r.get('intra_op_threads')} intra-op thread per session, rows per second by batch "
+        "size, one or two threads calling `run` on the same session. The agent maps large "
+        "models' weights from the file and runs them with prepacking off, so a batched "
+        "product packs the weight matrix again: why the inference pool learns per model "
+        "whether a batch pays (agent/server/batching.py) instead of batching whatever waits.",
+        "",
+        "| weights | callers | " + " | ".join(batches) + " |",
+        "|---|---|" + "---|" * len(batches),
+    ]
+    for layout in layouts:
+        for callers, by_batch in r[layout].items():
+            single = by_batch.get("batch 1") or 1
+            cells = [f"{v:,} ({v / single:.2f}x)" for v in by_batch.values()]
+            lines.append(f"| {layout} | {callers} | " + " | ".join(cells) + " |")
+    lines += ["", f"Rows/s (against batch 1). CPUs idle during the run: "
+              f"{machine.get('idle_share', 0):.0%} of {machine.get('cpus', '?')}; other "
+              f"processes used {machine.get('others_share', 0):.0%}."]
+    return lines
+
+
 RENDERERS = {
     "delta": render_delta,
     "encryption": render_encryption,
@@ -638,6 +667,7 @@ RENDERERS = {
     "hotswap": render_hotswap,
     "variants": render_variants,
     "serving": render_serving,
+    "batch-costs": render_batch_costs,
     "checkin-postgres": render_checkin,
     "checkin-sqlite": render_checkin,
     "build": render_build,
@@ -657,6 +687,7 @@ SECTION_HEADINGS: dict[str, str] = {
     "variants": "## Variants",
     "staging": "## staging",
     "serving": "## Serving against MLServer",
+    "batch-costs": "## What a batch costs",
     "checkin-postgres": "## Manager check-ins on PostgreSQL",
     "build": "## Bundle build",
     "checkin-sqlite": "## Manager check-ins on SQLite",
