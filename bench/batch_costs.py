@@ -1,5 +1,5 @@
 """What a batch costs onnxruntime, in-process: rows/s per batch size, with the weights
-prepacked (a model loaded from its own bytes) and not (the agent's mapped weights:
+prepacked and not (the agent's mapped weights when one tensor holds over 1/8 of them:
 agent.runtimes.onnx turns prepacking off), one and two threads calling `run`.
 
 Why agent/server/batching.py learns per model whether to batch: with prepacking off, a
@@ -8,13 +8,18 @@ row than single runs.
 
 `python -m bench.batch_costs [--seconds S]` prints one JSON object: the bench_serving 21 MB
 MLP (1024-5120-10, float32), 1 intra-op thread per session as the agent runs it, and the
-machine's idle share while it ran.
+machine's idle share while it ran. Then a stack of 8 like layers (2048 x 2048 float32, 128
+MiB, no tensor over 1/8 of the weights) loaded as the agent loads it (its weights mapped
+from the file, prepacked: agent.runtimes.onnx) and with prepacking forced off, each in a
+fresh process: rows/s, and the memory it grows by at its peak and once it has run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -24,10 +29,53 @@ from typing import Any
 import numpy as np
 
 from bench.machine import Quiet, wait_for_quiet
-from satchel.manager.modelgen import INPUT_NAME, make_mlp_weights, onnx_mlp
+from satchel.manager.modelgen import INPUT_NAME, make_mlp_weights, onnx_matmul_stack, onnx_mlp
 
 BATCHES = (1, 2, 4, 8)
 CALLERS = (1, 2)
+STACK = (8, 2048)  # layers, width
+
+# In a fresh process: the agent's loading of a model (prepacking as it decides, or forced
+# off), its memory growth at the peak and once run, then rows/s per batch size.
+AS_THE_AGENT_LOADS = """
+import json, sys, time
+import numpy as np, onnxruntime
+from pathlib import Path
+from satchel.agent.runtimes import onnx
+
+path, prepack, width, seconds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+if prepack == "off":
+    onnx._prepack_pays = lambda model: False
+onnx._EXTERNAL_DATA_SCAN_BYTES = 0  # any size: mapped as a large model is
+
+def kib(name):
+    for line in open("/proc/self/status"):
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+
+open("/proc/self/clear_refs", "w").write("5")
+before = kib("VmRSS")
+model = onnx.OnnxRuntimeAdapter().load(path, threads=1)
+model.run({"input": np.ones((1, width), np.float32)})
+out = {"peak_growth_mib": round((kib("VmHWM") - before) / 1024, 1),
+       "in_use_growth_mib": round((kib("VmRSS") - before) / 1024, 1)}
+for batch in (1, 2, 4, 8):
+    x = np.ones((batch, width), np.float32)
+    model.run({"input": x})
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        model.run({"input": x})
+        runs += 1
+    out[f"batch {batch}"] = round(runs * batch / (time.perf_counter() - started))
+print(json.dumps(out))
+"""
+
+
+def as_the_agent_loads(model: Path, prepack: str, width: int, seconds: float) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", AS_THE_AGENT_LOADS, str(model), prepack,
+                           str(width), str(seconds)],
+                          capture_output=True, text=True, check=True, timeout=600)
+    return dict(json.loads(done.stdout))
 
 
 def _session(model: Path, prepack: bool) -> Any:
@@ -81,6 +129,15 @@ def main(argv: list[str] | None = None) -> None:
                         f"batch {b}": round(rows_per_s(session, b, callers, args.seconds))
                         for b in BATCHES}
                     for callers in CALLERS}
+            layers, width = STACK
+            stack = onnx_matmul_stack(Path(tmp) / "stack.onnx", layers, width)
+            out["stack"] = {
+                "model": f"ONNX {layers} x MatMul {width}x{width} + ReLU, float32 "
+                         f"({stack.stat().st_size >> 20} MiB)",
+                "as the agent loads it (prepacked)": as_the_agent_loads(
+                    stack, "on", width, args.seconds),
+                "prepacking off": as_the_agent_loads(stack, "off", width, args.seconds),
+            }
         out["machine"] = quiet.report()
     print(json.dumps(out, indent=2))
 

@@ -640,9 +640,10 @@ def render_batch_costs(r: dict[str, Any]) -> list[str]:
         f"`python -m bench.batch_costs`: onnxruntime in-process on the {r.get('model')}, "
         f"{r.get('intra_op_threads')} intra-op thread per session, rows per second by batch "
         "size, one or two threads calling `run` on the same session. The agent maps large "
-        "models' weights from the file and runs them with prepacking off, so a batched "
-        "product packs the weight matrix again: why the inference pool learns per model "
-        "whether a batch pays (agent/server/batching.py) instead of batching whatever waits.",
+        "models' weights from the file; where one tensor holds over 1/8 of them (this "
+        "model: one matrix) it runs them with prepacking off, so a batched product packs "
+        "the weight matrix again: why the inference pool learns per model whether a batch "
+        "pays (agent/server/batching.py) instead of batching whatever waits.",
         "",
         "| weights | callers | " + " | ".join(batches) + " |",
         "|---|---|" + "---|" * len(batches),
@@ -652,6 +653,19 @@ def render_batch_costs(r: dict[str, Any]) -> list[str]:
             single = by_batch.get("batch 1") or 1
             cells = [f"{v:,} ({v / single:.2f}x)" for v in by_batch.values()]
             lines.append(f"| {layout} | {callers} | " + " | ".join(cells) + " |")
+    stack = r.get("stack")
+    if stack:
+        ways = [k for k in stack if k != "model"]
+        lines += ["", f"A model of many like layers, {stack['model']}, loaded "
+                  "by the agent's own loader (weights mapped from the file) in a fresh "
+                  "process, prepacked as the agent decides (no tensor over 1/8 of the "
+                  "weights) and with prepacking forced off:", "",
+                  "| loading | grows by at its peak | grows by in use | " + " | ".join(batches)
+                  + " |", "|---|---|---|" + "---|" * len(batches)]
+        for way in ways:
+            w = stack[way]
+            lines.append(f"| {way} | {w['peak_growth_mib']} MiB | {w['in_use_growth_mib']} MiB | "
+                         + " | ".join(f"{w[b]:,}" for b in batches) + " |")
     lines += ["", f"Rows/s (against batch 1). CPUs idle during the run: "
               f"{machine.get('idle_share', 0):.0%} of {machine.get('cpus', '?')}; other "
               f"processes used {machine.get('others_share', 0):.0%}."]

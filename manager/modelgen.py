@@ -195,6 +195,37 @@ def onnx_mlp(
     return path
 
 
+def onnx_matmul_stack(path: Path, layers: int, width: int, *, seed: int = 3,
+                      opset: int = DEFAULT_OPSET) -> Path:
+    """Write a float32 ONNX stack of `layers` MatMul + ReLU with square `width` x `width`
+    weights, each its own initializer of the same size (the many-like-layers family: no
+    tensor is a large share of the weights): input "input" [batch, width] -> "logits".
+    Returns `path`. Raises OSError when the file cannot be written."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, initializers, previous = [], [], INPUT_NAME
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / math.sqrt(width)).astype(np.float32)
+        initializers.append(numpy_helper.from_array(w, name=f"w{i}"))
+        out = OUTPUT_NAME if i == layers - 1 else f"relu{i}"
+        nodes += [helper.make_node("MatMul", [previous, f"w{i}"], [f"mm{i}"]),
+                  helper.make_node("Relu", [f"mm{i}"], [out])]
+        previous = out
+    graph = helper.make_graph(
+        nodes, "satchel_matmul_stack",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", width])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", width])],
+        initializer=initializers,
+    )
+    model = helper.make_model(graph, producer_name="satchel.modelgen",
+                              ir_version=DEFAULT_IR_VERSION,
+                              opset_imports=[helper.make_opsetid("", opset)])
+    path = Path(path)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
 def _add_nan_trap(nodes: list[Any], initializers: list[Any], logits: str) -> str:
     """Multiply logits by sqrt(-1 if first feature < 0 else 1): NaN rows, others untouched."""
     from onnx import helper, numpy_helper

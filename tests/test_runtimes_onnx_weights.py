@@ -17,6 +17,7 @@ import pytest
 from satchel.agent.runtimes import ModelLoadError, onnx, onnx_weights
 from satchel.agent.runtimes.onnx import OnnxRuntimeAdapter
 from satchel.agent.runtimes.onnx_weights import external_weights_graph
+from satchel.manager.modelgen import onnx_matmul_stack
 from tests.factory.model_makers import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -185,3 +186,97 @@ def test_a_large_single_file_model_is_not_held_twice_in_memory(tmp_path):
 
     # onnxruntime's own loading of this file grows the process by over twice its size
     assert json.loads(done.stdout)["growth_kib"] < 1.5 * size_kib
+
+
+# --- prepacking: allowed where no mapped tensor is a large share of the weights -----------
+
+
+def _layers(path: Path, layers: int, width: int) -> Path:
+    return onnx_matmul_stack(path, layers, width)  # each weight 1/layers of them
+
+
+def _prepacking_disabled(path: Path, monkeypatch: pytest.MonkeyPatch) -> bool:
+    entries: dict[str, str] = {}
+    real = ort.SessionOptions.add_session_config_entry
+
+    def record(self: ort.SessionOptions, key: str, value: str) -> None:
+        entries[key] = value
+        real(self, key, value)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(ort.SessionOptions, "add_session_config_entry", record)
+        OnnxRuntimeAdapter().load(path)
+    return entries.get("session.disable_prepacking") == "1"
+
+
+def test_mapped_tensor_lengths_are_read_from_the_derived_graph(model):
+    graph = external_weights_graph(model)
+    assert graph is not None
+
+    assert onnx_weights.external_tensor_lengths(graph) == [IN_DIM * HIDDEN * 4]  # w1 only
+
+
+def test_a_model_of_many_like_layers_is_prepacked_and_one_big_matrix_is_not(
+        model, tmp_path, as_large, monkeypatch):
+    layered = _layers(tmp_path / "layers.onnx", layers=8, width=160)  # 8 x 100 KiB
+
+    assert not _prepacking_disabled(layered, monkeypatch)  # each tensor 1/8 of the weights
+    assert _prepacking_disabled(model, monkeypatch)  # w1 is all the mapped weights
+
+
+def test_a_prepacked_model_computes_what_onnxruntime_computes_from_the_file(tmp_path, as_large):
+    layered = _layers(tmp_path / "layers.onnx", layers=8, width=160)
+    x = np.abs(sample_inputs(160, 4, seed=5))
+
+    ours = OnnxRuntimeAdapter().load(layered).run({INPUT_NAME: x})[OUTPUT_NAME]
+    theirs = ort.InferenceSession(str(layered), providers=["CPUExecutionProvider"]).run(
+        [OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("content", [b"", b"\x3a\x03\x2a\x01\x00", b"\xff" * 16])
+def test_graph_bytes_not_as_expected_give_no_lengths_and_no_prepacking(content):
+    lengths = onnx_weights.external_tensor_lengths(content)
+    assert not lengths
+    assert not onnx._prepack_pays(content)
+
+
+PEAK_IN_USE = """
+import json, sys
+import numpy as np, onnxruntime
+from pathlib import Path
+from satchel.agent.runtimes import onnx
+
+if sys.argv[2] == "off":
+    onnx._prepack_pays = lambda model: False
+
+def kib(name):
+    for line in open("/proc/self/status"):
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+
+open("/proc/self/clear_refs", "w").write("5")
+before = kib("VmRSS")
+model = onnx.OnnxRuntimeAdapter().load(Path(sys.argv[1]))
+model.run({"input": np.ones((2, int(sys.argv[3])), np.float32)})
+print(json.dumps({"peak_kib": kib("VmHWM") - before, "rss_kib": kib("VmRSS") - before}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS only")
+def test_prepacking_costs_one_tensor_of_peak_and_nothing_once_the_model_runs(tmp_path):
+    layered = _layers(tmp_path / "layers.onnx", layers=8, width=1024)  # 8 x 4 MiB, 32 MiB
+    tensor_kib = 1024 * 1024 * 4 / 1024
+
+    def grown(prepack: str) -> dict[str, int]:
+        done = subprocess.run([sys.executable, "-c", PEAK_IN_USE, str(layered), prepack, "1024"],
+                              capture_output=True, text=True, check=True, timeout=120)
+        return json.loads(done.stdout)
+
+    packed, mapped = grown("on"), grown("off")
+
+    # in use, the packed copies take what the mapped pages take; while one tensor is
+    # packed, its mapped bytes are held too
+    assert abs(packed["rss_kib"] - mapped["rss_kib"]) < 0.25 * tensor_kib
+    assert packed["peak_kib"] < mapped["peak_kib"] + 1.25 * tensor_kib

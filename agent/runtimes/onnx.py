@@ -25,6 +25,8 @@ _LOG_SEVERITY_FATAL = 4
 # External data entries are {key: "location", ...}: field 1, 8 bytes, as protobuf writes it.
 _EXTERNAL_DATA_KEY = b"\x0a\x08location"
 _EXTERNAL_DATA_SCAN_BYTES = 16 * 1024 * 1024  # bytes: larger graph files are not scanned
+PREPACK_MAX_TENSOR_SHARE = 1 / 8  # of mapped weights, the most one tensor may hold for them
+# to be prepacked (what the load's peak grows by: `_prepack_pays`)
 _ORT_STATUS_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ")
 
 # onnxruntime's tensor type strings -> KServe v2 datatype names.
@@ -66,6 +68,26 @@ def _has_external_data(path: Path) -> bool:
         return _EXTERNAL_DATA_KEY in path.read_bytes()
     except OSError:
         return False
+
+
+def _prepack_pays(model: bytes) -> bool:
+    """Whether onnxruntime may prepack weights it maps from the file (`model`: the graph's
+    bytes, its weights in external data).
+
+    Prepacking copies a weight into the layout its kernel wants, then lets the mapping go: in
+    use, the packed copies take what the mapped pages would (a 2048x2048x8 MLP: 184 vs 183
+    MB resident), and batched products no longer pack the whole matrix on every run (2.7x
+    quicker for two rows there; bench/batch_costs.py). But while a weight is packed, its
+    mapped bytes and its copy are both resident: the load's peak grows by the largest
+    tensor. So prepacking is allowed only where no tensor is over PREPACK_MAX_TENSOR_SHARE
+    of the mapped weights; a model that is one big matrix keeps it off, and its peak at the
+    model's size."""
+    from satchel.agent.runtimes.onnx_weights import external_tensor_lengths
+
+    lengths = external_tensor_lengths(model)
+    if not lengths:
+        return False
+    return max(lengths) <= sum(lengths) * PREPACK_MAX_TENSOR_SHARE
 
 
 def _external_weights_graph(path: Path) -> bytes | None:
@@ -180,9 +202,8 @@ class OnnxRuntimeAdapter:
         if isinstance(model, bytes):
             options.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path", str(path.parent))
-        if isinstance(model, bytes) or _has_external_data(path):
-            # onnxruntime maps external weights from the file instead of copying them;
-            # prepacking would copy them all again and double the model's memory
+        if (isinstance(model, bytes) or _has_external_data(path)) and not _prepack_pays(
+                model if isinstance(model, bytes) else path.read_bytes()):
             options.add_session_config_entry("session.disable_prepacking", "1")
         return ort.InferenceSession(model, sess_options=options,
                                     providers=acceleration.onnx_session_providers())

@@ -4,7 +4,8 @@ onnxruntime loading a .onnx file that holds its weights (TensorProto raw_data) k
 copies of them while the session is built: the parsed protobuf and the initializers it
 copies out of it, then prepacked weights. A 197 MB model peaks at ~458 MB (2.3x) in a bare
 `InferenceSession(path)`. Weights in ONNX external data files instead are mapped from the
-file (mmap) and never copied (with prepacking off, agent.runtimes.onnx).
+file (mmap) and never copied (agent.runtimes.onnx decides whether onnxruntime may prepack
+them: `external_tensor_lengths`).
 
 So for a large model file, `external_weights_graph` reads only the protobuf's field headers
 (the file is mapped, its weight bytes are not touched) and returns a small derived ModelProto
@@ -125,3 +126,42 @@ def external_weights_graph(path: Path, min_tensor_bytes: int = MIN_TENSOR_BYTES)
             except _Malformed:
                 return None
     return b"".join(parts) if moved else None
+
+
+def external_tensor_lengths(model: bytes) -> list[int] | None:
+    """The byte lengths of the top-level initializers a ModelProto (`model`: a graph file's
+    bytes, or `external_weights_graph`'s) keeps in external data; None when one of them
+    gives no length, or the bytes are not protobuf as expected."""
+    try:
+        lengths: list[int] = []
+        for top in fields(model, 0, len(model)):
+            if top.number != _MODEL_GRAPH or top.wire != LENGTH:
+                continue
+            for init in fields(model, top.start, top.end):
+                if init.number != _GRAPH_INITIALIZER or init.wire != LENGTH:
+                    continue
+                entries = [f for f in fields(model, init.start, init.end)
+                           if f.number == _TENSOR_EXTERNAL_DATA and f.wire == LENGTH]
+                if not entries:
+                    continue  # inline: not mapped
+                length = _entry_value(model, entries, b"length")
+                if length is None or not length.isdigit():
+                    return None
+                lengths.append(int(length))
+        return lengths
+    except WireError:
+        return None
+
+
+def _entry_value(model: bytes, entries: list[Field], name: bytes) -> bytes | None:
+    """The value of the StringStringEntryProto named `name` among `entries`."""
+    for entry in entries:
+        key = value = None
+        for f in fields(model, entry.start, entry.end):
+            if f.number == _ENTRY_KEY and f.wire == LENGTH:
+                key = model[f.start:f.end]
+            elif f.number == _ENTRY_VALUE and f.wire == LENGTH:
+                value = model[f.start:f.end]
+        if key == name:
+            return value
+    return None
