@@ -159,10 +159,17 @@ def test_tensors_already_in_external_data_stay_there(model, weights, tmp_path, a
     assert [type(s) for s in sources] == [bytes]  # loaded as it is (no fallback to the path)
 
 
+# In a fresh process: the growth of the peak and of the resident memory from loading a model
+# (argv: path, prepacking "on" as the agent decides or "off", and the input width to run it
+# once with, or 0 not to run it).
 PEAK = """
 import json, sys
+import numpy as np
 from pathlib import Path
-from satchel.agent.runtimes.onnx import OnnxRuntimeAdapter
+from satchel.agent.runtimes import onnx
+
+if sys.argv[2] == "off":
+    onnx._prepack_pays = lambda model: False
 
 def kib(name):
     for line in open("/proc/self/status"):
@@ -171,9 +178,17 @@ def kib(name):
 
 open("/proc/self/clear_refs", "w").write("5")
 before = kib("VmRSS")
-OnnxRuntimeAdapter().load(Path(sys.argv[1]))
-print(json.dumps({"growth_kib": kib("VmHWM") - before}))
+model = onnx.OnnxRuntimeAdapter().load(Path(sys.argv[1]))
+if int(sys.argv[3]):
+    model.run({"input": np.ones((2, int(sys.argv[3])), np.float32)})
+print(json.dumps({"peak_kib": kib("VmHWM") - before, "rss_kib": kib("VmRSS") - before}))
 """
+
+
+def _grown(path: Path, prepack: str = "on", run_width: int = 0) -> dict[str, int]:
+    done = subprocess.run([sys.executable, "-c", PEAK, str(path), prepack, str(run_width)],
+                          capture_output=True, text=True, check=True, timeout=120)
+    return dict(json.loads(done.stdout))
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS only")
@@ -181,11 +196,8 @@ def test_a_large_single_file_model_is_not_held_twice_in_memory(tmp_path):
     big = onnx_mlp(make_mlp_weights(256, 40_000, 10, seed=0), tmp_path / "big.onnx")  # 41 MB
     size_kib = big.stat().st_size / 1024
 
-    done = subprocess.run([sys.executable, "-c", PEAK, str(big)], capture_output=True,
-                          text=True, check=True, timeout=120)
-
     # onnxruntime's own loading of this file grows the process by over twice its size
-    assert json.loads(done.stdout)["growth_kib"] < 1.5 * size_kib
+    assert _grown(big)["peak_kib"] < 1.5 * size_kib
 
 
 # --- prepacking: allowed where no mapped tensor is a large share of the weights -----------
@@ -242,39 +254,12 @@ def test_graph_bytes_not_as_expected_give_no_lengths_and_no_prepacking(content):
     assert not onnx._prepack_pays(content)
 
 
-PEAK_IN_USE = """
-import json, sys
-import numpy as np, onnxruntime
-from pathlib import Path
-from satchel.agent.runtimes import onnx
-
-if sys.argv[2] == "off":
-    onnx._prepack_pays = lambda model: False
-
-def kib(name):
-    for line in open("/proc/self/status"):
-        if line.startswith(name + ":"):
-            return int(line.split()[1])
-
-open("/proc/self/clear_refs", "w").write("5")
-before = kib("VmRSS")
-model = onnx.OnnxRuntimeAdapter().load(Path(sys.argv[1]))
-model.run({"input": np.ones((2, int(sys.argv[3])), np.float32)})
-print(json.dumps({"peak_kib": kib("VmHWM") - before, "rss_kib": kib("VmRSS") - before}))
-"""
-
-
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux peak RSS only")
 def test_prepacking_costs_one_tensor_of_peak_and_nothing_once_the_model_runs(tmp_path):
     layered = _layers(tmp_path / "layers.onnx", layers=8, width=1024)  # 8 x 4 MiB, 32 MiB
     tensor_kib = 1024 * 1024 * 4 / 1024
 
-    def grown(prepack: str) -> dict[str, int]:
-        done = subprocess.run([sys.executable, "-c", PEAK_IN_USE, str(layered), prepack, "1024"],
-                              capture_output=True, text=True, check=True, timeout=120)
-        return json.loads(done.stdout)
-
-    packed, mapped = grown("on"), grown("off")
+    packed, mapped = _grown(layered, "on", 1024), _grown(layered, "off", 1024)
 
     # in use, the packed copies take what the mapped pages take; while one tensor is
     # packed, its mapped bytes are held too
