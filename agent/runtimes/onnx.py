@@ -58,16 +58,17 @@ def _tensor_spec(arg: Any) -> TensorSpec:
     return TensorSpec(name=arg.name, datatype=ORT_TO_DATATYPE.get(arg.type, arg.type), shape=shape)
 
 
-def _has_external_data(path: Path) -> bool:
-    """True when the model keeps weights in external data files: its graph file names a
-    "location" (the TensorProto external_data key, as protobuf encodes it). Such graph files
-    are small; a large file holds its weights itself and is not read here."""
+def _external_data_graph(path: Path) -> bytes | None:
+    """The graph file's bytes when the model keeps weights in external data files (it names
+    a "location", the TensorProto external_data key, as protobuf encodes it), else None.
+    Such graph files are small; a large file holds its weights itself and is not read here."""
     try:
         if path.stat().st_size > _EXTERNAL_DATA_SCAN_BYTES:
-            return False
-        return _EXTERNAL_DATA_KEY in path.read_bytes()
+            return None
+        graph = path.read_bytes()
     except OSError:
-        return False
+        return None
+    return graph if _EXTERNAL_DATA_KEY in graph else None
 
 
 def _prepack_pays(model: bytes) -> bool:
@@ -75,9 +76,9 @@ def _prepack_pays(model: bytes) -> bool:
     bytes, its weights in external data).
 
     Prepacking copies a weight into the layout its kernel wants, then lets the mapping go: in
-    use, the packed copies take what the mapped pages would (a 2048x2048x8 MLP: 184 vs 183
-    MB resident), and batched products no longer pack the whole matrix on every run (2.7x
-    quicker for two rows there; bench/batch_costs.py). But while a weight is packed, its
+    use, the packed copies take what the mapped pages would, and batched products no longer
+    pack the whole matrix on every run (bench/batch_costs.py measures both on an 8-layer
+    stack, as this loader loads it). But while a weight is packed, its
     mapped bytes and its copy are both resident: the load's peak grows by the largest
     tensor. So prepacking is allowed only where no tensor is over PREPACK_MAX_TENSOR_SHARE
     of the mapped weights; a model that is one big matrix keeps it off, and its peak at the
@@ -202,8 +203,8 @@ class OnnxRuntimeAdapter:
         if isinstance(model, bytes):
             options.add_session_config_entry(
                 "session.model_external_initializers_file_folder_path", str(path.parent))
-        if (isinstance(model, bytes) or _has_external_data(path)) and not _prepack_pays(
-                model if isinstance(model, bytes) else path.read_bytes()):
+        mapped = model if isinstance(model, bytes) else _external_data_graph(path)
+        if mapped is not None and not _prepack_pays(mapped):
             options.add_session_config_entry("session.disable_prepacking", "1")
         return ort.InferenceSession(model, sess_options=options,
                                     providers=acceleration.onnx_session_providers())

@@ -50,7 +50,7 @@ class _Malformed(ValueError):
     """The bytes are not protobuf as this reader expects them."""
 
 
-def _fields(buf: mmap.mmap, start: int, end: int) -> list[Field]:
+def _fields(buf: mmap.mmap | bytes, start: int, end: int) -> list[Field]:
     """The fields in buf[start:end] (bundles/protowire.py). Raises _Malformed."""
     try:
         return list(fields(buf, start, end))
@@ -134,13 +134,13 @@ def external_tensor_lengths(model: bytes) -> list[int] | None:
     gives no length, or the bytes are not protobuf as expected."""
     try:
         lengths: list[int] = []
-        for top in fields(model, 0, len(model)):
+        for top in _fields(model, 0, len(model)):
             if top.number != _MODEL_GRAPH or top.wire != LENGTH:
                 continue
-            for init in fields(model, top.start, top.end):
+            for init in _fields(model, top.start, top.end):
                 if init.number != _GRAPH_INITIALIZER or init.wire != LENGTH:
                     continue
-                entries = [f for f in fields(model, init.start, init.end)
+                entries = [f for f in _fields(model, init.start, init.end)
                            if f.number == _TENSOR_EXTERNAL_DATA and f.wire == LENGTH]
                 if not entries:
                     continue  # inline: not mapped
@@ -149,7 +149,7 @@ def external_tensor_lengths(model: bytes) -> list[int] | None:
                     return None
                 lengths.append(int(length))
         return lengths
-    except WireError:
+    except _Malformed:
         return None
 
 
@@ -157,7 +157,7 @@ def _entry_value(model: bytes, entries: list[Field], name: bytes) -> bytes | Non
     """The value of the StringStringEntryProto named `name` among `entries`."""
     for entry in entries:
         key = value = None
-        for f in fields(model, entry.start, entry.end):
+        for f in _fields(model, entry.start, entry.end):
             if f.number == _ENTRY_KEY and f.wire == LENGTH:
                 key = model[f.start:f.end]
             elif f.number == _ENTRY_VALUE and f.wire == LENGTH:

@@ -2,10 +2,10 @@
 running them cost.
 
 Running waiting requests as one batch is not always cheaper per request than running them
-one by one. A model whose weights onnxruntime maps from the file runs with prepacking off
-(agent.runtimes.onnx), so every batched matrix product packs the whole weight matrix again:
-on a 21 MB MLP, two rows at once cost 3x one row, and only from about six rows does a batch
-pay. A model with prepacked weights gains from two rows on. So the pool does not guess: per
+one by one. A model whose weights onnxruntime maps from the file and may not prepack (one
+tensor holds over 1/8 of them: agent.runtimes.onnx) packs the whole weight matrix again in
+every batched product, so small batches cost more per row than single runs; a model with
+prepacked weights gains from two rows on (bench/batch_costs.py). So the pool does not guess: per
 (channel, version) it keeps the mean cost per request of each batch size it has run (an
 exponentially weighted mean of wall time, parsing and answering included), and with n
 requests at hand takes all n when a batch of n has been cheaper per request than single
@@ -70,11 +70,6 @@ class BatchChooser:
         old = means.get(requests)
         means[requests] = per_request if old is None else (
             old + self._weight * (per_request - old))
-
-    def mean_cost_s(self, model: Hashable, requests: int) -> float | None:
-        """The mean cost per request of batches of `requests` for `model` (None: never run)."""
-        costs = self._models.get(model)
-        return None if costs is None else costs.per_request_s.get(requests)
 
     def _costs(self, model: Hashable) -> _Costs:
         costs = self._models.get(model)

@@ -125,8 +125,7 @@ class InferencePool:
                         stopping = True
                         break
                     jobs.append(more)
-            started = time.perf_counter()
-            self._running_since[worker] = time.monotonic()
+            started = self._running_since[worker] = time.monotonic()
             try:
                 self._done(list(zip(jobs, self._answer(jobs), strict=True)))
             except Exception:  # a bug must cost these requests, never the pool
@@ -134,7 +133,7 @@ class InferencePool:
             finally:
                 self._running_since[worker] = None
             with self._batching_lock:
-                self.batching.ran(model, len(jobs), time.perf_counter() - started)
+                self.batching.ran(model, len(jobs), time.monotonic() - started)
             if stopping:
                 return
 
